@@ -1,1 +1,22 @@
-//! ioswarm
+//! ioswarm: a Socket.IO v5 / Engine.IO v4 server with an embedded
+//! Redis-protocol broker, built to run as a cluster of nodes.
+//!
+//! Layout (the folders are the architecture):
+//!
+//! - [`engineio`]: Engine.IO v4 transport (polling, WebSocket, upgrade,
+//!   heartbeat). Pure packet codec and session state machine, plus the HTTP
+//!   and WebSocket drivers that carry out the state machine's decisions.
+//! - [`socketio`]: Socket.IO v5 on top: packet codec, namespaces, sockets,
+//!   acks, binary attachments, middleware, the public API.
+//! - [`rooms`]: the per-namespace room registry (dashmap) and the
+//!   [`rooms::Broadcast`] value executed by the local fan-out (and, later,
+//!   forwarded between nodes).
+//! - `http`: the listener shared by every HTTP endpoint.
+//! - `admin`: the admin listener (`/metrics`, `/healthz`, the HTTP API).
+//! - `config`, `shutdown`, `limits`, `metrics`: process plumbing for the binary.
+//! - `app`: the built-in application the `ioswarm` binary runs.
+
+pub mod engineio;
+mod sid;
+
+pub use sid::Sid;

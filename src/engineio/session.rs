@@ -1,0 +1,664 @@
+//! The Engine.IO session state machine: handshake timings, heartbeat,
+//! long-polling request rules, the upgrade dance and the bounded send queue.
+//!
+//! Pure: every method takes `now` and returns what the caller must do. The
+//! HTTP and WebSocket drivers in [`super::server`] and [`super::websocket`]
+//! hold a `Session` behind a mutex and carry out its decisions, so all of the
+//! protocol's timing rules are tested here with simulated time.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::packet::{Frame, Packet, PacketType};
+
+/// Timing settings of a session.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timings {
+    pub(crate) ping_interval: Duration,
+    pub(crate) ping_timeout: Duration,
+    pub(crate) upgrade_timeout: Duration,
+}
+
+/// Limits of the per-session send queue (see the README's backpressure section).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QueueLimits {
+    /// Most packets held for a client before it is disconnected.
+    pub(crate) max_packets: usize,
+    /// Most bytes held for a client before it is disconnected.
+    pub(crate) max_bytes: usize,
+    /// A volatile packet is dropped when more than this many bytes are queued.
+    pub(crate) volatile_drop_bytes: usize,
+}
+
+/// Which transport currently carries the session's packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transport {
+    Polling,
+    WebSocket,
+}
+
+impl Transport {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Polling => "polling",
+            Self::WebSocket => "websocket",
+        }
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CloseReason {
+    /// The client sent a close packet or closed its WebSocket cleanly.
+    TransportClose,
+    /// The transport failed (I/O error, a second pending GET, an overlapping POST…).
+    TransportError,
+    /// No pong within `pingTimeout`.
+    PingTimeout,
+    /// The client sent something that does not parse.
+    ParseError,
+    /// The send queue passed its limit.
+    Overflow,
+    /// The server application closed the connection.
+    ServerClose,
+    /// The node is shutting down.
+    Shutdown,
+}
+
+impl CloseReason {
+    /// The reason string socket.io reports for this cause.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::TransportClose => "transport close",
+            Self::TransportError => "transport error",
+            Self::PingTimeout => "ping timeout",
+            Self::ParseError => "parse error",
+            Self::Overflow => "send buffer overflow",
+            Self::ServerClose => "forced close",
+            Self::Shutdown => "server shutting down",
+        }
+    }
+
+    /// A short label for metrics.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::TransportClose => "transport_close",
+            Self::TransportError => "transport_error",
+            Self::PingTimeout => "ping_timeout",
+            Self::ParseError => "parse_error",
+            Self::Overflow => "overflow",
+            Self::ServerClose => "server_close",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Upgrade progress of a polling session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Upgrade {
+    /// No WebSocket has asked to take over.
+    None,
+    /// A WebSocket is attached; the probe may not have arrived yet.
+    Probing { deadline: Instant, probed: bool },
+    /// The session has moved to WebSocket for good.
+    Done,
+}
+
+/// What a polling GET gets when it is answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PollReply {
+    /// Queued packets (never empty).
+    Frames(Vec<Frame>),
+    /// A `6` noop: an upgrade is in progress or completed.
+    Noop,
+    /// A `1` close packet: the session ended while the GET was waiting.
+    Close,
+}
+
+/// The outcome of starting a polling GET.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PollStart {
+    /// Answer right away.
+    Reply(PollReply),
+    /// Park the request until [`Session::poll_take`] yields something.
+    Park,
+}
+
+/// Why a polling request is refused with HTTP 400.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum RequestError {
+    /// A second GET while one is pending: the session is closed.
+    #[error("overlapping polling GET")]
+    DuplicateGet,
+    /// A second POST while one is being read: the session is closed.
+    #[error("overlapping polling POST")]
+    DuplicatePost,
+    /// The session has moved to WebSocket, or has ended.
+    #[error("session is not on polling")]
+    NotPolling,
+}
+
+/// What an inbound packet means for the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Inbound {
+    /// Nothing for the application.
+    None,
+    /// A text message for the application.
+    Message(bytes::Bytes),
+    /// A binary message for the application.
+    Binary(bytes::Bytes),
+    /// The WebSocket must answer `3probe` right away (not through the queue).
+    ProbeReply,
+}
+
+/// The result of queueing packets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Enqueued {
+    /// Queued; the transport should be woken.
+    Queued,
+    /// A volatile packet was dropped because the client is behind.
+    DroppedVolatile,
+    /// The session is closed (or just closed for overflow); nothing was queued.
+    Closed,
+}
+
+/// One Engine.IO session.
+#[derive(Debug)]
+pub(crate) struct Session {
+    timings: Timings,
+    limits: QueueLimits,
+    transport: Transport,
+    upgrade: Upgrade,
+    next_ping: Option<Instant>,
+    pong_deadline: Option<Instant>,
+    queue: VecDeque<Frame>,
+    queued_bytes: usize,
+    get_pending: bool,
+    post_pending: bool,
+    closed: Option<CloseReason>,
+    /// The last answer owed to a parked GET once the session ended: `6` when
+    /// the client closed it (upstream's polling transport answers its pending
+    /// request with a noop), `1` when the server did.
+    final_poll_reply: Option<PollReply>,
+}
+
+impl Session {
+    /// A session opened at `now` (timers start before the handshake reply is sent).
+    pub(crate) fn new(now: Instant, transport: Transport, timings: Timings, limits: QueueLimits) -> Self {
+        Self {
+            timings,
+            limits,
+            transport,
+            upgrade: Upgrade::None,
+            next_ping: Some(now + timings.ping_interval),
+            pong_deadline: None,
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            get_pending: false,
+            post_pending: false,
+            closed: None,
+            final_poll_reply: None,
+        }
+    }
+
+    pub(crate) fn transport(&self) -> Transport {
+        self.transport
+    }
+
+    pub(crate) fn closed(&self) -> Option<CloseReason> {
+        self.closed
+    }
+
+    /// Whether the WebSocket may now take over (a probe was answered).
+    pub(crate) fn upgrading(&self) -> bool {
+        matches!(self.upgrade, Upgrade::Probing { .. })
+    }
+
+    /// Packets and bytes currently queued.
+    pub(crate) fn queued(&self) -> (usize, usize) {
+        (self.queue.len(), self.queued_bytes)
+    }
+
+    /// The next instant at which [`Session::on_timer`] has work to do.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        if self.closed.is_some() {
+            return None;
+        }
+        let upgrade = match self.upgrade {
+            Upgrade::Probing { deadline, .. } => Some(deadline),
+            _ => None,
+        };
+        [self.next_ping, self.pong_deadline, upgrade].into_iter().flatten().min()
+    }
+
+    /// Runs the timers due at `now`. Returns the close reason if the session ended.
+    pub(crate) fn on_timer(&mut self, now: Instant) -> TimerOutcome {
+        if self.closed.is_some() {
+            return TimerOutcome::Idle;
+        }
+        let mut outcome = TimerOutcome::Idle;
+        if let Upgrade::Probing { deadline, .. } = self.upgrade {
+            if deadline <= now {
+                self.upgrade = Upgrade::None;
+                outcome = TimerOutcome::UpgradeTimedOut;
+            }
+        }
+        if self.pong_deadline.is_some_and(|d| d <= now) {
+            self.close(CloseReason::PingTimeout);
+            return TimerOutcome::Closed(CloseReason::PingTimeout);
+        }
+        if self.next_ping.is_some_and(|d| d <= now) {
+            self.next_ping = None;
+            self.pong_deadline = Some(now + self.timings.ping_timeout);
+            self.push(Frame::control(PacketType::Ping));
+            return TimerOutcome::PingQueued;
+        }
+        outcome
+    }
+
+    /// Handles one packet from the client, on whichever transport it came.
+    pub(crate) fn on_packet(&mut self, now: Instant, packet: Packet, via: Transport) -> Result<Inbound, CloseReason> {
+        if let Some(reason) = self.closed {
+            return Err(reason);
+        }
+        let probing = via == Transport::WebSocket && self.transport == Transport::Polling;
+        if probing {
+            return self.on_probe_packet(packet);
+        }
+        match packet {
+            Packet::Pong(_) => {
+                if self.pong_deadline.take().is_some() {
+                    self.next_ping = Some(now + self.timings.ping_interval);
+                }
+                Ok(Inbound::None)
+            }
+            Packet::Message(text) => Ok(Inbound::Message(text)),
+            Packet::Binary(raw) => Ok(Inbound::Binary(raw)),
+            Packet::Close => {
+                self.close(CloseReason::TransportClose);
+                if self.final_poll_reply.is_some() {
+                    self.final_poll_reply = Some(PollReply::Noop);
+                }
+                Err(CloseReason::TransportClose)
+            }
+            Packet::Noop => Ok(Inbound::None),
+            // A v4 client never pings (heartbeats go server to client), never
+            // opens, and upgrades only on the probing WebSocket.
+            Packet::Ping(_) | Packet::Open | Packet::Upgrade => {
+                self.close(CloseReason::ParseError);
+                Err(CloseReason::ParseError)
+            }
+        }
+    }
+
+    fn on_probe_packet(&mut self, packet: Packet) -> Result<Inbound, CloseReason> {
+        let Upgrade::Probing { deadline, probed } = self.upgrade else {
+            return Err(CloseReason::TransportError);
+        };
+        match packet {
+            Packet::Ping(data) if &data[..] == b"probe" && !probed => {
+                self.upgrade = Upgrade::Probing { deadline, probed: true };
+                // Every pending and new GET is answered with a noop from now on.
+                Ok(Inbound::ProbeReply)
+            }
+            Packet::Upgrade if probed => {
+                self.upgrade = Upgrade::Done;
+                self.transport = Transport::WebSocket;
+                Ok(Inbound::None)
+            }
+            // Anything else on a probing socket aborts the upgrade only.
+            _ => {
+                self.upgrade = Upgrade::None;
+                Err(CloseReason::TransportError)
+            }
+        }
+    }
+
+    /// A WebSocket with this session's id arrived. `Ok` starts the probe;
+    /// `Err` means that socket must be closed (already upgraded, upgrading, or closed).
+    pub(crate) fn begin_upgrade(&mut self, now: Instant) -> Result<(), RequestError> {
+        if self.closed.is_some() || self.transport != Transport::Polling || self.upgrade != Upgrade::None {
+            return Err(RequestError::NotPolling);
+        }
+        self.upgrade = Upgrade::Probing { deadline: now + self.timings.upgrade_timeout, probed: false };
+        Ok(())
+    }
+
+    /// The probing WebSocket went away before `5`.
+    pub(crate) fn abort_upgrade(&mut self) {
+        if matches!(self.upgrade, Upgrade::Probing { .. }) {
+            self.upgrade = Upgrade::None;
+        }
+    }
+
+    fn probed(&self) -> bool {
+        matches!(self.upgrade, Upgrade::Probing { probed: true, .. } | Upgrade::Done)
+    }
+
+    /// A polling GET arrived.
+    pub(crate) fn poll_start(&mut self) -> Result<PollStart, RequestError> {
+        if self.closed.is_some() || self.transport != Transport::Polling {
+            return Err(RequestError::NotPolling);
+        }
+        if self.get_pending {
+            // Upstream closes the session; the parked request is answered `1`.
+            self.close(CloseReason::TransportError);
+            return Err(RequestError::DuplicateGet);
+        }
+        match self.poll_take() {
+            Some(reply) => Ok(PollStart::Reply(reply)),
+            None => {
+                self.get_pending = true;
+                Ok(PollStart::Park)
+            }
+        }
+    }
+
+    /// What a parked (or new) GET can be answered with now, if anything.
+    /// Answering clears the pending flag.
+    pub(crate) fn poll_take(&mut self) -> Option<PollReply> {
+        let reply = if self.closed.is_some() {
+            self.final_poll_reply.take()?
+        } else if !self.queue.is_empty() && !self.probed() {
+            self.queued_bytes = 0;
+            PollReply::Frames(self.queue.drain(..).collect())
+        } else if self.probed() {
+            PollReply::Noop
+        } else {
+            return None;
+        };
+        self.get_pending = false;
+        Some(reply)
+    }
+
+    /// The client behind a parked GET went away without an answer.
+    pub(crate) fn poll_abandoned(&mut self) {
+        self.get_pending = false;
+    }
+
+    /// Whether a GET is parked.
+    pub(crate) fn poll_parked(&self) -> bool {
+        self.get_pending
+    }
+
+    /// A polling POST arrived; call [`Session::post_end`] when its body was handled.
+    pub(crate) fn post_start(&mut self) -> Result<(), RequestError> {
+        if self.closed.is_some() || self.transport != Transport::Polling {
+            return Err(RequestError::NotPolling);
+        }
+        if self.post_pending {
+            self.close(CloseReason::TransportError);
+            return Err(RequestError::DuplicatePost);
+        }
+        self.post_pending = true;
+        Ok(())
+    }
+
+    /// Whether a parked GET is still owed its final answer.
+    pub(crate) fn final_reply_pending(&self) -> bool {
+        self.final_poll_reply.is_some()
+    }
+
+    pub(crate) fn post_end(&mut self) {
+        self.post_pending = false;
+    }
+
+    /// Queues application frames atomically (a binary packet's header and
+    /// attachments stay together).
+    pub(crate) fn enqueue(&mut self, frames: &[Frame], volatile: bool) -> Enqueued {
+        if self.closed.is_some() {
+            return Enqueued::Closed;
+        }
+        let bytes: usize = frames.iter().map(Frame::len).sum();
+        if volatile && (self.queued_bytes > self.limits.volatile_drop_bytes || self.queue_blocked()) {
+            return Enqueued::DroppedVolatile;
+        }
+        if self.queue.len() + frames.len() > self.limits.max_packets
+            || self.queued_bytes + bytes > self.limits.max_bytes
+        {
+            self.close(CloseReason::Overflow);
+            return Enqueued::Closed;
+        }
+        for frame in frames {
+            self.push(frame.clone());
+        }
+        Enqueued::Queued
+    }
+
+    /// A polling client with no GET parked cannot take a volatile packet now.
+    fn queue_blocked(&self) -> bool {
+        self.transport == Transport::Polling && !self.get_pending
+    }
+
+    fn push(&mut self, frame: Frame) {
+        self.queued_bytes += frame.len();
+        self.queue.push_back(frame);
+    }
+
+    /// Moves every queued frame into `out` for the WebSocket writer.
+    pub(crate) fn drain_for_websocket(&mut self, out: &mut Vec<Frame>) {
+        if self.transport == Transport::WebSocket {
+            self.queued_bytes = 0;
+            out.extend(self.queue.drain(..));
+        }
+    }
+
+    /// Ends the session (idempotent). A parked GET will be answered `1`.
+    pub(crate) fn close(&mut self, reason: CloseReason) {
+        if self.closed.is_none() {
+            self.closed = Some(reason);
+            if self.transport == Transport::Polling && self.get_pending {
+                self.final_poll_reply = Some(PollReply::Close);
+            }
+            self.queue.clear();
+            self.queued_bytes = 0;
+        }
+    }
+}
+
+/// What [`Session::on_timer`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TimerOutcome {
+    /// Nothing happened.
+    Idle,
+    /// A ping was queued: wake the transport.
+    PingQueued,
+    /// The probing WebSocket did not finish in time: close it.
+    UpgradeTimedOut,
+    /// The session ended.
+    Closed(CloseReason),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    const TIMINGS: Timings = Timings {
+        ping_interval: Duration::from_millis(300),
+        ping_timeout: Duration::from_millis(200),
+        upgrade_timeout: Duration::from_millis(1000),
+    };
+    const LIMITS: QueueLimits = QueueLimits { max_packets: 4, max_bytes: 100, volatile_drop_bytes: 10 };
+
+    fn ms(t0: Instant, n: u64) -> Instant {
+        t0 + Duration::from_millis(n)
+    }
+
+    fn polling(t0: Instant) -> Session {
+        Session::new(t0, Transport::Polling, TIMINGS, LIMITS)
+    }
+
+    #[test]
+    fn first_ping_exactly_one_interval_after_handshake() {
+        let t0 = Instant::now();
+        let mut s = polling(t0);
+        assert_eq!(s.next_deadline(), Some(ms(t0, 300)));
+        assert_eq!(s.on_timer(ms(t0, 299)), TimerOutcome::Idle);
+        assert_eq!(s.on_timer(ms(t0, 300)), TimerOutcome::PingQueued);
+        assert_eq!(s.poll_start(), Ok(PollStart::Reply(PollReply::Frames(vec![Frame::control(PacketType::Ping)]))));
+        // Pong at 350: next ping one interval after the pong.
+        assert_eq!(s.on_packet(ms(t0, 350), Packet::Pong(Bytes::new()), Transport::Polling), Ok(Inbound::None));
+        assert_eq!(s.next_deadline(), Some(ms(t0, 650)));
+    }
+
+    #[test]
+    fn missed_pong_closes_after_ping_timeout() {
+        let t0 = Instant::now();
+        let mut s = polling(t0);
+        s.on_timer(ms(t0, 300));
+        assert_eq!(s.next_deadline(), Some(ms(t0, 500)));
+        assert_eq!(s.on_timer(ms(t0, 499)), TimerOutcome::Idle);
+        assert_eq!(s.on_timer(ms(t0, 500)), TimerOutcome::Closed(CloseReason::PingTimeout));
+        assert_eq!(s.poll_start(), Err(RequestError::NotPolling));
+        assert_eq!(s.next_deadline(), None);
+    }
+
+    #[test]
+    fn abandoned_polling_session_is_reaped_by_the_heartbeat() {
+        let t0 = Instant::now();
+        let mut s = polling(t0);
+        // The client never polls again: the ping stays queued, the pong never comes.
+        let mut now = t0;
+        while let Some(deadline) = s.next_deadline() {
+            now = deadline;
+            s.on_timer(now);
+        }
+        assert_eq!(s.closed(), Some(CloseReason::PingTimeout));
+        assert_eq!(now, ms(t0, 500));
+    }
+
+    #[test]
+    fn client_ping_is_an_error() {
+        let t0 = Instant::now();
+        let mut s = polling(t0);
+        assert_eq!(s.on_packet(t0, Packet::Ping(Bytes::new()), Transport::Polling), Err(CloseReason::ParseError));
+        assert_eq!(s.closed(), Some(CloseReason::ParseError));
+    }
+
+    #[test]
+    fn parked_get_is_answered_when_data_arrives() {
+        let t0 = Instant::now();
+        let mut s = polling(t0);
+        assert_eq!(s.poll_start(), Ok(PollStart::Park));
+        assert_eq!(s.poll_take(), None);
+        assert_eq!(s.enqueue(&[Frame::message(b"x")], false), Enqueued::Queued);
+        assert_eq!(s.poll_take(), Some(PollReply::Frames(vec![Frame::message(b"x")])));
+        assert!(!s.poll_parked());
+    }
+
+    #[test]
+    fn duplicate_get_closes_and_first_gets_close_packet() {
+        let t0 = Instant::now();
+        let mut s = polling(t0);
+        assert_eq!(s.poll_start(), Ok(PollStart::Park));
+        assert_eq!(s.poll_start(), Err(RequestError::DuplicateGet));
+        assert_eq!(s.poll_take(), Some(PollReply::Close));
+        assert_eq!(s.poll_take(), None);
+        assert_eq!(s.closed(), Some(CloseReason::TransportError));
+    }
+
+    #[test]
+    fn overlapping_post_closes() {
+        let mut s = polling(Instant::now());
+        assert_eq!(s.post_start(), Ok(()));
+        assert_eq!(s.post_start(), Err(RequestError::DuplicatePost));
+        assert!(s.closed().is_some());
+    }
+
+    #[test]
+    fn upgrade_dance() {
+        let t0 = Instant::now();
+        let mut s = polling(t0);
+        s.enqueue(&[Frame::message(b"buffered")], false);
+        assert_eq!(s.begin_upgrade(t0), Ok(()));
+        // A second websocket while probing is refused.
+        assert_eq!(s.begin_upgrade(t0), Err(RequestError::NotPolling));
+        let probe = Packet::Ping(Bytes::from_static(b"probe"));
+        assert_eq!(s.on_packet(t0, probe, Transport::WebSocket), Ok(Inbound::ProbeReply));
+        // Every GET during the upgrade gets a noop, buffered data waits for the websocket.
+        assert_eq!(s.poll_start(), Ok(PollStart::Reply(PollReply::Noop)));
+        assert_eq!(s.on_packet(t0, Packet::Upgrade, Transport::WebSocket), Ok(Inbound::None));
+        assert_eq!(s.transport(), Transport::WebSocket);
+        assert_eq!(s.poll_start(), Err(RequestError::NotPolling));
+        let mut out = Vec::new();
+        s.drain_for_websocket(&mut out);
+        assert_eq!(out, vec![Frame::message(b"buffered")]);
+        assert_eq!(s.begin_upgrade(t0), Err(RequestError::NotPolling));
+    }
+
+    #[test]
+    fn parked_get_gets_noop_after_probe() {
+        let t0 = Instant::now();
+        let mut s = polling(t0);
+        assert_eq!(s.poll_start(), Ok(PollStart::Park));
+        s.begin_upgrade(t0).expect("upgrade starts");
+        s.on_packet(t0, Packet::Ping(Bytes::from_static(b"probe")), Transport::WebSocket).expect("probe");
+        assert_eq!(s.poll_take(), Some(PollReply::Noop));
+    }
+
+    #[test]
+    fn upgrade_times_out() {
+        let t0 = Instant::now();
+        let mut s = polling(t0);
+        s.begin_upgrade(t0).expect("upgrade starts");
+        // The pong arrives in time, so only the upgrade deadline matters here.
+        s.on_timer(ms(t0, 300));
+        s.on_packet(ms(t0, 310), Packet::Pong(Bytes::new()), Transport::Polling).expect("pong");
+        s.on_timer(ms(t0, 610));
+        s.on_packet(ms(t0, 620), Packet::Pong(Bytes::new()), Transport::Polling).expect("pong");
+        s.on_timer(ms(t0, 920));
+        s.on_packet(ms(t0, 930), Packet::Pong(Bytes::new()), Transport::Polling).expect("pong");
+        assert_eq!(s.on_timer(ms(t0, 1000)), TimerOutcome::UpgradeTimedOut);
+        assert_eq!(s.transport(), Transport::Polling);
+        assert_eq!(s.begin_upgrade(ms(t0, 1001)), Ok(()));
+    }
+
+    #[test]
+    fn non_probe_on_probing_socket_aborts_upgrade_only() {
+        let t0 = Instant::now();
+        let mut s = polling(t0);
+        s.begin_upgrade(t0).expect("upgrade starts");
+        assert_eq!(
+            s.on_packet(t0, Packet::Message(Bytes::from_static(b"x")), Transport::WebSocket),
+            Err(CloseReason::TransportError)
+        );
+        assert_eq!(s.closed(), None);
+        assert_eq!(s.transport(), Transport::Polling);
+    }
+
+    #[test]
+    fn overflow_closes_and_volatile_is_dropped() {
+        let t0 = Instant::now();
+        let mut s = Session::new(t0, Transport::WebSocket, TIMINGS, LIMITS);
+        assert_eq!(s.enqueue(&[Frame::message(b"0123456789")], false), Enqueued::Queued);
+        // 11 bytes queued > volatile_drop_bytes (10).
+        assert_eq!(s.enqueue(&[Frame::message(b"v")], true), Enqueued::DroppedVolatile);
+        assert_eq!(s.enqueue(&[Frame::message(b"a"), Frame::message(b"b")], false), Enqueued::Queued);
+        assert_eq!(s.queued(), (3, 15));
+        // Two more would make 5 packets > 4: the client is disconnected.
+        assert_eq!(s.enqueue(&[Frame::message(b"c"), Frame::message(b"d")], false), Enqueued::Closed);
+        assert_eq!(s.closed(), Some(CloseReason::Overflow));
+        assert_eq!(s.queued(), (0, 0));
+    }
+
+    #[test]
+    fn volatile_dropped_for_polling_client_without_pending_get() {
+        let t0 = Instant::now();
+        let mut s = polling(t0);
+        assert_eq!(s.enqueue(&[Frame::message(b"v")], true), Enqueued::DroppedVolatile);
+        assert_eq!(s.poll_start(), Ok(PollStart::Park));
+        assert_eq!(s.enqueue(&[Frame::message(b"v")], true), Enqueued::Queued);
+    }
+
+    #[test]
+    fn client_close_packet_ends_session() {
+        let t0 = Instant::now();
+        let mut s = polling(t0);
+        assert_eq!(s.poll_start(), Ok(PollStart::Park));
+        assert_eq!(s.on_packet(t0, Packet::Close, Transport::Polling), Err(CloseReason::TransportClose));
+        // Upstream answers the pending GET with a noop when the client closes.
+        assert_eq!(s.poll_take(), Some(PollReply::Noop));
+        assert_eq!(s.poll_take(), None);
+    }
+}
