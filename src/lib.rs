@@ -20,3 +20,6 @@ pub mod engineio;
 mod sid;
 
 pub use sid::Sid;
+pub mod http;
+pub mod rooms;
+pub mod socketio;

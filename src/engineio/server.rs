@@ -364,10 +364,12 @@ impl<H: Handler> Engine<H> {
             Transport::WebSocket => {
                 // The open packet is the first thing the driver writes.
                 conn.send_frames(&[open], false);
+                let permit = req.extensions().get::<crate::http::ConnPermit>().cloned();
                 match fastwebsockets::upgrade::upgrade(&mut req) {
                     Ok((response, fut)) => {
                         let engine = self.clone();
                         self.inner.tasks.spawn(async move {
+                            let _permit = permit;
                             match fut.await {
                                 Ok(ws) => websocket::run_direct(engine, conn, ws).await,
                                 Err(_) => conn.close_with(CloseReason::TransportError),
@@ -526,12 +528,14 @@ impl<H: Handler> Engine<H> {
     }
 
     fn upgrade_existing(&self, req: &mut Request<Incoming>, conn: Arc<Connection<H::State>>) -> Response<Body> {
-        let Ok((response, fut)) = fastwebsockets::upgrade::upgrade(req) else {
+        let permit = req.extensions().get::<crate::http::ConnPermit>().cloned();
+        let Ok((response, fut)) = fastwebsockets::upgrade::upgrade(&mut *req) else {
             return error_response(ErrorCode::BadRequest);
         };
         let allowed = self.inner.config.allow_upgrades && conn.session.lock().begin_upgrade(Instant::now()).is_ok();
         let engine = self.clone();
         self.inner.tasks.spawn(async move {
+            let _permit = permit;
             let Ok(ws) = fut.await else {
                 if allowed {
                     conn.session.lock().abort_upgrade();

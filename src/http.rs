@@ -1,0 +1,158 @@
+//! The HTTP listener shared by the Socket.IO and raw Engine.IO endpoints:
+//! accepts connections (bounded by a semaphore so the node never runs out
+//! of file descriptors), serves HTTP/1.1 with upgrades, and routes by path.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::engineio::{Body, Engine, Handler};
+use crate::socketio::Server;
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Something that answers HTTP requests for one path.
+pub trait Endpoint: Send + Sync + 'static {
+    /// Answers `req` from `remote`.
+    fn call(&self, req: Request<Incoming>, remote: SocketAddr) -> BoxFuture<'_, Response<Body>>;
+}
+
+impl<H: Handler> Endpoint for Engine<H> {
+    fn call(&self, req: Request<Incoming>, remote: SocketAddr) -> BoxFuture<'_, Response<Body>> {
+        Box::pin(self.handle(req, remote))
+    }
+}
+
+impl Endpoint for Server {
+    fn call(&self, req: Request<Incoming>, remote: SocketAddr) -> BoxFuture<'_, Response<Body>> {
+        Box::pin(self.handle(req, remote))
+    }
+}
+
+/// Path → endpoint. Paths match with or without their trailing slash.
+#[derive(Default, Clone)]
+pub struct Router {
+    routes: Vec<(String, Arc<dyn Endpoint>)>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.routes.iter().map(|(p, _)| p)).finish()
+    }
+}
+
+impl Router {
+    /// An empty router (every request gets 404).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Serves `endpoint` at `path` (e.g. `/socket.io/`).
+    pub fn route(mut self, path: &str, endpoint: impl Endpoint) -> Self {
+        self.routes.push((path.trim_end_matches('/').to_owned(), Arc::new(endpoint)));
+        self
+    }
+
+    async fn dispatch(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+        let path = req.uri().path().trim_end_matches('/');
+        match self.routes.iter().find(|(p, _)| p == path) {
+            Some((_, endpoint)) => endpoint.call(req, remote).await,
+            None => {
+                let mut res = Response::new(Full::new(Bytes::from_static(b"not found")));
+                *res.status_mut() = StatusCode::NOT_FOUND;
+                res
+            }
+        }
+    }
+}
+
+/// The listener's slot for one TCP connection. It rides in each request's
+/// extensions so that a WebSocket keeps holding it after the HTTP
+/// connection task has handed the socket over.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnPermit(#[allow(dead_code)] pub(crate) Arc<tokio::sync::OwnedSemaphorePermit>);
+
+/// Limits of the HTTP listener.
+#[derive(Debug, Clone)]
+pub struct ListenerLimits {
+    /// Most TCP connections held at once; further clients wait in the backlog.
+    pub max_connections: usize,
+    /// How long a client may take to send request headers.
+    pub header_read_timeout: Duration,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        Self { max_connections: 10_000, header_read_timeout: Duration::from_secs(10) }
+    }
+}
+
+/// Accepts connections on `listener` until `shutdown` is cancelled. Every
+/// connection task is tracked by `tasks`; on shutdown, idle keep-alive
+/// connections are closed and WebSockets are left to the endpoints.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: ListenerLimits,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    let router = Arc::new(router);
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            () = shutdown.cancelled() => return,
+        };
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(err) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(%err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let shutdown = shutdown.clone();
+        let timeout = limits.header_read_timeout;
+        let permit = ConnPermit(Arc::new(permit));
+        tasks.spawn(async move {
+            let service = service_fn(move |mut req: Request<Incoming>| {
+                let router = router.clone();
+                req.extensions_mut().insert(permit.clone());
+                async move { Ok::<_, std::convert::Infallible>(router.dispatch(req, remote).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(timeout)
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,50 @@
+//! Socket.IO server settings.
+
+use std::time::Duration;
+
+use crate::engineio::EngineConfig;
+
+/// Which namespaces clients may connect to.
+#[derive(Debug, Clone, Default)]
+pub enum NamespacePolicy {
+    /// Only namespaces created with [`super::Server::of`] (socket.io's default).
+    #[default]
+    Registered,
+    /// Any namespace; unknown ones are created on first connect.
+    Any,
+    /// Registered namespaces plus these names, created on first connect.
+    Allow(Vec<String>),
+}
+
+/// Settings of a Socket.IO server.
+#[derive(Debug, Clone)]
+pub struct SocketIoConfig {
+    /// The Engine.IO layer's settings.
+    pub engine: EngineConfig,
+    /// A client that has not joined any namespace by then is disconnected.
+    pub connect_timeout: Duration,
+    /// Most binary attachments in one packet.
+    pub max_attachments: usize,
+    /// Most rooms one socket may be in (its own id not counted).
+    pub max_rooms_per_socket: usize,
+    /// Most server→client acks one socket may have outstanding.
+    pub max_pending_acks: usize,
+    /// Which namespaces are accepted.
+    pub namespaces: NamespacePolicy,
+    /// 24-bit tag written into every socket id, telling which node owns it.
+    pub node_tag: u32,
+}
+
+impl Default for SocketIoConfig {
+    fn default() -> Self {
+        Self {
+            engine: EngineConfig::default(),
+            connect_timeout: Duration::from_millis(45_000),
+            max_attachments: 10,
+            max_rooms_per_socket: 1024,
+            max_pending_acks: 1024,
+            namespaces: NamespacePolicy::Registered,
+            node_tag: 0,
+        }
+    }
+}

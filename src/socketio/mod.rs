@@ -1,0 +1,24 @@
+//! Socket.IO v5 on top of Engine.IO.
+//!
+//! - [`packet`](self): the pure packet codec and binary reassembly.
+//! - `server`: the [`Server`] and the Engine.IO handler that decodes packets
+//!   and routes them to namespaces (CONNECT, DISCONNECT, events, acks).
+//! - `namespace`: handlers, middleware, the socket table, room registry and
+//!   the local fan-out.
+//! - `socket`: one client's membership of one namespace: emit, acks, rooms.
+//! - `operator`: the broadcast builder (`to`, `except`, `volatile`…).
+
+mod config;
+mod namespace;
+mod operator;
+pub(crate) mod packet;
+mod payload;
+mod server;
+mod socket;
+
+pub use config::{NamespacePolicy, SocketIoConfig};
+pub use namespace::{ConnectError, ConnectRequest, Event, Namespace};
+pub use operator::{AckResults, BroadcastOperator};
+pub use payload::Payload;
+pub use server::{ClientState, Server};
+pub use socket::{AckError, AckSender, SendError, Socket};

@@ -1,0 +1,339 @@
+//! A namespace: its handlers and middleware, its sockets, its rooms, and the
+//! local fan-out of broadcasts.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use parking_lot::RwLock;
+use serde_json::Value;
+use tokio_util::task::TaskTracker;
+
+use super::operator::BroadcastOperator;
+use super::packet::Packet;
+use super::payload::Payload;
+use super::server::{ClientState, ServerInner};
+use super::socket::{AckSender, Socket};
+use crate::engineio::{Connection, Handshake};
+use crate::rooms::{Broadcast, RoomRegistry};
+use crate::sid::Sid;
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+type ConnectHandler = Arc<dyn Fn(Socket) -> BoxFuture<()> + Send + Sync>;
+type EventHandler = Arc<dyn Fn(Socket, Event) -> BoxFuture<()> + Send + Sync>;
+type DisconnectHandler = Arc<dyn Fn(Socket, &'static str) -> BoxFuture<()> + Send + Sync>;
+type Middleware = Arc<dyn Fn(ConnectRequest) -> BoxFuture<Result<(), ConnectError>> + Send + Sync>;
+
+/// An event from a client.
+#[derive(Debug)]
+pub struct Event {
+    /// The event name (a numeric name is given as its decimal text).
+    pub name: String,
+    /// The arguments after the name.
+    pub payload: Payload,
+    /// Present when the client asked for an acknowledgement.
+    pub ack: Option<AckSender>,
+}
+
+/// What a middleware sees of a connecting client.
+#[derive(Debug, Clone)]
+pub struct ConnectRequest {
+    /// The namespace being joined.
+    pub nsp: String,
+    /// The `auth` object of the CONNECT packet (`{}` when absent).
+    pub auth: Value,
+    /// The HTTP request that opened the Engine.IO session.
+    pub handshake: Handshake,
+}
+
+/// A middleware's refusal, sent to the client as CONNECT_ERROR.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectError {
+    /// The `message` the client's `connect_error` event carries.
+    pub message: String,
+    /// Optional `data` the client's error carries.
+    pub data: Option<Value>,
+}
+
+impl ConnectError {
+    /// A refusal with `message` and no data.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self { message: message.into(), data: None }
+    }
+
+    pub(crate) fn to_json(&self) -> Value {
+        match &self.data {
+            Some(data) => serde_json::json!({ "message": self.message, "data": data }),
+            None => serde_json::json!({ "message": self.message }),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Handlers {
+    middleware: Vec<Middleware>,
+    connect: Vec<ConnectHandler>,
+    events: HashMap<String, EventHandler>,
+    any: Option<EventHandler>,
+    disconnect: Vec<DisconnectHandler>,
+}
+
+/// A Socket.IO namespace. Cheap to clone.
+#[derive(Clone)]
+pub struct Namespace(Arc<NamespaceInner>);
+
+pub(crate) struct NamespaceInner {
+    name: String,
+    sockets: DashMap<Sid, Socket>,
+    rooms: RoomRegistry,
+    handlers: RwLock<Handlers>,
+    tasks: TaskTracker,
+    pub(crate) max_rooms_per_socket: usize,
+    pub(crate) max_pending_acks: usize,
+}
+
+impl std::fmt::Debug for Namespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Namespace")
+            .field("name", &self.0.name)
+            .field("sockets", &self.0.sockets.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Namespace {
+    pub(crate) fn new(name: &str, server: &ServerInner) -> Self {
+        Self(Arc::new(NamespaceInner {
+            name: name.to_owned(),
+            sockets: DashMap::new(),
+            rooms: RoomRegistry::default(),
+            handlers: RwLock::new(Handlers::default()),
+            tasks: server.tasks.clone(),
+            max_rooms_per_socket: server.config.max_rooms_per_socket,
+            max_pending_acks: server.config.max_pending_acks,
+        }))
+    }
+
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    /// Adds a middleware run for every CONNECT, in order; the first error
+    /// refuses the client with CONNECT_ERROR.
+    pub fn use_middleware<F, Fut>(&self, f: F)
+    where
+        F: Fn(ConnectRequest) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), ConnectError>> + Send + 'static,
+    {
+        self.0.handlers.write().middleware.push(Arc::new(move |req| Box::pin(f(req))));
+    }
+
+    /// Runs `f` for each socket that joins the namespace.
+    pub fn on_connect<F, Fut>(&self, f: F)
+    where
+        F: Fn(Socket) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.0.handlers.write().connect.push(Arc::new(move |s| Box::pin(f(s))));
+    }
+
+    /// Runs `f` for each `event` a client of this namespace emits.
+    pub fn on<F, Fut>(&self, event: &str, f: F)
+    where
+        F: Fn(Socket, Event) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.0.handlers.write().events.insert(event.to_owned(), Arc::new(move |s, e| Box::pin(f(s, e))));
+    }
+
+    /// Runs `f` for events that have no handler of their own.
+    pub fn on_any<F, Fut>(&self, f: F)
+    where
+        F: Fn(Socket, Event) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.0.handlers.write().any = Some(Arc::new(move |s, e| Box::pin(f(s, e))));
+    }
+
+    /// Runs `f` when a socket leaves the namespace, with the reason
+    /// (`transport close`, `ping timeout`, `client namespace disconnect`…).
+    pub fn on_disconnect<F, Fut>(&self, f: F)
+    where
+        F: Fn(Socket, &'static str) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.0.handlers.write().disconnect.push(Arc::new(move |s, r| Box::pin(f(s, r))));
+    }
+
+    /// A broadcast to `room`.
+    pub fn to(&self, room: impl Into<String>) -> BroadcastOperator {
+        BroadcastOperator::new(self.clone()).to(room)
+    }
+
+    /// A broadcast to every socket except those in `room`.
+    pub fn except(&self, room: impl Into<String>) -> BroadcastOperator {
+        BroadcastOperator::new(self.clone()).except(room)
+    }
+
+    /// A broadcast to every socket of the namespace.
+    pub fn broadcast(&self) -> BroadcastOperator {
+        BroadcastOperator::new(self.clone())
+    }
+
+    /// Emits to every socket of the namespace; returns the number of recipients.
+    pub fn emit(&self, event: &str, payload: impl Into<Payload>) -> usize {
+        self.broadcast().emit(event, payload)
+    }
+
+    /// The socket with id `sid`, if it is connected here.
+    pub fn socket(&self, sid: &str) -> Option<Socket> {
+        self.0.sockets.get(&Sid::parse(sid)?).map(|s| s.clone())
+    }
+
+    /// Every connected socket.
+    pub fn sockets(&self) -> Vec<Socket> {
+        self.0.sockets.iter().map(|e| e.value().clone()).collect()
+    }
+
+    /// Number of connected sockets.
+    pub fn socket_count(&self) -> usize {
+        self.0.sockets.len()
+    }
+
+    /// Names of rooms with at least one member (socket-id rooms excluded).
+    pub fn rooms(&self) -> Vec<String> {
+        self.0.rooms.room_names()
+    }
+
+    pub(crate) fn max_rooms_per_socket(&self) -> usize {
+        self.0.max_rooms_per_socket
+    }
+
+    pub(crate) fn max_pending_acks(&self) -> usize {
+        self.0.max_pending_acks
+    }
+
+    pub(crate) fn registry(&self) -> &RoomRegistry {
+        &self.0.rooms
+    }
+
+    pub(crate) fn has_middleware(&self) -> bool {
+        !self.0.handlers.read().middleware.is_empty()
+    }
+
+    pub(crate) async fn run_middleware(
+        &self,
+        conn: &Arc<Connection<ClientState>>,
+        auth: &Value,
+    ) -> Result<(), ConnectError> {
+        let middleware = self.0.handlers.read().middleware.clone();
+        for m in middleware {
+            let req = ConnectRequest {
+                nsp: self.0.name.clone(),
+                auth: auth.clone(),
+                handshake: conn.handshake().clone(),
+            };
+            m(req).await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn add_socket(&self, socket: Socket) {
+        self.0.sockets.insert(socket.sid(), socket);
+    }
+
+    pub(crate) fn remove_socket(&self, sid: Sid) {
+        if self.0.sockets.remove(&sid).is_some() {
+            metrics::gauge!("ioswarm_socketio_sockets").decrement(1.0);
+        }
+    }
+
+    pub(crate) fn run_connect_handlers(&self, socket: &Socket) {
+        let handlers = self.0.handlers.read().connect.clone();
+        for h in handlers {
+            self.0.tasks.spawn(h(socket.clone()));
+        }
+    }
+
+    pub(crate) fn run_disconnect_handlers(&self, socket: &Socket, reason: &'static str) {
+        let handlers = self.0.handlers.read().disconnect.clone();
+        for h in handlers {
+            self.0.tasks.spawn(h(socket.clone(), reason));
+        }
+    }
+
+    pub(crate) fn dispatch_event(&self, socket: &Socket, packet: Packet, attachments: Vec<Bytes>) {
+        let Some(Value::Array(mut items)) = packet.data else { return };
+        if items.is_empty() {
+            return;
+        }
+        let name = match items.remove(0) {
+            Value::String(s) => s,
+            other => other.to_string(),
+        };
+        let handler = {
+            let handlers = self.0.handlers.read();
+            handlers.events.get(&name).or(handlers.any.as_ref()).cloned()
+        };
+        let Some(handler) = handler else { return };
+        let ack = packet.id.map(|id| AckSender::new(socket.clone(), id));
+        let event = Event { name, payload: Payload { args: items, attachments }, ack };
+        self.0.tasks.spawn(handler(socket.clone(), event));
+    }
+
+    /// Executes a broadcast on this node's sockets; returns the number of recipients.
+    pub(crate) fn execute(&self, b: &Broadcast) -> usize {
+        let frames = b.packet.frames();
+        let except = self.members_of(&b.except);
+        let mut recipients = 0usize;
+        let mut deliver = |socket: &Socket| {
+            if !except.contains(&socket.sid()) {
+                socket.send_frames(&frames, b.flags.volatile);
+                recipients += 1;
+            }
+        };
+        if b.rooms.is_empty() {
+            for entry in self.0.sockets.iter() {
+                deliver(entry.value());
+            }
+        } else if let [room] = b.rooms.as_slice() {
+            self.0.rooms.for_each_member(room, |sid| {
+                if let Some(socket) = self.0.sockets.get(&sid) {
+                    deliver(socket.value());
+                }
+            });
+            if let Some(socket) = Sid::parse(room).and_then(|sid| self.0.sockets.get(&sid)) {
+                if self.0.rooms.len_of(room) == 0 {
+                    deliver(socket.value());
+                }
+            }
+        } else {
+            for sid in self.members_of(&b.rooms) {
+                if let Some(socket) = self.0.sockets.get(&sid) {
+                    deliver(socket.value());
+                }
+            }
+        }
+        metrics::counter!("ioswarm_broadcasts_total").increment(1);
+        metrics::histogram!("ioswarm_broadcast_recipients").record(recipients as f64);
+        recipients
+    }
+
+    /// Every socket in any of `rooms` (a socket id names its own room).
+    pub(crate) fn members_of(&self, rooms: &[String]) -> HashSet<Sid> {
+        let mut out = HashSet::new();
+        for room in rooms {
+            self.0.rooms.for_each_member(room, |sid| {
+                out.insert(sid);
+            });
+            if let Some(sid) = Sid::parse(room).filter(|sid| self.0.sockets.contains_key(sid)) {
+                out.insert(sid);
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,322 @@
+//! One client's membership of one namespace.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use super::namespace::Namespace;
+use super::operator::BroadcastOperator;
+use super::packet::{self, Packet, PacketKind};
+use super::payload::Payload;
+use super::server::ClientState;
+use crate::engineio::packet::Frame;
+use crate::engineio::session::Enqueued;
+use crate::engineio::{Connection, Handshake};
+use crate::rooms::{EncodedPacket, Room};
+use crate::sid::Sid;
+
+/// Why a packet could not be queued for a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The client is gone (or was just disconnected for falling too far behind).
+    #[error("the client is disconnected")]
+    Disconnected,
+    /// A volatile packet was dropped because the client is behind.
+    #[error("volatile packet dropped: the client is behind")]
+    Dropped,
+}
+
+/// Why an emit-with-ack produced no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AckError {
+    /// No answer within the timeout.
+    #[error("no acknowledgement within the timeout")]
+    Timeout,
+    /// The client disconnected first, or could not be sent the packet.
+    #[error("the client is disconnected")]
+    Disconnected,
+    /// Too many acknowledgements are already outstanding for this socket.
+    #[error("too many acknowledgements outstanding")]
+    TooMany,
+}
+
+/// A connected socket. Cheap to clone.
+#[derive(Clone)]
+pub struct Socket(Arc<SocketInner>);
+
+struct SocketInner {
+    sid: Sid,
+    ns: Namespace,
+    conn: Arc<Connection<ClientState>>,
+    auth: Value,
+    rooms: Mutex<Vec<Room>>,
+    acks: Mutex<AckTable>,
+}
+
+#[derive(Default)]
+struct AckTable {
+    next_id: u64,
+    pending: HashMap<u64, oneshot::Sender<Payload>>,
+    closed: bool,
+}
+
+impl std::fmt::Debug for Socket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Socket").field("id", &self.0.sid).field("nsp", &self.0.ns.name()).finish_non_exhaustive()
+    }
+}
+
+impl Socket {
+    pub(crate) fn new(ns: &Namespace, conn: Arc<Connection<ClientState>>, auth: Value, node_tag: u32) -> Self {
+        Self(Arc::new(SocketInner {
+            sid: Sid::with_tag(node_tag),
+            ns: ns.clone(),
+            conn,
+            auth,
+            rooms: Mutex::new(Vec::new()),
+            acks: Mutex::new(AckTable::default()),
+        }))
+    }
+
+    /// The socket id (also the name of the socket's own room).
+    pub fn id(&self) -> &str {
+        self.0.sid.as_str()
+    }
+
+    pub(crate) fn sid(&self) -> Sid {
+        self.0.sid
+    }
+
+    /// The namespace name.
+    pub fn nsp(&self) -> &str {
+        self.0.ns.name()
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> &Namespace {
+        &self.0.ns
+    }
+
+    /// The `auth` object sent with CONNECT (`{}` when absent).
+    pub fn auth(&self) -> &Value {
+        &self.0.auth
+    }
+
+    /// The HTTP request that opened the underlying connection.
+    pub fn handshake(&self) -> &Handshake {
+        self.0.conn.handshake()
+    }
+
+    /// The transport in use (`polling` or `websocket`).
+    pub fn transport(&self) -> &'static str {
+        self.0.conn.transport()
+    }
+
+    /// The rooms this socket is in, its own id first.
+    pub fn rooms(&self) -> Vec<String> {
+        let mut out = vec![self.id().to_owned()];
+        out.extend(self.0.rooms.lock().iter().map(|r| r.to_string()));
+        out
+    }
+
+    /// Joins `room`. Returns false if the socket is already in the most rooms allowed.
+    pub fn join(&self, room: &str) -> bool {
+        let mut rooms = self.0.rooms.lock();
+        if rooms.iter().any(|r| &**r == room) || room == self.id() {
+            return true;
+        }
+        if rooms.len() >= self.0.ns.max_rooms_per_socket() {
+            return false;
+        }
+        let (name, _) = self.0.ns.registry().join(room, self.0.sid);
+        rooms.push(name);
+        true
+    }
+
+    /// Leaves `room`.
+    pub fn leave(&self, room: &str) {
+        let mut rooms = self.0.rooms.lock();
+        if let Some(pos) = rooms.iter().position(|r| &**r == room) {
+            rooms.swap_remove(pos);
+            self.0.ns.registry().leave(room, self.0.sid);
+        }
+    }
+
+    /// Leaves every room.
+    pub fn leave_all(&self) {
+        let rooms = std::mem::take(&mut *self.0.rooms.lock());
+        for room in rooms {
+            self.0.ns.registry().leave(&room, self.0.sid);
+        }
+    }
+
+    /// Emits `event` to this client.
+    pub fn emit(&self, event: &str, payload: impl Into<Payload>) -> Result<(), SendError> {
+        let packet = encode_event(self.nsp(), None, event, &payload.into());
+        match self.send_frames(&packet.frames(), false) {
+            Enqueued::Queued => Ok(()),
+            Enqueued::DroppedVolatile => Err(SendError::Dropped),
+            Enqueued::Closed => Err(SendError::Disconnected),
+        }
+    }
+
+    /// Emits `event` and waits up to `timeout` for the client's acknowledgement.
+    pub async fn emit_with_ack(
+        &self,
+        event: &str,
+        payload: impl Into<Payload>,
+        timeout: Duration,
+    ) -> Result<Payload, AckError> {
+        let rx = self.send_with_ack(event, &payload.into())?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(payload)) => Ok(payload),
+            Ok(Err(_)) => Err(AckError::Disconnected),
+            Err(_) => {
+                metrics::counter!("ioswarm_acks_timed_out_total").increment(1);
+                Err(AckError::Timeout)
+            }
+        }
+    }
+
+    /// Queues `event` with a fresh ack id; the receiver resolves with the answer.
+    pub(crate) fn send_with_ack(&self, event: &str, payload: &Payload) -> Result<oneshot::Receiver<Payload>, AckError> {
+        let (tx, rx) = oneshot::channel();
+        let id = {
+            let mut acks = self.0.acks.lock();
+            if acks.closed {
+                return Err(AckError::Disconnected);
+            }
+            acks.pending.retain(|_, tx| !tx.is_closed());
+            if acks.pending.len() >= self.0.ns.max_pending_acks() {
+                return Err(AckError::TooMany);
+            }
+            let id = acks.next_id;
+            acks.next_id += 1;
+            acks.pending.insert(id, tx);
+            id
+        };
+        let packet = encode_event(self.nsp(), Some(id), event, payload);
+        if self.send_frames(&packet.frames(), false) != Enqueued::Queued {
+            self.0.acks.lock().pending.remove(&id);
+            return Err(AckError::Disconnected);
+        }
+        Ok(rx)
+    }
+
+    /// A broadcast to `room`, except this socket.
+    pub fn to(&self, room: impl Into<String>) -> BroadcastOperator {
+        BroadcastOperator::new(self.0.ns.clone()).to(room).except(self.id().to_owned())
+    }
+
+    /// A broadcast to the whole namespace, except this socket.
+    pub fn broadcast(&self) -> BroadcastOperator {
+        BroadcastOperator::new(self.0.ns.clone()).except(self.id().to_owned())
+    }
+
+    /// Leaves the namespace: the client gets a DISCONNECT packet and its
+    /// Engine.IO connection stays open for other namespaces.
+    pub fn disconnect(&self) {
+        let mut text = vec![b'4'];
+        packet::encode(PacketKind::Disconnect, self.nsp(), None, None, 0, &mut text);
+        self.send_frames(&[Frame::Text(Bytes::from(text))], false);
+        if let Some(state) = self.0.conn.state() {
+            state.remove_socket(self);
+        }
+        self.on_disconnected("server namespace disconnect");
+    }
+
+    /// Closes the whole underlying connection (every namespace of this client).
+    pub fn close_connection(&self) {
+        self.0.conn.close();
+    }
+
+    pub(crate) fn send_frames(&self, frames: &[Frame], volatile: bool) -> Enqueued {
+        let result = self.0.conn.send_frames(frames, volatile);
+        if result == Enqueued::DroppedVolatile {
+            metrics::counter!("ioswarm_socketio_packets_dropped_total", "reason" => "volatile").increment(1);
+        }
+        result
+    }
+
+    pub(crate) fn resolve_ack(&self, packet: Packet, attachments: Vec<Bytes>) {
+        let Some(id) = packet.id else { return };
+        let Some(tx) = self.0.acks.lock().pending.remove(&id) else { return };
+        let args = match packet.data {
+            Some(Value::Array(args)) => args,
+            _ => Vec::new(),
+        };
+        let _ = tx.send(Payload { args, attachments });
+    }
+
+    /// The socket left the namespace (any cause): tidy up and tell handlers.
+    pub(crate) fn on_disconnected(&self, reason: &'static str) {
+        {
+            let mut acks = self.0.acks.lock();
+            if acks.closed {
+                return;
+            }
+            acks.closed = true;
+            acks.pending.clear();
+        }
+        self.leave_all();
+        self.0.ns.remove_socket(self.0.sid);
+        metrics::counter!("ioswarm_socketio_disconnects_total", "reason" => reason_label(reason)).increment(1);
+        self.0.ns.run_disconnect_handlers(self, reason);
+    }
+}
+
+fn reason_label(reason: &str) -> &'static str {
+    match reason {
+        "transport close" => "transport_close",
+        "transport error" => "transport_error",
+        "ping timeout" => "ping_timeout",
+        "parse error" => "parse_error",
+        "client namespace disconnect" => "client_namespace_disconnect",
+        "server namespace disconnect" => "server_namespace_disconnect",
+        "server shutting down" => "shutdown",
+        "send buffer overflow" => "overflow",
+        _ => "forced_close",
+    }
+}
+
+/// Answers one client event's acknowledgement request.
+#[derive(Debug)]
+pub struct AckSender {
+    socket: Socket,
+    id: u64,
+}
+
+impl AckSender {
+    pub(crate) fn new(socket: Socket, id: u64) -> Self {
+        Self { socket, id }
+    }
+
+    /// Sends the acknowledgement.
+    pub fn send(self, payload: impl Into<Payload>) -> Result<(), SendError> {
+        let payload = payload.into();
+        let kind = if payload.has_binary() { PacketKind::BinaryAck } else { PacketKind::Ack };
+        let mut text = vec![b'4'];
+        let data = Value::Array(payload.args);
+        packet::encode(kind, self.socket.nsp(), Some(self.id), Some(&data), payload.attachments.len(), &mut text);
+        let mut frames = vec![Frame::Text(Bytes::from(text))];
+        frames.extend(payload.attachments.into_iter().map(Frame::Binary));
+        match self.socket.send_frames(&frames, false) {
+            Enqueued::Queued => Ok(()),
+            Enqueued::DroppedVolatile => Err(SendError::Dropped),
+            Enqueued::Closed => Err(SendError::Disconnected),
+        }
+    }
+}
+
+/// Encodes an EVENT (or BINARY_EVENT) once, as the bytes every recipient gets.
+pub(crate) fn encode_event(nsp: &str, id: Option<u64>, event: &str, payload: &Payload) -> EncodedPacket {
+    let mut text = Vec::with_capacity(16 + event.len() + nsp.len());
+    text.push(b'4');
+    packet::encode_event(nsp, id, event, &payload.args, payload.attachments.len(), &mut text);
+    EncodedPacket { text: Bytes::from(text), attachments: payload.attachments.clone() }
+}
