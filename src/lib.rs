@@ -16,10 +16,18 @@
 //! - `config`, `shutdown`, `limits`, `metrics`: process plumbing for the binary.
 //! - `app`: the built-in application the `ioswarm` binary runs.
 
+pub mod admin;
+pub mod app;
+pub mod config;
 pub mod engineio;
+#[doc(hidden)]
+pub mod fuzzing;
+pub mod http;
+pub mod limits;
+pub mod metrics;
+pub mod rooms;
+pub mod shutdown;
 mod sid;
+pub mod socketio;
 
 pub use sid::Sid;
-pub mod http;
-pub mod rooms;
-pub mod socketio;

@@ -1,0 +1,221 @@
+//! The built-in application of the `ioswarm` binary (see
+//! `docs/binary-spec.md`): optional token auth on CONNECT, the `ioswarm:*`
+//! events clients may use, and the admin HTTP API backends use to emit.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::admin::{AdminRoutes, json_error, json_response};
+use crate::socketio::{ConnectError, Event, Namespace, Payload, Server, Socket};
+
+/// What clients are allowed to do by themselves.
+#[derive(Debug, Clone, Default)]
+pub struct AppOptions {
+    /// A CONNECT must carry `{"token": …}` equal to this.
+    pub auth_token: Option<String>,
+    /// Clients may join and leave rooms (`ioswarm:join`, `ioswarm:leave`).
+    pub client_rooms: bool,
+    /// Clients may broadcast to rooms they are in (`ioswarm:to`).
+    pub client_relay: bool,
+}
+
+/// Longest room name a client may use.
+const MAX_ROOM_NAME: usize = 256;
+
+/// Installs the built-in application on every namespace `io` accepts.
+pub fn install(io: &Server, options: AppOptions) {
+    let options = Arc::new(options);
+    let template = options.clone();
+    io.on_new_namespace(move |ns| configure(ns, template.clone()));
+    for ns in io.namespaces() {
+        configure(&ns, options.clone());
+    }
+}
+
+fn configure(ns: &Namespace, options: Arc<AppOptions>) {
+    if let Some(token) = options.auth_token.clone() {
+        ns.use_middleware(move |req| {
+            let ok = req.auth.get("token").and_then(Value::as_str) == Some(token.as_str());
+            async move { if ok { Ok(()) } else { Err(ConnectError::new("unauthorized")) } }
+        });
+    }
+    ns.on("ioswarm:echo", |_socket, event: Event| async move {
+        if let Some(ack) = event.ack {
+            let _ = ack.send(event.payload);
+        }
+    });
+    let opts = options.clone();
+    ns.on("ioswarm:join", move |socket, event| {
+        let allowed = opts.client_rooms;
+        async move { membership(&socket, event, allowed, true) }
+    });
+    let opts = options.clone();
+    ns.on("ioswarm:leave", move |socket, event| {
+        let allowed = opts.client_rooms;
+        async move { membership(&socket, event, allowed, false) }
+    });
+    let opts = options;
+    ns.on("ioswarm:to", move |socket, event| {
+        let allowed = opts.client_relay;
+        async move { relay(&socket, event, allowed) }
+    });
+    ns.on_any(|_socket, event| async move {
+        if let Some(ack) = event.ack {
+            let _ = ack.send(Payload::empty());
+        }
+    });
+}
+
+fn reply(event: Event, value: Value) {
+    if let Some(ack) = event.ack {
+        let _ = ack.send(value);
+    }
+}
+
+fn room_list(arg: Option<&Value>) -> Option<Vec<String>> {
+    let names: Vec<String> = match arg? {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(items) => items.iter().map(|v| v.as_str().map(str::to_owned)).collect::<Option<_>>()?,
+        _ => return None,
+    };
+    names.iter().all(|n| !n.is_empty() && n.len() <= MAX_ROOM_NAME).then_some(names)
+}
+
+fn membership(socket: &Socket, event: Event, allowed: bool, join: bool) {
+    if !allowed {
+        return reply(event, json!({"error": "forbidden"}));
+    }
+    let Some(rooms) = room_list(event.payload.args.first()) else {
+        return reply(event, json!({"error": "expected a room name or an array of room names"}));
+    };
+    for room in &rooms {
+        if join {
+            if !socket.join(room) {
+                return reply(event, json!({"error": "too many rooms"}));
+            }
+        } else {
+            socket.leave(room);
+        }
+    }
+    let mut current: Vec<String> = socket.rooms().into_iter().skip(1).collect();
+    current.sort();
+    reply(event, json!({ "rooms": current }))
+}
+
+fn relay(socket: &Socket, mut event: Event, allowed: bool) {
+    let room = event.payload.args.first().and_then(Value::as_str).map(str::to_owned);
+    let name = event.payload.args.get(1).and_then(Value::as_str).map(str::to_owned);
+    let (Some(room), Some(name)) = (room, name) else {
+        return reply(event, json!({"error": "expected (room, event, ...args)"}));
+    };
+    if !allowed || !socket.rooms().iter().any(|r| *r == room) || room == socket.id() {
+        return reply(event, json!({"error": "forbidden"}));
+    }
+    let args = event.payload.args.split_off(2);
+    let payload = Payload { args, attachments: std::mem::take(&mut event.payload.attachments) };
+    let recipients = socket.to(room).emit(&name, payload);
+    reply(event, json!({ "recipients": recipients }))
+}
+
+/// The admin HTTP API: `POST /v1/emit`, `GET /v1/sockets`.
+#[derive(Debug, Clone)]
+pub struct AdminApi {
+    io: Server,
+}
+
+impl AdminApi {
+    /// The API over `io`.
+    pub fn new(io: Server) -> Self {
+        Self { io }
+    }
+
+    async fn emit(&self, body: &[u8]) -> Response<Bytes> {
+        let req: EmitRequest = match serde_json::from_slice(body) {
+            Ok(req) => req,
+            Err(err) => return json_error(StatusCode::BAD_REQUEST, &format!("invalid request: {err}")),
+        };
+        let Some(ns) = self.io.namespace(&req.nsp) else {
+            return json_response(StatusCode::OK, &json!({"recipients": 0}));
+        };
+        let mut op = ns.broadcast();
+        for room in req.rooms {
+            op = op.to(room);
+        }
+        for room in req.except {
+            op = op.except(room);
+        }
+        if req.volatile {
+            op = op.volatile();
+        }
+        let payload = Payload::json(req.args);
+        match req.ack_timeout_ms {
+            None => {
+                let recipients = op.emit(&req.event, payload);
+                json_response(StatusCode::OK, &json!({ "recipients": recipients }))
+            }
+            Some(ms) => {
+                let results = op.emit_with_ack(&req.event, payload, Duration::from_millis(ms)).await;
+                let acks: Vec<Value> = results.acks.into_iter().map(|p| Value::Array(p.args)).collect();
+                json_response(
+                    StatusCode::OK,
+                    &json!({ "recipients": results.recipients, "acks": acks, "timedOut": results.timed_out }),
+                )
+            }
+        }
+    }
+
+    fn sockets(&self, query: &str) -> Response<Bytes> {
+        let nsp = crate::engineio::parse_query(query).remove("nsp").unwrap_or_else(|| "/".to_owned());
+        let sockets: Vec<Value> = self
+            .io
+            .namespace(&nsp)
+            .map(|ns| ns.sockets())
+            .unwrap_or_default()
+            .iter()
+            .map(|s| json!({ "id": s.id(), "rooms": s.rooms().into_iter().skip(1).collect::<Vec<_>>() }))
+            .collect();
+        json_response(StatusCode::OK, &json!({ "sockets": sockets }))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct EmitRequest {
+    #[serde(default = "root_nsp")]
+    nsp: String,
+    #[serde(default)]
+    rooms: Vec<String>,
+    #[serde(default)]
+    except: Vec<String>,
+    event: String,
+    #[serde(default)]
+    args: Vec<Value>,
+    #[serde(default)]
+    volatile: bool,
+    #[serde(default)]
+    ack_timeout_ms: Option<u64>,
+}
+
+fn root_nsp() -> String {
+    "/".to_owned()
+}
+
+impl AdminRoutes for AdminApi {
+    fn handle(&self, req: Request<Bytes>) -> Pin<Box<dyn Future<Output = Option<Response<Bytes>>> + Send + '_>> {
+        Box::pin(async move {
+            match (req.method(), req.uri().path()) {
+                (&Method::POST, "/v1/emit") => Some(self.emit(req.body()).await),
+                (&Method::GET, "/v1/sockets") => Some(self.sockets(req.uri().query().unwrap_or(""))),
+                (_, "/v1/emit" | "/v1/sockets") => Some(json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")),
+                _ => None,
+            }
+        })
+    }
+}
