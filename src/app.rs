@@ -115,7 +115,7 @@ fn relay(socket: &Socket, mut event: Event, allowed: bool) {
     let (Some(room), Some(name)) = (room, name) else {
         return reply(event, json!({"error": "expected (room, event, ...args)"}));
     };
-    if !allowed || !socket.rooms().iter().any(|r| *r == room) || room == socket.id() {
+    if !allowed || !socket.rooms().contains(&room) || room == socket.id() {
         return reply(event, json!({"error": "forbidden"}));
     }
     let args = event.payload.args.split_off(2);
@@ -213,7 +213,9 @@ impl AdminRoutes for AdminApi {
             match (req.method(), req.uri().path()) {
                 (&Method::POST, "/v1/emit") => Some(self.emit(req.body()).await),
                 (&Method::GET, "/v1/sockets") => Some(self.sockets(req.uri().query().unwrap_or(""))),
-                (_, "/v1/emit" | "/v1/sockets") => Some(json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")),
+                (_, "/v1/emit" | "/v1/sockets") => {
+                    Some(json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"))
+                }
                 _ => None,
             }
         })

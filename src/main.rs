@@ -60,7 +60,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
         shutdown.token().clone(),
         shutdown.tracker().clone(),
     ));
-    shutdown.spawn(ioswarm::admin::serve(admin, metrics, Arc::new(AdminApi::new(io.clone())), shutdown.token().clone()));
+    shutdown.spawn(ioswarm::admin::serve(
+        admin,
+        metrics,
+        Arc::new(AdminApi::new(io.clone())),
+        shutdown.token().clone(),
+    ));
     tracing::info!(%sio_addr, %admin_addr, path = %config.path, "ioswarm node ready");
     println!("ioswarm ready socketio={sio_addr} admin={admin_addr}");
 

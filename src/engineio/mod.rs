@@ -12,5 +12,5 @@ pub(crate) mod session;
 mod websocket;
 
 pub use config::{Cors, EngineConfig};
-pub use server::{Connection, Engine, Handler, Handshake, Message};
 pub(crate) use server::{Body, parse_query};
+pub use server::{Connection, Engine, Handler, Handshake, Message};

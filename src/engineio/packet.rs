@@ -88,9 +88,7 @@ pub(crate) fn decode_text(bytes: Bytes) -> Result<Packet, DecodeError> {
         return Err(DecodeError::Empty);
     };
     if first == b'b' {
-        let raw = BASE64
-            .decode(&bytes[1..])
-            .map_err(|_| DecodeError::Base64)?;
+        let raw = BASE64.decode(&bytes[1..]).map_err(|_| DecodeError::Base64)?;
         return Ok(Packet::Binary(Bytes::from(raw)));
     }
     if std::str::from_utf8(&bytes).is_err() {
@@ -164,11 +162,6 @@ impl Frame {
             Self::Text(b) | Self::Binary(b) => b.len(),
         }
     }
-
-    /// Whether the frame holds no bytes (never true for a valid frame).
-    pub(crate) fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Encodes frames as one long-polling payload.
@@ -184,9 +177,7 @@ pub(crate) fn encode_payload<'a>(frames: impl IntoIterator<Item = &'a Frame>, ou
                 let start = out.len();
                 let encoded_len = base64::encoded_len(raw.len(), true).unwrap_or(0);
                 out.resize(start + encoded_len, 0);
-                let written = BASE64
-                    .encode_slice(raw, &mut out[start..])
-                    .unwrap_or(0);
+                let written = BASE64.encode_slice(raw, &mut out[start..]).unwrap_or(0);
                 out.truncate(start + written);
             }
         }

@@ -290,11 +290,8 @@ impl<H: Handler> Engine<H> {
     /// Handles one HTTP request addressed to this endpoint's path.
     pub async fn handle(&self, req: Request<Incoming>, remote_addr: SocketAddr) -> Response<Body> {
         let cors = cors_headers(&self.inner.config.cors, req.headers());
-        let mut response = if req.method() == Method::OPTIONS {
-            preflight(req.headers())
-        } else {
-            self.route(req, remote_addr).await
-        };
+        let mut response =
+            if req.method() == Method::OPTIONS { preflight(req.headers()) } else { self.route(req, remote_addr).await };
         response.headers_mut().extend(cors);
         response
     }
@@ -307,7 +304,7 @@ impl<H: Handler> Engine<H> {
             _ => return error_response(ErrorCode::UnknownTransport),
         };
         let is_upgrade = fastwebsockets::upgrade::is_upgrade_request(&req);
-        metrics::counter!("ioswarm_engine_http_requests_total", "kind" => request_kind(&req, &query, transport))
+        metrics::counter!(crate::metrics::ENGINE_HTTP_REQUESTS, "kind" => request_kind(&req, &query, transport))
             .increment(1);
 
         if let Some(sid) = query.get("sid") {
@@ -418,8 +415,8 @@ impl<H: Handler> Engine<H> {
         );
         let state = self.inner.handler.on_open(&conn);
         let _ = conn.state.set(state);
-        metrics::counter!("ioswarm_engine_connections_opened_total").increment(1);
-        metrics::gauge!("ioswarm_engine_connections").increment(1.0);
+        metrics::counter!(crate::metrics::ENGINE_CONNECTIONS_OPENED).increment(1);
+        metrics::gauge!(crate::metrics::ENGINE_CONNECTIONS).increment(1.0);
         let engine = self.clone();
         let driver_conn = conn.clone();
         self.inner.tasks.spawn(async move {
@@ -446,7 +443,7 @@ impl<H: Handler> Engine<H> {
         let mut body = BytesMut::new();
         match reply {
             PollReply::Frames(frames) => {
-                metrics::counter!("ioswarm_socketio_packets_sent_total").increment(frames.len() as u64);
+                metrics::counter!(crate::metrics::SOCKETIO_PACKETS_SENT).increment(frames.len() as u64);
                 packet::encode_payload(&frames, &mut body);
             }
             PollReply::Noop => packet::encode_payload([&Frame::control(PacketType::Noop)], &mut body),
@@ -559,10 +556,6 @@ impl<H: Handler> Engine<H> {
     pub(crate) fn max_payload(&self) -> usize {
         self.inner.config.max_payload
     }
-
-    pub(crate) fn shutdown_token(&self) -> &CancellationToken {
-        &self.inner.shutdown
-    }
 }
 
 /// A parked polling GET: answered when the session has something for it;
@@ -647,8 +640,8 @@ async fn drive<H: Handler>(engine: Engine<H>, conn: Arc<Connection<H::State>>) {
         websocket::close_writer(&mut w).await;
     }
     engine.inner.sessions.remove(&conn.id);
-    metrics::gauge!("ioswarm_engine_connections").decrement(1.0);
-    metrics::counter!("ioswarm_engine_connections_closed_total", "reason" => reason.label()).increment(1);
+    metrics::gauge!(crate::metrics::ENGINE_CONNECTIONS).decrement(1.0);
+    metrics::counter!(crate::metrics::ENGINE_CONNECTIONS_CLOSED, "reason" => reason.label()).increment(1);
     engine.inner.handler.on_close(&conn, reason.as_str());
 }
 

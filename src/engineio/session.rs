@@ -209,12 +209,8 @@ impl Session {
         self.closed
     }
 
-    /// Whether the WebSocket may now take over (a probe was answered).
-    pub(crate) fn upgrading(&self) -> bool {
-        matches!(self.upgrade, Upgrade::Probing { .. })
-    }
-
     /// Packets and bytes currently queued.
+    #[cfg(test)]
     pub(crate) fn queued(&self) -> (usize, usize) {
         (self.queue.len(), self.queued_bytes)
     }
@@ -237,11 +233,11 @@ impl Session {
             return TimerOutcome::Idle;
         }
         let mut outcome = TimerOutcome::Idle;
-        if let Upgrade::Probing { deadline, .. } = self.upgrade {
-            if deadline <= now {
-                self.upgrade = Upgrade::None;
-                outcome = TimerOutcome::UpgradeTimedOut;
-            }
+        if let Upgrade::Probing { deadline, .. } = self.upgrade
+            && deadline <= now
+        {
+            self.upgrade = Upgrade::None;
+            outcome = TimerOutcome::UpgradeTimedOut;
         }
         if self.pong_deadline.is_some_and(|d| d <= now) {
             self.close(CloseReason::PingTimeout);
@@ -377,6 +373,7 @@ impl Session {
     }
 
     /// Whether a GET is parked.
+    #[cfg(test)]
     pub(crate) fn poll_parked(&self) -> bool {
         self.get_pending
     }
@@ -392,11 +389,6 @@ impl Session {
         }
         self.post_pending = true;
         Ok(())
-    }
-
-    /// Whether a parked GET is still owed its final answer.
-    pub(crate) fn final_reply_pending(&self) -> bool {
-        self.final_poll_reply.is_some()
     }
 
     pub(crate) fn post_end(&mut self) {

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use fastwebsockets::{FragmentCollectorRead, Frame as WsFrame, OpCode, Payload, WebSocket, WebSocketError, WebSocketWrite};
+use fastwebsockets::{
+    FragmentCollectorRead, Frame as WsFrame, OpCode, Payload, WebSocket, WebSocketError, WebSocketWrite,
+};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{BufWriter, ReadHalf, WriteHalf};
@@ -76,7 +78,7 @@ pub(crate) async fn run_probe<H: Handler>(engine: Engine<H>, conn: Arc<Connectio
                 }
             }
             Ok(_) if conn.session().lock().transport() == Transport::WebSocket => {
-                metrics::counter!("ioswarm_engine_upgrades_total").increment(1);
+                metrics::counter!(crate::metrics::ENGINE_UPGRADES).increment(1);
                 wake_poll(&conn);
                 conn.adopt_writer(writer);
                 read_loop(&engine, &conn, reader).await;
@@ -167,8 +169,8 @@ pub(crate) async fn write_batch<S>(
             writer.write_frame(ws_frame).await?;
         }
         writer.flush().await?;
-        metrics::counter!("ioswarm_socketio_packets_sent_total").increment(batch.len() as u64);
-        metrics::counter!("ioswarm_socketio_bytes_sent_total").increment(bytes);
+        metrics::counter!(crate::metrics::SOCKETIO_PACKETS_SENT).increment(batch.len() as u64);
+        metrics::counter!(crate::metrics::SOCKETIO_BYTES_SENT).increment(bytes);
         Ok::<_, WebSocketError>(())
     };
     tokio::pin!(write);

@@ -33,7 +33,7 @@ impl RoomRegistry {
             })
             .insert(sid);
         if created {
-            metrics::gauge!("ioswarm_rooms").increment(1.0);
+            metrics::gauge!(crate::metrics::ROOMS).increment(1.0);
         }
         (name, created)
     }
@@ -48,7 +48,7 @@ impl RoomRegistry {
             })
             .is_some();
         if removed {
-            metrics::gauge!("ioswarm_rooms").decrement(1.0);
+            metrics::gauge!(crate::metrics::ROOMS).decrement(1.0);
         }
         removed
     }
@@ -74,6 +74,7 @@ impl RoomRegistry {
     }
 
     /// Number of rooms.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.rooms.len()
     }

@@ -232,11 +232,8 @@ impl Namespace {
     ) -> Result<(), ConnectError> {
         let middleware = self.0.handlers.read().middleware.clone();
         for m in middleware {
-            let req = ConnectRequest {
-                nsp: self.0.name.clone(),
-                auth: auth.clone(),
-                handshake: conn.handshake().clone(),
-            };
+            let req =
+                ConnectRequest { nsp: self.0.name.clone(), auth: auth.clone(), handshake: conn.handshake().clone() };
             m(req).await?;
         }
         Ok(())
@@ -248,7 +245,7 @@ impl Namespace {
 
     pub(crate) fn remove_socket(&self, sid: Sid) {
         if self.0.sockets.remove(&sid).is_some() {
-            metrics::gauge!("ioswarm_socketio_sockets").decrement(1.0);
+            metrics::gauge!(crate::metrics::SOCKETIO_SOCKETS).decrement(1.0);
         }
     }
 
@@ -306,10 +303,10 @@ impl Namespace {
                     deliver(socket.value());
                 }
             });
-            if let Some(socket) = Sid::parse(room).and_then(|sid| self.0.sockets.get(&sid)) {
-                if self.0.rooms.len_of(room) == 0 {
-                    deliver(socket.value());
-                }
+            if let Some(socket) = Sid::parse(room).and_then(|sid| self.0.sockets.get(&sid))
+                && self.0.rooms.len_of(room) == 0
+            {
+                deliver(socket.value());
             }
         } else {
             for sid in self.members_of(&b.rooms) {
@@ -318,8 +315,8 @@ impl Namespace {
                 }
             }
         }
-        metrics::counter!("ioswarm_broadcasts_total").increment(1);
-        metrics::histogram!("ioswarm_broadcast_recipients").record(recipients as f64);
+        metrics::counter!(crate::metrics::BROADCASTS).increment(1);
+        metrics::histogram!(crate::metrics::BROADCAST_RECIPIENTS).record(recipients as f64);
         recipients
     }
 

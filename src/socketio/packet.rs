@@ -23,14 +23,8 @@ use bytes::Bytes;
 use serde_json::Value;
 
 /// Event names a peer may not emit: the reference parser rejects them.
-const RESERVED_EVENTS: [&str; 6] = [
-    "connect",
-    "connect_error",
-    "disconnect",
-    "disconnecting",
-    "newListener",
-    "removeListener",
-];
+const RESERVED_EVENTS: [&str; 6] =
+    ["connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"];
 
 /// Longest accepted ack id, in digits (`u64::MAX` has 20).
 const MAX_ACK_ID_DIGITS: usize = 20;
@@ -115,14 +109,7 @@ pub(crate) struct Packet {
 impl Packet {
     /// Appends this packet's wire text to `out` (see [`encode`]).
     pub(crate) fn encode(&self, out: &mut Vec<u8>) {
-        encode(
-            self.kind,
-            &self.nsp,
-            self.id,
-            self.data.as_ref(),
-            self.attachments,
-            out,
-        );
+        encode(self.kind, &self.nsp, self.id, self.data.as_ref(), self.attachments, out);
     }
 }
 
@@ -135,9 +122,7 @@ pub(crate) struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_attachments: 10,
-        }
+        Self { max_attachments: 10 }
     }
 }
 
@@ -230,11 +215,8 @@ pub(crate) fn decode(text: &str, limits: &Limits) -> Result<Packet, DecodeError>
         let Some(after) = after.strip_prefix('-').filter(|_| !digits.is_empty()) else {
             return Err(DecodeError::BadAttachments);
         };
-        attachments = parse_bounded(digits, limits.max_attachments).ok_or(
-            DecodeError::TooManyAttachments {
-                max: limits.max_attachments,
-            },
-        )?;
+        attachments = parse_bounded(digits, limits.max_attachments)
+            .ok_or(DecodeError::TooManyAttachments { max: limits.max_attachments })?;
         rest = after;
     } else if let (digits, after) = split_digits(rest)
         && !digits.is_empty()
@@ -264,27 +246,17 @@ pub(crate) fn decode(text: &str, limits: &Limits) -> Result<Packet, DecodeError>
     };
     rest = after;
 
-    let data = if rest.is_empty() {
-        None
-    } else {
-        Some(serde_json::from_str::<Value>(rest).map_err(DecodeError::BadJson)?)
-    };
+    let data =
+        if rest.is_empty() { None } else { Some(serde_json::from_str::<Value>(rest).map_err(DecodeError::BadJson)?) };
 
-    check_payload(kind, data.as_ref())
-        .map_err(|problem| DecodeError::InvalidPayload { kind, problem })?;
+    check_payload(kind, data.as_ref()).map_err(|problem| DecodeError::InvalidPayload { kind, problem })?;
     if kind.is_binary()
         && let Some(data) = &data
     {
         validate_placeholders(data, attachments)?;
     }
 
-    Ok(Packet {
-        kind,
-        nsp: nsp.to_owned(),
-        id,
-        data,
-        attachments,
-    })
+    Ok(Packet { kind, nsp: nsp.to_owned(), id, data, attachments })
 }
 
 /// Splits `s` after its leading ASCII digits.
@@ -297,9 +269,7 @@ fn split_digits(s: &str) -> (&str, &str) {
 /// Parses ASCII `digits` as a number no greater than `max` (leading zeros allowed).
 fn parse_bounded(digits: &str, max: usize) -> Option<usize> {
     digits.bytes().try_fold(0usize, |acc, b| {
-        acc.checked_mul(10)?
-            .checked_add(usize::from(b.wrapping_sub(b'0')))
-            .filter(|n| *n <= max)
+        acc.checked_mul(10)?.checked_add(usize::from(b.wrapping_sub(b'0'))).filter(|n| *n <= max)
     })
 }
 
@@ -347,9 +317,7 @@ fn check_payload(kind: PacketKind, data: Option<&Value>) -> Result<(), PayloadPr
 pub(crate) fn validate_placeholders(data: &Value, attachments: usize) -> Result<(), DecodeError> {
     // Depth is bounded by serde_json's recursion limit (128) for decoded values.
     match data {
-        Value::Array(items) => items
-            .iter()
-            .try_for_each(|item| validate_placeholders(item, attachments)),
+        Value::Array(items) => items.iter().try_for_each(|item| validate_placeholders(item, attachments)),
         Value::Object(map) => {
             if map.get("_placeholder") == Some(&Value::Bool(true)) {
                 match map.get("num").and_then(Value::as_u64) {
@@ -357,8 +325,7 @@ pub(crate) fn validate_placeholders(data: &Value, attachments: usize) -> Result<
                     _ => Err(DecodeError::BadPlaceholder),
                 }
             } else {
-                map.values()
-                    .try_for_each(|value| validate_placeholders(value, attachments))
+                map.values().try_for_each(|value| validate_placeholders(value, attachments))
             }
         }
         Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_) => Ok(()),
@@ -393,11 +360,7 @@ pub(crate) fn encode_event(
     attachments: usize,
     out: &mut Vec<u8>,
 ) {
-    let kind = if attachments > 0 {
-        PacketKind::BinaryEvent
-    } else {
-        PacketKind::Event
-    };
+    let kind = if attachments > 0 { PacketKind::BinaryEvent } else { PacketKind::Event };
     write_header(kind, nsp, id, attachments, out);
     out.push(b'[');
     write_json(out, event);
@@ -409,13 +372,7 @@ pub(crate) fn encode_event(
 }
 
 /// Writes everything before the JSON.
-fn write_header(
-    kind: PacketKind,
-    nsp: &str,
-    id: Option<u64>,
-    attachments: usize,
-    out: &mut Vec<u8>,
-) {
+fn write_header(kind: PacketKind, nsp: &str, id: Option<u64>, attachments: usize, out: &mut Vec<u8>) {
     debug_assert!(
         nsp.is_empty() || (nsp.starts_with('/') && !nsp.contains(',')),
         "namespace {nsp:?} cannot be encoded"
@@ -473,26 +430,18 @@ impl BinaryCollector {
     /// Starts collecting the attachments of `packet`.
     pub(crate) fn new(packet: Packet) -> Self {
         let buffers = Vec::with_capacity(packet.attachments.min(16));
-        Self {
-            packet: Some(packet),
-            buffers,
-        }
+        Self { packet: Some(packet), buffers }
     }
 
     /// How many attachments are still expected.
     pub(crate) fn remaining(&self) -> usize {
-        self.packet
-            .as_ref()
-            .map_or(0, |p| p.attachments.saturating_sub(self.buffers.len()))
+        self.packet.as_ref().map_or(0, |p| p.attachments.saturating_sub(self.buffers.len()))
     }
 
     /// Adds the next attachment. Returns the packet and its attachments (index `i` is what
     /// placeholder `num: i` stands for) once the last one arrives, `None` before that, and
     /// [`DecodeError::UnexpectedAttachment`] when nothing more was expected.
-    pub(crate) fn push(
-        &mut self,
-        attachment: Bytes,
-    ) -> Result<Option<(Packet, Vec<Bytes>)>, DecodeError> {
+    pub(crate) fn push(&mut self, attachment: Bytes) -> Result<Option<(Packet, Vec<Bytes>)>, DecodeError> {
         let expected = match &self.packet {
             Some(packet) if self.buffers.len() < packet.attachments => packet.attachments,
             _ => return Err(DecodeError::UnexpectedAttachment),
@@ -501,10 +450,7 @@ impl BinaryCollector {
         if self.buffers.len() < expected {
             return Ok(None);
         }
-        Ok(self
-            .packet
-            .take()
-            .map(|packet| (packet, std::mem::take(&mut self.buffers))))
+        Ok(self.packet.take().map(|packet| (packet, std::mem::take(&mut self.buffers))))
     }
 }
 
@@ -549,20 +495,8 @@ mod tests {
         serde_json::from_str(text).expect("test JSON")
     }
 
-    fn pkt(
-        kind: PacketKind,
-        nsp: &str,
-        id: Option<u64>,
-        data: Option<Value>,
-        att: usize,
-    ) -> Packet {
-        Packet {
-            kind,
-            nsp: nsp.to_owned(),
-            id,
-            data,
-            attachments: att,
-        }
+    fn pkt(kind: PacketKind, nsp: &str, id: Option<u64>, data: Option<Value>, att: usize) -> Packet {
+        Packet { kind, nsp: nsp.to_owned(), id, data, attachments: att }
     }
 
     #[test]
@@ -570,62 +504,26 @@ mod tests {
         use PacketKind::*;
         let cases = [
             ("0", pkt(Connect, "/", None, None, 0)),
-            (
-                r#"0/admin,{"token":"x"}"#,
-                pkt(Connect, "/admin", None, Some(json!({"token": "x"})), 0),
-            ),
+            (r#"0/admin,{"token":"x"}"#, pkt(Connect, "/admin", None, Some(json!({"token": "x"})), 0)),
             ("1/admin,", pkt(Disconnect, "/admin", None, None, 0)),
-            (
-                r#"2["hello",1]"#,
-                pkt(Event, "/", None, Some(json!(["hello", 1])), 0),
-            ),
-            (
-                r#"2/admin,12["x"]"#,
-                pkt(Event, "/admin", Some(12), Some(json!(["x"])), 0),
-            ),
-            (
-                "3/admin,12[]",
-                pkt(Ack, "/admin", Some(12), Some(json!([])), 0),
-            ),
+            (r#"2["hello",1]"#, pkt(Event, "/", None, Some(json!(["hello", 1])), 0)),
+            (r#"2/admin,12["x"]"#, pkt(Event, "/admin", Some(12), Some(json!(["x"])), 0)),
+            ("3/admin,12[]", pkt(Ack, "/admin", Some(12), Some(json!([])), 0)),
             (
                 // `451-…` on the Engine.IO wire: `4` is the Engine.IO MESSAGE prefix.
                 r#"51-["bin",{"_placeholder":true,"num":0}]"#,
-                pkt(
-                    BinaryEvent,
-                    "/",
-                    None,
-                    Some(json!(["bin", {"_placeholder": true, "num": 0}])),
-                    1,
-                ),
+                pkt(BinaryEvent, "/", None, Some(json!(["bin", {"_placeholder": true, "num": 0}])), 1),
             ),
             (
                 r#"61-/admin,12[{"_placeholder":true,"num":0}]"#,
-                pkt(
-                    BinaryAck,
-                    "/admin",
-                    Some(12),
-                    Some(json!([{"_placeholder": true, "num": 0}])),
-                    1,
-                ),
+                pkt(BinaryAck, "/admin", Some(12), Some(json!([{"_placeholder": true, "num": 0}])), 1),
             ),
-            (
-                r#"2[1,"a"]"#,
-                pkt(Event, "/", None, Some(json!([1, "a"])), 0),
-            ),
+            (r#"2[1,"a"]"#, pkt(Event, "/", None, Some(json!([1, "a"])), 0)),
             (
                 r#"4{"message":"Invalid namespace"}"#,
-                pkt(
-                    ConnectError,
-                    "/",
-                    None,
-                    Some(json!({"message": "Invalid namespace"})),
-                    0,
-                ),
+                pkt(ConnectError, "/", None, Some(json!({"message": "Invalid namespace"})), 0),
             ),
-            (
-                r#"4/x,"nope""#,
-                pkt(ConnectError, "/x", None, Some(json!("nope")), 0),
-            ),
+            (r#"4/x,"nope""#, pkt(ConnectError, "/x", None, Some(json!("nope")), 0)),
         ];
         for (text, want) in cases {
             assert_eq!(ok(text), want, "{text:?}");
@@ -695,28 +593,14 @@ mod tests {
         let limits = Limits { max_attachments: 3 };
         let three = r#"53-["x",{"_placeholder":true,"num":2}]"#;
         assert_eq!(decode(three, &limits).map(|p| p.attachments).ok(), Some(3));
-        assert!(matches!(
-            decode(r#"54-["x"]"#, &limits),
-            Err(DecodeError::TooManyAttachments { max: 3 })
-        ));
-        assert!(matches!(
-            err(r#"511-["x"]"#),
-            DecodeError::TooManyAttachments { max: 10 }
-        ));
+        assert!(matches!(decode(r#"54-["x"]"#, &limits), Err(DecodeError::TooManyAttachments { max: 3 })));
+        assert!(matches!(err(r#"511-["x"]"#), DecodeError::TooManyAttachments { max: 10 }));
         assert_eq!(ok(r#"510-["x"]"#).attachments, 10);
         assert_eq!(ok(r#"50003-["x"]"#).attachments, 3);
         let overflow = format!(r#"5{}-["x"]"#, "9".repeat(100));
-        assert!(matches!(
-            err(&overflow),
-            DecodeError::TooManyAttachments { .. }
-        ));
-        let unbounded = Limits {
-            max_attachments: usize::MAX,
-        };
-        assert!(matches!(
-            decode(&overflow, &unbounded),
-            Err(DecodeError::TooManyAttachments { .. })
-        ));
+        assert!(matches!(err(&overflow), DecodeError::TooManyAttachments { .. }));
+        let unbounded = Limits { max_attachments: usize::MAX };
+        assert!(matches!(decode(&overflow, &unbounded), Err(DecodeError::TooManyAttachments { .. })));
         // Zero attachments is legal upstream (the packet is complete at once).
         assert_eq!(ok(r#"50-["x"]"#).attachments, 0);
         assert_eq!(ok(r#"60-[]"#).kind, PacketKind::BinaryAck);
@@ -745,38 +629,22 @@ mod tests {
         // Near-misses of reserved names are ordinary events.
         assert!(dec(r#"2["Connect"]"#).is_ok());
         assert!(dec(r#"2["connect "]"#).is_ok());
-        assert!(
-            dec(r#"2["\u0063onnect"]"#).is_err(),
-            "escapes are decoded before the check"
-        );
+        assert!(dec(r#"2["\u0063onnect"]"#).is_err(), "escapes are decoded before the check");
         assert_eq!(problem("3"), AckNotArray);
         assert_eq!(problem("3{}"), AckNotArray);
         assert_eq!(problem("61-{}"), AckNotArray);
         assert_eq!(problem("4[]"), ConnectErrorNotObjectOrString);
         assert_eq!(problem("4/a,true"), ConnectErrorNotObjectOrString);
-        assert_eq!(
-            ok("4/a,1").id,
-            Some(1),
-            "digits before the JSON are an ack id"
-        );
+        assert_eq!(ok("4/a,1").id, Some(1), "digits before the JSON are an ack id");
         assert_eq!(problem("4null"), ConnectErrorNotObjectOrString);
         assert!(dec("4").is_ok());
-        assert!(matches!(
-            err("1{}"),
-            DecodeError::InvalidPayload {
-                kind: PacketKind::Disconnect,
-                ..
-            }
-        ));
+        assert!(matches!(err("1{}"), DecodeError::InvalidPayload { kind: PacketKind::Disconnect, .. }));
     }
 
     #[test]
     fn json_is_kept_as_sent() {
         let p = ok(r#"2["n",1,1.50,-0,123456789012345678901234567890,{"b":1,"a":2}]"#);
-        assert_eq!(
-            enc(&p),
-            r#"2["n",1,1.50,-0,123456789012345678901234567890,{"b":1,"a":2}]"#
-        );
+        assert_eq!(enc(&p), r#"2["n",1,1.50,-0,123456789012345678901234567890,{"b":1,"a":2}]"#);
         // serde_json spells exponents one way (same value): `1e3` -> `1e+3`, `1E-7` -> `1e-7`.
         assert_eq!(enc(&ok("2[1e3,1E-7,2.5E+10]")), "2[1e+3,1e-7,2.5e+10]");
         // Whitespace is accepted around and inside the JSON and dropped on output.
@@ -806,10 +674,7 @@ mod tests {
             (r#"51-["x",{"_placeholder":true,"num":0.0}]"#, false),
             (r#"51-["x",{"_placeholder":true,"num":"0"}]"#, false),
             (r#"51-["x",{"_placeholder":true}]"#, false),
-            (
-                r#"51-["x",{"_placeholder":true,"num":99999999999999999999999}]"#,
-                false,
-            ),
+            (r#"51-["x",{"_placeholder":true,"num":99999999999999999999999}]"#, false),
             (r#"50-["x",{"_placeholder":true,"num":0}]"#, false),
             (r#"61-[[[{"_placeholder":true,"num":3}]]]"#, false),
             // Not placeholders: ordinary data.
@@ -833,24 +698,10 @@ mod tests {
     #[test]
     fn encodes_compactly() {
         let mut out = Vec::new();
-        encode(
-            PacketKind::Connect,
-            "/",
-            None,
-            Some(&json!({"sid": "abc"})),
-            0,
-            &mut out,
-        );
+        encode(PacketKind::Connect, "/", None, Some(&json!({"sid": "abc"})), 0, &mut out);
         assert_eq!(out, br#"0{"sid":"abc"}"#);
         out.clear();
-        encode(
-            PacketKind::ConnectError,
-            "/nsp",
-            None,
-            Some(&json!({"message": "Invalid namespace"})),
-            0,
-            &mut out,
-        );
+        encode(PacketKind::ConnectError, "/nsp", None, Some(&json!({"message": "Invalid namespace"})), 0, &mut out);
         assert_eq!(out, br#"4/nsp,{"message":"Invalid namespace"}"#);
         out.clear();
         encode(PacketKind::Disconnect, "/admin", None, None, 0, &mut out);
@@ -859,35 +710,14 @@ mod tests {
         encode(PacketKind::Disconnect, "/", None, None, 0, &mut out);
         assert_eq!(out, b"1");
         out.clear();
-        encode(
-            PacketKind::Ack,
-            "/a",
-            Some(0),
-            Some(&j("[1.0,2]")),
-            0,
-            &mut out,
-        );
+        encode(PacketKind::Ack, "/a", Some(0), Some(&j("[1.0,2]")), 0, &mut out);
         assert_eq!(out, b"3/a,0[1.0,2]");
         out.clear();
-        encode(
-            PacketKind::BinaryAck,
-            "/",
-            Some(u64::MAX),
-            Some(&json!([])),
-            2,
-            &mut out,
-        );
+        encode(PacketKind::BinaryAck, "/", Some(u64::MAX), Some(&json!([])), 2, &mut out);
         assert_eq!(out, format!("62-{}[]", u64::MAX).as_bytes());
         out.clear();
         // The attachments count is written only for binary kinds.
-        encode(
-            PacketKind::Event,
-            "/",
-            None,
-            Some(&json!(["x"])),
-            3,
-            &mut out,
-        );
+        encode(PacketKind::Event, "/", None, Some(&json!(["x"])), 3, &mut out);
         assert_eq!(out, br#"2["x"]"#);
         // Appends, never clears.
         encode(PacketKind::Connect, "/", None, None, 0, &mut out);
@@ -896,27 +726,13 @@ mod tests {
 
     #[test]
     fn encode_event_matches_encode() {
-        let args = [
-            json!(1),
-            j("2.50"),
-            json!({"z": null, "a": [true]}),
-            json!("s\""),
-        ];
-        for (nsp, id, att) in [
-            ("/", None, 0),
-            ("/chat", Some(42), 0),
-            ("/", Some(1), 2),
-            ("/b", None, 1),
-        ] {
+        let args = [json!(1), j("2.50"), json!({"z": null, "a": [true]}), json!("s\"")];
+        for (nsp, id, att) in [("/", None, 0), ("/chat", Some(42), 0), ("/", Some(1), 2), ("/b", None, 1)] {
             let mut fast = Vec::new();
             encode_event(nsp, id, "msg", &args, att, &mut fast);
             let mut full = vec![json!("msg")];
             full.extend(args.iter().cloned());
-            let kind = if att > 0 {
-                PacketKind::BinaryEvent
-            } else {
-                PacketKind::Event
-            };
+            let kind = if att > 0 { PacketKind::BinaryEvent } else { PacketKind::Event };
             let mut slow = Vec::new();
             encode(kind, nsp, id, Some(&Value::Array(full)), att, &mut slow);
             assert_eq!(fast, slow);
@@ -931,38 +747,25 @@ mod tests {
 
     #[test]
     fn binary_collector_completes_on_the_last_attachment() {
-        let header =
-            ok(r#"52-/x,7["up",{"_placeholder":true,"num":1},{"_placeholder":true,"num":0}]"#);
+        let header = ok(r#"52-/x,7["up",{"_placeholder":true,"num":1},{"_placeholder":true,"num":0}]"#);
         let mut collector = BinaryCollector::new(header.clone());
         assert_eq!(collector.remaining(), 2);
-        assert!(matches!(
-            collector.push(Bytes::from_static(b"zero")),
-            Ok(None)
-        ));
+        assert!(matches!(collector.push(Bytes::from_static(b"zero")), Ok(None)));
         assert_eq!(collector.remaining(), 1);
         let Ok(Some((packet, buffers))) = collector.push(Bytes::from_static(b"one")) else {
             panic!("collector should complete");
         };
         assert_eq!(packet, header);
-        assert_eq!(
-            buffers,
-            [Bytes::from_static(b"zero"), Bytes::from_static(b"one")]
-        );
+        assert_eq!(buffers, [Bytes::from_static(b"zero"), Bytes::from_static(b"one")]);
         assert_eq!(collector.remaining(), 0);
-        assert!(matches!(
-            collector.push(Bytes::new()),
-            Err(DecodeError::UnexpectedAttachment)
-        ));
+        assert!(matches!(collector.push(Bytes::new()), Err(DecodeError::UnexpectedAttachment)));
     }
 
     #[test]
     fn binary_collector_with_nothing_expected_refuses() {
         let mut collector = BinaryCollector::new(ok(r#"50-["x"]"#));
         assert_eq!(collector.remaining(), 0);
-        assert!(matches!(
-            collector.push(Bytes::new()),
-            Err(DecodeError::UnexpectedAttachment)
-        ));
+        assert!(matches!(collector.push(Bytes::new()), Err(DecodeError::UnexpectedAttachment)));
     }
 
     #[test]
@@ -978,18 +781,7 @@ mod tests {
 
     #[test]
     fn write_decimal_covers_the_range() {
-        for n in [
-            0,
-            1,
-            9,
-            10,
-            99,
-            100,
-            12345,
-            u64::from(u32::MAX),
-            u64::MAX - 1,
-            u64::MAX,
-        ] {
+        for n in [0, 1, 9, 10, 99, 100, 12345, u64::from(u32::MAX), u64::MAX - 1, u64::MAX] {
             let mut out = Vec::new();
             write_decimal(&mut out, n);
             assert_eq!(out, n.to_string().as_bytes());
@@ -1017,9 +809,8 @@ mod tests {
         }
 
         fn string(&mut self) -> String {
-            const PIECES: [&str; 14] = [
-                "", "a", "hello", " ", ",", "/", "-", "\"", "\\", "\n", "é", "💥", "\u{0}", "[1]",
-            ];
+            const PIECES: [&str; 14] =
+                ["", "a", "hello", " ", ",", "/", "-", "\"", "\\", "\n", "é", "💥", "\u{0}", "[1]"];
             (0..self.below(4)).map(|_| *self.pick(&PIECES)).collect()
         }
 
@@ -1050,11 +841,7 @@ mod tests {
                 2 => self.number(),
                 3 => Value::String(self.string()),
                 4 => Value::Array((0..self.below(4)).map(|_| self.value(depth - 1)).collect()),
-                _ => Value::Object(
-                    (0..self.below(4))
-                        .map(|_| (self.string(), self.value(depth - 1)))
-                        .collect(),
-                ),
+                _ => Value::Object((0..self.below(4)).map(|_| (self.string(), self.value(depth - 1))).collect()),
             }
         }
 
@@ -1072,11 +859,7 @@ mod tests {
             for _ in 0..attachments.min(3) {
                 let at = self.below(args.len() + 1);
                 let placeholder = self.placeholder(attachments);
-                let wrapped = if self.chance(2) {
-                    json!({"file": placeholder})
-                } else {
-                    placeholder
-                };
+                let wrapped = if self.chance(2) { json!({"file": placeholder}) } else { placeholder };
                 args.insert(at, wrapped);
             }
             args
@@ -1084,15 +867,7 @@ mod tests {
 
         fn packet(&mut self) -> Packet {
             use PacketKind::*;
-            const KINDS: [PacketKind; 7] = [
-                Connect,
-                Disconnect,
-                Event,
-                Ack,
-                ConnectError,
-                BinaryEvent,
-                BinaryAck,
-            ];
+            const KINDS: [PacketKind; 7] = [Connect, Disconnect, Event, Ack, ConnectError, BinaryEvent, BinaryAck];
             const NSPS: [&str; 7] = ["/", "/", "/admin", "/a/b", "/ü -x", "/[1]", "/{\"a\":1}"];
             let kind = *self.pick(&KINDS);
             let nsp = (*self.pick(&NSPS)).to_owned();
@@ -1111,32 +886,19 @@ mod tests {
                     _ => Some(self.object()),
                 },
                 Event | BinaryEvent => {
-                    let name = if self.chance(4) {
-                        self.number()
-                    } else {
-                        Value::String(format!("ev{}", self.string()))
-                    };
+                    let name =
+                        if self.chance(4) { self.number() } else { Value::String(format!("ev{}", self.string())) };
                     let mut items = vec![name];
                     items.extend(self.args(attachments));
                     Some(Value::Array(items))
                 }
                 Ack | BinaryAck => Some(Value::Array(self.args(attachments))),
             };
-            Packet {
-                kind,
-                nsp,
-                id,
-                data,
-                attachments,
-            }
+            Packet { kind, nsp, id, data, attachments }
         }
 
         fn object(&mut self) -> Value {
-            Value::Object(
-                (0..self.below(4))
-                    .map(|_| (self.string(), self.value(2)))
-                    .collect(),
-            )
+            Value::Object((0..self.below(4)).map(|_| (self.string(), self.value(2))).collect())
         }
     }
 
@@ -1152,24 +914,13 @@ mod tests {
             };
             assert_eq!(back, packet, "round {round}: {text:?}");
             assert_eq!(enc(&back), text, "round {round}: not canonical");
-            let event_kind = if packet.attachments > 0 {
-                PacketKind::BinaryEvent
-            } else {
-                PacketKind::Event
-            };
+            let event_kind = if packet.attachments > 0 { PacketKind::BinaryEvent } else { PacketKind::Event };
             if packet.kind == event_kind
                 && let Some(Value::Array(items)) = &packet.data
                 && let Some((Value::String(name), args)) = items.split_first()
             {
                 let mut fast = Vec::new();
-                encode_event(
-                    &packet.nsp,
-                    packet.id,
-                    name,
-                    args,
-                    packet.attachments,
-                    &mut fast,
-                );
+                encode_event(&packet.nsp, packet.id, name, args, packet.attachments, &mut fast);
                 assert_eq!(fast, text.as_bytes(), "round {round}: encode_event differs");
             }
         }

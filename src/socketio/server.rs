@@ -101,8 +101,8 @@ impl ServerInner {
         if let Some(ns) = self.namespaces.get(name) {
             return ns.clone();
         }
-        let ns = self.namespaces.entry(name.to_owned()).or_insert_with(|| Namespace::new(name, self)).clone();
-        ns
+
+        self.namespaces.entry(name.to_owned()).or_insert_with(|| Namespace::new(name, self)).clone()
     }
 
     /// The namespace a CONNECT may join, per the policy.
@@ -178,11 +178,11 @@ impl Handler for SioHandler {
         let timeout = self.server.config.connect_timeout;
         let weak = Arc::downgrade(conn);
         self.server.tasks.spawn(async move {
-            if tokio::time::timeout(timeout, rx).await.is_err() {
-                if let Some(conn) = weak.upgrade() {
-                    metrics::counter!("ioswarm_socketio_connect_errors_total", "reason" => "timeout").increment(1);
-                    conn.close();
-                }
+            if tokio::time::timeout(timeout, rx).await.is_err()
+                && let Some(conn) = weak.upgrade()
+            {
+                metrics::counter!(crate::metrics::SOCKETIO_CONNECT_ERRORS, "reason" => "timeout").increment(1);
+                conn.close();
             }
         });
         ClientState { inner: Mutex::new(ClientInner::default()), connect_timer: Mutex::new(Some(tx)) }
@@ -199,7 +199,7 @@ impl Handler for SioHandler {
             Ok(None) => {}
             Err(err) => {
                 tracing::debug!(sid = conn.id(), %err, "invalid socket.io packet; closing");
-                metrics::counter!("ioswarm_socketio_invalid_packets_total").increment(1);
+                metrics::counter!(crate::metrics::SOCKETIO_INVALID_PACKETS).increment(1);
                 conn.close_with(crate::engineio::session::CloseReason::ParseError);
             }
         }
@@ -265,7 +265,7 @@ impl SioHandler {
             },
             PacketKind::Event | PacketKind::BinaryEvent => match state.socket(&packet.nsp) {
                 Some(socket) => {
-                    metrics::counter!("ioswarm_socketio_events_received_total").increment(1);
+                    metrics::counter!(crate::metrics::SOCKETIO_EVENTS_RECEIVED).increment(1);
                     socket.namespace().dispatch_event(&socket, packet, attachments);
                 }
                 None => conn.close(),
@@ -295,7 +295,7 @@ impl SioHandler {
         }
         let Some(ns) = self.server.resolve(&nsp) else {
             state.inner.lock().pending.retain(|n| n != &nsp);
-            metrics::counter!("ioswarm_socketio_connect_errors_total", "reason" => "invalid_namespace").increment(1);
+            metrics::counter!(crate::metrics::SOCKETIO_CONNECT_ERRORS, "reason" => "invalid_namespace").increment(1);
             send_connect_error(conn, &nsp, &serde_json::json!({"message": "Invalid namespace"}));
             return;
         };
@@ -313,7 +313,7 @@ impl SioHandler {
                 Ok(()) => handler.finish_connect(&conn, state, ns, auth),
                 Err(err) => {
                     state.inner.lock().pending.retain(|n| n != ns.name());
-                    metrics::counter!("ioswarm_socketio_connect_errors_total", "reason" => "middleware").increment(1);
+                    metrics::counter!(crate::metrics::SOCKETIO_CONNECT_ERRORS, "reason" => "middleware").increment(1);
                     send_connect_error(&conn, ns.name(), &err.to_json());
                 }
             }
@@ -338,8 +338,8 @@ impl SioHandler {
         packet::encode(PacketKind::Connect, ns.name(), None, Some(&reply), 0, &mut text);
         conn.send_frames(&[crate::engineio::packet::Frame::Text(Bytes::from(text))], false);
         ns.add_socket(socket.clone());
-        metrics::counter!("ioswarm_socketio_connects_total").increment(1);
-        metrics::gauge!("ioswarm_socketio_sockets").increment(1.0);
+        metrics::counter!(crate::metrics::SOCKETIO_CONNECTS).increment(1);
+        metrics::gauge!(crate::metrics::SOCKETIO_SOCKETS).increment(1.0);
         ns.run_connect_handlers(&socket);
     }
 }

@@ -177,7 +177,7 @@ impl Socket {
             Ok(Ok(payload)) => Ok(payload),
             Ok(Err(_)) => Err(AckError::Disconnected),
             Err(_) => {
-                metrics::counter!("ioswarm_acks_timed_out_total").increment(1);
+                metrics::counter!(crate::metrics::ACKS_TIMED_OUT).increment(1);
                 Err(AckError::Timeout)
             }
         }
@@ -238,7 +238,7 @@ impl Socket {
     pub(crate) fn send_frames(&self, frames: &[Frame], volatile: bool) -> Enqueued {
         let result = self.0.conn.send_frames(frames, volatile);
         if result == Enqueued::DroppedVolatile {
-            metrics::counter!("ioswarm_socketio_packets_dropped_total", "reason" => "volatile").increment(1);
+            metrics::counter!(crate::metrics::SOCKETIO_PACKETS_DROPPED, "reason" => "volatile").increment(1);
         }
         result
     }
@@ -265,7 +265,7 @@ impl Socket {
         }
         self.leave_all();
         self.0.ns.remove_socket(self.0.sid);
-        metrics::counter!("ioswarm_socketio_disconnects_total", "reason" => reason_label(reason)).increment(1);
+        metrics::counter!(crate::metrics::SOCKETIO_DISCONNECTS, "reason" => reason_label(reason)).increment(1);
         self.0.ns.run_disconnect_handlers(self, reason);
     }
 }

@@ -1,0 +1,793 @@
+//! Server configuration: defaults, the TOML file, environment and command line.
+//!
+//! Precedence, lowest to highest: [`Config::default`] < TOML file (`--config FILE`) <
+//! `IOSWARM_<NAME>` environment variables < command-line flags. Clap merges the last two (a flag
+//! wins over its variable); [`load`] lays the result over the file and runs
+//! [`Config::validate`] once, so the rest of the server can trust every value.
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::builder::BoolishValueParser;
+use serde::{Deserialize, Serialize};
+
+/// Largest timeout accepted for any `*_ms` setting (24 hours). Engine.IO clients arm one timer
+/// for `ping_interval + ping_timeout`, and browsers fire timers longer than `i32::MAX` ms (~24.8
+/// days) at once; two 24-hour values stay well below that.
+const MAX_TIMEOUT_MS: u64 = 24 * 60 * 60 * 1000;
+/// Smallest accepted `max_payload` (1 KiB).
+const MIN_PAYLOAD: usize = 1024;
+/// Largest accepted `max_payload` (100 MiB).
+const MAX_PAYLOAD: usize = 100 * 1024 * 1024;
+/// Largest accepted `max_attachments`.
+const MAX_ATTACHMENTS: usize = 10_000;
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The validated server configuration.
+///
+/// Field names are the TOML keys; each has a kebab-case flag and an `IOSWARM_<NAME>` variable
+/// on [`Cli`].
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Socket.IO listener address.
+    pub listen: SocketAddr,
+    /// Admin HTTP listener address (`/healthz`, `/metrics`, `/v1/...`).
+    pub admin_listen: SocketAddr,
+    /// HTTP path Engine.IO is served under; starts and ends with `/`.
+    pub path: String,
+    /// Interval between server pings.
+    pub ping_interval_ms: u64,
+    /// How long to wait for a pong after a ping before closing the session.
+    pub ping_timeout_ms: u64,
+    /// How long a transport upgrade (polling → websocket) may take.
+    pub upgrade_timeout_ms: u64,
+    /// How long a client has to connect to a namespace after the Engine.IO handshake.
+    pub connect_timeout_ms: u64,
+    /// Largest accepted Engine.IO message / HTTP body, in bytes.
+    pub max_payload: usize,
+    /// Most binary attachments in one Socket.IO packet.
+    pub max_attachments: usize,
+    /// Most concurrent client connections; 0 derives it from the file-descriptor limit.
+    pub max_connections: u64,
+    /// Allowed CORS origins; empty sends no CORS headers, `["*"]` allows any origin.
+    pub cors_origin: Vec<String>,
+    /// Namespace allowlist; empty accepts every namespace.
+    pub namespaces: Vec<String>,
+    /// When set, a CONNECT must carry auth `{"token": <this>}`.
+    pub auth_token: Option<String>,
+    /// Allow clients to join and leave rooms (`ioswarm:join` / `ioswarm:leave`).
+    pub client_rooms: bool,
+    /// Allow clients to broadcast to rooms they are in (`ioswarm:to`).
+    pub client_relay: bool,
+    /// Most packets queued for one client before it is disconnected as too slow.
+    pub send_queue_max_packets: usize,
+    /// Most bytes queued for one client before it is disconnected as too slow.
+    pub send_queue_max_bytes: usize,
+    /// A volatile packet is dropped for a client whose queue holds more than this many bytes.
+    pub volatile_drop_bytes: usize,
+    /// Most rooms one socket may be in (its own id room included).
+    pub max_rooms_per_socket: usize,
+    /// Default ack timeout for server emits that request an ack.
+    pub ack_timeout_ms: u64,
+    /// How long shutdown waits for connections to drain before giving up.
+    pub shutdown_grace_ms: u64,
+    /// Log filter, as a `tracing_subscriber::EnvFilter` directive (e.g. `info,ioswarm=debug`).
+    pub log: String,
+    /// Log output format.
+    pub log_format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 3000)),
+            admin_listen: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9464)),
+            path: "/socket.io/".to_owned(),
+            ping_interval_ms: 25_000,
+            ping_timeout_ms: 20_000,
+            upgrade_timeout_ms: 10_000,
+            connect_timeout_ms: 45_000,
+            max_payload: 1_000_000,
+            max_attachments: 10,
+            max_connections: 0,
+            cors_origin: Vec::new(),
+            namespaces: Vec::new(),
+            auth_token: None,
+            client_rooms: false,
+            client_relay: false,
+            send_queue_max_packets: 1024,
+            send_queue_max_bytes: 4 * 1024 * 1024,
+            volatile_drop_bytes: 64 * 1024,
+            max_rooms_per_socket: 1024,
+            ack_timeout_ms: 10_000,
+            shutdown_grace_ms: 5_000,
+            log: "info".to_owned(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+// Hand-written so that logging the configuration never prints the auth token.
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("admin_listen", &self.admin_listen)
+            .field("path", &self.path)
+            .field("ping_interval_ms", &self.ping_interval_ms)
+            .field("ping_timeout_ms", &self.ping_timeout_ms)
+            .field("upgrade_timeout_ms", &self.upgrade_timeout_ms)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("max_payload", &self.max_payload)
+            .field("max_attachments", &self.max_attachments)
+            .field("max_connections", &self.max_connections)
+            .field("cors_origin", &self.cors_origin)
+            .field("namespaces", &self.namespaces)
+            .field("auth_token", &self.auth_token.as_ref().map(|_| "<redacted>"))
+            .field("client_rooms", &self.client_rooms)
+            .field("client_relay", &self.client_relay)
+            .field("send_queue_max_packets", &self.send_queue_max_packets)
+            .field("send_queue_max_bytes", &self.send_queue_max_bytes)
+            .field("volatile_drop_bytes", &self.volatile_drop_bytes)
+            .field("max_rooms_per_socket", &self.max_rooms_per_socket)
+            .field("ack_timeout_ms", &self.ack_timeout_ms)
+            .field("shutdown_grace_ms", &self.shutdown_grace_ms)
+            .field("log", &self.log)
+            .field("log_format", &self.log_format)
+            .finish()
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The `--config` file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file named by `--config` / `IOSWARM_CONFIG`.
+        path: PathBuf,
+        /// The underlying I/O error.
+        source: std::io::Error,
+    },
+    /// The `--config` file is not valid TOML, has an unknown key or a value of the wrong type.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file named by `--config` / `IOSWARM_CONFIG`.
+        path: PathBuf,
+        /// The TOML error, with line and column.
+        source: toml::de::Error,
+    },
+    /// A setting has a value outside its allowed range.
+    #[error("invalid setting `{field}`: {message}")]
+    Invalid {
+        /// The TOML key of the setting (the flag is the same in kebab-case).
+        field: &'static str,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field, message: message.into() }
+}
+
+impl Config {
+    /// Checks every setting; the first problem found is returned.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.port() != 0 && self.listen == self.admin_listen {
+            return Err(invalid("admin_listen", format!("must differ from listen ({})", self.listen)));
+        }
+        if !self.path.starts_with('/') || !self.path.ends_with('/') {
+            return Err(invalid("path", format!("{:?} must start and end with '/' (e.g. \"/socket.io/\")", self.path)));
+        }
+        if self.path.contains(|c: char| c == '?' || c == '#' || c.is_whitespace()) {
+            return Err(invalid("path", format!("{:?} must not contain '?', '#' or whitespace", self.path)));
+        }
+        for (field, ms) in [
+            ("ping_interval_ms", self.ping_interval_ms),
+            ("ping_timeout_ms", self.ping_timeout_ms),
+            ("upgrade_timeout_ms", self.upgrade_timeout_ms),
+            ("connect_timeout_ms", self.connect_timeout_ms),
+            ("ack_timeout_ms", self.ack_timeout_ms),
+        ] {
+            if ms == 0 || ms > MAX_TIMEOUT_MS {
+                return Err(invalid(field, format!("{ms} must be between 1 and {MAX_TIMEOUT_MS} milliseconds")));
+            }
+        }
+        if self.shutdown_grace_ms > MAX_TIMEOUT_MS {
+            return Err(invalid(
+                "shutdown_grace_ms",
+                format!("{} must be at most {MAX_TIMEOUT_MS} milliseconds", self.shutdown_grace_ms),
+            ));
+        }
+        if !(MIN_PAYLOAD..=MAX_PAYLOAD).contains(&self.max_payload) {
+            return Err(invalid(
+                "max_payload",
+                format!("{} must be between {MIN_PAYLOAD} (1 KiB) and {MAX_PAYLOAD} (100 MiB) bytes", self.max_payload),
+            ));
+        }
+        if self.max_attachments > MAX_ATTACHMENTS {
+            return Err(invalid(
+                "max_attachments",
+                format!("{} must be at most {MAX_ATTACHMENTS}", self.max_attachments),
+            ));
+        }
+        self.validate_cors()?;
+        for nsp in &self.namespaces {
+            if !nsp.starts_with('/') {
+                return Err(invalid("namespaces", format!("{nsp:?} must start with '/' (e.g. \"/chat\")")));
+            }
+            if nsp.contains(|c: char| c == ',' || c == '?' || c.is_whitespace() || c.is_control()) {
+                return Err(invalid(
+                    "namespaces",
+                    format!("{nsp:?} must not contain ',', '?', whitespace or control characters"),
+                ));
+            }
+        }
+        if self.auth_token.as_deref().is_some_and(str::is_empty) {
+            return Err(invalid("auth_token", "must not be empty when set"));
+        }
+        for (field, n) in [
+            ("send_queue_max_packets", self.send_queue_max_packets),
+            ("send_queue_max_bytes", self.send_queue_max_bytes),
+            ("max_rooms_per_socket", self.max_rooms_per_socket),
+        ] {
+            if n == 0 {
+                return Err(invalid(field, "must be greater than 0"));
+            }
+        }
+        if self.volatile_drop_bytes > self.send_queue_max_bytes {
+            return Err(invalid(
+                "volatile_drop_bytes",
+                format!(
+                    "{} must not exceed send_queue_max_bytes ({})",
+                    self.volatile_drop_bytes, self.send_queue_max_bytes
+                ),
+            ));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
+            return Err(invalid("log", format!("{:?} is not a valid filter: {e}", self.log)));
+        }
+        Ok(())
+    }
+
+    fn validate_cors(&self) -> Result<(), ConfigError> {
+        if self.cors_origin.iter().any(|o| o == "*") {
+            if self.cors_origin.len() > 1 {
+                return Err(invalid("cors_origin", "\"*\" cannot be combined with other origins"));
+            }
+            return Ok(());
+        }
+        for origin in &self.cors_origin {
+            let rest = origin.split_once("://").map(|(scheme, rest)| (scheme.is_empty(), rest));
+            let ok = match rest {
+                Some((false, host)) => {
+                    !host.is_empty()
+                        && !host.contains('/')
+                        && !origin.contains(|c: char| c.is_whitespace() || c.is_control())
+                }
+                _ => false,
+            };
+            if !ok {
+                return Err(invalid(
+                    "cors_origin",
+                    format!(
+                        "{origin:?} is not an origin: use scheme://host[:port] without a path \
+                         (e.g. \"https://example.com\") or \"*\""
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Self::ping_interval_ms`] as a `Duration`.
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_millis(self.ping_interval_ms)
+    }
+
+    /// [`Self::ping_timeout_ms`] as a `Duration`.
+    pub fn ping_timeout(&self) -> Duration {
+        Duration::from_millis(self.ping_timeout_ms)
+    }
+
+    /// [`Self::upgrade_timeout_ms`] as a `Duration`.
+    pub fn upgrade_timeout(&self) -> Duration {
+        Duration::from_millis(self.upgrade_timeout_ms)
+    }
+
+    /// [`Self::connect_timeout_ms`] as a `Duration`.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    /// [`Self::ack_timeout_ms`] as a `Duration`.
+    pub fn ack_timeout(&self) -> Duration {
+        Duration::from_millis(self.ack_timeout_ms)
+    }
+
+    /// [`Self::shutdown_grace_ms`] as a `Duration`.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    /// Parses a TOML document; keys left out keep their defaults. Does not validate.
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Lays every flag or variable that was given over `self`.
+    fn apply(&mut self, cli: &Cli) {
+        macro_rules! take {
+            ($($field:ident),* $(,)?) => {
+                $(if let Some(v) = &cli.$field {
+                    self.$field = v.clone();
+                })*
+            };
+        }
+        take!(
+            listen,
+            admin_listen,
+            path,
+            ping_interval_ms,
+            ping_timeout_ms,
+            upgrade_timeout_ms,
+            connect_timeout_ms,
+            max_payload,
+            max_attachments,
+            max_connections,
+            client_rooms,
+            client_relay,
+            send_queue_max_packets,
+            send_queue_max_bytes,
+            volatile_drop_bytes,
+            max_rooms_per_socket,
+            ack_timeout_ms,
+            shutdown_grace_ms,
+            log,
+            log_format,
+        );
+        // `--cors-origin=` / `IOSWARM_NAMESPACES=` (empty) clear the list.
+        if let Some(v) = &cli.cors_origin {
+            self.cors_origin = non_empty(v);
+        }
+        if let Some(v) = &cli.namespaces {
+            self.namespaces = non_empty(v);
+        }
+        if let Some(v) = &cli.auth_token {
+            self.auth_token = Some(v.clone());
+        }
+    }
+}
+
+fn non_empty(items: &[String]) -> Vec<String> {
+    items.iter().map(|s| s.trim()).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+}
+
+/// Command-line flags; each is also read from the `IOSWARM_<NAME>` environment variable.
+///
+/// Every flag is optional: a flag that is not given leaves the file's (or the default) value.
+#[derive(Clone, Debug, Default, clap::Parser)]
+#[command(
+    name = "ioswarm",
+    version,
+    about = "Socket.IO v5 real-time server",
+    long_about = None
+)]
+pub struct Cli {
+    /// TOML configuration file (keys are the flag names in snake_case).
+    #[arg(long, env = "IOSWARM_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Socket.IO listener address [default: 0.0.0.0:3000].
+    #[arg(long, env = "IOSWARM_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Admin HTTP listener address [default: 127.0.0.1:9464].
+    #[arg(long, env = "IOSWARM_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+    /// HTTP path of the Engine.IO endpoint [default: /socket.io/].
+    #[arg(long, env = "IOSWARM_PATH")]
+    pub path: Option<String>,
+    /// Interval between server pings, in ms [default: 25000].
+    #[arg(long, env = "IOSWARM_PING_INTERVAL_MS", value_name = "MS")]
+    pub ping_interval_ms: Option<u64>,
+    /// Time to wait for a pong, in ms [default: 20000].
+    #[arg(long, env = "IOSWARM_PING_TIMEOUT_MS", value_name = "MS")]
+    pub ping_timeout_ms: Option<u64>,
+    /// Time allowed for a transport upgrade, in ms [default: 10000].
+    #[arg(long, env = "IOSWARM_UPGRADE_TIMEOUT_MS", value_name = "MS")]
+    pub upgrade_timeout_ms: Option<u64>,
+    /// Time allowed to connect to a namespace after the handshake, in ms [default: 45000].
+    #[arg(long, env = "IOSWARM_CONNECT_TIMEOUT_MS", value_name = "MS")]
+    pub connect_timeout_ms: Option<u64>,
+    /// Largest accepted message / HTTP body, in bytes [default: 1000000].
+    #[arg(long, env = "IOSWARM_MAX_PAYLOAD", value_name = "BYTES")]
+    pub max_payload: Option<usize>,
+    /// Most binary attachments per packet [default: 10].
+    #[arg(long, env = "IOSWARM_MAX_ATTACHMENTS", value_name = "N")]
+    pub max_attachments: Option<usize>,
+    /// Most concurrent connections; 0 derives it from the open-file limit [default: 0].
+    #[arg(long, env = "IOSWARM_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<u64>,
+    /// Allowed CORS origins, comma-separated, or `*` [default: none, no CORS headers].
+    #[arg(long, env = "IOSWARM_CORS_ORIGIN", value_name = "ORIGINS", value_delimiter = ',')]
+    pub cors_origin: Option<Vec<String>>,
+    /// Namespace allowlist, comma-separated (e.g. `/,/chat`) [default: any namespace].
+    #[arg(long, env = "IOSWARM_NAMESPACES", value_name = "NSPS", value_delimiter = ',')]
+    pub namespaces: Option<Vec<String>>,
+    /// Require CONNECT auth `{"token": TOKEN}` [default: none].
+    #[arg(long, env = "IOSWARM_AUTH_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
+    /// Allow clients to join/leave rooms (`ioswarm:join`, `ioswarm:leave`).
+    #[arg(
+        long,
+        env = "IOSWARM_CLIENT_ROOMS",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new()
+    )]
+    pub client_rooms: Option<bool>,
+    /// Allow clients to broadcast to their rooms (`ioswarm:to`).
+    #[arg(
+        long,
+        env = "IOSWARM_CLIENT_RELAY",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new()
+    )]
+    pub client_relay: Option<bool>,
+    /// Most packets queued per client [default: 1024].
+    #[arg(long, env = "IOSWARM_SEND_QUEUE_MAX_PACKETS", value_name = "N")]
+    pub send_queue_max_packets: Option<usize>,
+    /// Most bytes queued per client [default: 4194304].
+    #[arg(long, env = "IOSWARM_SEND_QUEUE_MAX_BYTES", value_name = "BYTES")]
+    pub send_queue_max_bytes: Option<usize>,
+    /// Drop volatile packets for a client with more than this many bytes queued [default: 65536].
+    #[arg(long, env = "IOSWARM_VOLATILE_DROP_BYTES", value_name = "BYTES")]
+    pub volatile_drop_bytes: Option<usize>,
+    /// Most rooms per socket [default: 1024].
+    #[arg(long, env = "IOSWARM_MAX_ROOMS_PER_SOCKET", value_name = "N")]
+    pub max_rooms_per_socket: Option<usize>,
+    /// Default ack timeout for server emits, in ms [default: 10000].
+    #[arg(long, env = "IOSWARM_ACK_TIMEOUT_MS", value_name = "MS")]
+    pub ack_timeout_ms: Option<u64>,
+    /// Time shutdown waits for connections to drain, in ms [default: 5000].
+    #[arg(long, env = "IOSWARM_SHUTDOWN_GRACE_MS", value_name = "MS")]
+    pub shutdown_grace_ms: Option<u64>,
+    /// Log filter directive, e.g. `info,ioswarm=debug` [default: info].
+    #[arg(long, env = "IOSWARM_LOG", value_name = "FILTER")]
+    pub log: Option<String>,
+    /// Log format [default: text].
+    #[arg(long, env = "IOSWARM_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// Builds the configuration: defaults, then the `--config` file, then environment and flags;
+/// then validates it.
+pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
+    let mut config = match &cli.config {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+            Config::from_toml(&text).map_err(|source| ConfigError::Parse { path: path.clone(), source })?
+        }
+        None => Config::default(),
+    };
+    config.apply(cli);
+    config.validate()?;
+    Ok(config)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    fn parse(args: &[&str]) -> Cli {
+        let mut argv = vec!["ioswarm"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).unwrap()
+    }
+
+    fn field_of(err: ConfigError) -> &'static str {
+        match err {
+            ConfigError::Invalid { field, .. } => field,
+            other => panic!("expected Invalid, got {other}"),
+        }
+    }
+
+    #[track_caller]
+    fn invalid_field(edit: impl FnOnce(&mut Config)) -> &'static str {
+        let mut c = Config::default();
+        edit(&mut c);
+        field_of(c.validate().unwrap_err())
+    }
+
+    fn write_temp(name: &str, text: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("ioswarm-{}-{name}.toml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn defaults_validate() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:3000");
+        assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9464");
+        assert_eq!(c.ping_interval(), Duration::from_secs(25));
+        assert_eq!(c.ping_timeout(), Duration::from_secs(20));
+        assert_eq!(c.shutdown_grace(), Duration::from_secs(5));
+        assert_eq!(c.max_payload, 1_000_000);
+    }
+
+    #[test]
+    fn no_flags_means_defaults() {
+        // Only valid where none of the IOSWARM_* variables is set in the test environment.
+        if std::env::vars().any(|(k, _)| k.starts_with("IOSWARM_")) {
+            return;
+        }
+        assert_eq!(load(&parse(&[])).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn file_overrides_defaults() {
+        let c = Config::from_toml(
+            r#"
+            listen = "127.0.0.1:4000"
+            ping_interval_ms = 1000
+            namespaces = ["/", "/chat"]
+            client_rooms = true
+            auth_token = "s3cret"
+            log_format = "json"
+            "#,
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:4000");
+        assert_eq!(c.ping_interval_ms, 1000);
+        assert_eq!(c.namespaces, ["/", "/chat"]);
+        assert!(c.client_rooms);
+        assert_eq!(c.auth_token.as_deref(), Some("s3cret"));
+        assert_eq!(c.log_format, LogFormat::Json);
+        // Keys left out keep their defaults.
+        assert_eq!(c.ping_timeout_ms, 20_000);
+        assert_eq!(c.path, "/socket.io/");
+    }
+
+    #[test]
+    fn cli_overrides_file() {
+        let path = write_temp(
+            "cli-overrides",
+            "listen = \"127.0.0.1:4000\"\nping_interval_ms = 1000\nclient_rooms = true\n\
+             cors_origin = [\"https://a.example\"]\nmax_payload = 5000\n",
+        );
+        let cli = parse(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--client-rooms=false",
+            "--client-relay",
+            "--cors-origin",
+            "https://b.example,http://c.example:8080",
+            "--namespaces=",
+        ]);
+        let c = load(&cli).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:0");
+        assert_eq!(c.ping_interval_ms, 1000, "file value kept when no flag");
+        assert_eq!(c.max_payload, 5000);
+        assert!(!c.client_rooms, "--client-rooms=false overrides file");
+        assert!(c.client_relay, "bare --client-relay sets true");
+        assert_eq!(c.cors_origin, ["https://b.example", "http://c.example:8080"]);
+        assert!(c.namespaces.is_empty(), "--namespaces= clears the list");
+    }
+
+    #[test]
+    fn bool_flags_accept_words() {
+        assert_eq!(parse(&["--client-rooms"]).client_rooms, Some(true));
+        assert_eq!(parse(&["--client-rooms=true"]).client_rooms, Some(true));
+        assert_eq!(parse(&["--client-rooms=0"]).client_rooms, Some(false));
+        assert_eq!(parse(&["--client-rooms=no"]).client_rooms, Some(false));
+        assert_eq!(parse(&[]).client_rooms, None);
+        assert!(Cli::try_parse_from(["ioswarm", "--client-rooms=maybe"]).is_err());
+        // A bare bool flag must not swallow the next flag.
+        let cli = parse(&["--client-relay", "--listen", "127.0.0.1:1"]);
+        assert_eq!(cli.client_relay, Some(true));
+        assert_eq!(cli.listen.map(|a| a.port()), Some(1));
+    }
+
+    #[test]
+    fn bad_flag_values_are_rejected_by_clap() {
+        for args in [
+            ["--listen", "localhost"],
+            ["--ping-interval-ms", "-5"],
+            ["--log-format", "yaml"],
+            ["--max-payload", "1MB"],
+        ] {
+            let mut argv = vec!["ioswarm"];
+            argv.extend_from_slice(&args);
+            assert!(Cli::try_parse_from(argv).is_err(), "{args:?} accepted");
+        }
+    }
+
+    #[test]
+    fn every_arg_has_its_env_var() {
+        let cmd = Cli::command();
+        let mut seen = 0;
+        for arg in cmd.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if long == "help" || long == "version" {
+                continue;
+            }
+            let env = arg.get_env().unwrap_or_else(|| panic!("--{long} has no env var"));
+            let expected = format!("IOSWARM_{}", long.to_uppercase().replace('-', "_"));
+            assert_eq!(env.to_str(), Some(expected.as_str()), "--{long}");
+            seen += 1;
+        }
+        assert!(seen > 20);
+    }
+
+    #[test]
+    fn every_config_field_has_a_flag() {
+        let value = serde_json::to_value(Config::default()).unwrap();
+        let cmd = Cli::command();
+        let longs: Vec<&str> = cmd.get_arguments().filter_map(|a| a.get_long()).collect();
+        let keys = value.as_object().unwrap().keys();
+        assert_eq!(keys.len(), 23);
+        for key in keys {
+            let flag = key.replace('_', "-");
+            assert!(longs.contains(&flag.as_str()), "config field {key} has no --{flag}");
+        }
+    }
+
+    #[test]
+    fn every_flag_is_applied() {
+        let cli = parse(&[
+            "--listen=127.0.0.1:1",
+            "--admin-listen=127.0.0.1:2",
+            "--path=/io/",
+            "--ping-interval-ms=1",
+            "--ping-timeout-ms=2",
+            "--upgrade-timeout-ms=3",
+            "--connect-timeout-ms=4",
+            "--max-payload=2048",
+            "--max-attachments=5",
+            "--max-connections=6",
+            "--cors-origin=*",
+            "--namespaces=/a,/b",
+            "--auth-token=t",
+            "--client-rooms",
+            "--client-relay",
+            "--send-queue-max-packets=7",
+            "--send-queue-max-bytes=8",
+            "--volatile-drop-bytes=8",
+            "--max-rooms-per-socket=9",
+            "--ack-timeout-ms=10",
+            "--shutdown-grace-ms=11",
+            "--log=debug",
+            "--log-format=json",
+        ]);
+        let c = load(&cli).unwrap();
+        let defaults = serde_json::to_value(Config::default()).unwrap();
+        let got = serde_json::to_value(&c).unwrap();
+        for (key, default) in defaults.as_object().unwrap() {
+            assert_ne!(&got[key], default, "--{} was not applied", key.replace('_', "-"));
+        }
+    }
+
+    #[test]
+    fn unknown_toml_key_rejected() {
+        let err = Config::from_toml("listen = \"127.0.0.1:1\"\npign_interval_ms = 5\n").unwrap_err();
+        assert!(err.to_string().contains("pign_interval_ms"), "{err}");
+
+        let path = write_temp("unknown-key", "bogus = 1\n");
+        let cli = parse(&["--config", path.to_str().unwrap()]);
+        let err = load(&cli).unwrap_err();
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+        assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn wrong_toml_type_rejected() {
+        let err = Config::from_toml("max_payload = \"big\"\n").unwrap_err();
+        assert!(err.to_string().contains("max_payload"), "{err}");
+        assert!(Config::from_toml("listen = \"nope\"\n").is_err());
+    }
+
+    #[test]
+    fn missing_file_reported_with_path() {
+        let cli = parse(&["--config", "/nonexistent/ioswarm.toml"]);
+        let err = load(&cli).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }));
+        assert!(err.to_string().contains("/nonexistent/ioswarm.toml"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_rejected() {
+        assert_eq!(invalid_field(|c| c.ping_interval_ms = 0), "ping_interval_ms");
+        assert_eq!(invalid_field(|c| c.ping_timeout_ms = 0), "ping_timeout_ms");
+        assert_eq!(invalid_field(|c| c.upgrade_timeout_ms = 0), "upgrade_timeout_ms");
+        assert_eq!(invalid_field(|c| c.connect_timeout_ms = 0), "connect_timeout_ms");
+        assert_eq!(invalid_field(|c| c.ack_timeout_ms = 0), "ack_timeout_ms");
+        assert_eq!(invalid_field(|c| c.ping_timeout_ms = MAX_TIMEOUT_MS + 1), "ping_timeout_ms");
+        assert_eq!(invalid_field(|c| c.shutdown_grace_ms = u64::MAX), "shutdown_grace_ms");
+        assert_eq!(invalid_field(|c| c.max_payload = 1023), "max_payload");
+        assert_eq!(invalid_field(|c| c.max_payload = MAX_PAYLOAD + 1), "max_payload");
+        assert_eq!(invalid_field(|c| c.max_attachments = 1_000_000), "max_attachments");
+        assert_eq!(invalid_field(|c| c.path = "socket.io/".into()), "path");
+        assert_eq!(invalid_field(|c| c.path = "/socket.io".into()), "path");
+        assert_eq!(invalid_field(|c| c.path = "/a b/".into()), "path");
+        assert_eq!(invalid_field(|c| c.namespaces = vec!["chat".into()]), "namespaces");
+        assert_eq!(invalid_field(|c| c.namespaces = vec!["/a b".into()]), "namespaces");
+        assert_eq!(invalid_field(|c| c.auth_token = Some(String::new())), "auth_token");
+        assert_eq!(invalid_field(|c| c.send_queue_max_packets = 0), "send_queue_max_packets");
+        assert_eq!(invalid_field(|c| c.send_queue_max_bytes = 0), "send_queue_max_bytes");
+        assert_eq!(invalid_field(|c| c.max_rooms_per_socket = 0), "max_rooms_per_socket");
+        assert_eq!(invalid_field(|c| c.volatile_drop_bytes = c.send_queue_max_bytes + 1), "volatile_drop_bytes");
+        assert_eq!(invalid_field(|c| c.log = "ioswarm=notalevel".into()), "log");
+        assert_eq!(invalid_field(|c| c.admin_listen = c.listen), "admin_listen");
+        for bad in ["example.com", "https://", "https://a.example/", "*x", "://x"] {
+            assert_eq!(invalid_field(|c| c.cors_origin = vec![bad.into()]), "cors_origin", "{bad}");
+        }
+        assert_eq!(invalid_field(|c| c.cors_origin = vec!["*".into(), "https://a.example".into()]), "cors_origin");
+    }
+
+    #[test]
+    fn valid_edge_values_accepted() {
+        let any_port: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let mut c = Config {
+            max_payload: MIN_PAYLOAD,
+            cors_origin: vec!["*".into()],
+            namespaces: vec!["/".into(), "/chat".into(), "/a/b".into()],
+            shutdown_grace_ms: 0,
+            max_attachments: 0,
+            volatile_drop_bytes: Config::default().send_queue_max_bytes,
+            listen: any_port,
+            admin_listen: any_port,
+            log: "warn,ioswarm=trace".into(),
+            ..Config::default()
+        };
+        c.validate().unwrap();
+        c.cors_origin = vec!["https://a.example".into(), "http://localhost:8080".into()];
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn error_messages_are_clear() {
+        let c = Config { max_payload: 10, ..Config::default() };
+        let msg = c.validate().unwrap_err().to_string();
+        assert_eq!(
+            msg,
+            "invalid setting `max_payload`: 10 must be between 1024 (1 KiB) and 104857600 \
+             (100 MiB) bytes"
+        );
+    }
+
+    #[test]
+    fn debug_redacts_auth_token() {
+        let c = Config { auth_token: Some("hunter2".into()), ..Config::default() };
+        let s = format!("{c:?}");
+        assert!(!s.contains("hunter2"));
+        assert!(s.contains("<redacted>"));
+    }
+}

@@ -1,0 +1,348 @@
+//! Every metric the server records, declared in one place.
+//!
+//! Names follow `ioswarm_<thing>_<unit>[_total]`; counters end in `_total`. Label values come from
+//! the small fixed sets below (`Transport`, `EngineCloseReason`, `DisconnectReason`, ...), never
+//! from peer input, so the number of series stays bounded. To add a metric: add a
+//! `pub(crate) const`, add a `MetricDef` row to `ALL` (the tests check the naming rules), and
+//! record it with the `metrics` crate's macros, e.g.
+//! `::metrics::counter!(crate::metrics::SOCKETIO_DISCONNECTS, crate::metrics::label::REASON =>
+//! DisconnectReason::PingTimeout.as_str()).increment(1)` (write `::metrics` wherever this module
+//! is imported as `metrics`).
+//!
+//! The recorder is a Prometheus exporter without its own HTTP listener: [`install_recorder`]
+//! returns a handle that the admin server renders on `GET /metrics` (and runs upkeep on).
+
+use metrics::{describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+
+// ---- Engine.IO -------------------------------------------------------------------------------
+
+/// Gauge: open Engine.IO sessions, by current transport. Labels: [`label::TRANSPORT`].
+pub(crate) const ENGINE_CONNECTIONS: &str = "ioswarm_engine_connections";
+/// Counter: Engine.IO sessions opened (successful handshakes).
+pub(crate) const ENGINE_CONNECTIONS_OPENED: &str = "ioswarm_engine_connections_opened_total";
+/// Counter: Engine.IO sessions closed. Labels: [`label::REASON`] = [`EngineCloseReason`].
+pub(crate) const ENGINE_CONNECTIONS_CLOSED: &str = "ioswarm_engine_connections_closed_total";
+/// Counter: completed polling → websocket upgrades.
+pub(crate) const ENGINE_UPGRADES: &str = "ioswarm_engine_upgrades_total";
+/// Counter: HTTP requests on the Engine.IO path. Labels: [`label::KIND`] = [`HttpRequestKind`].
+pub(crate) const ENGINE_HTTP_REQUESTS: &str = "ioswarm_engine_http_requests_total";
+
+// ---- Socket.IO -------------------------------------------------------------------------------
+
+/// Gauge: sockets connected to any namespace (no namespace label: namespaces are unbounded).
+pub(crate) const SOCKETIO_SOCKETS: &str = "ioswarm_socketio_sockets";
+/// Counter: successful namespace connects.
+pub(crate) const SOCKETIO_CONNECTS: &str = "ioswarm_socketio_connects_total";
+/// Counter: refused namespace connects. Labels: [`label::REASON`] = [`ConnectErrorReason`].
+pub(crate) const SOCKETIO_CONNECT_ERRORS: &str = "ioswarm_socketio_connect_errors_total";
+/// Counter: EVENT / BINARY_EVENT packets received from clients.
+pub(crate) const SOCKETIO_EVENTS_RECEIVED: &str = "ioswarm_socketio_events_received_total";
+/// Counter: Socket.IO packets queued to clients.
+pub(crate) const SOCKETIO_PACKETS_SENT: &str = "ioswarm_socketio_packets_sent_total";
+/// Counter: bytes queued to clients (encoded packets including attachments).
+pub(crate) const SOCKETIO_BYTES_SENT: &str = "ioswarm_socketio_bytes_sent_total";
+/// Counter: packets not delivered to a client. Labels: [`label::REASON`] = [`DropReason`].
+pub(crate) const SOCKETIO_PACKETS_DROPPED: &str = "ioswarm_socketio_packets_dropped_total";
+/// Counter: sockets disconnected. Labels: [`label::REASON`] = [`DisconnectReason`].
+pub(crate) const SOCKETIO_DISCONNECTS: &str = "ioswarm_socketio_disconnects_total";
+/// Counter: Socket.IO packets from clients that could not be decoded or were not allowed.
+pub(crate) const SOCKETIO_INVALID_PACKETS: &str = "ioswarm_socketio_invalid_packets_total";
+
+// ---- Rooms, broadcasts, acks -----------------------------------------------------------------
+
+/// Gauge: non-empty rooms across all namespaces (sockets' own id rooms excluded).
+pub(crate) const ROOMS: &str = "ioswarm_rooms";
+/// Counter: broadcasts (one emit to a set of rooms / all sockets).
+pub(crate) const BROADCASTS: &str = "ioswarm_broadcasts_total";
+/// Histogram: sockets one broadcast was delivered to.
+pub(crate) const BROADCAST_RECIPIENTS: &str = "ioswarm_broadcast_recipients";
+/// Counter: server emits whose ack did not arrive in time.
+pub(crate) const ACKS_TIMED_OUT: &str = "ioswarm_acks_timed_out_total";
+
+/// What kind of instrument a metric is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MetricKind {
+    /// Monotonic count; name ends in `_total`.
+    Counter,
+    /// Value that goes up and down.
+    Gauge,
+    /// Distribution of observations.
+    Histogram,
+}
+
+/// One declared metric.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MetricDef {
+    /// Full metric name.
+    pub(crate) name: &'static str,
+    /// Instrument kind.
+    pub(crate) kind: MetricKind,
+    /// Help text shown by `/metrics`.
+    pub(crate) help: &'static str,
+}
+
+const fn def(name: &'static str, kind: MetricKind, help: &'static str) -> MetricDef {
+    MetricDef { name, kind, help }
+}
+
+/// Every metric the server records.
+pub(crate) const ALL: &[MetricDef] = {
+    use MetricKind::{Counter, Gauge, Histogram};
+    &[
+        def(ENGINE_CONNECTIONS, Gauge, "Open Engine.IO sessions by transport."),
+        def(ENGINE_CONNECTIONS_OPENED, Counter, "Engine.IO sessions opened."),
+        def(ENGINE_CONNECTIONS_CLOSED, Counter, "Engine.IO sessions closed, by reason."),
+        def(ENGINE_UPGRADES, Counter, "Polling to websocket upgrades completed."),
+        def(ENGINE_HTTP_REQUESTS, Counter, "HTTP requests on the Engine.IO path, by kind."),
+        def(SOCKETIO_SOCKETS, Gauge, "Sockets connected to a namespace."),
+        def(SOCKETIO_CONNECTS, Counter, "Namespace connects accepted."),
+        def(SOCKETIO_CONNECT_ERRORS, Counter, "Namespace connects refused, by reason."),
+        def(SOCKETIO_EVENTS_RECEIVED, Counter, "Events received from clients."),
+        def(SOCKETIO_PACKETS_SENT, Counter, "Socket.IO packets queued to clients."),
+        def(SOCKETIO_BYTES_SENT, Counter, "Bytes queued to clients."),
+        def(SOCKETIO_PACKETS_DROPPED, Counter, "Packets not delivered to a client, by reason."),
+        def(SOCKETIO_DISCONNECTS, Counter, "Sockets disconnected, by reason."),
+        def(SOCKETIO_INVALID_PACKETS, Counter, "Undecodable or forbidden packets from clients."),
+        def(ROOMS, Gauge, "Non-empty rooms (socket id rooms excluded)."),
+        def(BROADCASTS, Counter, "Broadcasts emitted."),
+        def(BROADCAST_RECIPIENTS, Histogram, "Sockets reached by one broadcast."),
+        def(ACKS_TIMED_OUT, Counter, "Server emits whose ack timed out."),
+    ]
+};
+
+/// Label keys.
+// The protocol modules record these; allowed so the vocabulary can be declared ahead of use.
+#[allow(dead_code)]
+pub(crate) mod label {
+    /// Transport of an Engine.IO session: [`super::Transport`].
+    pub(crate) const TRANSPORT: &str = "transport";
+    /// Why something ended or failed: one of the `*Reason` enums.
+    pub(crate) const REASON: &str = "reason";
+    /// Kind of HTTP request: [`super::HttpRequestKind`].
+    pub(crate) const KIND: &str = "kind";
+}
+
+/// Defines a label-value enum with an `as_str` and an `ALL` list.
+macro_rules! label_values {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $value:literal,)* }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub(crate) enum $name {
+            $($(#[$vmeta])* $variant,)*
+        }
+
+        impl $name {
+            /// Every value, for pre-registering series and for tests.
+            #[allow(dead_code)]
+            pub(crate) const ALL: &[Self] = &[$(Self::$variant,)*];
+
+            /// The label value.
+            #[allow(dead_code)]
+            pub(crate) const fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $value,)*
+                }
+            }
+        }
+    };
+}
+
+label_values! {
+    /// `transport` label of [`ENGINE_CONNECTIONS`].
+    Transport {
+        /// HTTP long-polling.
+        Polling => "polling",
+        /// WebSocket.
+        Websocket => "websocket",
+    }
+}
+
+label_values! {
+    /// `reason` label of [`ENGINE_CONNECTIONS_CLOSED`].
+    EngineCloseReason {
+        /// The client closed the transport (socket closed, polling request aborted).
+        TransportClose => "transport_close",
+        /// Reading or writing the transport failed.
+        TransportError => "transport_error",
+        /// No pong within the ping timeout.
+        PingTimeout => "ping_timeout",
+        /// The server closed the session (e.g. a namespace disconnect of the last socket).
+        ServerClose => "server_close",
+        /// The client sent an Engine.IO close packet.
+        ClientClose => "client_close",
+        /// The client sent something that is not Engine.IO / Socket.IO.
+        ParseError => "parse_error",
+        /// The client's send queue overflowed (slow consumer).
+        Overflow => "overflow",
+        /// A transport upgrade failed or timed out.
+        UpgradeFailed => "upgrade_failed",
+        /// The server is shutting down.
+        Shutdown => "shutdown",
+    }
+}
+
+label_values! {
+    /// `kind` label of [`ENGINE_HTTP_REQUESTS`].
+    HttpRequestKind {
+        /// A polling GET without `sid` (new session).
+        Handshake => "handshake",
+        /// A polling GET with `sid`.
+        Poll => "poll",
+        /// A polling POST with `sid`.
+        Post => "post",
+        /// A websocket upgrade request.
+        Websocket => "websocket",
+        /// A request answered with an error status.
+        Error => "error",
+    }
+}
+
+label_values! {
+    /// `reason` label of [`SOCKETIO_CONNECT_ERRORS`].
+    ConnectErrorReason {
+        /// The namespace is not in the allowlist.
+        InvalidNamespace => "invalid_namespace",
+        /// Refused by a connect check (auth token).
+        Middleware => "middleware",
+        /// No CONNECT within the connect timeout.
+        Timeout => "timeout",
+    }
+}
+
+label_values! {
+    /// `reason` label of [`SOCKETIO_PACKETS_DROPPED`].
+    DropReason {
+        /// A volatile packet to a client whose queue was over the volatile threshold.
+        Volatile => "volatile",
+        /// The client's queue was full.
+        Overflow => "overflow",
+    }
+}
+
+label_values! {
+    /// `reason` label of [`SOCKETIO_DISCONNECTS`].
+    DisconnectReason {
+        /// The underlying connection was closed.
+        TransportClose => "transport_close",
+        /// The underlying connection failed.
+        TransportError => "transport_error",
+        /// The client stopped answering pings.
+        PingTimeout => "ping_timeout",
+        /// The client disconnected from the namespace.
+        ClientDisconnect => "client_disconnect",
+        /// The server disconnected the socket from the namespace.
+        ServerDisconnect => "server_disconnect",
+        /// The client sent an invalid packet.
+        ParseError => "parse_error",
+        /// The client's send queue overflowed.
+        Overflow => "overflow",
+        /// The server is shutting down.
+        Shutdown => "shutdown",
+    }
+}
+
+/// Upper bounds for latency histograms (names ending in `_seconds`): 1 ms … 30 s.
+const LATENCY_BUCKETS_SECONDS: &[f64] =
+    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// Upper bounds for [`BROADCAST_RECIPIENTS`].
+const RECIPIENT_BUCKETS: &[f64] =
+    &[0.0, 1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1_000.0, 5_000.0, 10_000.0, 50_000.0, 100_000.0];
+
+/// Why the metrics recorder could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// The exporter rejected its configuration, or another global recorder is already installed.
+    #[error("cannot install the Prometheus recorder: {0}")]
+    Install(#[from] BuildError),
+}
+
+/// The Prometheus builder with ioswarm's histogram buckets.
+pub(crate) fn builder() -> Result<PrometheusBuilder, BuildError> {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS_SECONDS)?
+        .set_buckets_for_metric(Matcher::Full(BROADCAST_RECIPIENTS.into()), RECIPIENT_BUCKETS)
+}
+
+/// Registers help text for every metric with the current recorder.
+pub(crate) fn describe() {
+    for m in ALL {
+        match m.kind {
+            MetricKind::Counter => describe_counter!(m.name, m.help),
+            MetricKind::Gauge => describe_gauge!(m.name, m.help),
+            MetricKind::Histogram => describe_histogram!(m.name, m.help),
+        }
+    }
+}
+
+/// Installs the process-wide Prometheus recorder and describes every metric.
+///
+/// Call once, early in `main`. Serve [`PrometheusHandle::render`] (the admin server does) and
+/// call [`PrometheusHandle::run_upkeep`] periodically (the admin server does, every 5 s).
+pub fn install_recorder() -> Result<PrometheusHandle, MetricsError> {
+    let handle = builder()?.install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn names_follow_the_convention() {
+        let mut seen = HashSet::new();
+        for m in ALL {
+            assert!(seen.insert(m.name), "{} declared twice", m.name);
+            assert!(m.name.starts_with("ioswarm_"), "{}", m.name);
+            assert!(m.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'), "{}", m.name);
+            assert_eq!(m.kind == MetricKind::Counter, m.name.ends_with("_total"), "{}", m.name);
+            assert!(!m.help.is_empty(), "{}", m.name);
+        }
+    }
+
+    #[test]
+    fn label_values_are_snake_case_and_unique() {
+        fn check(values: impl IntoIterator<Item = &'static str>) {
+            let mut seen = HashSet::new();
+            for v in values {
+                assert!(seen.insert(v), "{v} twice");
+                assert!(v.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{v}");
+            }
+        }
+        check(Transport::ALL.iter().map(|v| v.as_str()));
+        check(EngineCloseReason::ALL.iter().map(|v| v.as_str()));
+        check(HttpRequestKind::ALL.iter().map(|v| v.as_str()));
+        check(ConnectErrorReason::ALL.iter().map(|v| v.as_str()));
+        check(DropReason::ALL.iter().map(|v| v.as_str()));
+        check(DisconnectReason::ALL.iter().map(|v| v.as_str()));
+        assert_eq!(EngineCloseReason::ALL.len(), 9);
+    }
+
+    #[test]
+    fn rendered_output_has_help_labels_and_buckets() {
+        let recorder = builder().unwrap().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            describe();
+            metrics::counter!(
+                ENGINE_CONNECTIONS_CLOSED,
+                label::REASON => EngineCloseReason::PingTimeout.as_str()
+            )
+            .increment(2);
+            metrics::gauge!(ENGINE_CONNECTIONS, label::TRANSPORT => Transport::Websocket.as_str()).set(3.0);
+            metrics::histogram!(BROADCAST_RECIPIENTS).record(7.0);
+            metrics::histogram!("ioswarm_test_latency_seconds").record(0.003);
+        });
+        let text = handle.render();
+        assert!(text.contains("# HELP ioswarm_engine_connections_closed_total Engine.IO sessions closed"), "{text}");
+        assert!(text.contains("ioswarm_engine_connections_closed_total{reason=\"ping_timeout\"} 2"), "{text}");
+        assert!(text.contains("ioswarm_engine_connections{transport=\"websocket\"} 3"), "{text}");
+        assert!(text.contains("ioswarm_broadcast_recipients_bucket{le=\"10\"} 1"), "{text}");
+        assert!(text.contains("ioswarm_broadcast_recipients_bucket{le=\"5\"} 0"), "{text}");
+        assert!(text.contains("ioswarm_test_latency_seconds_bucket{le=\"0.005\"} 1"), "{text}");
+    }
+}
