@@ -25,6 +25,7 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 type ConnectHandler = Arc<dyn Fn(Socket) -> BoxFuture<()> + Send + Sync>;
 type EventHandler = Arc<dyn Fn(Socket, Event) -> BoxFuture<()> + Send + Sync>;
 type DisconnectHandler = Arc<dyn Fn(Socket, &'static str) -> BoxFuture<()> + Send + Sync>;
+type ServerSideHandler = Arc<dyn Fn(Payload) -> BoxFuture<()> + Send + Sync>;
 type Middleware = Arc<dyn Fn(ConnectRequest) -> BoxFuture<Result<(), ConnectError>> + Send + Sync>;
 
 /// An event from a client.
@@ -79,6 +80,8 @@ struct Handlers {
     events: HashMap<String, EventHandler>,
     any: Option<EventHandler>,
     disconnect: Vec<DisconnectHandler>,
+    server_side: HashMap<String, ServerSideHandler>,
+    server_side_any: Option<Arc<dyn Fn(String, Payload) -> BoxFuture<()> + Send + Sync>>,
 }
 
 /// A Socket.IO namespace. Cheap to clone.
@@ -167,6 +170,50 @@ impl Namespace {
         Fut: Future<Output = ()> + Send + 'static,
     {
         self.0.handlers.write().disconnect.push(Arc::new(move |s, r| Box::pin(f(s, r))));
+    }
+
+    /// Runs `f` for each `event` sent to this namespace by another server
+    /// (socket.io's `serverSideEmit`, e.g. from a Redis emitter).
+    pub fn on_server_side<F, Fut>(&self, event: &str, f: F)
+    where
+        F: Fn(Payload) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.0.handlers.write().server_side.insert(event.to_owned(), Arc::new(move |p| Box::pin(f(p))));
+    }
+
+    /// Runs `f` for server-side events that have no handler of their own.
+    pub fn on_server_side_any<F, Fut>(&self, f: F)
+    where
+        F: Fn(String, Payload) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.0.handlers.write().server_side_any = Some(Arc::new(move |e, p| Box::pin(f(e, p))));
+    }
+
+    /// Delivers a server-side event to this namespace's handlers; returns
+    /// whether any handler ran.
+    pub fn dispatch_server_side(&self, event: &str, payload: Payload) -> bool {
+        let (handler, any) = {
+            let handlers = self.0.handlers.read();
+            (handlers.server_side.get(event).cloned(), handlers.server_side_any.clone())
+        };
+        match (handler, any) {
+            (Some(h), _) => {
+                self.0.tasks.spawn(h(payload));
+                true
+            }
+            (None, Some(any)) => {
+                self.0.tasks.spawn(any(event.to_owned(), payload));
+                true
+            }
+            (None, None) => false,
+        }
+    }
+
+    /// Executes a prepared broadcast on this node; returns the number of recipients.
+    pub fn execute_broadcast(&self, b: &Broadcast) -> usize {
+        self.execute(b)
     }
 
     /// A broadcast to `room`.
