@@ -76,3 +76,31 @@ pub fn socketio_packet(data: &[u8]) {
     assert_eq!(collector.remaining(), 0);
     assert!(matches!(collector.push(Bytes::new()), Err(DecodeError::UnexpectedAttachment)));
 }
+
+/// Engine.IO long-polling payload codec: decoding never panics, and a decoded payload whose
+/// packets are messages re-encodes to bytes that decode to the same packets.
+#[doc(hidden)]
+pub fn engineio_payload(data: &[u8]) {
+    use crate::engineio::packet::{Frame, Packet, decode_payload, encode_payload};
+
+    let Ok(packets) = decode_payload(Bytes::copy_from_slice(data)) else {
+        return;
+    };
+    let frames: Vec<Frame> = packets
+        .iter()
+        .filter_map(|p| match p {
+            Packet::Message(text) => Some(Frame::message(text)),
+            Packet::Binary(raw) => Some(Frame::Binary(raw.clone())),
+            _ => None,
+        })
+        .collect();
+    if frames.is_empty() {
+        return;
+    }
+    let mut wire = bytes::BytesMut::new();
+    encode_payload(&frames, &mut wire);
+    let again = decode_payload(wire.freeze());
+    let expected: Vec<Packet> =
+        packets.into_iter().filter(|p| matches!(p, Packet::Message(_) | Packet::Binary(_))).collect();
+    assert_eq!(again.ok(), Some(expected));
+}
