@@ -308,8 +308,9 @@ impl<H: Handler> Engine<H> {
             .increment(1);
 
         if let Some(sid) = query.get("sid") {
-            let Some(conn) = sid::Sid::parse(sid).and_then(|sid| self.inner.sessions.get(&sid).map(|c| c.clone()))
-            else {
+            let conn = sid::Sid::parse(sid).and_then(|sid| self.inner.sessions.get(&sid).map(|c| c.clone()));
+            // A session that has just ended is unknown, even before its driver has removed it.
+            let Some(conn) = conn.filter(|c| c.session.lock().closed().is_none()) else {
                 return error_response(ErrorCode::UnknownSid);
             };
             return match transport {
@@ -462,7 +463,8 @@ impl<H: Handler> Engine<H> {
         if declared.is_some_and(|n| n > max) {
             return payload_too_large();
         }
-        if let Err(err) = conn.session.lock().post_start() {
+        let started = conn.session.lock().post_start();
+        if let Err(err) = started {
             if err == RequestError::DuplicatePost {
                 conn.wake_all();
             }

@@ -26,6 +26,7 @@ type ConnectHandler = Arc<dyn Fn(Socket) -> BoxFuture<()> + Send + Sync>;
 type EventHandler = Arc<dyn Fn(Socket, Event) -> BoxFuture<()> + Send + Sync>;
 type DisconnectHandler = Arc<dyn Fn(Socket, &'static str) -> BoxFuture<()> + Send + Sync>;
 type ServerSideHandler = Arc<dyn Fn(Payload) -> BoxFuture<()> + Send + Sync>;
+type ServerSideAnyHandler = Arc<dyn Fn(String, Payload) -> BoxFuture<()> + Send + Sync>;
 type Middleware = Arc<dyn Fn(ConnectRequest) -> BoxFuture<Result<(), ConnectError>> + Send + Sync>;
 
 /// An event from a client.
@@ -81,7 +82,7 @@ struct Handlers {
     any: Option<EventHandler>,
     disconnect: Vec<DisconnectHandler>,
     server_side: HashMap<String, ServerSideHandler>,
-    server_side_any: Option<Arc<dyn Fn(String, Payload) -> BoxFuture<()> + Send + Sync>>,
+    server_side_any: Option<ServerSideAnyHandler>,
 }
 
 /// A Socket.IO namespace. Cheap to clone.

@@ -350,11 +350,33 @@ fn on_binary(state: &ClientState, data: Bytes) -> Result<Decoded, ClientError> {
         return Err(ClientError::UnexpectedBinary);
     };
     match collector.push(data)? {
-        Some(done) => {
+        Some((mut packet, attachments)) => {
             inner.collector = None;
-            Ok(Some(done))
+            if let Some(data) = packet.data.as_mut() {
+                canonical_placeholders(data);
+            }
+            Ok(Some((packet, attachments)))
         }
         None => Ok(None),
+    }
+}
+
+/// Rewrites every placeholder as `{"_placeholder":true,"num":n}`: upstream
+/// rebuilds binary arguments and encodes them afresh, so whatever key order
+/// or extra keys a client sent never come back.
+fn canonical_placeholders(value: &mut Value) {
+    match value {
+        Value::Array(items) => items.iter_mut().for_each(canonical_placeholders),
+        Value::Object(map) => {
+            let num = (map.get("_placeholder") == Some(&Value::Bool(true)))
+                .then(|| map.get("num").and_then(Value::as_u64))
+                .flatten();
+            match num {
+                Some(num) => *value = serde_json::json!({ "_placeholder": true, "num": num }),
+                None => map.values_mut().for_each(canonical_placeholders),
+            }
+        }
+        _ => {}
     }
 }
 

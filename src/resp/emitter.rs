@@ -1,0 +1,1517 @@
+//! Socket.IO emitter traffic on the Redis ingress (PROTOCOL.md §4).
+//!
+//! Backends push events with a socket.io Redis emitter (`@socket.io/redis-emitter` and its ports
+//! in other languages): they PUBLISH msgpack broadcasts on `socket.io#<nsp>#[<room>#]` and JSON
+//! requests (socketsJoin, socketsLeave, disconnectSockets, serverSideEmit) on
+//! `socket.io-request#<nsp>#`. This module turns those messages into socket.io actions.
+//!
+//! - The decoding is pure: [`decode_broadcast`] and [`decode_request`] take the channel and the
+//!   payload and return values. The msgpack reader is our own so that it can borrow binary values
+//!   from the message, bound its depth and allocations, and read the dialect of old PHP emitters.
+//! - [`EmitterBridge`] is the [`PublishHook`] that executes them on the local
+//!   [`Server`]. Whatever it cannot decode is logged at debug level and counted in
+//!   [`EMITTER_MESSAGES`]; it never fails the PUBLISH and never panics.
+//!
+//! Tolerated variants (other-language emitters are sloppy): any msgpack integer width; packet type
+//! 5 (BINARY_EVENT, old Go and PHP emitters) as well as 2; a missing `nsp` (the channel's
+//! namespace, `/` on `socket.io#/#`); `opts` and `flags` as a map, an empty array or missing;
+//! `rooms`/`except` as `""`, a string, an array or a map (PHP arrays with holes); binary as `bin`
+//! or as a `str` that is not UTF-8; notepack's extensions (`d4 00 00` undefined, ext type 0
+//! ArrayBuffer, ext type 0 / -1 dates); one PUBLISH per room with the same payload (each socket
+//! still receives the event once); the byte rewriting of old PHP emitters (0xda → 0xd8 and
+//! 0xdb → 0xd9 in BINARY_EVENT packets, old msgpack-js' "buffer 16/32").
+
+use std::fmt::Write as _;
+
+use bytes::Bytes;
+use serde_json::{Map, Number, Value};
+
+use super::PublishHook;
+use crate::socketio::{Namespace, Payload, Server};
+
+/// Counter of messages seen on emitter channels, labelled [`RESULT_LABEL`] = `ok` (executed),
+/// `invalid` (could not be decoded) or `ignored` (well-formed but not for us: unsupported packet
+/// or request type, our own uid, namespace mismatch).
+pub(crate) const EMITTER_MESSAGES: &str = "ioswarm_emitter_messages_total";
+/// Label key of [`EMITTER_MESSAGES`].
+pub(crate) const RESULT_LABEL: &str = "result";
+
+/// The channel prefix emitters use unless configured otherwise (their `key` option).
+pub(crate) const DEFAULT_KEY: &str = "socket.io";
+/// Deepest msgpack nesting accepted (the JSON handed to clients stays well below serde's limits).
+pub(crate) const MAX_DEPTH: usize = 64;
+/// Most binary values one message may carry.
+pub(crate) const MAX_ATTACHMENTS: usize = 1024;
+
+/// Socket.IO packet types an emitter broadcast may carry.
+const EVENT: u64 = 2;
+const BINARY_EVENT: u64 = 5;
+
+/// Why an emitter message was not executed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub(crate) enum EmitterError {
+    /// The channel is not an emitter channel (ordinary pub/sub traffic; not counted).
+    #[error("not an emitter channel")]
+    NotEmitterChannel,
+    /// The payload is not valid msgpack.
+    #[error("invalid msgpack: {0}")]
+    Msgpack(#[from] MsgpackError),
+    /// A request payload is not valid JSON.
+    #[error("invalid JSON: {0}")]
+    Json(String),
+    /// The message decodes but does not have the shape of an emitter message.
+    #[error("unexpected message shape: {0}")]
+    Shape(&'static str),
+    /// More binary values than [`MAX_ATTACHMENTS`].
+    #[error("more than {MAX_ATTACHMENTS} binary arguments")]
+    TooManyAttachments,
+    /// A broadcast of a socket.io packet type other than EVENT / BINARY_EVENT.
+    #[error("unsupported packet type {0}")]
+    UnsupportedPacketType(i128),
+    /// A request type the bridge does not execute (the adapter-to-adapter ones).
+    #[error("unsupported request type {0}")]
+    UnsupportedRequestType(i128),
+    /// The packet names another namespace than its channel.
+    #[error("packet namespace {packet:?} differs from channel namespace {channel:?}")]
+    NamespaceMismatch {
+        /// The namespace in the channel name.
+        channel: String,
+        /// The namespace in the packet.
+        packet: String,
+    },
+}
+
+impl EmitterError {
+    /// Whether the message is well-formed but deliberately not executed (the `ignored` result).
+    pub(crate) fn is_ignored(&self) -> bool {
+        matches!(
+            self,
+            Self::UnsupportedPacketType(_) | Self::UnsupportedRequestType(_) | Self::NamespaceMismatch { .. }
+        )
+    }
+}
+
+/// Malformed msgpack.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum MsgpackError {
+    /// The payload ends inside a value (also: a length larger than what is left).
+    #[error("truncated at byte {at}")]
+    Truncated {
+        /// Offset of the value that does not fit.
+        at: usize,
+    },
+    /// The never-used marker 0xc1.
+    #[error("reserved marker 0xc1 at byte {at}")]
+    Reserved {
+        /// Offset of the marker.
+        at: usize,
+    },
+    /// Nested deeper than [`MAX_DEPTH`].
+    #[error("nested deeper than {MAX_DEPTH} at byte {at}")]
+    TooDeep {
+        /// Offset of the value that is too deep.
+        at: usize,
+    },
+    /// Bytes left after the top-level value.
+    #[error("{count} trailing bytes")]
+    TrailingBytes {
+        /// How many bytes are left.
+        count: usize,
+    },
+}
+
+// ---------------------------------------------------------------------------------------------
+// Channels.
+
+/// What an emitter channel name says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EmitterChannel<'a> {
+    /// `<key>#<nsp>#` (no room) or `<key>#<nsp>#<room>#`.
+    Broadcast {
+        /// The namespace, e.g. `/` or `/chat`.
+        nsp: &'a str,
+        /// The room, when the emitter targeted exactly one.
+        room: Option<&'a str>,
+    },
+    /// `<key>-request#<nsp>#`.
+    Request {
+        /// The namespace.
+        nsp: &'a str,
+    },
+}
+
+/// Classifies `channel` for emitters using the prefix `key` (normally [`DEFAULT_KEY`]); `None`
+/// for every other channel.
+pub(crate) fn classify<'a>(key: &str, channel: &'a [u8]) -> Option<EmitterChannel<'a>> {
+    let rest = channel.strip_prefix(key.as_bytes())?;
+    let channel = std::str::from_utf8(rest).ok()?;
+    if let Some(rest) = channel.strip_prefix("-request#") {
+        let nsp = rest.strip_suffix('#')?;
+        return valid_nsp(nsp).then_some(EmitterChannel::Request { nsp });
+    }
+    let rest = channel.strip_prefix('#')?;
+    let (nsp, rest) = rest.split_once('#')?;
+    if !valid_nsp(nsp) {
+        return None;
+    }
+    let room = match rest {
+        "" => None,
+        room => Some(room.strip_suffix('#')?),
+    };
+    Some(EmitterChannel::Broadcast { nsp, room })
+}
+
+fn valid_nsp(nsp: &str) -> bool {
+    nsp.starts_with('/') && !nsp.contains('#')
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoded messages.
+
+/// Flags of an emitter broadcast (`opts.flags`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct EmitterFlags {
+    /// Drop the packet for clients that are not ready.
+    pub(crate) volatile: bool,
+    /// Per-message compression (ioswarm never compresses; kept for completeness).
+    pub(crate) compress: Option<bool>,
+    /// Deliver on the receiving node only.
+    pub(crate) local: bool,
+    /// Set by socket.io for `socket.broadcast` (informational).
+    pub(crate) broadcast: bool,
+    /// The emitter claims the arguments contain binary (informational: we look at the values).
+    pub(crate) binary: bool,
+    /// Ack timeout in milliseconds (emitters cannot receive acks; informational).
+    pub(crate) timeout: Option<u64>,
+}
+
+/// A decoded emitter broadcast: `emit(event, ...args)` to `rooms` minus `except` in `nsp`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct EmitterBroadcast {
+    /// The publisher's uid (`"emitter"` for the Node emitter; empty when absent).
+    pub(crate) uid: String,
+    /// The namespace.
+    pub(crate) nsp: String,
+    /// The event name.
+    pub(crate) event: String,
+    /// The arguments; binary values are placeholders referring to `payload.attachments`.
+    pub(crate) payload: Payload,
+    /// Target rooms (empty: every socket of the namespace).
+    pub(crate) rooms: Vec<String>,
+    /// Rooms whose sockets are skipped.
+    pub(crate) except: Vec<String>,
+    /// Flags.
+    pub(crate) flags: EmitterFlags,
+}
+
+/// Which sockets a request acts on (`opts` of a request).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Targets {
+    /// Target rooms (empty: every socket of the namespace).
+    pub(crate) rooms: Vec<String>,
+    /// Rooms whose sockets are skipped.
+    pub(crate) except: Vec<String>,
+}
+
+/// What a request asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum RequestAction {
+    /// REMOTE_JOIN (2): the targeted sockets join `rooms`.
+    Join {
+        /// The sockets.
+        targets: Targets,
+        /// The rooms to join.
+        rooms: Vec<String>,
+    },
+    /// REMOTE_LEAVE (3): the targeted sockets leave `rooms`.
+    Leave {
+        /// The sockets.
+        targets: Targets,
+        /// The rooms to leave.
+        rooms: Vec<String>,
+    },
+    /// REMOTE_DISCONNECT (4): the targeted sockets are disconnected (their whole connection
+    /// when `close`).
+    Disconnect {
+        /// The sockets.
+        targets: Targets,
+        /// Close the underlying connection too.
+        close: bool,
+    },
+    /// SERVER_SIDE_EMIT (6): an event for the servers' own handlers.
+    ServerSideEmit {
+        /// The event name.
+        event: String,
+        /// Its arguments.
+        payload: Payload,
+    },
+}
+
+/// A decoded request on `<key>-request#<nsp>#`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct EmitterRequest {
+    /// The namespace (from the channel).
+    pub(crate) nsp: String,
+    /// The sender's uid, when it gave one (the emitter does only for serverSideEmit).
+    pub(crate) uid: Option<String>,
+    /// The action.
+    pub(crate) action: RequestAction,
+}
+
+/// Decodes a broadcast published on `channel` (`socket.io#<nsp>#` or `socket.io#<nsp>#<room>#`).
+pub(crate) fn decode_broadcast(channel: &[u8], payload: &[u8]) -> Result<EmitterBroadcast, EmitterError> {
+    let Some(EmitterChannel::Broadcast { nsp, room }) = classify(DEFAULT_KEY, channel) else {
+        return Err(EmitterError::NotEmitterChannel);
+    };
+    broadcast_from(nsp, room, &Bytes::copy_from_slice(payload))
+}
+
+/// Decodes a request published on `channel` (`socket.io-request#<nsp>#`): JSON when the payload
+/// starts with `{` (what emitters send), msgpack otherwise (what the Node adapter sends for the
+/// adapter-to-adapter types).
+pub(crate) fn decode_request(channel: &[u8], payload: &[u8]) -> Result<EmitterRequest, EmitterError> {
+    let Some(EmitterChannel::Request { nsp }) = classify(DEFAULT_KEY, channel) else {
+        return Err(EmitterError::NotEmitterChannel);
+    };
+    request_from(nsp, &Bytes::copy_from_slice(payload))
+}
+
+/// [`decode_broadcast`] on a classified channel; binary values are slices of `message`.
+fn broadcast_from(nsp: &str, room: Option<&str>, message: &Bytes) -> Result<EmitterBroadcast, EmitterError> {
+    let tree = read_message(message)?;
+    let raw = RawBroadcast::from_tree(&tree)?;
+
+    // BINARY_EVENT (old Go and PHP emitters) is an EVENT whose binary values we find ourselves.
+    match raw.packet_type {
+        None | Some(Mp::UInt(EVENT | BINARY_EVENT)) => {}
+        Some(Mp::UInt(t)) => return Err(EmitterError::UnsupportedPacketType(i128::from(*t))),
+        Some(Mp::Int(t)) => return Err(EmitterError::UnsupportedPacketType(i128::from(*t))),
+        Some(_) => return Err(EmitterError::Shape("packet type is not an integer")),
+    }
+    let packet_nsp = match raw.nsp {
+        None | Some(Mp::Nil) => nsp.to_owned(),
+        Some(Mp::Str(s)) => String::from_utf8_lossy(s).into_owned(),
+        Some(_) => return Err(EmitterError::Shape("packet nsp is not a string")),
+    };
+    if packet_nsp != nsp {
+        return Err(EmitterError::NamespaceMismatch { channel: nsp.to_owned(), packet: packet_nsp });
+    }
+
+    let (event, args) = raw.data.split_first().ok_or(EmitterError::Shape("packet data is empty"))?;
+    let event = match event {
+        Mp::Str(s) => std::str::from_utf8(s).map_err(|_| EmitterError::Shape("event name is not UTF-8"))?,
+        _ => return Err(EmitterError::Shape("event name is not a string")),
+    };
+    let mut payload = Payload::empty();
+    for arg in args {
+        let value = to_json(arg, message, &mut payload)?.unwrap_or(Value::Null);
+        payload.args.push(value);
+    }
+
+    let mut rooms = room_list(raw.rooms);
+    let mut except = room_list(raw.except);
+    if let Some(room) = room {
+        match rooms.iter().position(|r| r == room) {
+            // Emitters that PUBLISH the same message once per room: this copy serves the
+            // sockets of `room` that no earlier room in the list already served.
+            Some(i) if rooms.len() > 1 => {
+                except.extend(rooms.drain(..i));
+                rooms = vec![room.to_owned()];
+            }
+            Some(_) => {}
+            None if rooms.is_empty() => rooms.push(room.to_owned()),
+            None => {}
+        }
+    }
+
+    Ok(EmitterBroadcast {
+        uid: match raw.uid {
+            Some(Mp::Str(s)) => String::from_utf8_lossy(s).into_owned(),
+            _ => String::new(),
+        },
+        nsp: packet_nsp,
+        event: event.to_owned(),
+        payload,
+        rooms,
+        except,
+        flags: raw.flags.map(flags_of).unwrap_or_default(),
+    })
+}
+
+/// The parts of `[uid, packet, opts]` before interpretation.
+struct RawBroadcast<'t, 'a> {
+    uid: Option<&'t Mp<'a>>,
+    packet_type: Option<&'t Mp<'a>>,
+    nsp: Option<&'t Mp<'a>>,
+    data: Vec<&'t Mp<'a>>,
+    rooms: Option<&'t Mp<'a>>,
+    except: Option<&'t Mp<'a>>,
+    flags: Option<&'t Mp<'a>>,
+}
+
+impl<'t, 'a> RawBroadcast<'t, 'a> {
+    fn from_tree(tree: &'t Mp<'a>) -> Result<Self, EmitterError> {
+        let Mp::Array(items) = tree else {
+            return Err(EmitterError::Shape("message is not an array"));
+        };
+        // `[uid, packet, opts]`; very old emitters sent `[packet, opts]`.
+        let (uid, packet, opts) = match items.as_slice() {
+            [packet @ Mp::Map(_)] => (None, packet, None),
+            [packet @ Mp::Map(_), opts] => (None, packet, Some(opts)),
+            [uid, packet] => (Some(uid), packet, None),
+            [uid, packet, opts, ..] => (Some(uid), packet, Some(opts)),
+            _ => return Err(EmitterError::Shape("message is not [uid, packet, opts]")),
+        };
+        let Mp::Map(packet) = packet else {
+            return Err(EmitterError::Shape("packet is not a map"));
+        };
+        let data = match get(packet, "data") {
+            Some(Mp::Array(data)) => data.iter().collect(),
+            // PHP arrays with holes are encoded as maps.
+            Some(Mp::Map(data)) => data.iter().map(|(_, v)| v).collect(),
+            Some(_) => return Err(EmitterError::Shape("packet data is not an array")),
+            None => return Err(EmitterError::Shape("packet has no data")),
+        };
+        let opts = match opts {
+            Some(Mp::Map(opts)) => opts.as_slice(),
+            _ => &[],
+        };
+        Ok(Self {
+            uid,
+            packet_type: get(packet, "type"),
+            nsp: get(packet, "nsp"),
+            data,
+            rooms: get(opts, "rooms"),
+            except: get(opts, "except"),
+            flags: get(opts, "flags"),
+        })
+    }
+}
+
+/// The value under string key `key` (the last one, like a JS object).
+fn get<'t, 'a>(map: &'t [(Mp<'a>, Mp<'a>)], key: &str) -> Option<&'t Mp<'a>> {
+    map.iter().rev().find(|(k, _)| matches!(k, Mp::Str(s) if *s == key.as_bytes())).map(|(_, v)| v)
+}
+
+/// Room names from `""`, a string, an array or a map of strings (numbers are stringified).
+fn room_list(value: Option<&Mp<'_>>) -> Vec<String> {
+    fn push(out: &mut Vec<String>, v: &Mp<'_>) {
+        let room = match v {
+            Mp::Str(s) => String::from_utf8_lossy(s).into_owned(),
+            Mp::UInt(n) => n.to_string(),
+            Mp::Int(n) => n.to_string(),
+            _ => return,
+        };
+        if !room.is_empty() && !out.contains(&room) {
+            out.push(room);
+        }
+    }
+    let mut out = Vec::new();
+    match value {
+        Some(Mp::Array(items)) => items.iter().for_each(|v| push(&mut out, v)),
+        Some(Mp::Map(entries)) => entries.iter().for_each(|(_, v)| push(&mut out, v)),
+        Some(v) => push(&mut out, v),
+        None => {}
+    }
+    out
+}
+
+fn flags_of(value: &Mp<'_>) -> EmitterFlags {
+    let Mp::Map(map) = value else {
+        return EmitterFlags::default();
+    };
+    let flag = |name| get(map, name).is_some_and(truthy);
+    EmitterFlags {
+        volatile: flag("volatile"),
+        compress: get(map, "compress").map(truthy),
+        local: flag("local"),
+        broadcast: flag("broadcast"),
+        binary: flag("binary"),
+        timeout: match get(map, "timeout") {
+            Some(Mp::UInt(ms)) => Some(*ms),
+            Some(Mp::Float(ms)) if ms.is_finite() && *ms >= 0.0 => Some(*ms as u64),
+            _ => None,
+        },
+    }
+}
+
+/// JavaScript truthiness of a msgpack value.
+fn truthy(value: &Mp<'_>) -> bool {
+    match value {
+        Mp::Nil => false,
+        Mp::Bool(b) => *b,
+        Mp::UInt(n) => *n != 0,
+        Mp::Int(n) => *n != 0,
+        Mp::Float(f) => *f != 0.0 && !f.is_nan(),
+        Mp::Str(s) => !s.is_empty(),
+        Mp::Ext(0, [_], true) => false, // notepack's `undefined`
+        _ => true,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests.
+
+/// Request types (socket.io-redis-adapter's `RequestType`).
+const REMOTE_JOIN: i128 = 2;
+const REMOTE_LEAVE: i128 = 3;
+const REMOTE_DISCONNECT: i128 = 4;
+const SERVER_SIDE_EMIT: i128 = 6;
+
+fn request_from(nsp: &str, message: &Bytes) -> Result<EmitterRequest, EmitterError> {
+    let mut payload = Payload::empty();
+    let request = if message.first() == Some(&b'{') {
+        serde_json::from_slice::<Value>(message).map_err(|e| EmitterError::Json(e.to_string()))?
+    } else {
+        let tree = read_message(message)?;
+        to_json(&tree, message, &mut payload)?.unwrap_or(Value::Null)
+    };
+    let Value::Object(request) = request else {
+        return Err(EmitterError::Shape("request is not an object"));
+    };
+    let uid = match request.get("uid") {
+        Some(Value::String(uid)) => Some(uid.clone()),
+        _ => None,
+    };
+    let kind = match request.get("type") {
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .map(i128::from)
+            .or_else(|| n.as_u64().map(i128::from))
+            .ok_or(EmitterError::Shape("request type is not an integer"))?,
+        _ => return Err(EmitterError::Shape("request has no integer type")),
+    };
+    let targets = || {
+        let opts = request.get("opts");
+        Targets {
+            rooms: json_rooms(opts.and_then(|o| o.get("rooms"))),
+            except: json_rooms(opts.and_then(|o| o.get("except"))),
+        }
+    };
+    let action = match kind {
+        REMOTE_JOIN => RequestAction::Join { targets: targets(), rooms: json_rooms(request.get("rooms")) },
+        REMOTE_LEAVE => RequestAction::Leave { targets: targets(), rooms: json_rooms(request.get("rooms")) },
+        REMOTE_DISCONNECT => {
+            RequestAction::Disconnect { targets: targets(), close: request.get("close").is_some_and(json_truthy) }
+        }
+        SERVER_SIDE_EMIT => {
+            let Some(Value::Array(data)) = request.get("data") else {
+                return Err(EmitterError::Shape("serverSideEmit has no data array"));
+            };
+            let Some((Value::String(event), args)) = data.split_first() else {
+                return Err(EmitterError::Shape("serverSideEmit has no event name"));
+            };
+            payload.args = args.to_vec();
+            if payload.attachments.len() > MAX_ATTACHMENTS {
+                return Err(EmitterError::TooManyAttachments);
+            }
+            RequestAction::ServerSideEmit { event: event.clone(), payload }
+        }
+        other => return Err(EmitterError::UnsupportedRequestType(other)),
+    };
+    Ok(EmitterRequest { nsp: nsp.to_owned(), uid, action })
+}
+
+fn json_rooms(value: Option<&Value>) -> Vec<String> {
+    fn push(out: &mut Vec<String>, v: &Value) {
+        let room = match v {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            _ => return,
+        };
+        if !room.is_empty() && !out.contains(&room) {
+            out.push(room);
+        }
+    }
+    let mut out = Vec::new();
+    match value {
+        Some(Value::Array(items)) => items.iter().for_each(|v| push(&mut out, v)),
+        Some(Value::Object(map)) => map.values().for_each(|v| push(&mut out, v)),
+        Some(v) => push(&mut out, v),
+        None => {}
+    }
+    out
+}
+
+fn json_truthy(value: &Value) -> bool {
+    match value {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0 && !f.is_nan()),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(_) | Value::Object(_) => true,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// msgpack → JSON.
+
+/// Converts a msgpack value to the JSON socket.io sends, moving binary values into `payload`'s
+/// attachments. `None` is JavaScript's `undefined` (`null` in arrays, omitted in maps).
+fn to_json(v: &Mp<'_>, message: &Bytes, payload: &mut Payload) -> Result<Option<Value>, EmitterError> {
+    Ok(Some(match v {
+        Mp::Nil => Value::Null,
+        Mp::Bool(b) => Value::Bool(*b),
+        Mp::UInt(n) => Value::from(*n),
+        Mp::Int(n) => Value::from(*n),
+        Mp::Float(f) => Number::from_f64(*f).map_or(Value::Null, Value::Number),
+        Mp::Str(s) => match std::str::from_utf8(s) {
+            Ok(s) => Value::String(s.to_owned()),
+            // Binary sent as a msgpack `str` (older emitters had no `bin`).
+            Err(_) => binary(message, s, payload)?,
+        },
+        Mp::Bin(b) => binary(message, b, payload)?,
+        Mp::Array(items) => {
+            let mut out = Vec::with_capacity(items.len());
+            for item in items {
+                out.push(to_json(item, message, payload)?.unwrap_or(Value::Null));
+            }
+            Value::Array(out)
+        }
+        Mp::Map(entries) => {
+            let mut out = Map::new();
+            for (k, v) in entries {
+                let key = map_key(k)?;
+                match to_json(v, message, payload)? {
+                    Some(v) => {
+                        out.insert(key, v);
+                    }
+                    None => {
+                        out.remove(&key);
+                    }
+                }
+            }
+            Value::Object(out)
+        }
+        Mp::Ext(ty, data, fixed) => match (*ty, data.len(), *fixed) {
+            // notepack: `undefined`.
+            (0, 1, true) => return Ok(None),
+            // notepack: ArrayBuffer (ext 8/16/32 with type 0).
+            (0, _, false) => binary(message, data, payload)?,
+            // notepack's old Date: milliseconds as i32 high word, u32 low word.
+            (0, 8, true) => {
+                let hi = i64::from(i32::from_be_bytes([data[0], data[1], data[2], data[3]]));
+                let lo = i64::from(u32::from_be_bytes([data[4], data[5], data[6], data[7]]));
+                date_json(hi * (1 << 32) + lo)
+            }
+            // msgpack timestamps (notepack's Date).
+            (-1, 4 | 8 | 12, _) => timestamp_json(data),
+            // Any other extension: notepack's `[type, Buffer]`.
+            (ty, _, _) => Value::Array(vec![Value::from(ty), binary(message, data, payload)?]),
+        },
+    }))
+}
+
+fn binary(message: &Bytes, bytes: &[u8], payload: &mut Payload) -> Result<Value, EmitterError> {
+    if payload.attachments.len() >= MAX_ATTACHMENTS {
+        return Err(EmitterError::TooManyAttachments);
+    }
+    Ok(payload.placeholder(message.slice_ref(bytes)))
+}
+
+/// Object keys the way JavaScript stringifies them.
+fn map_key(k: &Mp<'_>) -> Result<String, EmitterError> {
+    Ok(match k {
+        Mp::Str(s) | Mp::Bin(s) => String::from_utf8_lossy(s).into_owned(),
+        Mp::UInt(n) => n.to_string(),
+        Mp::Int(n) => n.to_string(),
+        Mp::Float(f) => f.to_string(),
+        Mp::Bool(b) => b.to_string(),
+        Mp::Nil => "null".to_owned(),
+        Mp::Ext(0, [_], true) => "undefined".to_owned(),
+        Mp::Array(_) | Mp::Map(_) | Mp::Ext(..) => return Err(EmitterError::Shape("map key is not a scalar")),
+    })
+}
+
+fn timestamp_json(data: &[u8]) -> Value {
+    let be32 = |i: usize| data.get(i..i + 4).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes).unwrap_or(0);
+    let (secs, nanos) = match data.len() {
+        4 => (i64::from(be32(0)), 0),
+        8 => {
+            let hi = be32(0);
+            (i64::from(hi & 0x3) << 32 | i64::from(be32(4)), hi >> 2)
+        }
+        _ => {
+            let secs = data.get(4..12).and_then(|b| b.try_into().ok()).map(i64::from_be_bytes).unwrap_or(0);
+            (secs, be32(0))
+        }
+    };
+    match secs.checked_mul(1000) {
+        Some(ms) => date_json(ms + i64::from(nanos / 1_000_000)),
+        None => Value::Null,
+    }
+}
+
+/// A JavaScript Date (ms since the epoch) as `JSON.stringify` writes it: an ISO-8601 string, or
+/// `null` outside the Date range.
+fn date_json(ms: i64) -> Value {
+    const MAX_MS: i64 = 8_640_000_000_000_000;
+    if !(-MAX_MS..=MAX_MS).contains(&ms) {
+        return Value::Null;
+    }
+    let days = ms.div_euclid(86_400_000);
+    let ms_of_day = ms.rem_euclid(86_400_000);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+
+    let mut s = String::with_capacity(27);
+    let _ = if (0..=9999).contains(&year) {
+        write!(s, "{year:04}")
+    } else {
+        write!(s, "{}{:06}", if year < 0 { '-' } else { '+' }, year.abs())
+    };
+    let _ = write!(
+        s,
+        "-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        ms_of_day / 3_600_000,
+        ms_of_day / 60_000 % 60,
+        ms_of_day / 1000 % 60,
+        ms_of_day % 1000
+    );
+    Value::String(s)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The msgpack reader.
+
+/// A msgpack value borrowing strings and binary from the message.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Mp<'a> {
+    /// nil
+    Nil,
+    /// true / false
+    Bool(bool),
+    /// A non-negative integer of any width.
+    UInt(u64),
+    /// A negative integer of any width.
+    Int(i64),
+    /// float 32 or 64.
+    Float(f64),
+    /// str (not necessarily UTF-8).
+    Str(&'a [u8]),
+    /// bin.
+    Bin(&'a [u8]),
+    /// array.
+    Array(Vec<Mp<'a>>),
+    /// map, in wire order.
+    Map(Vec<(Mp<'a>, Mp<'a>)>),
+    /// ext: type, data, and whether it was a fixext.
+    Ext(i8, &'a [u8], bool),
+}
+
+/// How to read the markers 0xd8 and 0xd9.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dialect {
+    /// The msgpack spec: fixext 16 and str 8.
+    Standard,
+    /// Old PHP emitters on an old (pre-str8) packer, which rewrote str16/str32 markers into
+    /// msgpack-js' "buffer 16" (0xd8) and "buffer 32" (0xd9).
+    PhpRaw,
+    /// The same rewriting on a modern packer: 0xd8 is a rewritten str16, 0xd9 a real str8.
+    PhpStr8,
+}
+
+/// Reads one whole message: the standard dialect, or one of the old PHP ones when the message
+/// is a BINARY_EVENT that only makes sense in them.
+fn read_message(buf: &[u8]) -> Result<Mp<'_>, MsgpackError> {
+    let standard = Reader::read_all(buf, Dialect::Standard);
+    let retry = match &standard {
+        Ok((_, false)) => false,
+        Ok((tree, true)) => packet_type(tree) == Some(BINARY_EVENT),
+        Err(_) => memchr::memchr2(0xd8, 0xd9, buf).is_some(),
+    };
+    if retry {
+        for dialect in [Dialect::PhpRaw, Dialect::PhpStr8] {
+            if let Ok((tree, _)) = Reader::read_all(buf, dialect)
+                && packet_type(&tree) == Some(BINARY_EVENT)
+            {
+                return Ok(tree);
+            }
+        }
+    }
+    standard.map(|(tree, _)| tree)
+}
+
+/// The `type` of the packet in `[uid, packet, opts]`, if it is an unsigned integer.
+fn packet_type(tree: &Mp<'_>) -> Option<u64> {
+    let Mp::Array(items) = tree else { return None };
+    let packet = items.iter().find_map(|i| match i {
+        Mp::Map(m) => Some(m),
+        _ => None,
+    })?;
+    match get(packet, "type") {
+        Some(Mp::UInt(t)) => Some(*t),
+        _ => None,
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    dialect: Dialect,
+    /// Whether a 0xd8 / 0xd9 marker was read (the standard reading of a PHP message is suspect).
+    saw_php_markers: bool,
+}
+
+impl<'a> Reader<'a> {
+    /// Reads exactly one value spanning `buf`; also says whether 0xd8/0xd9 markers were seen.
+    fn read_all(buf: &'a [u8], dialect: Dialect) -> Result<(Mp<'a>, bool), MsgpackError> {
+        let mut r = Reader { buf, pos: 0, dialect, saw_php_markers: false };
+        let value = r.value(0)?;
+        match buf.len() - r.pos {
+            0 => Ok((value, r.saw_php_markers)),
+            count => Err(MsgpackError::TrailingBytes { count }),
+        }
+    }
+
+    fn take(&mut self, n: usize, at: usize) -> Result<&'a [u8], MsgpackError> {
+        let end = self.pos.checked_add(n).filter(|end| *end <= self.buf.len()).ok_or(MsgpackError::Truncated { at })?;
+        let out = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(out)
+    }
+
+    fn be<const N: usize>(&mut self, at: usize) -> Result<[u8; N], MsgpackError> {
+        let bytes = self.take(N, at)?;
+        let mut out = [0; N];
+        out.copy_from_slice(bytes);
+        Ok(out)
+    }
+
+    fn len8(&mut self, at: usize) -> Result<usize, MsgpackError> {
+        Ok(usize::from(self.be::<1>(at)?[0]))
+    }
+
+    fn len16(&mut self, at: usize) -> Result<usize, MsgpackError> {
+        Ok(usize::from(u16::from_be_bytes(self.be(at)?)))
+    }
+
+    fn len32(&mut self, at: usize) -> Result<usize, MsgpackError> {
+        usize::try_from(u32::from_be_bytes(self.be(at)?)).map_err(|_| MsgpackError::Truncated { at })
+    }
+
+    fn ext(&mut self, len: usize, fixed: bool, at: usize) -> Result<Mp<'a>, MsgpackError> {
+        let ty = i8::from_be_bytes(self.be(at)?);
+        Ok(Mp::Ext(ty, self.take(len, at)?, fixed))
+    }
+
+    fn int(n: i64) -> Mp<'a> {
+        match u64::try_from(n) {
+            Ok(n) => Mp::UInt(n),
+            Err(_) => Mp::Int(n),
+        }
+    }
+
+    fn value(&mut self, depth: usize) -> Result<Mp<'a>, MsgpackError> {
+        let at = self.pos;
+        if depth > MAX_DEPTH {
+            return Err(MsgpackError::TooDeep { at });
+        }
+        let marker = self.be::<1>(at)?[0];
+        Ok(match marker {
+            0x00..=0x7f => Mp::UInt(u64::from(marker)),
+            0x80..=0x8f => self.map(usize::from(marker & 0x0f), depth, at)?,
+            0x90..=0x9f => self.array(usize::from(marker & 0x0f), depth, at)?,
+            0xa0..=0xbf => Mp::Str(self.take(usize::from(marker & 0x1f), at)?),
+            0xc0 => Mp::Nil,
+            0xc1 => return Err(MsgpackError::Reserved { at }),
+            0xc2 => Mp::Bool(false),
+            0xc3 => Mp::Bool(true),
+            0xc4 => {
+                let n = self.len8(at)?;
+                Mp::Bin(self.take(n, at)?)
+            }
+            0xc5 => {
+                let n = self.len16(at)?;
+                Mp::Bin(self.take(n, at)?)
+            }
+            0xc6 => {
+                let n = self.len32(at)?;
+                Mp::Bin(self.take(n, at)?)
+            }
+            0xc7 => {
+                let n = self.len8(at)?;
+                self.ext(n, false, at)?
+            }
+            0xc8 => {
+                let n = self.len16(at)?;
+                self.ext(n, false, at)?
+            }
+            0xc9 => {
+                let n = self.len32(at)?;
+                self.ext(n, false, at)?
+            }
+            0xca => Mp::Float(f64::from(f32::from_be_bytes(self.be(at)?))),
+            0xcb => Mp::Float(f64::from_be_bytes(self.be(at)?)),
+            0xcc => Mp::UInt(u64::from(self.be::<1>(at)?[0])),
+            0xcd => Mp::UInt(u64::from(u16::from_be_bytes(self.be(at)?))),
+            0xce => Mp::UInt(u64::from(u32::from_be_bytes(self.be(at)?))),
+            0xcf => Mp::UInt(u64::from_be_bytes(self.be(at)?)),
+            0xd0 => Self::int(i64::from(i8::from_be_bytes(self.be(at)?))),
+            0xd1 => Self::int(i64::from(i16::from_be_bytes(self.be(at)?))),
+            0xd2 => Self::int(i64::from(i32::from_be_bytes(self.be(at)?))),
+            0xd3 => Self::int(i64::from_be_bytes(self.be(at)?)),
+            0xd4 => self.ext(1, true, at)?,
+            0xd5 => self.ext(2, true, at)?,
+            0xd6 => self.ext(4, true, at)?,
+            0xd7 => self.ext(8, true, at)?,
+            0xd8 => {
+                self.saw_php_markers = true;
+                match self.dialect {
+                    Dialect::Standard => self.ext(16, true, at)?,
+                    Dialect::PhpRaw | Dialect::PhpStr8 => {
+                        let n = self.len16(at)?;
+                        Mp::Bin(self.take(n, at)?)
+                    }
+                }
+            }
+            0xd9 => {
+                self.saw_php_markers = true;
+                match self.dialect {
+                    Dialect::Standard | Dialect::PhpStr8 => {
+                        let n = self.len8(at)?;
+                        Mp::Str(self.take(n, at)?)
+                    }
+                    Dialect::PhpRaw => {
+                        let n = self.len32(at)?;
+                        Mp::Bin(self.take(n, at)?)
+                    }
+                }
+            }
+            0xda => {
+                let n = self.len16(at)?;
+                Mp::Str(self.take(n, at)?)
+            }
+            0xdb => {
+                let n = self.len32(at)?;
+                Mp::Str(self.take(n, at)?)
+            }
+            0xdc => {
+                let n = self.len16(at)?;
+                self.array(n, depth, at)?
+            }
+            0xdd => {
+                let n = self.len32(at)?;
+                self.array(n, depth, at)?
+            }
+            0xde => {
+                let n = self.len16(at)?;
+                self.map(n, depth, at)?
+            }
+            0xdf => {
+                let n = self.len32(at)?;
+                self.map(n, depth, at)?
+            }
+            0xe0..=0xff => Mp::Int(i64::from(i8::from_be_bytes([marker]))),
+        })
+    }
+
+    /// Checks that `n` values of at least `per` bytes each can still follow, before allocating.
+    fn fits(&self, n: usize, per: usize, at: usize) -> Result<(), MsgpackError> {
+        match n.checked_mul(per) {
+            Some(need) if need <= self.buf.len() - self.pos => Ok(()),
+            _ => Err(MsgpackError::Truncated { at }),
+        }
+    }
+
+    fn array(&mut self, n: usize, depth: usize, at: usize) -> Result<Mp<'a>, MsgpackError> {
+        self.fits(n, 1, at)?;
+        let mut items = Vec::with_capacity(n);
+        for _ in 0..n {
+            items.push(self.value(depth + 1)?);
+        }
+        Ok(Mp::Array(items))
+    }
+
+    fn map(&mut self, n: usize, depth: usize, at: usize) -> Result<Mp<'a>, MsgpackError> {
+        self.fits(n, 2, at)?;
+        let mut entries = Vec::with_capacity(n);
+        for _ in 0..n {
+            let k = self.value(depth + 1)?;
+            let v = self.value(depth + 1)?;
+            entries.push((k, v));
+        }
+        Ok(Mp::Map(entries))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The bridge.
+
+/// Executes emitter traffic published on this node's Redis ingress on the local socket.io
+/// [`Server`]: broadcasts become `io.of(nsp).to(…).except(…).emit(…)`, requests become
+/// joins, leaves, disconnects and server-side events.
+#[derive(Debug, Clone)]
+pub(crate) struct EmitterBridge {
+    io: Server,
+    /// Channel prefix (`key` option of the emitters).
+    key: String,
+    /// This node's uid on request channels: requests carrying it are our own and ignored.
+    uid: String,
+}
+
+/// How one published message was handled (the `result` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Not an emitter channel: ordinary pub/sub, nothing to do or count.
+    NotEmitter,
+    /// Decoded and executed (possibly on zero sockets).
+    Ok,
+    /// Not decodable.
+    Invalid,
+    /// Well-formed, deliberately not executed.
+    Ignored,
+}
+
+impl Outcome {
+    /// The `result` label value.
+    pub(crate) const fn as_str(self) -> &'static str {
+        match self {
+            Self::NotEmitter => "none",
+            Self::Ok => "ok",
+            Self::Invalid => "invalid",
+            Self::Ignored => "ignored",
+        }
+    }
+}
+
+impl EmitterBridge {
+    /// A bridge to `io` for emitters using the default `socket.io` key.
+    pub(crate) fn new(io: Server) -> Self {
+        Self::with_key(io, DEFAULT_KEY)
+    }
+
+    /// A bridge for emitters configured with another `key`.
+    pub(crate) fn with_key(io: Server, key: &str) -> Self {
+        let uid = format!("ioswarm-{:016x}", rand::random::<u64>());
+        Self { io, key: key.to_owned(), uid }
+    }
+
+    /// Handles one PUBLISH and says how it went (without recording the metric).
+    pub(crate) fn handle(&self, channel: &[u8], message: &Bytes) -> Outcome {
+        let result = match classify(&self.key, channel) {
+            None => return Outcome::NotEmitter,
+            Some(EmitterChannel::Broadcast { nsp, room }) => {
+                broadcast_from(nsp, room, message).map(|b| self.execute_broadcast(b))
+            }
+            Some(EmitterChannel::Request { nsp }) => request_from(nsp, message).map(|r| self.execute_request(r)),
+        };
+        match result {
+            Ok(outcome) => outcome,
+            Err(err) => {
+                tracing::debug!(
+                    channel = %String::from_utf8_lossy(channel),
+                    len = message.len(),
+                    error = %err,
+                    "emitter message not executed"
+                );
+                if err.is_ignored() { Outcome::Ignored } else { Outcome::Invalid }
+            }
+        }
+    }
+
+    fn execute_broadcast(&self, b: EmitterBroadcast) -> Outcome {
+        // Nobody is connected to a namespace that does not exist here.
+        let Some(ns) = self.io.namespace(&b.nsp) else {
+            return Outcome::Ok;
+        };
+        let mut op = ns.broadcast();
+        for room in b.rooms {
+            op = op.to(room);
+        }
+        for room in b.except {
+            op = op.except(room);
+        }
+        if b.flags.volatile {
+            op = op.volatile();
+        }
+        if b.flags.local {
+            op = op.local();
+        }
+        let recipients = op.emit(&b.event, b.payload);
+        tracing::trace!(nsp = %b.nsp, event = %b.event, recipients, "emitter broadcast");
+        Outcome::Ok
+    }
+
+    fn execute_request(&self, r: EmitterRequest) -> Outcome {
+        if r.uid.as_deref() == Some(self.uid.as_str()) {
+            return Outcome::Ignored;
+        }
+        let Some(ns) = self.io.namespace(&r.nsp) else {
+            return Outcome::Ok;
+        };
+        match r.action {
+            RequestAction::Join { targets, rooms } => {
+                for socket in targets_of(&ns, targets).sockets() {
+                    for room in &rooms {
+                        socket.join(room);
+                    }
+                }
+            }
+            RequestAction::Leave { targets, rooms } => {
+                for socket in targets_of(&ns, targets).sockets() {
+                    for room in &rooms {
+                        socket.leave(room);
+                    }
+                }
+            }
+            RequestAction::Disconnect { targets, close } => {
+                targets_of(&ns, targets).disconnect(close);
+            }
+            RequestAction::ServerSideEmit { event, payload } => {
+                ns.dispatch_server_side(&event, payload);
+            }
+        }
+        Outcome::Ok
+    }
+}
+
+fn targets_of(ns: &Namespace, targets: Targets) -> crate::socketio::BroadcastOperator {
+    let mut op = ns.broadcast();
+    for room in targets.rooms {
+        op = op.to(room);
+    }
+    for room in targets.except {
+        op = op.except(room);
+    }
+    op
+}
+
+impl PublishHook for EmitterBridge {
+    fn on_publish(&self, channel: &[u8], message: &Bytes) {
+        let outcome = self.handle(channel, message);
+        if outcome != Outcome::NotEmitter {
+            metrics::counter!(EMITTER_MESSAGES, RESULT_LABEL => outcome.as_str()).increment(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
+    }
+
+    fn mp(v: &rmpv::Value) -> Vec<u8> {
+        let mut out = Vec::new();
+        rmpv::encode::write_value(&mut out, v).expect("encode");
+        out
+    }
+
+    fn s(v: &str) -> rmpv::Value {
+        rmpv::Value::from(v)
+    }
+
+    fn map(entries: Vec<(&str, rmpv::Value)>) -> rmpv::Value {
+        rmpv::Value::Map(entries.into_iter().map(|(k, v)| (s(k), v)).collect())
+    }
+
+    fn arr(items: Vec<rmpv::Value>) -> rmpv::Value {
+        rmpv::Value::Array(items)
+    }
+
+    /// `[uid, {type, data, nsp}, {rooms, flags, except}]` built with rmpv.
+    fn message(data: Vec<rmpv::Value>, opts: rmpv::Value) -> Vec<u8> {
+        mp(&arr(vec![
+            s("emitter"),
+            map(vec![("type", rmpv::Value::from(2)), ("data", arr(data)), ("nsp", s("/"))]),
+            opts,
+        ]))
+    }
+
+    // Captured from @socket.io/redis-emitter 5.1.0 + notepack.io 3.0.1 (tests/emitter/vectors.mjs).
+    const EMIT_ALL: &str = "93a7656d697474657283a47479706502a46461746198a568656c6c6fa5776f726c6401cb4004000000000000fdc0c381a1619201a178a36e7370a12f83a5726f6f6d7390a5666c61677380a665786365707490";
+    const EMIT_ROOM: &str = "93a7656d697474657283a47479706502a46461746192a265762aa36e7370a12f83a5726f6f6d7391a5726f6f6d31a5666c61677380a665786365707490";
+    const EMIT_ROOMS_EXCEPT: &str = "93a7656d697474657283a47479706502a46461746191a26576a36e7370a12f83a5726f6f6d7392a27231a27232a5666c61677380a665786365707491a27233";
+    const EMIT_NSP: &str = "93a7656d697474657283a47479706502a46461746192a26576a178a36e7370a72f637573746f6d83a5726f6f6d7390a5666c61677380a665786365707490";
+    const EMIT_BINARY: &str = "93a7656d697474657283a47479706502a46461746193a362696ec40301020381a66e6573746564c401ffa36e7370a12f83a5726f6f6d7390a5666c61677380a665786365707490";
+    const EMIT_TYPED_ARRAY: &str = "93a7656d697474657283a47479706502a46461746192a27461c4020908a36e7370a12f83a5726f6f6d7390a5666c61677380a665786365707490";
+    const EMIT_VOLATILE: &str = "93a7656d697474657283a47479706502a46461746191a176a36e7370a12f83a5726f6f6d7390a5666c61677381a8766f6c6174696c65c3a665786365707490";
+    const EMIT_COMPRESS: &str = "93a7656d697474657283a47479706502a46461746191a163a36e7370a12f83a5726f6f6d7391a172a5666c61677381a8636f6d7072657373c2a665786365707490";
+    const EMIT_DATE: &str = "93a7656d697474657283a47479706502a46461746193a464617465d7ffa1a5d60065937d25d6ff00000000a36e7370a12f83a5726f6f6d7390a5666c61677380a665786365707490";
+    const EMIT_UNDEFINED: &str = "93a7656d697474657283a47479706502a46461746193a175c081a16a01a36e7370a12f83a5726f6f6d7390a5666c61677380a665786365707490";
+    const EMIT_BIG: &str = "93a7656d697474657283a47479706502a46461746196a3626967cf0000010000000000d3ffffff0000000000cb3fb999999999999acdffffd1ff7fa36e7370a12f83a5726f6f6d7390a5666c61677380a665786365707490";
+
+    fn decode(channel: &str, payload_hex: &str) -> EmitterBroadcast {
+        decode_broadcast(channel.as_bytes(), &hex(payload_hex)).expect("decodes")
+    }
+
+    #[test]
+    fn node_emitter_emit_to_all() {
+        let b = decode("socket.io#/#", EMIT_ALL);
+        assert_eq!(b.uid, "emitter");
+        assert_eq!(b.nsp, "/");
+        assert_eq!(b.event, "hello");
+        assert_eq!(b.payload.args, vec![json!("world"), json!(1), json!(2.5), json!(-3), json!(null), json!(true), json!({"a": [1, "x"]})]);
+        assert!(b.payload.attachments.is_empty());
+        assert!(b.rooms.is_empty() && b.except.is_empty());
+        assert_eq!(b.flags, EmitterFlags::default());
+        // Integers stay integers, floats stay floats.
+        assert!(b.payload.args[1].is_u64());
+        assert!(b.payload.args[2].is_f64());
+    }
+
+    #[test]
+    fn node_emitter_rooms_except_nsp_flags() {
+        let b = decode("socket.io#/#room1#", EMIT_ROOM);
+        assert_eq!((b.rooms, b.except, b.payload.args), (vec!["room1".to_owned()], vec![], vec![json!(42)]));
+
+        let b = decode("socket.io#/#", EMIT_ROOMS_EXCEPT);
+        assert_eq!((b.rooms, b.except), (vec!["r1".to_owned(), "r2".to_owned()], vec!["r3".to_owned()]));
+        assert!(b.payload.args.is_empty());
+
+        let b = decode("socket.io#/custom#", EMIT_NSP);
+        assert_eq!((b.nsp.as_str(), b.event.as_str()), ("/custom", "ev"));
+
+        let b = decode("socket.io#/#", EMIT_VOLATILE);
+        assert!(b.flags.volatile);
+
+        let b = decode("socket.io#/#r#", EMIT_COMPRESS);
+        assert_eq!(b.flags.compress, Some(false));
+        assert!(!b.flags.volatile);
+    }
+
+    #[test]
+    fn node_emitter_binary_becomes_attachments() {
+        let b = decode("socket.io#/#", EMIT_BINARY);
+        assert_eq!(b.payload.args, vec![json!({"_placeholder": true, "num": 0}), json!({"nested": {"_placeholder": true, "num": 1}})]);
+        assert_eq!(b.payload.attachments, vec![Bytes::from_static(&[1, 2, 3]), Bytes::from_static(&[255])]);
+
+        let b = decode("socket.io#/#", EMIT_TYPED_ARRAY);
+        assert_eq!(b.payload.attachments, vec![Bytes::from_static(&[9, 8])]);
+    }
+
+    #[test]
+    fn node_emitter_dates_undefined_and_wide_numbers() {
+        let b = decode("socket.io#/#", EMIT_DATE);
+        assert_eq!(b.payload.args, vec![json!("2024-01-02T03:04:05.678Z"), json!("1970-01-01T00:00:00.000Z")]);
+
+        let b = decode("socket.io#/#", EMIT_UNDEFINED);
+        assert_eq!(b.payload.args, vec![json!(null), json!({"j": 1})]);
+
+        let b = decode("socket.io#/#", EMIT_BIG);
+        assert_eq!(b.payload.args, vec![json!(1_099_511_627_776_u64), json!(-1_099_511_627_776_i64), json!(0.1), json!(65535), json!(-129)]);
+    }
+
+    #[test]
+    fn node_emitter_requests() {
+        let r = decode_request(b"socket.io-request#/#", br#"{"type":2,"opts":{"rooms":["r1"],"except":["r2"]},"rooms":["a","b"]}"#).expect("join");
+        assert_eq!(r.nsp, "/");
+        assert_eq!(r.uid, None);
+        assert_eq!(
+            r.action,
+            RequestAction::Join {
+                targets: Targets { rooms: vec!["r1".into()], except: vec!["r2".into()] },
+                rooms: vec!["a".into(), "b".into()]
+            }
+        );
+        let r = decode_request(b"socket.io-request#/#", br#"{"type":3,"opts":{"rooms":[],"except":[]},"rooms":["a"]}"#).expect("leave");
+        assert_eq!(r.action, RequestAction::Leave { targets: Targets::default(), rooms: vec!["a".into()] });
+        let r = decode_request(b"socket.io-request#/chat#", br#"{"type":4,"opts":{"rooms":["r1"],"except":[]},"close":true}"#).expect("disconnect");
+        assert_eq!(r.nsp, "/chat");
+        assert_eq!(r.action, RequestAction::Disconnect { targets: Targets { rooms: vec!["r1".into()], except: vec![] }, close: true });
+        let r = decode_request(b"socket.io-request#/#", br#"{"uid":"emitter","type":6,"data":["hello","world",1]}"#).expect("serverSideEmit");
+        assert_eq!(r.uid.as_deref(), Some("emitter"));
+        assert_eq!(r.action, RequestAction::ServerSideEmit { event: "hello".into(), payload: Payload::json(vec![json!("world"), json!(1)]) });
+    }
+
+    #[test]
+    fn unsupported_requests_are_ignored_not_invalid() {
+        for body in [r#"{"type":0,"requestId":"x","opts":{}}"#, r#"{"type":7,"uid":"abc"}"#, r#"{"type":99}"#] {
+            let err = decode_request(b"socket.io-request#/#", body.as_bytes()).expect_err(body);
+            assert!(err.is_ignored(), "{body}: {err}");
+        }
+        for body in [&b"{"[..], b"{\"type\":\"2\"}", b"{}", b"{\"type\":6,\"data\":[]}", b"{\"type\":6}", b"[1]"] {
+            let err = decode_request(b"socket.io-request#/#", body).expect_err("invalid");
+            assert!(!err.is_ignored(), "{err}");
+        }
+        // The Node adapter's msgpack requests (e.g. BROADCAST with ack) decode and are ignored.
+        let msgpack = mp(&map(vec![("uid", s("abc")), ("type", rmpv::Value::from(7))]));
+        assert!(decode_request(b"socket.io-request#/#", &msgpack).expect_err("ignored").is_ignored());
+    }
+
+    #[test]
+    fn channels() {
+        use EmitterChannel::*;
+        let c = |ch: &str| classify(DEFAULT_KEY, ch.as_bytes());
+        assert_eq!(c("socket.io#/#"), Some(Broadcast { nsp: "/", room: None }));
+        assert_eq!(c("socket.io#/chat#room#"), Some(Broadcast { nsp: "/chat", room: Some("room") }));
+        assert_eq!(c("socket.io#/#a#b#"), Some(Broadcast { nsp: "/", room: Some("a#b") }));
+        assert_eq!(c("socket.io-request#/chat#"), Some(Request { nsp: "/chat" }));
+        for other in ["socket.io", "socket.io#", "socket.io##", "socket.io#/", "socket.io#/#room", "socket.io-response#/#", "news", "socket.io#chat#", "socket.io-request#/#x#"] {
+            assert_eq!(c(other), None, "{other}");
+        }
+        assert_eq!(classify("myapp", b"myapp#/#"), Some(Broadcast { nsp: "/", room: None }));
+        assert_eq!(decode_broadcast(b"chat", b"\x90"), Err(EmitterError::NotEmitterChannel));
+    }
+
+    #[test]
+    fn every_integer_width_and_float32() {
+        let ints: Vec<u8> = [
+            &[0x95][..],
+            &[0xa1, b'e'],
+            &[0xcc, 0x07],
+            &[0xcd, 0x00, 0x07],
+            &[0xce, 0, 0, 0, 0x07],
+            &[0xcf, 0, 0, 0, 0, 0, 0, 0, 0x07],
+        ]
+        .concat();
+        let negs: Vec<u8> = [&[0x95][..], &[0xff], &[0xd0, 0xfe], &[0xd1, 0xff, 0xfd], &[0xd2, 0xff, 0xff, 0xff, 0xfc], &[0xd3, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]].concat();
+        let wrap = |data: &[u8], ty: &[u8]| -> Vec<u8> {
+            [&[0x93, 0xa0, 0x83, 0xa4][..], b"type", ty, &[0xa4], b"data", data, &[0xa3], b"nsp", &[0xa1, b'/', 0x80]].concat()
+        };
+        for ty in [&[0x02][..], &[0xcc, 0x02], &[0xcd, 0, 2], &[0xce, 0, 0, 0, 2], &[0xcf, 0, 0, 0, 0, 0, 0, 0, 2], &[0xd0, 2], &[0xd3, 0, 0, 0, 0, 0, 0, 0, 2], &[0x05]] {
+            let b = decode_broadcast(b"socket.io#/#", &wrap(&ints, ty)).expect("ints");
+            assert_eq!(b.payload.args, vec![json!(7), json!(7), json!(7), json!(7)]);
+            assert!(b.payload.args.iter().all(Value::is_u64));
+        }
+        let b = decode_broadcast(b"socket.io#/#", &wrap(&negs, &[2])).expect("negative ints");
+        assert_eq!(b.payload.args, vec![json!(-1), json!(-2), json!(-3), json!(-4)]);
+        let float32 = [&[0x92, 0xa1, b'f', 0xca][..], &1.5f32.to_be_bytes()].concat();
+        let b = decode_broadcast(b"socket.io#/#", &wrap(&float32, &[2])).expect("float32");
+        assert_eq!(b.payload.args, vec![json!(1.5)]);
+        assert!(b.payload.args[0].is_f64());
+        let nan = [&[0x92, 0xa1, b'f', 0xcb][..], &f64::NAN.to_be_bytes()].concat();
+        assert_eq!(decode_broadcast(b"socket.io#/#", &wrap(&nan, &[2])).expect("nan").payload.args, vec![json!(null)]);
+    }
+
+    #[test]
+    fn sloppy_opts_flags_and_rooms() {
+        let data = || vec![s("ev"), s("x")];
+        // opts as an empty array (PHP `array()`), flags as an empty array, no except.
+        let b = decode_broadcast(b"socket.io#/#", &message(data(), arr(vec![]))).expect("empty opts");
+        assert!(b.rooms.is_empty() && b.except.is_empty());
+        let opts = map(vec![("rooms", s("")), ("flags", arr(vec![]))]);
+        let b = decode_broadcast(b"socket.io#/#", &message(data(), opts)).expect("rooms \"\"");
+        assert!(b.rooms.is_empty());
+        let opts = map(vec![("rooms", s("lobby")), ("except", s("banned")), ("flags", map(vec![("volatile", rmpv::Value::from(1)), ("local", rmpv::Value::Boolean(true)), ("timeout", rmpv::Value::from(500))]))]);
+        let b = decode_broadcast(b"socket.io#/#", &message(data(), opts)).expect("rooms as string");
+        assert_eq!((b.rooms, b.except), (vec!["lobby".to_owned()], vec!["banned".to_owned()]));
+        assert!(b.flags.volatile && b.flags.local);
+        assert_eq!(b.flags.timeout, Some(500));
+        // PHP arrays with holes are maps; numbers are room names too.
+        let rooms = rmpv::Value::Map(vec![(rmpv::Value::from(0), s("a")), (rmpv::Value::from(2), rmpv::Value::from(7))]);
+        let b = decode_broadcast(b"socket.io#/#", &message(data(), map(vec![("rooms", rooms)]))).expect("rooms as map");
+        assert_eq!(b.rooms, vec!["a".to_owned(), "7".to_owned()]);
+        // Missing opts altogether, missing nsp, no uid (very old emitters).
+        let old = mp(&arr(vec![map(vec![("type", rmpv::Value::from(2)), ("data", arr(data()))])]));
+        let b = decode_broadcast(b"socket.io#/#", &old).expect("old");
+        assert_eq!((b.nsp.as_str(), b.uid.as_str(), b.payload.args.clone()), ("/", "", vec![json!("x")]));
+        // Missing nsp on a namespaced channel: the channel's namespace.
+        let b = decode_broadcast(b"socket.io#/chat#", &old).expect("nsp from channel");
+        assert_eq!(b.nsp, "/chat");
+    }
+
+    #[test]
+    fn one_publish_per_room_delivers_once() {
+        let opts = || map(vec![("rooms", arr(vec![s("a"), s("b"), s("c")])), ("except", arr(vec![s("x")]))]);
+        let per_room: Vec<_> = ["a", "b", "c"]
+            .iter()
+            .map(|room| decode_broadcast(format!("socket.io#/#{room}#").as_bytes(), &message(vec![s("ev")], opts())).expect("per room"))
+            .map(|b| (b.rooms, b.except))
+            .collect();
+        let v = |xs: &[&str]| xs.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+        assert_eq!(per_room, vec![(v(&["a"]), v(&["x"])), (v(&["b"]), v(&["x", "a"])), (v(&["c"]), v(&["x", "a", "b"]))]);
+        // A room channel with no rooms in opts targets the channel's room.
+        let b = decode_broadcast(b"socket.io#/#solo#", &message(vec![s("ev")], map(vec![]))).expect("solo");
+        assert_eq!(b.rooms, v(&["solo"]));
+    }
+
+    #[test]
+    fn binary_as_str_bin_and_ext() {
+        // str with invalid UTF-8 (binary from an emitter without `bin`), ext type 0 (old
+        // notepack ArrayBuffer), fixext1 type 0 (undefined) and another ext type.
+        let data: Vec<u8> = [&[0x95, 0xa1, b'e', 0xa2, 0xff, 0xfe][..], &[0xc7, 0x02, 0x00, 0x01, 0x02], &[0xd4, 0x00, 0x00], &[0xd5, 0x05, 0xaa, 0xbb]].concat();
+        let msg = [&[0x93, 0xa0, 0x82, 0xa4][..], b"type", &[0x05, 0xa4], b"data", &data, &[0x80]].concat();
+        let b = decode_broadcast(b"socket.io#/#", &msg).expect("binary variants");
+        assert_eq!(b.payload.args, vec![json!({"_placeholder": true, "num": 0}), json!({"_placeholder": true, "num": 1}), json!(null), json!([5, {"_placeholder": true, "num": 2}])]);
+        assert_eq!(b.payload.attachments, vec![Bytes::from_static(&[0xff, 0xfe]), Bytes::from_static(&[1, 2]), Bytes::from_static(&[0xaa, 0xbb])]);
+    }
+
+    /// What an old PHP emitter publishes for a BINARY_EVENT whose data items are `items`
+    /// (already packed): `[uid, {type: 5, data, nsp}, {rooms: [], flags: []}]`, with every 0xda
+    /// byte rewritten into 0xd8 and every 0xdb into 0xd9.
+    fn php_message(items: &[&[u8]]) -> Vec<u8> {
+        let len = u8::try_from(items.len()).expect("fixarray");
+        let raw = [
+            &[0x93, 0xa7][..],
+            b"emitter",
+            &[0x83, 0xa4],
+            b"type",
+            &[0x05, 0xa4],
+            b"data",
+            &[0x90 | len],
+            &items.concat(),
+            &[0xa3],
+            b"nsp",
+            &[0xa1, b'/', 0x82, 0xa5],
+            b"rooms",
+            &[0x90, 0xa5],
+            b"flags",
+            &[0x90],
+        ]
+        .concat();
+        raw.iter()
+            .map(|b| match b {
+                0xda => 0xd8,
+                0xdb => 0xd9,
+                b => *b,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn old_php_emitter_byte_rewriting() {
+        // A 300-byte binary string packed as str16 (0xda 01 2c), rewritten to 0xd8.
+        let blob: Vec<u8> = (0..300u32).map(|i| (i % 200) as u8).collect();
+        let str16 = [&[0xda, 0x01, 0x2c][..], &blob].concat();
+        let b = decode_broadcast(b"socket.io#/#", &php_message(&[b"\xa4blob", &str16])).expect("php");
+        assert_eq!(b.event, "blob");
+        assert_eq!(b.payload.args, vec![json!({"_placeholder": true, "num": 0})]);
+        assert_eq!(b.payload.attachments, vec![Bytes::from(blob.clone())]);
+
+        // A str32 (0xdb) rewritten to 0xd9 (old packers have no str8).
+        let str32 = [&[0xdb, 0, 0, 0x01, 0x2c][..], &blob].concat();
+        let b = decode_broadcast(b"socket.io#/#", &php_message(&[b"\xa4blob", &str32])).expect("php str32");
+        assert_eq!(b.payload.attachments, vec![Bytes::from(blob.clone())]);
+
+        // A modern packer's real str8 (0xd9) next to a rewritten str16.
+        let text = "t".repeat(40);
+        let str8 = [&[0xd9, 40][..], text.as_bytes()].concat();
+        let b = decode_broadcast(b"socket.io#/#", &php_message(&[b"\xa4blob", &str16, &str8])).expect("php str8");
+        assert_eq!(b.payload.args[1], json!(text));
+        assert_eq!(b.payload.attachments, vec![Bytes::from(blob)]);
+
+        // A standard message with a real str8 is read the standard way.
+        let b = decode_broadcast(b"socket.io#/#", &message(vec![s("ev"), s(&"y".repeat(100))], map(vec![]))).expect("str8");
+        assert_eq!(b.payload.args, vec![json!("y".repeat(100))]);
+    }
+
+    #[test]
+    fn ignored_and_invalid_broadcasts() {
+        let with_type = |t: i64| {
+            mp(&arr(vec![s("u"), map(vec![("type", rmpv::Value::from(t)), ("data", arr(vec![s("ev")])), ("nsp", s("/"))]), map(vec![])]))
+        };
+        assert_eq!(decode_broadcast(b"socket.io#/#", &with_type(3)), Err(EmitterError::UnsupportedPacketType(3)));
+        assert!(decode_broadcast(b"socket.io#/#", &with_type(-1)).expect_err("negative").is_ignored());
+        let err = decode_broadcast(b"socket.io#/chat#", &with_type(2)).expect_err("nsp mismatch");
+        assert!(err.is_ignored());
+
+        let invalid: Vec<(&str, Vec<u8>)> = vec![
+            ("empty", vec![]),
+            ("nil", vec![0xc0]),
+            ("reserved", vec![0x91, 0xc1]),
+            ("truncated", hex(&EMIT_ALL[..EMIT_ALL.len() - 2])),
+            ("trailing", [hex(EMIT_ALL), vec![0]].concat()),
+            ("huge array", vec![0xdd, 0xff, 0xff, 0xff, 0xff]),
+            ("huge map", vec![0xdf, 0xff, 0xff, 0xff, 0xff, 0xc0]),
+            ("huge bin", vec![0xc6, 0xff, 0xff, 0xff, 0xff]),
+            ("huge ext", vec![0xc9, 0xff, 0xff, 0xff, 0xff, 0x01]),
+            ("too deep", [vec![0x91; 200], vec![0xc0]].concat()),
+            ("packet not a map", mp(&arr(vec![s("u"), s("p"), map(vec![])]))),
+            ("no data", mp(&arr(vec![s("u"), map(vec![("type", rmpv::Value::from(2))]), map(vec![])]))),
+            ("empty data", message(vec![], map(vec![]))),
+            ("event not a string", message(vec![rmpv::Value::from(1)], map(vec![]))),
+            ("event not utf-8", [&[0x93, 0xa0, 0x81, 0xa4][..], b"data", &[0x91, 0xa1, 0xff, 0x80]].concat()),
+            ("type is a string", mp(&arr(vec![s("u"), map(vec![("type", s("2")), ("data", arr(vec![s("ev")]))]), map(vec![])]))),
+            ("map key is a map", [&[0x93, 0xa0, 0x82, 0xa4][..], b"data", &[0x92, 0xa1, b'e', 0x81, 0x80, 0x01, 0xa3], b"nsp", &[0xa1, b'/', 0x80]].concat()),
+        ];
+        for (name, bytes) in invalid {
+            let err = decode_broadcast(b"socket.io#/#", &bytes).expect_err(name);
+            assert!(!err.is_ignored(), "{name}: {err}");
+        }
+    }
+
+    #[test]
+    fn too_many_attachments() {
+        let data: Vec<rmpv::Value> = std::iter::once(s("ev")).chain((0..=MAX_ATTACHMENTS).map(|_| rmpv::Value::Binary(vec![1]))).collect();
+        assert_eq!(decode_broadcast(b"socket.io#/#", &message(data, map(vec![]))), Err(EmitterError::TooManyAttachments));
+    }
+
+    #[test]
+    fn round_trip_through_rmpv() {
+        // Values encoded by rmpv (smallest widths) decode to the same JSON.
+        let args = vec![
+            rmpv::Value::from(0),
+            rmpv::Value::from(u64::MAX),
+            rmpv::Value::from(i64::MIN),
+            rmpv::Value::F64(-0.5),
+            rmpv::Value::Nil,
+            rmpv::Value::Boolean(false),
+            s("ünïcode"),
+            arr(vec![arr(vec![]), map(vec![])]),
+            map(vec![("k", rmpv::Value::Binary(vec![0; 70_000]))]),
+        ];
+        let b = decode_broadcast(b"socket.io#/#", &message([vec![s("ev")], args].concat(), map(vec![]))).expect("round trip");
+        assert_eq!(
+            b.payload.args,
+            vec![json!(0), json!(u64::MAX), json!(i64::MIN), json!(-0.5), json!(null), json!(false), json!("ünïcode"), json!([[], {}]), json!({"k": {"_placeholder": true, "num": 0}})]
+        );
+        assert_eq!(b.payload.attachments[0].len(), 70_000);
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(date_json(0), json!("1970-01-01T00:00:00.000Z"));
+        assert_eq!(date_json(-1), json!("1969-12-31T23:59:59.999Z"));
+        assert_eq!(date_json(951_782_400_000), json!("2000-02-29T00:00:00.000Z"));
+        assert_eq!(date_json(253_402_300_799_999), json!("9999-12-31T23:59:59.999Z"));
+        assert_eq!(date_json(253_402_300_800_000), json!("+010000-01-01T00:00:00.000Z"));
+        assert_eq!(date_json(-62_198_755_200_000), json!("-000001-01-01T00:00:00.000Z"));
+        assert_eq!(date_json(8_640_000_000_000_001), json!(null));
+        // timestamp 96 and notepack's old custom date (ext type 0, 8 bytes).
+        let ts96 = [&[0u8, 0, 0, 0][..], &(-1i64).to_be_bytes()].concat();
+        assert_eq!(timestamp_json(&ts96), json!("1969-12-31T23:59:59.000Z"));
+        let old = Mp::Ext(0, &[0, 0, 0, 0, 0, 0, 0x03, 0xe8], true);
+        let mut p = Payload::empty();
+        assert_eq!(to_json(&old, &Bytes::new(), &mut p), Ok(Some(json!("1970-01-01T00:00:01.000Z"))));
+    }
+
+    #[tokio::test]
+    async fn bridge_outcomes() {
+        let io = Server::new(crate::socketio::SocketIoConfig::default());
+        io.of("/");
+        let bridge = EmitterBridge::new(io);
+        let ok = |ch: &str, payload: &[u8]| bridge.handle(ch.as_bytes(), &Bytes::copy_from_slice(payload));
+        assert_eq!(ok("news", b"hello"), Outcome::NotEmitter);
+        assert_eq!(ok("socket.io#/#", &hex(EMIT_ALL)), Outcome::Ok);
+        assert_eq!(ok("socket.io#/nowhere#", &message(vec![s("ev")], map(vec![]))), Outcome::Ignored);
+        assert_eq!(ok("socket.io#/#", b"garbage"), Outcome::Invalid);
+        assert_eq!(ok("socket.io-request#/#", br#"{"type":2,"opts":{"rooms":[],"except":[]},"rooms":["a"]}"#), Outcome::Ok);
+        assert_eq!(ok("socket.io-request#/#", br#"{"type":1,"uid":"x"}"#), Outcome::Ignored);
+        let own = format!(r#"{{"uid":"{}","type":6,"data":["e"]}}"#, bridge.uid);
+        assert_eq!(ok("socket.io-request#/#", own.as_bytes()), Outcome::Ignored);
+        assert_eq!(ok("socket.io-request#/#", b"{nope"), Outcome::Invalid);
+    }
+
+    #[tokio::test]
+    async fn bridge_server_side_emit_reaches_handlers() {
+        {
+            let io = Server::new(crate::socketio::SocketIoConfig::default());
+            let ns = io.of("/");
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            ns.on_server_side("hello", move |p: Payload| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(p);
+                }
+            });
+            let bridge = EmitterBridge::new(io);
+            let outcome = bridge.handle(b"socket.io-request#/#", &Bytes::from_static(br#"{"uid":"emitter","type":6,"data":["hello","world",1]}"#));
+            assert_eq!(outcome, Outcome::Ok);
+            let got = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv()).await.expect("handler ran").expect("payload");
+            assert_eq!(got.args, vec![json!("world"), json!(1)]);
+        }
+    }
+}
