@@ -100,6 +100,15 @@ impl Default for ListenerLimits {
     }
 }
 
+/// Binds a listener with a large accept backlog: thousands of clients
+/// connecting at once must not see SYNs dropped (tokio's default is 128).
+pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
 /// Accepts connections on `listener` until `shutdown` is cancelled. Every
 /// connection task is tracked by `tasks`; on shutdown, idle keep-alive
 /// connections are closed and WebSockets are left to the endpoints.

@@ -45,7 +45,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         },
     );
 
-    let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let listener = ioswarm::http::bind(config.listen, 4096).with_context(|| format!("binding {}", config.listen))?;
     let admin = TcpListener::bind(config.admin_listen)
         .await
         .with_context(|| format!("binding admin {}", config.admin_listen))?;

@@ -1,45 +1,117 @@
-//! The WebSocket transport: a reader task per connection, and the writing
-//! helpers the session driver uses. Frames are written through a small
-//! buffer and flushed once per batch, so a burst of broadcasts costs one
-//! syscall rather than one per packet.
+//! The WebSocket transport: a reader task per connection, and the writer the
+//! session driver uses.
+//!
+//! fastwebsockets performs the upgrade, reads and parses client frames and
+//! formats frame headers. After the upgrade the TCP stream is taken back from
+//! hyper (so hyper's 8 KiB read buffer is freed) and split into owned halves.
+//! The writer encodes a whole batch of packets into one buffer and writes it
+//! with one call, so a burst of broadcasts costs one syscall, and keeps no
+//! buffer between batches (an idle connection holds none).
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
-use bytes::Bytes;
-use fastwebsockets::{
-    FragmentCollectorRead, Frame as WsFrame, OpCode, Payload, WebSocket, WebSocketError, WebSocketWrite,
-};
+use bytes::{Buf, Bytes};
+use fastwebsockets::{FragmentCollectorRead, Frame as WsFrame, OpCode, Payload, Role, WebSocket, WebSocketError};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::io::{BufWriter, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
 
 use super::packet::{self, Frame};
 use super::server::{Connection, Engine, Handler};
 use super::session::{CloseReason, Inbound, TimerOutcome, Transport};
 
-type Io = TokioIo<Upgraded>;
+type ReadIo = Box<dyn AsyncRead + Send + Unpin>;
+type WsReader = FragmentCollectorRead<ReadIo>;
+
 /// The write half of a client's WebSocket, owned by the session driver.
-pub(crate) type WsWriter = WebSocketWrite<BufWriter<WriteHalf<Io>>>;
-type WsReader = FragmentCollectorRead<ReadHalf<Io>>;
+pub(crate) struct WsWriter {
+    io: Box<dyn AsyncWrite + Send + Unpin>,
+    closed: bool,
+}
 
-/// Bytes buffered before the writer flushes on its own.
-const WRITE_BUFFER: usize = 4096;
+impl std::fmt::Debug for WsWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WsWriter").field("closed", &self.closed).finish_non_exhaustive()
+    }
+}
 
-fn split(mut ws: WebSocket<Io>, max_payload: usize) -> (WsReader, WsWriter) {
-    ws.set_max_message_size(max_payload);
-    ws.set_auto_close(true);
-    ws.set_auto_pong(true);
-    ws.set_writev(false);
-    let (read, write) = ws.split(|io| {
-        let (r, w) = tokio::io::split(io);
-        (r, BufWriter::with_capacity(WRITE_BUFFER, w))
-    });
-    (FragmentCollectorRead::new(read), write)
+impl WsWriter {
+    /// Writes frames as one buffer. Nothing is written after a close frame.
+    async fn write_frames(&mut self, frames: &mut [WsFrame<'_>]) -> Result<(), WebSocketError> {
+        if self.closed {
+            return Err(WebSocketError::ConnectionClosed);
+        }
+        let total: usize = frames.iter().map(|f| f.payload.len() + 10).sum();
+        let mut buf = Vec::with_capacity(total);
+        for frame in frames.iter_mut() {
+            let mut head = [0u8; 10];
+            let n = frame.fmt_head(&mut head);
+            buf.extend_from_slice(&head[..n]);
+            buf.extend_from_slice(&frame.payload);
+            if frame.opcode == OpCode::Close {
+                self.closed = true;
+                break;
+            }
+        }
+        self.io.write_all(&buf).await?;
+        Ok(())
+    }
+}
+
+/// Bytes hyper read past the upgrade request, replayed before the socket.
+struct Prefixed {
+    pre: Bytes,
+    inner: tokio::net::tcp::OwnedReadHalf,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        if self.pre.has_remaining() {
+            let n = self.pre.len().min(buf.remaining());
+            buf.put_slice(&self.pre[..n]);
+            self.pre.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+/// Takes the stream back from hyper and fastwebsockets and splits it.
+fn split(ws: WebSocket<TokioIo<Upgraded>>, max_payload: usize) -> (WsReader, WsWriter) {
+    let upgraded = ws.into_inner().into_inner();
+    let (read, write): (ReadIo, Box<dyn AsyncWrite + Send + Unpin>) =
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let (r, w) = parts.io.into_inner().into_split();
+                if parts.read_buf.is_empty() {
+                    (Box::new(r), Box::new(w))
+                } else {
+                    // Copy so that hyper's whole read buffer is not kept alive.
+                    (Box::new(Prefixed { pre: Bytes::copy_from_slice(&parts.read_buf), inner: r }), Box::new(w))
+                }
+            }
+            Err(upgraded) => {
+                let (r, w) = tokio::io::split(TokioIo::new(upgraded));
+                (Box::new(r), Box::new(w))
+            }
+        };
+    let (mut reader, _unused_writer) = fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
+    reader.set_max_message_size(max_payload);
+    reader.set_auto_close(true);
+    reader.set_auto_pong(true);
+    (FragmentCollectorRead::new(reader), WsWriter { io: write, closed: false })
 }
 
 /// A session that started on WebSocket: hand the writer to the driver, then read.
-pub(crate) async fn run_direct<H: Handler>(engine: Engine<H>, conn: Arc<Connection<H::State>>, ws: WebSocket<Io>) {
+pub(crate) async fn run_direct<H: Handler>(
+    engine: Engine<H>,
+    conn: Arc<Connection<H::State>>,
+    ws: WebSocket<TokioIo<Upgraded>>,
+) {
     let (reader, writer) = split(ws, engine.max_payload());
     conn.adopt_writer(writer);
     read_loop(&engine, &conn, reader).await;
@@ -47,7 +119,11 @@ pub(crate) async fn run_direct<H: Handler>(engine: Engine<H>, conn: Arc<Connecti
 
 /// A WebSocket that wants to take over a polling session: answer the probe,
 /// wait for `5`, then hand the writer to the driver and keep reading.
-pub(crate) async fn run_probe<H: Handler>(engine: Engine<H>, conn: Arc<Connection<H::State>>, ws: WebSocket<Io>) {
+pub(crate) async fn run_probe<H: Handler>(
+    engine: Engine<H>,
+    conn: Arc<Connection<H::State>>,
+    ws: WebSocket<TokioIo<Upgraded>>,
+) {
     let (mut reader, mut writer) = split(ws, engine.max_payload());
     let deadline = tokio::time::Instant::now() + engine.upgrade_timeout();
     let mut ignore_control = |_frame: WsFrame<'_>| async { Ok::<_, WebSocketError>(()) };
@@ -70,16 +146,16 @@ pub(crate) async fn run_probe<H: Handler>(engine: Engine<H>, conn: Arc<Connectio
             Ok(Inbound::ProbeReply) => {
                 // Parked and new GETs now get a noop.
                 conn.wake_driver();
-                wake_poll(&conn);
-                let reply = WsFrame::text(Payload::Borrowed(b"3probe"));
-                if writer.write_frame(reply).await.is_err() || writer.flush().await.is_err() {
+                conn.poll_notify();
+                let mut reply = [WsFrame::text(Payload::Borrowed(b"3probe"))];
+                if writer.write_frames(&mut reply).await.is_err() {
                     conn.session().lock().abort_upgrade();
                     return;
                 }
             }
             Ok(_) if conn.session().lock().transport() == Transport::WebSocket => {
                 metrics::counter!(crate::metrics::ENGINE_UPGRADES).increment(1);
-                wake_poll(&conn);
+                conn.poll_notify();
                 conn.adopt_writer(writer);
                 read_loop(&engine, &conn, reader).await;
                 return;
@@ -92,11 +168,6 @@ pub(crate) async fn run_probe<H: Handler>(engine: Engine<H>, conn: Arc<Connectio
             }
         }
     }
-}
-
-fn wake_poll<S>(conn: &Connection<S>) {
-    // Sending nothing still wakes a parked GET so it can take its noop.
-    conn.poll_notify();
 }
 
 async fn read_loop<H: Handler>(engine: &Engine<H>, conn: &Arc<Connection<H::State>>, mut reader: WsReader) {
@@ -145,9 +216,9 @@ async fn read_loop<H: Handler>(engine: &Engine<H>, conn: &Arc<Connection<H::Stat
     }
 }
 
-/// Writes owed control frames and a batch of packets, then flushes. Gives up
-/// (with an error) if the session closes or its heartbeat expires while the
-/// client is not reading.
+/// Writes owed control frames and a batch of packets with one write. Gives
+/// up (with an error) if the session closes or its heartbeat expires while
+/// the client is not reading.
 pub(crate) async fn write_batch<S>(
     writer: &mut WsWriter,
     control: &[(OpCode, Bytes)],
@@ -155,24 +226,17 @@ pub(crate) async fn write_batch<S>(
     deadline: Option<Instant>,
     conn: &Connection<S>,
 ) -> Result<(), WebSocketError> {
-    let write = async {
-        for (op, payload) in control {
-            writer.write_frame(WsFrame::new(true, *op, None, Payload::Borrowed(payload))).await?;
-        }
-        let mut bytes = 0u64;
-        for frame in batch {
-            let ws_frame = match frame {
-                Frame::Text(b) => WsFrame::text(Payload::Borrowed(b)),
-                Frame::Binary(b) => WsFrame::binary(Payload::Borrowed(b)),
-            };
-            bytes += frame.len() as u64;
-            writer.write_frame(ws_frame).await?;
-        }
-        writer.flush().await?;
-        metrics::counter!(crate::metrics::SOCKETIO_PACKETS_SENT).increment(batch.len() as u64);
-        metrics::counter!(crate::metrics::SOCKETIO_BYTES_SENT).increment(bytes);
-        Ok::<_, WebSocketError>(())
-    };
+    let mut frames: Vec<WsFrame<'_>> = Vec::with_capacity(control.len() + batch.len());
+    frames.extend(control.iter().map(|(op, payload)| WsFrame::new(true, *op, None, Payload::Borrowed(payload))));
+    let mut bytes = 0u64;
+    for frame in batch {
+        bytes += frame.len() as u64;
+        frames.push(match frame {
+            Frame::Text(b) => WsFrame::text(Payload::Borrowed(b)),
+            Frame::Binary(b) => WsFrame::binary(Payload::Borrowed(b)),
+        });
+    }
+    let write = writer.write_frames(&mut frames);
     tokio::pin!(write);
     let mut deadline = deadline;
     loop {
@@ -183,7 +247,12 @@ pub(crate) async fn write_batch<S>(
             }
         };
         tokio::select! {
-            res = &mut write => return res,
+            res = &mut write => {
+                res?;
+                metrics::counter!(crate::metrics::SOCKETIO_PACKETS_SENT).increment(batch.len() as u64);
+                metrics::counter!(crate::metrics::SOCKETIO_BYTES_SENT).increment(bytes);
+                return Ok(());
+            }
             () = conn.wait_closed() => return Err(WebSocketError::ConnectionClosed),
             () = timer => {
                 let mut s = conn.session().lock();
@@ -196,20 +265,20 @@ pub(crate) async fn write_batch<S>(
     }
 }
 
-/// Sends a close frame once (fastwebsockets would send a second one) and flushes.
+/// Sends a close frame once and shuts the socket down for writing.
 pub(crate) async fn close_writer(writer: &mut WsWriter) {
-    if writer.is_closed() {
-        return;
-    }
     let close = async {
-        writer.write_frame(WsFrame::close(1000, b"")).await?;
-        writer.flush().await
+        if !writer.closed {
+            let mut frames = [WsFrame::close(1000, b"")];
+            writer.write_frames(&mut frames).await?;
+        }
+        writer.io.shutdown().await.map_err(WebSocketError::from)
     };
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), close).await;
 }
 
 /// Closes a WebSocket that may not join the session.
-pub(crate) async fn close_now(ws: WebSocket<Io>) {
+pub(crate) async fn close_now(ws: WebSocket<TokioIo<Upgraded>>) {
     let (_reader, mut writer) = split(ws, 1024);
     close_writer(&mut writer).await;
 }
