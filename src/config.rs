@@ -46,6 +46,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Admin HTTP listener address (`/healthz`, `/metrics`, `/v1/...`).
     pub admin_listen: SocketAddr,
+    /// Redis-protocol broker listener (emitters and pub/sub clients connect here).
+    pub redis_listen: SocketAddr,
+    /// When set, Redis clients must AUTH with this password (Redis `requirepass`).
+    pub requirepass: Option<String>,
     /// HTTP path Engine.IO is served under; starts and ends with `/`.
     pub path: String,
     /// Interval between server pings.
@@ -95,6 +99,8 @@ impl Default for Config {
         Self {
             listen: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 3000)),
             admin_listen: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9464)),
+            redis_listen: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 6379)),
+            requirepass: None,
             path: "/socket.io/".to_owned(),
             ping_interval_ms: 25_000,
             ping_timeout_ms: 20_000,
@@ -126,6 +132,8 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("listen", &self.listen)
             .field("admin_listen", &self.admin_listen)
+            .field("redis_listen", &self.redis_listen)
+            .field("requirepass", &self.requirepass.as_ref().map(|_| "<redacted>"))
             .field("path", &self.path)
             .field("ping_interval_ms", &self.ping_interval_ms)
             .field("ping_timeout_ms", &self.ping_timeout_ms)
@@ -237,6 +245,12 @@ impl Config {
                 ));
             }
         }
+        if self.redis_listen.port() != 0 && (self.redis_listen == self.listen || self.redis_listen == self.admin_listen) {
+            return Err(invalid("redis_listen", "must differ from listen and admin_listen"));
+        }
+        if self.requirepass.as_deref().is_some_and(str::is_empty) {
+            return Err(invalid("requirepass", "must not be empty when set"));
+        }
         if self.auth_token.as_deref().is_some_and(str::is_empty) {
             return Err(invalid("auth_token", "must not be empty when set"));
         }
@@ -341,6 +355,7 @@ impl Config {
         take!(
             listen,
             admin_listen,
+            redis_listen,
             path,
             ping_interval_ms,
             ping_timeout_ms,
@@ -370,6 +385,9 @@ impl Config {
         if let Some(v) = &cli.auth_token {
             self.auth_token = Some(v.clone());
         }
+        if let Some(v) = &cli.requirepass {
+            self.requirepass = Some(v.clone());
+        }
     }
 }
 
@@ -397,6 +415,12 @@ pub struct Cli {
     /// Admin HTTP listener address [default: 127.0.0.1:9464].
     #[arg(long, env = "IOSWARM_ADMIN_LISTEN", value_name = "ADDR")]
     pub admin_listen: Option<SocketAddr>,
+    /// Redis-protocol broker listener [default: 127.0.0.1:6379].
+    #[arg(long, env = "IOSWARM_REDIS_LISTEN", value_name = "ADDR")]
+    pub redis_listen: Option<SocketAddr>,
+    /// Password Redis clients must AUTH with (Redis `requirepass`) [default: none].
+    #[arg(long, env = "IOSWARM_REQUIREPASS", value_name = "PASSWORD", hide_env_values = true)]
+    pub requirepass: Option<String>,
     /// HTTP path of the Engine.IO endpoint [default: /socket.io/].
     #[arg(long, env = "IOSWARM_PATH")]
     pub path: Option<String>,

@@ -104,3 +104,121 @@ pub fn engineio_payload(data: &[u8]) {
         packets.into_iter().filter(|p| matches!(p, Packet::Message(_) | Packet::Binary(_))).collect();
     assert_eq!(again.ok(), Some(expected));
 }
+
+/// Socket.IO emitter messages (the Redis ingress' msgpack broadcasts and JSON/msgpack requests).
+/// Input: one selector byte choosing the channel, then the published payload.
+///
+/// Decoding must never panic. Checks that every placeholder in a decoded broadcast refers to an
+/// attachment and every attachment is referred to, that the attachment bound holds, and
+/// (differentially) that whatever `rmpv` reads as one whole msgpack value our reader reads too.
+#[doc(hidden)]
+pub fn emitter_payload(data: &[u8]) {
+    use crate::resp::emitter::{self, MAX_ATTACHMENTS};
+
+    let Some((selector, payload)) = data.split_first() else {
+        return;
+    };
+    let channel: &[u8] = match selector % 4 {
+        0 => b"socket.io#/#",
+        1 => b"socket.io#/chat#room#",
+        2 => b"socket.io-request#/#",
+        _ => b"socket.io#/#a#",
+    };
+    if selector % 4 == 2 {
+        if let Ok(request) = emitter::decode_request(channel, payload) {
+            assert_eq!(request.nsp, "/");
+        }
+        return;
+    }
+    if let Ok(b) = emitter::decode_broadcast(channel, payload) {
+        assert!(b.payload.attachments.len() <= MAX_ATTACHMENTS);
+        let mut seen = vec![false; b.payload.attachments.len()];
+        fn walk(v: &serde_json::Value, p: &crate::socketio::Payload, seen: &mut [bool]) {
+            match v {
+                serde_json::Value::Array(items) => items.iter().for_each(|i| walk(i, p, seen)),
+                serde_json::Value::Object(map) => {
+                    if let Some(num) = map.get("num").and_then(serde_json::Value::as_u64)
+                        && p.attachment_of(v).is_some()
+                        && let Some(slot) = usize::try_from(num).ok().and_then(|n| seen.get_mut(n))
+                    {
+                        *slot = true;
+                    }
+                    map.values().for_each(|i| walk(i, p, seen));
+                }
+                _ => {}
+            }
+        }
+        b.payload.args.iter().for_each(|a| walk(a, &b.payload, &mut seen));
+        assert!(seen.iter().all(|s| *s), "an attachment has no placeholder");
+    }
+    emitter::check_against_rmpv(payload);
+}
+
+/// RESP codec (`resp::frame`). The input is fed both as a client request stream and as a
+/// server reply.
+///
+/// Checks that request parsing never panics (with and without the unauthenticated limits),
+/// that every parsed request lies inside the bytes it consumed, that re-encoding its arguments
+/// as a multibulk request parses back to the same arguments, and that a decoded reply
+/// re-encodes canonically in RESP3 and RESP2.
+#[doc(hidden)]
+pub fn resp_frame(data: &[u8]) {
+    use bytes::BytesMut;
+
+    use crate::resp::frame::{self, ParseLimits, Parsed, Proto};
+
+    for limits in [
+        ParseLimits::default(),
+        ParseLimits { unauthenticated: true, ..ParseLimits::default() },
+        ParseLimits { max_bulk_len: 16, max_args: 8, unauthenticated: false },
+    ] {
+        // Walk the whole input as a pipeline.
+        let mut buf = BytesMut::from(data);
+        while let Ok(parsed) = frame::parse_request(&buf, &limits) {
+            let Parsed::Complete { consumed, args } = parsed else { break };
+            assert!(consumed > 0 && consumed <= buf.len(), "consumed {consumed} of {}", buf.len());
+            for arg in &args {
+                if let frame::Arg::Span(range) = arg {
+                    assert!(range.end <= consumed, "argument outside its request");
+                }
+            }
+            let args = match frame::take_request(&mut buf, &limits) {
+                Ok(Some(args)) => args,
+                other => panic!("take_request disagrees with parse_request: {other:?}"),
+            };
+            if args.is_empty() {
+                continue;
+            }
+            let argv: Vec<&[u8]> = args.iter().map(|a| &a[..]).collect();
+            let mut encoded = BytesMut::new();
+            frame::encode_request(&argv, &mut encoded);
+            let len = encoded.len();
+            match frame::parse_request(&encoded, &ParseLimits::default()) {
+                Ok(Parsed::Complete { consumed, .. }) => assert_eq!(consumed, len),
+                other => panic!("re-parsing {encoded:?}: {other:?}"),
+            }
+            match frame::take_request(&mut encoded, &ParseLimits::default()) {
+                Ok(Some(again)) => assert_eq!(again, args),
+                other => panic!("re-parsing {argv:?}: {other:?}"),
+            }
+        }
+    }
+
+    if let Ok(Some((reply, used))) = frame::decode_reply(data) {
+        assert!(used <= data.len());
+        for proto in [Proto::Resp3, Proto::Resp2] {
+            let mut first = BytesMut::new();
+            reply.encode(proto, &mut first);
+            let again = match frame::decode_reply(&first) {
+                Ok(Some((again, n))) => {
+                    assert_eq!(n, first.len());
+                    again
+                }
+                other => panic!("re-decoding {first:?}: {other:?}"),
+            };
+            let mut second = BytesMut::new();
+            again.encode(proto, &mut second);
+            assert_eq!(first, second, "reply encoding is not canonical");
+        }
+    }
+}

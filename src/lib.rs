@@ -25,6 +25,7 @@ pub mod fuzzing;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod resp;
 pub mod rooms;
 pub mod shutdown;
 mod sid;

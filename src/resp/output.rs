@@ -78,6 +78,8 @@ struct State {
     killed: Option<KillReason>,
     /// Close the connection once everything queued is written (QUIT, protocol errors).
     closing: bool,
+    /// The connection is going away without flushing (peer gone, write failed).
+    aborted: bool,
 }
 
 /// What the writer should do next.
@@ -152,7 +154,7 @@ impl ClientOutput {
             return;
         }
         let mut state = self.state.lock();
-        if state.killed.is_some() {
+        if state.killed.is_some() || state.aborted {
             return;
         }
         state.pending += frame.len();
@@ -165,7 +167,7 @@ impl ClientOutput {
     /// killed the client.
     pub(crate) fn push_message(&self, frame: Bytes, now: Instant) -> Option<KillReason> {
         let mut state = self.state.lock();
-        if state.killed.is_some() {
+        if state.killed.is_some() || state.aborted {
             return None;
         }
         state.pending += frame.len();
@@ -196,12 +198,23 @@ impl ClientOutput {
         self.ready.notify_one();
     }
 
+    /// Drops the connection without writing what is queued.
+    pub(crate) fn abort(&self) {
+        let mut state = self.state.lock();
+        state.aborted = true;
+        state.queue.clear();
+        drop(state);
+        self.killed.cancel();
+        self.ready.notify_one();
+        self.drained.notify_one();
+    }
+
     /// Takes the queued frames (waiting for some), or says to close.
     pub(crate) async fn next(&self) -> Next {
         loop {
             {
                 let mut state = self.state.lock();
-                if state.killed.is_some() {
+                if state.killed.is_some() || state.aborted {
                     return Next::Killed;
                 }
                 if !state.queue.is_empty() {
@@ -236,7 +249,7 @@ impl ClientOutput {
         loop {
             {
                 let state = self.state.lock();
-                if state.pending < limit || state.killed.is_some() {
+                if state.pending < limit || state.killed.is_some() || state.aborted {
                     return;
                 }
             }

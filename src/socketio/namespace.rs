@@ -74,6 +74,17 @@ impl ConnectError {
     }
 }
 
+/// Runs a handler in order with the packets around it: the future is polled
+/// once right here (most handlers finish in that poll, without a task), and
+/// only if it has to wait is the rest spawned. Handlers therefore start in
+/// the order their packets arrived, as in Node's socket.io.
+pub(crate) fn run_in_order(tasks: &TaskTracker, mut fut: BoxFuture<()>) {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    if fut.as_mut().poll(&mut cx).is_pending() {
+        tasks.spawn(fut);
+    }
+}
+
 #[derive(Default)]
 struct Handlers {
     middleware: Vec<Middleware>,
@@ -201,11 +212,11 @@ impl Namespace {
         };
         match (handler, any) {
             (Some(h), _) => {
-                self.0.tasks.spawn(h(payload));
+                run_in_order(&self.0.tasks, h(payload));
                 true
             }
             (None, Some(any)) => {
-                self.0.tasks.spawn(any(event.to_owned(), payload));
+                run_in_order(&self.0.tasks, any(event.to_owned(), payload));
                 true
             }
             (None, None) => false,
@@ -300,14 +311,14 @@ impl Namespace {
     pub(crate) fn run_connect_handlers(&self, socket: &Socket) {
         let handlers = self.0.handlers.read().connect.clone();
         for h in handlers {
-            self.0.tasks.spawn(h(socket.clone()));
+            run_in_order(&self.0.tasks, h(socket.clone()));
         }
     }
 
     pub(crate) fn run_disconnect_handlers(&self, socket: &Socket, reason: &'static str) {
         let handlers = self.0.handlers.read().disconnect.clone();
         for h in handlers {
-            self.0.tasks.spawn(h(socket.clone(), reason));
+            run_in_order(&self.0.tasks, h(socket.clone(), reason));
         }
     }
 
@@ -327,7 +338,7 @@ impl Namespace {
         let Some(handler) = handler else { return };
         let ack = packet.id.map(|id| AckSender::new(socket.clone(), id));
         let event = Event { name, payload: Payload { args: items, attachments }, ack };
-        self.0.tasks.spawn(handler(socket.clone(), event));
+        run_in_order(&self.0.tasks, handler(socket.clone(), event));
     }
 
     /// Executes a broadcast on this node's sockets; returns the number of recipients.

@@ -157,6 +157,10 @@ impl ClientState {
         self.inner.lock().sockets.iter().find(|s| s.nsp() == nsp).cloned()
     }
 
+    pub(crate) fn sockets(&self) -> Vec<Socket> {
+        self.inner.lock().sockets.clone()
+    }
+
     pub(crate) fn remove_socket(&self, socket: &Socket) {
         self.inner.lock().sockets.retain(|s| s.id() != socket.id() || s.nsp() != socket.nsp());
     }

@@ -230,8 +230,15 @@ impl Socket {
         self.on_disconnected("server namespace disconnect");
     }
 
-    /// Closes the whole underlying connection (every namespace of this client).
+    /// Closes the whole underlying connection: every namespace of this client
+    /// gets a DISCONNECT packet first (the client sees `io server disconnect`
+    /// and does not reconnect), then the Engine.IO connection is closed.
     pub fn close_connection(&self) {
+        if let Some(state) = self.0.conn.state() {
+            for socket in state.sockets() {
+                socket.disconnect();
+            }
+        }
         self.0.conn.close();
     }
 

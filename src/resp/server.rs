@@ -1,0 +1,340 @@
+//! The Redis-protocol listener: accepts connections and runs one reader (parse, execute,
+//! reply) and one writer (drain the output queue to the socket) per connection.
+//!
+//! The reader executes pipelined commands in order and queues each read's replies as one frame;
+//! published messages are queued by the publishers themselves (see [`super::broker`]). Commands
+//! that change what a client receives flush the replies queued so far first, so replies and
+//! messages reach the client in the order Redis would write them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::broker::{Broker, Subscriber};
+use super::client::{Client, ClientMeta, initial_meta};
+use super::cmd::{self, Ctx};
+use super::frame::{self, DEFAULT_MAX_BULK_LEN};
+use super::output::{ClientOutput, Next, OutputLimits};
+
+/// Configuration of the Redis-protocol listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// Password of the `default` user (`requirepass`). `None`: no authentication.
+    pub requirepass: Option<String>,
+    /// Most simultaneous connections (`maxclients`); more are refused with Redis' error.
+    pub max_clients: usize,
+    /// Queued output bytes at which a subscriber is disconnected at once
+    /// (`client-output-buffer-limit pubsub` hard limit, 32 MiB). 0: no limit.
+    pub pubsub_output_limit_hard: usize,
+    /// Queued output bytes a subscriber may exceed for at most `pubsub_output_soft_seconds`
+    /// (soft limit, 8 MiB). 0: no limit.
+    pub pubsub_output_limit_soft: usize,
+    /// How long the soft limit may be exceeded, in seconds (60).
+    pub pubsub_output_soft_seconds: u64,
+    /// Longest bulk string accepted in a request (`proto-max-bulk-len`, 512 MiB).
+    pub max_bulk_len: usize,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            requirepass: None,
+            max_clients: 10_000,
+            pubsub_output_limit_hard: 32 * 1024 * 1024,
+            pubsub_output_limit_soft: 8 * 1024 * 1024,
+            pubsub_output_soft_seconds: 60,
+            max_bulk_len: DEFAULT_MAX_BULK_LEN,
+        }
+    }
+}
+
+/// Pending output at which a connection's reader stops reading until its writer catches up.
+const READER_PAUSE_BYTES: usize = 1024 * 1024;
+/// How long a closing connection may take to flush its queued replies at shutdown.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(1);
+/// Read buffer size.
+const READ_CHUNK: usize = 16 * 1024;
+/// Queued replies larger than this are written without copying into the coalescing buffer.
+const COALESCE_MAX: usize = 16 * 1024;
+
+/// Counters `INFO` reports.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub(crate) total_connections: AtomicU64,
+    pub(crate) total_commands: AtomicU64,
+    pub(crate) rejected_connections: AtomicU64,
+    pub(crate) protocol_errors: AtomicU64,
+}
+
+/// State shared by every connection of one listener.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) broker: Arc<Broker>,
+    pub(crate) config: RedisConfig,
+    pub(crate) clients: DashMap<u64, Arc<ClientMeta>>,
+    pub(crate) connected: AtomicUsize,
+    pub(crate) started: Instant,
+    pub(crate) started_unix: u64,
+    pub(crate) port: u16,
+    pub(crate) run_id: String,
+    pub(crate) stats: Stats,
+}
+
+impl Shared {
+    fn new(broker: Arc<Broker>, config: RedisConfig, port: u16) -> Self {
+        let started_unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let run_id = (0..40).map(|_| char::from(b"0123456789abcdef"[rand::random_range(0..16)])).collect();
+        Self {
+            broker,
+            config,
+            clients: DashMap::new(),
+            connected: AtomicUsize::new(0),
+            started: Instant::now(),
+            started_unix,
+            port,
+            run_id,
+            stats: Stats::default(),
+        }
+    }
+
+    fn output_limits(&self) -> OutputLimits {
+        OutputLimits {
+            hard: self.config.pubsub_output_limit_hard,
+            soft: self.config.pubsub_output_limit_soft,
+            soft_period: Duration::from_secs(self.config.pubsub_output_soft_seconds),
+        }
+    }
+
+    /// Whether a password is configured.
+    pub(crate) fn auth_required(&self) -> bool {
+        self.config.requirepass.is_some()
+    }
+}
+
+/// Serves the Redis protocol on `listener` until `shutdown` is cancelled. Every connection
+/// task is spawned on `tasks`; this function returns once it stopped accepting (connections
+/// close on their own as `shutdown` is cancelled).
+pub async fn serve(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    config: RedisConfig,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    let port = listener.local_addr().map_or(0, |a| a.port());
+    let shared = Arc::new(Shared::new(broker, config, port));
+    tracing::info!(port, "redis protocol listener started");
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, addr) = match accepted {
+            Ok(pair) => pair,
+            Err(err) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(%err, "redis accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        shared.stats.total_connections.fetch_add(1, Ordering::Relaxed);
+        if shared.connected.load(Ordering::Relaxed) >= shared.config.max_clients {
+            shared.stats.rejected_connections.fetch_add(1, Ordering::Relaxed);
+            ::metrics::counter!(super::METRIC_CONNECTIONS_REJECTED).increment(1);
+            tasks.spawn(async move {
+                let mut stream = stream;
+                let refuse = stream.write_all(b"-ERR max number of clients reached\r\n");
+                let _ = tokio::time::timeout(Duration::from_secs(1), refuse).await;
+            });
+            continue;
+        }
+        shared.connected.fetch_add(1, Ordering::Relaxed);
+        let conn_shared = shared.clone();
+        let conn_shutdown = shutdown.clone();
+        let conn_tasks = tasks.clone();
+        tasks.spawn(async move {
+            connection(stream, addr, conn_shared.clone(), conn_shutdown, conn_tasks).await;
+            conn_shared.connected.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+    tracing::info!(port, "redis protocol listener stopped accepting");
+}
+
+async fn connection(
+    stream: TcpStream,
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    let _ = stream.set_nodelay(true);
+    let laddr = stream.local_addr().unwrap_or(addr);
+    let id = shared.broker.next_client_id();
+    let now = Instant::now();
+    let out = Arc::new(ClientOutput::new(id, shared.output_limits()));
+    let meta = Arc::new(ClientMeta { id, addr, laddr, created: now, info: Mutex::new(initial_meta(now)) });
+    shared.clients.insert(id, meta.clone());
+    ::metrics::gauge!(super::METRIC_CONNECTIONS).increment(1.0);
+    ::metrics::counter!(super::METRIC_CONNECTIONS_OPENED).increment(1);
+
+    let (reader, writer) = stream.into_split();
+    let writer_task = tasks.spawn(write_loop(writer, out.clone()));
+    let mut client = Client::new(Subscriber { out: out.clone() }, meta, !shared.auth_required());
+    let span = tracing::debug_span!("redis_conn", client = id, %addr);
+    let clean_eof = read_loop(reader, &mut client, &shared, &shutdown).instrument(span).await;
+
+    // Leave the broker before anything else so publishers stop queuing to us.
+    cmd::pubsub::unsubscribe_all_silently(&mut client, &shared.broker);
+    shared.clients.remove(&id);
+    ::metrics::gauge!(super::METRIC_CONNECTIONS).decrement(1.0);
+    if clean_eof {
+        // QUIT / protocol error / shutdown: write what is queued, then close.
+        out.close_when_flushed();
+        if tokio::time::timeout(SHUTDOWN_FLUSH, wait_writer(&writer_task)).await.is_err() {
+            out.abort();
+        }
+    } else {
+        // The peer went away (or was killed): drop the rest, like Redis frees the client.
+        out.abort();
+    }
+    let _ = writer_task.await;
+    if let Some(reason) = out.kill_reason() {
+        tracing::debug!(client = id, reason = reason.as_str(), "redis client killed");
+    }
+}
+
+async fn wait_writer(task: &tokio::task::JoinHandle<()>) {
+    while !task.is_finished() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Reads, parses and executes until the connection should close. Returns `true` when the
+/// queued output should still be flushed (QUIT, protocol error, shutdown), `false` when the
+/// peer is gone or the client was killed.
+async fn read_loop(
+    mut reader: tokio::net::tcp::OwnedReadHalf,
+    client: &mut Client,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+) -> bool {
+    let out = client.sub.out.clone();
+    let killed = out.killed_token().clone();
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut replies = BytesMut::with_capacity(READ_CHUNK);
+    loop {
+        if out.pending() >= READER_PAUSE_BYTES {
+            tokio::select! {
+                () = shutdown.cancelled() => return true,
+                () = killed.cancelled() => return false,
+                () = out.wait_below(READER_PAUSE_BYTES) => {}
+            }
+        }
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
+        }
+        let read = tokio::select! {
+            () = shutdown.cancelled() => return true,
+            () = killed.cancelled() => return false,
+            read = reader.read_buf(&mut buf) => read,
+        };
+        match read {
+            Ok(0) | Err(_) => return false,
+            Ok(_) => {}
+        }
+        let now = Instant::now();
+        let mut commands = 0u64;
+        loop {
+            let limits = client.parse_limits(shared.config.max_bulk_len);
+            match frame::take_request(&mut buf, &limits) {
+                Ok(None) => break,
+                Ok(Some(args)) if args.is_empty() => continue,
+                Ok(Some(args)) => {
+                    commands += 1;
+                    let mut ctx = Ctx { client: &mut *client, shared, out: &mut replies, now };
+                    let name = cmd::execute(&mut ctx, &args);
+                    client.sync_meta(name, now);
+                    if client.close_after_reply {
+                        break;
+                    }
+                }
+                Err(err) => {
+                    tracing::debug!(%err, "redis protocol error");
+                    shared.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    ::metrics::counter!(super::METRIC_PROTOCOL_ERRORS).increment(1);
+                    frame::write_error(&mut replies, format!("ERR {err}").as_bytes());
+                    client.close_after_reply = true;
+                    break;
+                }
+            }
+        }
+        if commands > 0 {
+            shared.stats.total_commands.fetch_add(commands, Ordering::Relaxed);
+            ::metrics::counter!(super::METRIC_COMMANDS).increment(commands);
+        }
+        out.push_reply(replies.split().freeze());
+        if client.close_after_reply {
+            return true;
+        }
+    }
+}
+
+async fn write_loop(mut writer: OwnedWriteHalf, out: Arc<ClientOutput>) {
+    let killed = out.killed_token().clone();
+    let mut coalesce = BytesMut::new();
+    loop {
+        let frames = match out.next().await {
+            Next::Write(frames) => frames,
+            Next::Close => {
+                let _ = writer.shutdown().await;
+                return;
+            }
+            Next::Killed => return,
+        };
+        let total: usize = frames.iter().map(Bytes::len).sum();
+        let write = write_frames(&mut writer, &frames, &mut coalesce);
+        let result = tokio::select! {
+            () = killed.cancelled() => return,
+            result = write => result,
+        };
+        if result.is_err() {
+            out.abort();
+            return;
+        }
+        out.written(total);
+    }
+}
+
+async fn write_frames(writer: &mut OwnedWriteHalf, frames: &[Bytes], coalesce: &mut BytesMut) -> std::io::Result<()> {
+    if let [only] = frames {
+        return writer.write_all(only).await;
+    }
+    for frame in frames {
+        if frame.len() > COALESCE_MAX {
+            if !coalesce.is_empty() {
+                writer.write_all(coalesce).await?;
+                coalesce.clear();
+            }
+            writer.write_all(frame).await?;
+        } else {
+            coalesce.extend_from_slice(frame);
+        }
+    }
+    if !coalesce.is_empty() {
+        writer.write_all(coalesce).await?;
+        coalesce.clear();
+    }
+    Ok(())
+}

@@ -1,0 +1,353 @@
+// Test harness: starts the server under test and connects real socket.io clients to it.
+//
+// Target selection (env):
+//   IOSWARM_E2E_TARGET=ioswarm (default)  spawn $IOSWARM_BIN (default ../../target/debug/ioswarm)
+//   IOSWARM_E2E_TARGET=reference           spawn `node reference-server.mjs` (socket.io 4.8)
+//
+// Every server is started with `--listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 [flags]` and is
+// ready once it printed `ioswarm ready socketio=IP:PORT admin=IP:PORT` on stdout.
+
+import { spawn } from "node:child_process";
+import { existsSync } from "node:fs";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { io } from "socket.io-client";
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+export const TARGET = process.env.IOSWARM_E2E_TARGET ?? "ioswarm";
+// IOSWARM_BIN, when set, is relative to the current directory; the default to this file.
+export const BIN = process.env.IOSWARM_BIN
+  ? path.resolve(process.env.IOSWARM_BIN)
+  : path.resolve(HERE, "../../target/debug/ioswarm");
+
+/** Default time to wait for anything a test expects to observe. */
+export const WAIT_MS = 5000;
+/** Time to wait before concluding that something did NOT happen. */
+export const QUIET_MS = 300;
+
+// Later features may append more ` name=ADDR` fields (e.g. redis=…).
+const READY_RE = /^ioswarm ready socketio=(\S+) admin=(\S+)(?: \S+=\S+)*$/;
+
+function command(flags) {
+  if (TARGET === "reference") {
+    return [process.execPath, [path.join(HERE, "reference-server.mjs"), ...flags]];
+  }
+  if (TARGET !== "ioswarm") throw new Error(`unknown IOSWARM_E2E_TARGET=${TARGET}`);
+  if (!existsSync(BIN)) {
+    throw new Error(`ioswarm binary not found at ${BIN} (run cargo build --bin ioswarm or set IOSWARM_BIN)`);
+  }
+  return [BIN, flags];
+}
+
+/**
+ * Starts a server. Options: `flags` (extra CLI flags), `listen` (default 127.0.0.1:0),
+ * `adminListen` (default 127.0.0.1:0).
+ */
+export async function startServer({ flags = [], listen = "127.0.0.1:0", adminListen = "127.0.0.1:0", env = {} } = {}) {
+  const [cmd, args] = command(["--listen", listen, "--admin-listen", adminListen, ...flags]);
+  const child = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...cleanEnv(), ...env } });
+  const server = new ServerProcess(child, [cmd, ...args].join(" "));
+  await server.ready;
+  return server;
+}
+
+/**
+ * The test runner's environment without IOSWARM_* settings (they would change the server), plus
+ * an ephemeral port for the Redis-protocol listener so that servers never collide on 6379 (a test
+ * can still override it).
+ */
+export function cleanEnv() {
+  const env = Object.fromEntries(
+    Object.entries(process.env).filter(([k]) => !k.startsWith("IOSWARM_") || k === "IOSWARM_BIN"),
+  );
+  return { ...env, IOSWARM_REDIS_LISTEN: "127.0.0.1:0" };
+}
+
+/**
+ * Runs the server with `flags` (no --listen defaults) expecting it NOT to become ready; resolves
+ * with {code, signal, stdout, stderr} once it exited (SIGKILL after `ms`).
+ */
+export function runToExit(flags, { env = {}, ms = 10_000 } = {}) {
+  const [cmd, args] = command(flags);
+  const child = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...cleanEnv(), ...env } });
+  let stdout = "";
+  let stderr = "";
+  child.stdout.setEncoding("utf8").on("data", (d) => (stdout += d));
+  child.stderr.setEncoding("utf8").on("data", (d) => (stderr += d));
+  LIVE.add(child);
+  const timer = setTimeout(() => child.kill("SIGKILL"), ms);
+  return new Promise((resolve, reject) => {
+    child.on("exit", () => LIVE.delete(child));
+    child.on("error", reject);
+    child.on("exit", (code, signal) => {
+      clearTimeout(timer);
+      // Let the pipes drain.
+      setImmediate(() => resolve({ code, signal, stdout, stderr }));
+    });
+  });
+}
+
+// Servers still running when the test process exits (a crash, an interrupted run) are killed.
+const LIVE = new Set();
+process.on("exit", () => {
+  for (const child of LIVE) child.kill("SIGKILL");
+});
+
+export class ServerProcess {
+  constructor(child, cmdline) {
+    this.child = child;
+    LIVE.add(child);
+    child.on("exit", () => LIVE.delete(child));
+    this.cmdline = cmdline;
+    this.stdout = "";
+    this.stderr = "";
+    this.exitCode = undefined;
+    this.signalCode = undefined;
+    this.exited = new Promise((resolve) => {
+      child.on("exit", (code, signal) => {
+        this.exitCode = code;
+        this.signalCode = signal;
+        resolve({ code, signal });
+      });
+    });
+    child.stderr.setEncoding("utf8");
+    child.stderr.on("data", (d) => {
+      this.stderr += d;
+      if (this.stderr.length > 200_000) this.stderr = this.stderr.slice(-100_000);
+    });
+    child.stdout.setEncoding("utf8");
+    this.ready = new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        reject(new Error(`no ready line within 10 s from: ${this.cmdline}\n${this.describe()}`));
+        this.kill();
+      }, 10_000);
+      let buf = "";
+      child.stdout.on("data", (d) => {
+        this.stdout += d;
+        buf += d;
+        let nl;
+        while ((nl = buf.indexOf("\n")) >= 0) {
+          const line = buf.slice(0, nl).replace(/\r$/, "");
+          buf = buf.slice(nl + 1);
+          const m = READY_RE.exec(line);
+          if (m && !this.addr) {
+            clearTimeout(timer);
+            this.addr = m[1];
+            this.adminAddr = m[2];
+            this.url = `http://${m[1]}`;
+            this.adminUrl = `http://${m[2]}`;
+            this.port = Number(m[1].slice(m[1].lastIndexOf(":") + 1));
+            resolve(this);
+          }
+        }
+      });
+      child.on("error", (e) => {
+        clearTimeout(timer);
+        reject(e);
+      });
+      child.on("exit", (code, signal) => {
+        clearTimeout(timer);
+        reject(new Error(`server exited (code ${code}, signal ${signal}) before ready: ${this.cmdline}\n${this.describe()}`));
+      });
+    });
+  }
+
+  describe() {
+    return `--- stdout ---\n${this.stdout}\n--- stderr (tail) ---\n${this.stderr.slice(-4000)}`;
+  }
+
+  /** Sends SIGTERM and waits for the exit; returns {code, signal}. SIGKILL after `graceMs`. */
+  async stop(graceMs = 8000) {
+    if (this.exitCode !== undefined) return { code: this.exitCode, signal: this.signalCode };
+    this.child.kill("SIGTERM");
+    const timer = setTimeout(() => this.kill(), graceMs);
+    const res = await this.exited;
+    clearTimeout(timer);
+    return res;
+  }
+
+  kill() {
+    if (this.exitCode === undefined) this.child.kill("SIGKILL");
+  }
+
+  // ---- admin API ----
+
+  async admin(method, pathname, body) {
+    const res = await fetch(this.adminUrl + pathname, {
+      method,
+      headers: body === undefined ? {} : { "content-type": "application/json" },
+      body: body === undefined ? undefined : typeof body === "string" ? body : JSON.stringify(body),
+      signal: AbortSignal.timeout(WAIT_MS * 2),
+    });
+    const text = await res.text();
+    let json;
+    try {
+      json = JSON.parse(text);
+    } catch {
+      json = undefined;
+    }
+    return { status: res.status, headers: res.headers, text, json };
+  }
+
+  emit(body) {
+    return this.admin("POST", "/v1/emit", body);
+  }
+}
+
+/**
+ * Tracks servers and clients created by one test so they are always cleaned up.
+ * Use: `const t = new Ctx(); after/afterEach(() => t.cleanup())`.
+ */
+export class Ctx {
+  constructor() {
+    this.servers = [];
+    this.clients = [];
+  }
+
+  async server(opts) {
+    const s = await startServer(opts);
+    this.servers.push(s);
+    return s;
+  }
+
+  /** Creates a client (not yet awaited). Defaults: no reconnection, new manager each time. */
+  client(url, opts = {}) {
+    const socket = io(url, { forceNew: true, reconnection: false, timeout: WAIT_MS, ...opts });
+    this.clients.push(socket);
+    return socket;
+  }
+
+  /** Creates a client and waits for `connect`; rejects on connect_error. */
+  async connect(url, opts = {}) {
+    const socket = this.client(url, opts);
+    await connected(socket);
+    return socket;
+  }
+
+  /**
+   * Disconnects this context's clients and, when `server` is given, waits until the server no
+   * longer lists any socket in the namespaces `nsps` (so the next test starts from a clean slate).
+   */
+  async resetClients(server, nsps = ["/", "/chat"]) {
+    for (const c of this.clients) c.disconnect();
+    this.clients = [];
+    if (!server) return;
+    for (const nsp of nsps) {
+      await waitFor(async () => {
+        const res = await server.admin("GET", `/v1/sockets?nsp=${encodeURIComponent(nsp)}`);
+        return res.status === 200 && Array.isArray(res.json?.sockets) && res.json.sockets.length === 0;
+      }, `server forgets the disconnected clients of ${nsp}`);
+    }
+  }
+
+  async cleanup() {
+    for (const c of this.clients) c.disconnect();
+    this.clients = [];
+    const servers = this.servers;
+    this.servers = [];
+    await Promise.all(servers.map((s) => s.stop()));
+  }
+}
+
+/** Resolves on `connect`, rejects on `connect_error` or after `ms`. */
+export function connected(socket, ms = WAIT_MS) {
+  if (socket.connected) return Promise.resolve(socket);
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      cleanup();
+      reject(new Error(`no connect within ${ms} ms`));
+    }, ms);
+    const onConnect = () => {
+      cleanup();
+      resolve(socket);
+    };
+    const onError = (err) => {
+      cleanup();
+      reject(Object.assign(new Error(`connect_error: ${err.message}`), { cause: err }));
+    };
+    const cleanup = () => {
+      clearTimeout(timer);
+      socket.off("connect", onConnect);
+      socket.off("connect_error", onError);
+    };
+    socket.on("connect", onConnect);
+    socket.on("connect_error", onError);
+  });
+}
+
+/** Resolves with the first `connect_error` (rejects if the socket connects instead). */
+export function connectError(socket, ms = WAIT_MS) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      cleanup();
+      reject(new Error(`no connect_error within ${ms} ms`));
+    }, ms);
+    const onConnect = () => {
+      cleanup();
+      reject(new Error("connected, but a connect_error was expected"));
+    };
+    const onError = (err) => {
+      cleanup();
+      resolve(err);
+    };
+    const cleanup = () => {
+      clearTimeout(timer);
+      socket.off("connect", onConnect);
+      socket.off("connect_error", onError);
+    };
+    socket.on("connect", onConnect);
+    socket.on("connect_error", onError);
+  });
+}
+
+/** Resolves with the args array of the next `event` on `emitter`. */
+export function once(emitter, event, ms = WAIT_MS) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      emitter.off(event, handler);
+      reject(new Error(`no "${event}" within ${ms} ms`));
+    }, ms);
+    const handler = (...args) => {
+      clearTimeout(timer);
+      emitter.off(event, handler);
+      resolve(args);
+    };
+    emitter.on(event, handler);
+  });
+}
+
+/** Emits with an ack and resolves with ALL ack arguments (emitWithAck keeps only the first). */
+export function call(socket, event, ...args) {
+  return new Promise((resolve, reject) => {
+    socket.timeout(WAIT_MS).emit(event, ...args, (err, ...resp) => {
+      if (err) reject(new Error(`no ack for "${event}" within ${WAIT_MS} ms`));
+      else resolve(resp);
+    });
+  });
+}
+
+/** Records every `event` received by `socket`; returns the live array of args arrays. */
+export function record(socket, event) {
+  const got = [];
+  socket.on(event, (...args) => {
+    if (args.length > 0 && typeof args[args.length - 1] === "function") args.pop();
+    got.push(args);
+  });
+  return got;
+}
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Polls `predicate` until true or `ms` elapsed; throws `message` on timeout. */
+export async function waitFor(predicate, message, ms = WAIT_MS) {
+  const deadline = Date.now() + ms;
+  while (!(await predicate())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for: ${message}`);
+    await sleep(20);
+  }
+}
+
+export const TRANSPORTS = {
+  polling: { transports: ["polling"] },
+  websocket: { transports: ["websocket"] },
+};
