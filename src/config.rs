@@ -245,7 +245,8 @@ impl Config {
                 ));
             }
         }
-        if self.redis_listen.port() != 0 && (self.redis_listen == self.listen || self.redis_listen == self.admin_listen) {
+        if self.redis_listen.port() != 0 && (self.redis_listen == self.listen || self.redis_listen == self.admin_listen)
+        {
             return Err(invalid("redis_listen", "must differ from listen and admin_listen"));
         }
         if self.requirepass.as_deref().is_some_and(str::is_empty) {

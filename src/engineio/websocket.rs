@@ -83,22 +83,21 @@ impl AsyncRead for Prefixed {
 /// Takes the stream back from hyper and fastwebsockets and splits it.
 fn split(ws: WebSocket<TokioIo<Upgraded>>, max_payload: usize) -> (WsReader, WsWriter) {
     let upgraded = ws.into_inner().into_inner();
-    let (read, write): (ReadIo, Box<dyn AsyncWrite + Send + Unpin>) =
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => {
-                let (r, w) = parts.io.into_inner().into_split();
-                if parts.read_buf.is_empty() {
-                    (Box::new(r), Box::new(w))
-                } else {
-                    // Copy so that hyper's whole read buffer is not kept alive.
-                    (Box::new(Prefixed { pre: Bytes::copy_from_slice(&parts.read_buf), inner: r }), Box::new(w))
-                }
-            }
-            Err(upgraded) => {
-                let (r, w) = tokio::io::split(TokioIo::new(upgraded));
+    let (read, write): (ReadIo, Box<dyn AsyncWrite + Send + Unpin>) = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            let (r, w) = parts.io.into_inner().into_split();
+            if parts.read_buf.is_empty() {
                 (Box::new(r), Box::new(w))
+            } else {
+                // Copy so that hyper's whole read buffer is not kept alive.
+                (Box::new(Prefixed { pre: Bytes::copy_from_slice(&parts.read_buf), inner: r }), Box::new(w))
             }
-        };
+        }
+        Err(upgraded) => {
+            let (r, w) = tokio::io::split(TokioIo::new(upgraded));
+            (Box::new(r), Box::new(w))
+        }
+    };
     let (mut reader, _unused_writer) = fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
     reader.set_max_message_size(max_payload);
     reader.set_auto_close(true);
