@@ -60,6 +60,22 @@ pub(crate) const BROADCAST_RECIPIENTS: &str = "ioswarm_broadcast_recipients";
 /// Counter: server emits whose ack did not arrive in time.
 pub(crate) const ACKS_TIMED_OUT: &str = "ioswarm_acks_timed_out_total";
 
+/// Gauge: open Redis-protocol connections.
+pub(crate) const REDIS_CONNECTIONS: &str = "ioswarm_redis_connections";
+/// Counter: Redis-protocol connections accepted.
+pub(crate) const REDIS_CONNECTIONS_OPENED: &str = "ioswarm_redis_connections_opened_total";
+/// Counter: connections refused because `max_clients` was reached.
+pub(crate) const REDIS_CONNECTIONS_REJECTED: &str = "ioswarm_redis_connections_rejected_total";
+/// Counter: commands executed.
+pub(crate) const REDIS_COMMANDS: &str = "ioswarm_redis_commands_total";
+/// Counter: connections closed for a protocol error.
+pub(crate) const REDIS_PROTOCOL_ERRORS: &str = "ioswarm_redis_protocol_errors_total";
+/// Counter: PUBLISH / SPUBLISH commands received from clients.
+pub(crate) const REDIS_PUBLISHES: &str = "ioswarm_redis_publishes_total";
+/// Counter: subscribers disconnected for exceeding their output buffer limit. Labels: `reason`
+/// = `output_hard_limit` | `output_soft_limit`.
+pub(crate) const REDIS_CLIENTS_KILLED: &str = "ioswarm_redis_clients_killed_total";
+
 /// What kind of instrument a metric is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum MetricKind {
@@ -108,6 +124,13 @@ pub(crate) const ALL: &[MetricDef] = {
         def(BROADCASTS, Counter, "Broadcasts emitted."),
         def(BROADCAST_RECIPIENTS, Histogram, "Sockets reached by one broadcast."),
         def(ACKS_TIMED_OUT, Counter, "Server emits whose ack timed out."),
+        def(REDIS_CONNECTIONS, Gauge, "Open Redis-protocol connections."),
+        def(REDIS_CONNECTIONS_OPENED, Counter, "Redis-protocol connections accepted."),
+        def(REDIS_CONNECTIONS_REJECTED, Counter, "Redis-protocol connections refused at max clients."),
+        def(REDIS_COMMANDS, Counter, "Redis-protocol commands executed."),
+        def(REDIS_PROTOCOL_ERRORS, Counter, "Redis-protocol connections closed for a protocol error."),
+        def(REDIS_PUBLISHES, Counter, "PUBLISH / SPUBLISH commands received from clients."),
+        def(REDIS_CLIENTS_KILLED, Counter, "Subscribers disconnected at their output buffer limit, by reason."),
     ]
 };
 

@@ -176,7 +176,7 @@ impl Broker {
         self.messages_delivered.fetch_add(1, Ordering::Relaxed);
         if let Some(reason) = sub.out.push_message(frame, now) {
             self.clients_killed.fetch_add(1, Ordering::Relaxed);
-            ::metrics::counter!(super::METRIC_CLIENTS_KILLED, "reason" => reason.as_str()).increment(1);
+            ::metrics::counter!(crate::metrics::REDIS_CLIENTS_KILLED, "reason" => reason.as_str()).increment(1);
             tracing::warn!(client = sub.id(), reason = reason.as_str(), "disconnecting slow pub/sub client");
         }
     }

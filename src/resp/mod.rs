@@ -28,22 +28,6 @@ mod server;
 pub use broker::{Broker, PublishHook};
 pub use server::{RedisConfig, serve};
 
-/// Gauge: open Redis-protocol connections.
-pub(crate) const METRIC_CONNECTIONS: &str = "ioswarm_redis_connections";
-/// Counter: Redis-protocol connections accepted.
-pub(crate) const METRIC_CONNECTIONS_OPENED: &str = "ioswarm_redis_connections_opened_total";
-/// Counter: connections refused because `max_clients` was reached.
-pub(crate) const METRIC_CONNECTIONS_REJECTED: &str = "ioswarm_redis_connections_rejected_total";
-/// Counter: commands executed.
-pub(crate) const METRIC_COMMANDS: &str = "ioswarm_redis_commands_total";
-/// Counter: connections closed for a protocol error.
-pub(crate) const METRIC_PROTOCOL_ERRORS: &str = "ioswarm_redis_protocol_errors_total";
-/// Counter: PUBLISH / SPUBLISH commands received from clients.
-pub(crate) const METRIC_PUBLISHES: &str = "ioswarm_redis_publishes_total";
-/// Counter: subscribers disconnected for exceeding their output buffer limit. Labels: `reason`
-/// = `output_hard_limit` | `output_soft_limit`.
-pub(crate) const METRIC_CLIENTS_KILLED: &str = "ioswarm_redis_clients_killed_total";
-
 /// The publish hook that turns socket.io emitter traffic (`socket.io#…` and
 /// `socket.io-request#…` channels) into Socket.IO traffic on `io`.
 pub fn socketio_bridge(io: crate::socketio::Server) -> std::sync::Arc<dyn PublishHook> {

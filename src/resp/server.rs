@@ -152,7 +152,7 @@ pub async fn serve(
         shared.stats.total_connections.fetch_add(1, Ordering::Relaxed);
         if shared.connected.load(Ordering::Relaxed) >= shared.config.max_clients {
             shared.stats.rejected_connections.fetch_add(1, Ordering::Relaxed);
-            ::metrics::counter!(super::METRIC_CONNECTIONS_REJECTED).increment(1);
+            ::metrics::counter!(crate::metrics::REDIS_CONNECTIONS_REJECTED).increment(1);
             tasks.spawn(async move {
                 let mut stream = stream;
                 let refuse = stream.write_all(b"-ERR max number of clients reached\r\n");
@@ -186,8 +186,8 @@ async fn connection(
     let out = Arc::new(ClientOutput::new(id, shared.output_limits()));
     let meta = Arc::new(ClientMeta { id, addr, laddr, created: now, info: Mutex::new(initial_meta(now)) });
     shared.clients.insert(id, meta.clone());
-    ::metrics::gauge!(super::METRIC_CONNECTIONS).increment(1.0);
-    ::metrics::counter!(super::METRIC_CONNECTIONS_OPENED).increment(1);
+    ::metrics::gauge!(crate::metrics::REDIS_CONNECTIONS).increment(1.0);
+    ::metrics::counter!(crate::metrics::REDIS_CONNECTIONS_OPENED).increment(1);
 
     let (reader, writer) = stream.into_split();
     let writer_task = tasks.spawn(write_loop(writer, out.clone()));
@@ -198,7 +198,7 @@ async fn connection(
     // Leave the broker before anything else so publishers stop queuing to us.
     cmd::pubsub::unsubscribe_all_silently(&mut client, &shared.broker);
     shared.clients.remove(&id);
-    ::metrics::gauge!(super::METRIC_CONNECTIONS).decrement(1.0);
+    ::metrics::gauge!(crate::metrics::REDIS_CONNECTIONS).decrement(1.0);
     if clean_eof {
         // QUIT / protocol error / shutdown: write what is queued, then close.
         out.close_when_flushed();
@@ -273,7 +273,7 @@ async fn read_loop(
                 Err(err) => {
                     tracing::debug!(%err, "redis protocol error");
                     shared.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                    ::metrics::counter!(super::METRIC_PROTOCOL_ERRORS).increment(1);
+                    ::metrics::counter!(crate::metrics::REDIS_PROTOCOL_ERRORS).increment(1);
                     frame::write_error(&mut replies, format!("ERR {err}").as_bytes());
                     client.close_after_reply = true;
                     break;
@@ -282,7 +282,7 @@ async fn read_loop(
         }
         if commands > 0 {
             shared.stats.total_commands.fetch_add(commands, Ordering::Relaxed);
-            ::metrics::counter!(super::METRIC_COMMANDS).increment(commands);
+            ::metrics::counter!(crate::metrics::REDIS_COMMANDS).increment(commands);
         }
         out.push_reply(replies.split().freeze());
         if client.close_after_reply {

@@ -192,7 +192,7 @@ pub(crate) fn sunsubscribe(ctx: &mut Ctx<'_>, args: &[Bytes]) {
 /// of local receivers.
 pub(crate) fn publish(ctx: &mut Ctx<'_>, args: &[Bytes]) {
     let (channel, message) = (&args[1], &args[2]);
-    ::metrics::counter!(crate::resp::METRIC_PUBLISHES).increment(1);
+    ::metrics::counter!(crate::metrics::REDIS_PUBLISHES).increment(1);
     ctx.shared.broker.run_hook(channel, message);
     if ctx.client.pubsub {
         // The client may receive its own message: it must come after earlier replies.
@@ -205,7 +205,7 @@ pub(crate) fn publish(ctx: &mut Ctx<'_>, args: &[Bytes]) {
 /// `SPUBLISH shardchannel message`.
 pub(crate) fn spublish(ctx: &mut Ctx<'_>, args: &[Bytes]) {
     let (channel, message) = (&args[1], &args[2]);
-    ::metrics::counter!(crate::resp::METRIC_PUBLISHES).increment(1);
+    ::metrics::counter!(crate::metrics::REDIS_PUBLISHES).increment(1);
     ctx.shared.broker.run_hook(channel, message);
     if ctx.client.pubsub {
         ctx.flush();
