@@ -181,6 +181,20 @@ impl<S> Connection<S> {
         }
     }
 
+    /// Resolves once the session has ended for a cause that drops what is
+    /// queued (not a graceful server close, whose queue is still flushed).
+    pub(crate) async fn wait_aborted(&self) {
+        loop {
+            let notified = self.closed_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.session.lock().closed().is_some_and(|r| !r.is_graceful()) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     pub(crate) fn poll_notify(&self) {
         self.poll_wake.notify_one();
     }
@@ -310,7 +324,7 @@ impl<H: Handler> Engine<H> {
         if let Some(sid) = query.get("sid") {
             let conn = sid::Sid::parse(sid).and_then(|sid| self.inner.sessions.get(&sid).map(|c| c.clone()));
             // A session that has just ended is unknown, even before its driver has removed it.
-            let Some(conn) = conn.filter(|c| c.session.lock().closed().is_none()) else {
+            let Some(conn) = conn.filter(|c| c.session.lock().accepts_requests()) else {
                 return error_response(ErrorCode::UnknownSid);
             };
             return match transport {
@@ -441,6 +455,8 @@ impl<H: Handler> Engine<H> {
             }
             Err(_) => return error_response(ErrorCode::BadRequest),
         };
+        // A closed session's driver lingers until its last reply is taken.
+        conn.driver_wake.notify_one();
         let mut body = BytesMut::new();
         match reply {
             PollReply::Frames(frames) => {
@@ -611,6 +627,12 @@ async fn drive<H: Handler>(engine: Engine<H>, conn: Arc<Connection<H::State>>) {
         if let Some(w) = writer.as_mut() {
             let wrote = if batch.is_empty() && control.is_empty() {
                 Ok(())
+            } else if closed.is_some() {
+                // The last flush of a closed session: bounded, the client may not read.
+                let flush = websocket::write_batch(w, &control, &batch, deadline, &conn);
+                tokio::time::timeout(std::time::Duration::from_secs(2), flush)
+                    .await
+                    .unwrap_or(Err(fastwebsockets::WebSocketError::ConnectionClosed))
             } else {
                 websocket::write_batch(w, &control, &batch, deadline, &conn).await
             };
@@ -640,6 +662,19 @@ async fn drive<H: Handler>(engine: Engine<H>, conn: Arc<Connection<H::State>>) {
     conn.poll_wake.notify_one();
     if let Some(mut w) = writer.take() {
         websocket::close_writer(&mut w).await;
+    } else {
+        // A polling client closed gracefully still collects its last packets
+        // with its next GET; give it a moment before forgetting the session.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let notified = conn.driver_wake.notified();
+            if !conn.session.lock().accepts_requests() {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                break;
+            }
+        }
     }
     engine.inner.sessions.remove(&conn.id);
     metrics::gauge!(crate::metrics::ENGINE_CONNECTIONS).decrement(1.0);

@@ -79,6 +79,11 @@ impl CloseReason {
         }
     }
 
+    /// Whether the server chose to close: queued packets are still delivered.
+    pub(crate) fn is_graceful(self) -> bool {
+        matches!(self, Self::ServerClose | Self::Shutdown)
+    }
+
     /// A short label for metrics.
     pub(crate) fn label(self) -> &'static str {
         match self {
@@ -333,6 +338,10 @@ impl Session {
 
     /// A polling GET arrived.
     pub(crate) fn poll_start(&mut self) -> Result<PollStart, RequestError> {
+        if self.closed.is_some() && !self.get_pending {
+            // Only a gracefully closed session still has something for it.
+            return self.poll_take().map(PollStart::Reply).ok_or(RequestError::NotPolling);
+        }
         if self.closed.is_some() || self.transport != Transport::Polling {
             return Err(RequestError::NotPolling);
         }
@@ -354,14 +363,14 @@ impl Session {
     /// Answering clears the pending flag.
     pub(crate) fn poll_take(&mut self) -> Option<PollReply> {
         let reply = if self.closed.is_some() {
-            match self.final_poll_reply.take()? {
-                PollReply::Close if !self.queue.is_empty() => {
-                    self.queued_bytes = 0;
-                    let mut frames: Vec<Frame> = self.queue.drain(..).collect();
-                    frames.push(Frame::control(PacketType::Close));
-                    PollReply::Frames(frames)
-                }
-                other => other,
+            if self.final_poll_reply.is_some() && !self.queue.is_empty() {
+                // Packets first, the close packet with the next GET: clients
+                // handle a payload's close before its messages, as upstream's
+                // polling transport only closes once its buffer has drained.
+                self.queued_bytes = 0;
+                PollReply::Frames(self.queue.drain(..).collect())
+            } else {
+                self.final_poll_reply.take()?
             }
         } else if !self.queue.is_empty() && !self.probed() {
             self.queued_bytes = 0;
@@ -397,6 +406,12 @@ impl Session {
         }
         self.post_pending = true;
         Ok(())
+    }
+
+    /// Whether requests may still reach this session: it is open, or it
+    /// was closed gracefully and a GET is still owed its last packets.
+    pub(crate) fn accepts_requests(&self) -> bool {
+        self.closed.is_none() || self.final_poll_reply.is_some()
     }
 
     pub(crate) fn post_end(&mut self) {
@@ -451,10 +466,13 @@ impl Session {
     pub(crate) fn close(&mut self, reason: CloseReason) {
         if self.closed.is_none() {
             self.closed = Some(reason);
-            if self.transport == Transport::Polling && self.get_pending {
+            let graceful = reason.is_graceful();
+            // A parked GET is owed a last answer; so is the next GET of a
+            // polling client that still has packets to collect.
+            if self.transport == Transport::Polling && (self.get_pending || (graceful && !self.queue.is_empty())) {
                 self.final_poll_reply = Some(PollReply::Close);
             }
-            if !matches!(reason, CloseReason::ServerClose | CloseReason::Shutdown) {
+            if !graceful {
                 self.queue.clear();
                 self.queued_bytes = 0;
             }
@@ -666,10 +684,19 @@ mod tests {
         s.enqueue(&[Frame::message(b"1")], false);
         s.close(CloseReason::ServerClose);
         assert_eq!(s.enqueue(&[Frame::message(b"late")], false), Enqueued::Closed);
-        assert_eq!(
-            s.poll_take(),
-            Some(PollReply::Frames(vec![Frame::message(b"1"), Frame::control(PacketType::Close)]))
-        );
+        assert_eq!(s.poll_take(), Some(PollReply::Frames(vec![Frame::message(b"1")])));
+        assert!(s.accepts_requests());
+        assert_eq!(s.poll_start(), Ok(PollStart::Reply(PollReply::Close)));
+
+        // No GET parked: the next GET collects the packets and the close.
+        let mut idle = polling(t0);
+        idle.enqueue(&[Frame::message(b"41")], false);
+        idle.close(CloseReason::ServerClose);
+        assert!(idle.accepts_requests());
+        assert_eq!(idle.poll_start(), Ok(PollStart::Reply(PollReply::Frames(vec![Frame::message(b"41")]))));
+        assert_eq!(idle.poll_start(), Ok(PollStart::Reply(PollReply::Close)));
+        assert!(!idle.accepts_requests());
+        assert_eq!(idle.poll_start(), Err(RequestError::NotPolling));
 
         let mut ws = Session::new(t0, Transport::WebSocket, TIMINGS, LIMITS);
         ws.enqueue(&[Frame::message(b"41")], false);

@@ -252,7 +252,7 @@ pub(crate) async fn write_batch<S>(
                 metrics::counter!(crate::metrics::SOCKETIO_BYTES_SENT).increment(bytes);
                 return Ok(());
             }
-            () = conn.wait_closed() => return Err(WebSocketError::ConnectionClosed),
+            () = conn.wait_aborted() => return Err(WebSocketError::ConnectionClosed),
             () = timer => {
                 let mut s = conn.session().lock();
                 if let TimerOutcome::Closed(_) = s.on_timer(Instant::now()) {

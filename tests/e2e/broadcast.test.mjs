@@ -1,0 +1,64 @@
+// Fan-out: many clients in a room each receive a broadcast exactly once.
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import { Ctx, call, QUIET_MS, record, sleep, waitFor } from "./harness.mjs";
+
+const N = 50;
+
+describe(`broadcast to ${N} clients`, () => {
+  const ctx = new Ctx();
+  let server;
+  let members;
+  let outsiders;
+  before(async () => {
+    server = await ctx.server({ flags: ["--client-rooms", "--client-relay"] });
+    members = await Promise.all(
+      Array.from({ length: N }, (_, i) =>
+        ctx.connect(server.url, { transports: [i % 2 ? "websocket" : "polling"] }),
+      ),
+    );
+    await Promise.all(members.map((s) => call(s, "ioswarm:join", "big")));
+    outsiders = await Promise.all(
+      Array.from({ length: 3 }, () => ctx.connect(server.url, { transports: ["websocket"] })),
+    );
+  });
+  after(() => ctx.cleanup());
+
+  test("admin emit to the room: every member exactly once, outsiders never", { timeout: 30_000 }, async () => {
+    const got = members.map((s) => record(s, "fanout"));
+    const gotOut = outsiders.map((s) => record(s, "fanout"));
+    const res = await server.emit({ rooms: ["big"], event: "fanout", args: ["hello", Buffer.from("x").toString("base64")] });
+    assert.equal(res.status, 200, res.text);
+    assert.deepEqual(res.json, { recipients: N });
+    await waitFor(() => got.every((g) => g.length >= 1), `all ${N} members receive fanout`, 15_000);
+    await sleep(QUIET_MS);
+    got.forEach((g, i) => assert.deepEqual(g, [["hello", "eA=="]], `member ${i}`));
+    gotOut.forEach((g) => assert.deepEqual(g, []));
+  });
+
+  test("client relay to the room: every other member exactly once", { timeout: 30_000 }, async () => {
+    const got = members.map((s) => record(s, "relayed"));
+    const payload = { seq: 1, blob: Buffer.from([1, 2, 3]) };
+    assert.deepEqual(await call(members[0], "ioswarm:to", "big", "relayed", payload), [{ recipients: N - 1 }]);
+    await waitFor(() => got.slice(1).every((g) => g.length >= 1), `all ${N - 1} other members receive relayed`, 15_000);
+    await sleep(QUIET_MS);
+    assert.deepEqual(got[0], []);
+    for (const g of got.slice(1)) {
+      assert.equal(g.length, 1);
+      assert.equal(g[0][0].seq, 1);
+      assert.deepEqual([...g[0][0].blob], [1, 2, 3]);
+    }
+  });
+
+  test("a burst of ordered broadcasts arrives complete and in order", { timeout: 30_000 }, async () => {
+    const got = members.map((s) => record(s, "seq"));
+    for (let i = 0; i < 20; i++) {
+      const res = await server.emit({ rooms: ["big"], event: "seq", args: [i] });
+      assert.equal(res.json.recipients, N);
+    }
+    await waitFor(() => got.every((g) => g.length >= 20), "every member receives 20 packets", 15_000);
+    await sleep(QUIET_MS);
+    const expected = Array.from({ length: 20 }, (_, i) => [i]);
+    got.forEach((g, i) => assert.deepEqual(g, expected, `member ${i}`));
+  });
+});
