@@ -60,6 +60,9 @@ pub(crate) const BROADCAST_RECIPIENTS: &str = "ioswarm_broadcast_recipients";
 /// Counter: server emits whose ack did not arrive in time.
 pub(crate) const ACKS_TIMED_OUT: &str = "ioswarm_acks_timed_out_total";
 
+/// Counter: messages on socket.io emitter channels, by `result` (ok, invalid, ignored).
+pub(crate) const EMITTER_MESSAGES: &str = "ioswarm_emitter_messages_total";
+
 /// Gauge: open Redis-protocol connections.
 pub(crate) const REDIS_CONNECTIONS: &str = "ioswarm_redis_connections";
 /// Counter: Redis-protocol connections accepted.
@@ -124,6 +127,7 @@ pub(crate) const ALL: &[MetricDef] = {
         def(BROADCASTS, Counter, "Broadcasts emitted."),
         def(BROADCAST_RECIPIENTS, Histogram, "Sockets reached by one broadcast."),
         def(ACKS_TIMED_OUT, Counter, "Server emits whose ack timed out."),
+        def(EMITTER_MESSAGES, Counter, "Messages on socket.io emitter channels, by result."),
         def(REDIS_CONNECTIONS, Gauge, "Open Redis-protocol connections."),
         def(REDIS_CONNECTIONS_OPENED, Counter, "Redis-protocol connections accepted."),
         def(REDIS_CONNECTIONS_REJECTED, Counter, "Redis-protocol connections refused at max clients."),

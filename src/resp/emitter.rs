@@ -10,7 +10,7 @@
 //!   from the message, bound its depth and allocations, and read the dialect of old PHP emitters.
 //! - [`EmitterBridge`] is the [`PublishHook`] that executes them on the local
 //!   [`Server`]. Whatever it cannot decode is logged at debug level and counted in
-//!   [`EMITTER_MESSAGES`]; it never fails the PUBLISH and never panics.
+//!   [`crate::metrics::EMITTER_MESSAGES`]; it never fails the PUBLISH and never panics.
 //!
 //! Tolerated variants (other-language emitters are sloppy): any msgpack integer width; packet type
 //! 5 (BINARY_EVENT, old Go and PHP emitters) as well as 2; a missing `nsp` (the channel's
@@ -29,11 +29,10 @@ use serde_json::{Map, Number, Value};
 use super::PublishHook;
 use crate::socketio::{Namespace, Payload, Server};
 
-/// Counter of messages seen on emitter channels, labelled [`RESULT_LABEL`] = `ok` (executed),
+/// Counter of messages seen on emitter channels ([`crate::metrics::EMITTER_MESSAGES`]), labelled [`RESULT_LABEL`] = `ok` (executed),
 /// `invalid` (could not be decoded) or `ignored` (well-formed but not for us: unsupported packet
 /// or request type, our own uid, namespace mismatch).
-pub(crate) const EMITTER_MESSAGES: &str = "ioswarm_emitter_messages_total";
-/// Label key of [`EMITTER_MESSAGES`].
+/// Label key of [`crate::metrics::EMITTER_MESSAGES`].
 pub(crate) const RESULT_LABEL: &str = "result";
 
 /// The channel prefix emitters use unless configured otherwise (their `key` option).
@@ -1144,7 +1143,7 @@ impl PublishHook for EmitterBridge {
     fn on_publish(&self, channel: &[u8], message: &Bytes) {
         let outcome = self.handle(channel, message);
         if outcome != Outcome::NotEmitter {
-            metrics::counter!(EMITTER_MESSAGES, RESULT_LABEL => outcome.as_str()).increment(1);
+            metrics::counter!(crate::metrics::EMITTER_MESSAGES, RESULT_LABEL => outcome.as_str()).increment(1);
         }
     }
 }
