@@ -677,7 +677,7 @@ mod tests {
         let cmd = Cli::command();
         let longs: Vec<&str> = cmd.get_arguments().filter_map(|a| a.get_long()).collect();
         let keys = value.as_object().unwrap().keys();
-        assert_eq!(keys.len(), 23);
+        assert_eq!(keys.len(), 25);
         for key in keys {
             let flag = key.replace('_', "-");
             assert!(longs.contains(&flag.as_str()), "config field {key} has no --{flag}");
@@ -689,6 +689,8 @@ mod tests {
         let cli = parse(&[
             "--listen=127.0.0.1:1",
             "--admin-listen=127.0.0.1:2",
+            "--redis-listen=127.0.0.1:3",
+            "--requirepass=p",
             "--path=/io/",
             "--ping-interval-ms=1",
             "--ping-timeout-ms=2",
