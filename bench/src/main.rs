@@ -1,1 +1,59 @@
-fn main() {}
+//! ioswarm-bench: load generator and benchmark scenarios for ioswarm and its peers.
+//!
+//! Layout:
+//! - `sio`: a minimal Socket.IO v5 / Engine.IO v4 client (websocket or polling→upgrade).
+//! - `worker`: one load process holding a share of the clients (`ioswarm-bench worker`).
+//! - `idle`: the idle scenario's coordinator (`ioswarm-bench idle`), spawns workers and samples
+//!   the server's /proc entry.
+//! - `fanout`: one room of N subscribers, one publisher at fixed rates then flat out
+//!   (`ioswarm-bench fanout`).
+//! - `rooms`: chat-like traffic in many small rooms (`ioswarm-bench rooms`).
+//! - `pool`: the worker processes of fanout and rooms, and their per-step figures.
+//! - `traffic`: payload format, per-step recording, subscriber/chat client loop, publishers.
+//! - `procfs`: VmRSS / VmHWM / CPU readings.
+//! - `report`: Markdown table and combined JSON from result files (`ioswarm-bench report`).
+//!
+//! Only loopback targets are accepted. Every phase is bounded in count and time.
+
+use clap::{Parser, Subcommand};
+
+mod fanout;
+mod idle;
+mod pool;
+mod procfs;
+mod report;
+mod rooms;
+mod sio;
+mod traffic;
+mod worker;
+
+#[derive(Parser, Debug)]
+#[command(name = "ioswarm-bench", about = "Socket.IO load generator and benchmark scenarios")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Hold N idle clients and measure the server's memory per connection.
+    Idle(idle::IdleArgs),
+    /// N subscribers in one room, one publisher at fixed rates then flat out.
+    Fanout(fanout::FanoutArgs),
+    /// Clients in many small rooms, each sending to its room (chat-like).
+    Rooms(rooms::RoomsArgs),
+    /// One load process (spawned by the scenarios).
+    Worker(worker::WorkerArgs),
+    /// Markdown table + combined JSON (+ chart data) from result files of any scenario.
+    Report(report::ReportArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::Idle(args) => idle::run(args),
+        Cmd::Fanout(args) => fanout::run(args),
+        Cmd::Rooms(args) => rooms::run(args),
+        Cmd::Worker(args) => worker::run(args),
+        Cmd::Report(args) => report::run(args),
+    }
+}

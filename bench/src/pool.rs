@@ -1,0 +1,501 @@
+//! Worker processes of the traffic scenarios (fanout, rooms): spawn them, wait for their clients to
+//! connect, send them commands on stdin, gather their per-step reports, stop them.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::mpsc;
+
+use crate::procfs::{ProcWatch, Sample};
+use crate::sio::Mode;
+use crate::traffic::new_histogram;
+use crate::worker::{MAX_SOCKETS_PER_WORKER, Role, WorkerEvent};
+
+/// Options shared by the traffic scenarios for their clients.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct ClientArgs {
+    /// Name of the server in the report (e.g. ioswarm, node, socketioxide).
+    #[arg(long, default_value = "server")]
+    pub(crate) label: String,
+    /// Server URL, e.g. http://127.0.0.1:3000 (loopback only).
+    #[arg(long)]
+    pub(crate) target: String,
+    /// Pid of the server process (its /proc entry is sampled).
+    #[arg(long)]
+    pub(crate) server_pid: u32,
+    #[arg(long, default_value_t = 5_000)]
+    pub(crate) clients: usize,
+    /// Worker processes to spread the clients over.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) workers: usize,
+    /// Local addresses to connect from, used in turn.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5")]
+    pub(crate) sources: Vec<IpAddr>,
+    #[arg(long, value_enum, default_value_t = Mode::Ws)]
+    pub(crate) mode: Mode,
+    /// Connect attempts in flight per worker.
+    #[arg(long, default_value_t = 200)]
+    pub(crate) concurrency: usize,
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) connect_timeout_ms: u64,
+    /// Connect phase limit; clients not started by then count as failed.
+    #[arg(long, default_value_t = 120)]
+    pub(crate) connect_deadline_secs: u64,
+    /// Payload padding, bytes (the `p` field of each message).
+    #[arg(long, default_value_t = 64)]
+    pub(crate) payload_bytes: usize,
+    /// After a step, wait for deliveries at most this long...
+    #[arg(long, default_value_t = 30)]
+    pub(crate) drain_max_secs: u64,
+    /// ...and stop waiting once none arrived for this long.
+    #[arg(long, default_value_t = 2_000)]
+    pub(crate) drain_quiet_ms: u64,
+    /// Also write the result JSON here.
+    #[arg(long)]
+    pub(crate) json_out: Option<std::path::PathBuf>,
+}
+
+/// The connect phase's outcome.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct Connected {
+    pub(crate) connected: u64,
+    pub(crate) failed: u64,
+    pub(crate) connect_secs: f64,
+    pub(crate) errors: BTreeMap<String, u64>,
+    pub(crate) first_error: Option<String>,
+}
+
+/// One step's figures merged over every worker.
+#[derive(Debug)]
+pub(crate) struct Merged {
+    pub(crate) received: u64,
+    pub(crate) sent: u64,
+    pub(crate) expected: u64,
+    pub(crate) first_us: u64,
+    pub(crate) last_us: u64,
+    pub(crate) reordered: u64,
+    pub(crate) malformed: u64,
+    pub(crate) hist: Histogram<u64>,
+}
+
+/// Running worker processes.
+#[derive(Debug)]
+pub(crate) struct Pool {
+    children: Vec<Child>,
+    stdins: Vec<ChildStdin>,
+    rx: mpsc::Receiver<WorkerEvent>,
+    received: BTreeMap<usize, u64>,
+    /// Sum of `received`, shared with a closed-loop publisher.
+    pub(crate) received_shared: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    connected: BTreeMap<usize, WorkerEvent>,
+    steps: Vec<WorkerEvent>,
+    done: usize,
+    dropped: BTreeMap<String, u64>,
+    label: String,
+}
+
+impl Pool {
+    /// Spawns the workers: `args.clients` clients with `role`, in `rooms` rooms `ROOM-i` (one
+    /// room: `ROOM` itself).
+    pub(crate) fn spawn(
+        args: &ClientArgs,
+        role: Role,
+        room: &str,
+        rooms: usize,
+        max_hold_secs: u64,
+    ) -> anyhow::Result<Self> {
+        if args.workers == 0 || args.clients == 0 {
+            bail!("--workers and --clients must be at least 1");
+        }
+        let per_worker = args.clients.div_ceil(args.workers);
+        if per_worker * args.mode.sockets_per_client() > MAX_SOCKETS_PER_WORKER {
+            bail!("{per_worker} clients per worker exceeds {MAX_SOCKETS_PER_WORKER} sockets; use more --workers");
+        }
+        let exe = std::env::current_exe().context("locating ioswarm-bench")?;
+        let sources: Vec<String> = args.sources.iter().map(ToString::to_string).collect();
+        let (tx, rx) = mpsc::channel::<WorkerEvent>(1024);
+        let mut children = Vec::new();
+        let mut stdins = Vec::new();
+        let mut first = 0;
+        for id in 0..args.workers {
+            let count = per_worker.min(args.clients - first);
+            if count == 0 {
+                break;
+            }
+            let mut child = Command::new(&exe)
+                .arg("worker")
+                .args(["--worker-id", &id.to_string()])
+                .args(["--target", &args.target])
+                .args(["--clients", &count.to_string()])
+                .args(["--total-clients", &args.clients.to_string()])
+                .args(["--first-index", &first.to_string()])
+                .args(["--sources", &sources.join(",")])
+                .args(["--concurrency", &args.concurrency.to_string()])
+                .args(["--mode", args.mode.as_str()])
+                .args(["--room", room])
+                .args(["--rooms", &rooms.to_string()])
+                .args(["--role", role.as_str()])
+                .args(["--progress-ms", "100"])
+                .args(["--connect-timeout-ms", &args.connect_timeout_ms.to_string()])
+                .args(["--connect-deadline-secs", &args.connect_deadline_secs.to_string()])
+                .args(["--max-hold-secs", &max_hold_secs.to_string()])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .kill_on_drop(true)
+                .spawn()
+                .context("spawning a worker")?;
+            first += count;
+            let stdout = child.stdout.take().context("worker stdout is piped")?;
+            stdins.push(child.stdin.take().context("worker stdin is piped")?);
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stdout).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    match serde_json::from_str::<WorkerEvent>(&line) {
+                        Ok(event) => {
+                            if tx.send(event).await.is_err() {
+                                break;
+                            }
+                        }
+                        Err(_) => eprintln!("worker: {line}"),
+                    }
+                }
+            });
+            children.push(child);
+        }
+        Ok(Self {
+            children,
+            stdins,
+            rx,
+            received: BTreeMap::new(),
+            received_shared: std::sync::Arc::default(),
+            connected: BTreeMap::new(),
+            steps: Vec::new(),
+            done: 0,
+            dropped: BTreeMap::new(),
+            label: args.label.clone(),
+        })
+    }
+
+    fn absorb(&mut self, event: WorkerEvent) {
+        match event {
+            WorkerEvent::Progress { worker, received, .. } => {
+                self.received.insert(worker, received);
+                self.received_shared.store(self.received.values().sum(), std::sync::atomic::Ordering::Relaxed);
+            }
+            WorkerEvent::Connected { worker, .. } => {
+                self.connected.insert(worker, event);
+            }
+            WorkerEvent::Step { .. } => self.steps.push(event),
+            WorkerEvent::Done { dropped, .. } => {
+                self.done += 1;
+                for (k, v) in dropped {
+                    *self.dropped.entry(k).or_default() += v;
+                }
+            }
+        }
+    }
+
+    /// Takes in events for `duration` (or until every worker is gone).
+    pub(crate) async fn pump(&mut self, duration: Duration) -> anyhow::Result<()> {
+        let until = tokio::time::Instant::now() + duration;
+        loop {
+            tokio::select! {
+                event = self.rx.recv() => match event {
+                    Some(event) => self.absorb(event),
+                    None => bail!("[{}] every worker exited", self.label),
+                },
+                () = tokio::time::sleep_until(until) => return Ok(()),
+            }
+        }
+    }
+
+    /// `msg` events received so far over every worker (as of their last progress event).
+    pub(crate) fn received(&self) -> u64 {
+        self.received.values().sum()
+    }
+
+    /// Waits until every worker tried all its clients.
+    pub(crate) async fn wait_connected(&mut self, args: &ClientArgs) -> anyhow::Result<Connected> {
+        let started = Instant::now();
+        let limit = Duration::from_secs(args.connect_deadline_secs)
+            + Duration::from_millis(args.connect_timeout_ms)
+            + Duration::from_secs(30);
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut log = tokio::time::interval(Duration::from_secs(5));
+        while self.connected.len() < self.children.len() {
+            tokio::select! {
+                event = self.rx.recv() => match event {
+                    Some(event) => self.absorb(event),
+                    None => bail!("[{}] workers exited before connecting (see their errors above)", self.label),
+                },
+                _ = log.tick() => eprintln!("[{}] connecting: {} of {} workers done", self.label, self.connected.len(), self.children.len()),
+                () = tokio::time::sleep_until(deadline) => bail!("[{}] connect phase exceeded {limit:?}", self.label),
+            }
+        }
+        let mut out = Connected { connect_secs: started.elapsed().as_secs_f64(), ..Connected::default() };
+        for event in self.connected.values() {
+            if let WorkerEvent::Connected { ok, failed, errors, first_error, .. } = event {
+                out.connected += ok;
+                out.failed += failed;
+                for (k, v) in errors {
+                    *out.errors.entry(k.clone()).or_default() += v;
+                }
+                if out.first_error.is_none() {
+                    out.first_error.clone_from(first_error);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes one command line to every worker.
+    pub(crate) async fn command(&mut self, line: &str) -> anyhow::Result<()> {
+        for stdin in &mut self.stdins {
+            stdin.write_all(format!("{line}\n").as_bytes()).await.context("writing to a worker")?;
+            stdin.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// After a step: waits until `expected` deliveries arrived since `received_before`, or none
+    /// arrived for `quiet`, or `max` passed. Returns the seconds waited.
+    pub(crate) async fn drain(
+        &mut self,
+        received_before: u64,
+        expected: u64,
+        quiet: Duration,
+        max: Duration,
+    ) -> anyhow::Result<f64> {
+        let started = tokio::time::Instant::now();
+        let mut last = self.received();
+        let mut last_change = started;
+        while started.elapsed() < max {
+            self.pump(Duration::from_millis(200)).await?;
+            let now = self.received();
+            if now.saturating_sub(received_before) >= expected {
+                // One more round: progress events lag by up to 250 ms.
+                self.pump(Duration::from_millis(300)).await?;
+                break;
+            }
+            if now != last {
+                last = now;
+                last_change = tokio::time::Instant::now();
+            } else if last_change.elapsed() >= quiet {
+                break;
+            }
+        }
+        Ok(started.elapsed().as_secs_f64())
+    }
+
+    /// Asks every worker for its figures of `step` and merges them.
+    pub(crate) async fn report(&mut self, step: u32) -> anyhow::Result<Merged> {
+        self.steps.clear();
+        self.command(&format!("report {step}")).await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let live = self.children.len() - self.done;
+        while self.steps.len() < live {
+            tokio::select! {
+                event = self.rx.recv() => match event {
+                    Some(event) => self.absorb(event),
+                    None => break,
+                },
+                () = tokio::time::sleep_until(deadline) => bail!("[{}] workers did not report step {step} in 20 s", self.label),
+            }
+        }
+        let mut merged = Merged {
+            received: 0,
+            sent: 0,
+            expected: 0,
+            first_us: u64::MAX,
+            last_us: 0,
+            reordered: 0,
+            malformed: 0,
+            hist: new_histogram(),
+        };
+        for event in self.steps.drain(..) {
+            if let WorkerEvent::Step { report, malformed, .. } = event {
+                merged.received += report.received;
+                merged.sent += report.sent;
+                merged.expected += report.expected;
+                if report.first_us > 0 {
+                    merged.first_us = merged.first_us.min(report.first_us);
+                }
+                merged.last_us = merged.last_us.max(report.last_us);
+                merged.reordered += report.reordered;
+                merged.malformed += malformed;
+                for (value, count) in report.hist {
+                    merged.hist.saturating_record_n(value, count);
+                }
+            }
+        }
+        if merged.first_us == u64::MAX {
+            merged.first_us = 0;
+        }
+        Ok(merged)
+    }
+
+    /// Closes the workers' stdin (they close their sockets and exit) and waits for them (bounded).
+    /// Returns the connections the server dropped while held, by reason.
+    pub(crate) async fn stop(mut self) -> BTreeMap<String, u64> {
+        self.stdins.clear();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while self.done < self.children.len() {
+            tokio::select! {
+                event = self.rx.recv() => match event {
+                    Some(event) => self.absorb(event),
+                    None => break,
+                },
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        for child in &mut self.children {
+            if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
+                let _ = child.kill().await;
+            }
+        }
+        self.dropped
+    }
+}
+
+/// Latency figures in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub(crate) struct Latency {
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
+    pub(crate) p999_ms: f64,
+    pub(crate) max_ms: f64,
+}
+
+impl Latency {
+    pub(crate) fn of(hist: &Histogram<u64>) -> Option<Self> {
+        (!hist.is_empty()).then(|| {
+            let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+            Self { p50_ms: ms(0.5), p99_ms: ms(0.99), p999_ms: ms(0.999), max_ms: hist.max() as f64 / 1000.0 }
+        })
+    }
+}
+
+/// One step's result (the rows of the fanout and rooms tables).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct StepResult {
+    pub(crate) step: u32,
+    /// `10/s`, `flat`, `1/s per client`…
+    pub(crate) name: String,
+    /// Messages per second asked of the publisher (per client for rooms); `None`: flat out.
+    pub(crate) target_rate: Option<f64>,
+    pub(crate) publish_secs: f64,
+    /// Messages published (fanout) or sent by the chat clients (rooms).
+    pub(crate) sent: u64,
+    pub(crate) publish_rate: f64,
+    /// Deliveries those messages should make.
+    pub(crate) expected: u64,
+    pub(crate) delivered: u64,
+    /// Expected − delivered: lost, or still not delivered when the drain ended.
+    pub(crate) lost: u64,
+    pub(crate) reordered: u64,
+    /// Deliveries / (last receive − step start).
+    pub(crate) delivered_per_sec: f64,
+    pub(crate) latency: Option<Latency>,
+    pub(crate) drain_secs: f64,
+    /// Server CPU from step start to drain end.
+    pub(crate) server_cpu_secs: f64,
+    pub(crate) server_cpu_cores: f64,
+    pub(crate) delivered_per_core_sec: Option<f64>,
+    pub(crate) server_rss_kib: u64,
+}
+
+/// Builds a [`StepResult`] from the publishing figures, the merged worker figures and two samples.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn step_result(
+    step: u32,
+    name: String,
+    target_rate: Option<f64>,
+    sent: u64,
+    start_us: u64,
+    end_us: u64,
+    expected: u64,
+    merged: &Merged,
+    drain_secs: f64,
+    before: Sample,
+    after: Sample,
+) -> StepResult {
+    let publish_secs = (end_us.saturating_sub(start_us) as f64 / 1e6).max(1e-6);
+    let span = (merged.last_us.saturating_sub(start_us) as f64 / 1e6).max(1e-6);
+    let cpu = (after.cpu_secs - before.cpu_secs).max(0.0);
+    let wall = (after.at - before.at).as_secs_f64().max(1e-6);
+    StepResult {
+        step,
+        name,
+        target_rate,
+        publish_secs,
+        sent,
+        publish_rate: sent as f64 / publish_secs,
+        expected,
+        delivered: merged.received,
+        lost: expected.saturating_sub(merged.received),
+        reordered: merged.reordered,
+        delivered_per_sec: if merged.received > 0 { merged.received as f64 / span } else { 0.0 },
+        latency: Latency::of(&merged.hist),
+        drain_secs,
+        server_cpu_secs: cpu,
+        server_cpu_cores: cpu / wall,
+        delivered_per_core_sec: (cpu > 0.0).then(|| merged.received as f64 / cpu),
+        server_rss_kib: after.rss_kib,
+    }
+}
+
+/// Samples the server; a failed reading returns the last good one.
+#[derive(Debug)]
+pub(crate) struct Sampler {
+    watch: ProcWatch,
+    last: Sample,
+    pub(crate) exited: bool,
+}
+
+impl Sampler {
+    pub(crate) fn new(pid: u32) -> anyhow::Result<Self> {
+        let watch = ProcWatch::new(pid)?;
+        let last = watch.sample()?;
+        Ok(Self { watch, last, exited: false })
+    }
+
+    pub(crate) fn sample(&mut self) -> Sample {
+        match self.watch.sample() {
+            Ok(s) => self.last = s,
+            Err(_) => self.exited = true,
+        }
+        self.last
+    }
+}
+
+/// Prints one step line to stderr.
+pub(crate) fn print_step(label: &str, r: &StepResult) {
+    let lat = r.latency.map_or_else(
+        || "no deliveries".to_owned(),
+        |l| format!("p50={:.2}ms p99={:.2}ms p99.9={:.2}ms max={:.1}ms", l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms),
+    );
+    eprintln!(
+        "[{label}] step {} ({}): sent={} ({:.0}/s) delivered={}/{} lost={} rate={:.0}/s {lat} cpu={:.2}cores per_core_s={} drain={:.1}s rss={}KiB",
+        r.step,
+        r.name,
+        r.sent,
+        r.publish_rate,
+        r.delivered,
+        r.expected,
+        r.lost,
+        r.delivered_per_sec,
+        r.server_cpu_cores,
+        r.delivered_per_core_sec.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.0}")),
+        r.drain_secs,
+        r.server_rss_kib,
+    );
+}

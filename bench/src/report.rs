@@ -1,0 +1,280 @@
+//! `ioswarm-bench report`: turns result files of any scenario (idle, fanout, rooms) into Markdown
+//! tables (printed, and written with `--md`) and one combined JSON file (`--out`), with the
+//! ratios of the subject (ioswarm) against each peer. The chart script reads the combined JSON.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct ReportArgs {
+    /// Label of the server the ratios are about (runs labelled `SUBJECT` or `SUBJECT-…`).
+    #[arg(long, default_value = "ioswarm")]
+    subject: String,
+    /// Labels of the peers the subject is compared with.
+    #[arg(long, value_delimiter = ',', default_value = "node,socketioxide")]
+    peers: Vec<String>,
+    /// Also compare with this label (kept for run-idle.sh).
+    #[arg(long)]
+    baseline: Option<String>,
+    /// Write the combined JSON (machine, runs, ratios) here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Write the Markdown tables here too.
+    #[arg(long)]
+    md: Option<PathBuf>,
+    /// A line printed above the tables (e.g. the run's parameters).
+    #[arg(long)]
+    title: Option<String>,
+    /// Result files written by the scenarios' `--json-out`.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+}
+
+fn num(v: &Value, key: &str) -> Option<f64> {
+    v.get(key).and_then(Value::as_f64)
+}
+
+fn text<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or("?")
+}
+
+fn fmt(v: Option<f64>, digits: usize, unit: &str) -> String {
+    v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.digits$}{unit}"))
+}
+
+/// 1234567 → "1.23M", 12345 → "12.3k".
+fn si(v: Option<f64>) -> String {
+    match v {
+        None => "n/a".to_owned(),
+        Some(v) if v >= 1e6 => format!("{:.2}M", v / 1e6),
+        Some(v) if v >= 1e4 => format!("{:.1}k", v / 1e3),
+        Some(v) => format!("{v:.0}"),
+    }
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+fn fmt_ratio(r: Option<f64>) -> String {
+    r.map_or_else(|| "n/a".to_owned(), |r| format!("{r:.2}×"))
+}
+
+pub(crate) fn machine() -> Value {
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let mem_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+    });
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| {
+        c.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_owned())
+    });
+    json!({ "cores": cores, "mem_total_kib": mem_kib, "cpu": cpu })
+}
+
+/// A run's label, with the publisher when it is not the default.
+fn run_label(run: &Value) -> String {
+    let label = text(run, "label").to_owned();
+    match run.get("publisher").and_then(Value::as_str) {
+        Some(p) if p != "sio" && !label.contains(p) => format!("{label} ({p})"),
+        _ => label,
+    }
+}
+
+fn is_subject(label: &str, subject: &str) -> bool {
+    label == subject || label.starts_with(&format!("{subject}-")) || label.starts_with(&format!("{subject} ("))
+}
+
+fn steps(run: &Value) -> Vec<Value> {
+    run.get("steps").and_then(Value::as_array).cloned().unwrap_or_default()
+}
+
+fn lat(step: &Value, key: &str) -> Option<f64> {
+    step.get("latency").and_then(|l| num(l, key))
+}
+
+fn idle_table(out: &mut String, runs: &[&Value], subject: &str, peers: &[String], ratios: &mut Vec<Value>) {
+    let _ = writeln!(out, "### idle: server memory per connection\n");
+    let mut header = "| server | clients connected | failed | connect time (SYN drops) | still connected after hold | peak RSS − RSS before, per client | RSS held, per client | absolute peak RSS | hold CPU |".to_owned();
+    let mut rule = "|---|---|---|---|---|---|---|---|---|".to_owned();
+    for peer in peers {
+        let _ = write!(header, " {subject} / {peer} |");
+        rule.push_str("---|");
+    }
+    let _ = writeln!(out, "{header}\n{rule}");
+    let per_client =
+        |label: &str| runs.iter().find(|r| run_label(r) == label).and_then(|r| num(r, "peak_per_client_kib"));
+    for run in runs {
+        let label = run_label(run);
+        let syn_drops = num(run, "listen_overflows").map_or_else(|| "n/a".to_owned(), |n| n.to_string());
+        let _ = write!(
+            out,
+            "| {label} | {} / {} | {} | {} ({syn_drops}) | {} | {} | {} | {} | {} |",
+            num(run, "connected").unwrap_or(0.0),
+            num(run, "clients").unwrap_or(0.0),
+            num(run, "failed").unwrap_or(0.0),
+            fmt(num(run, "connect_secs"), 2, " s"),
+            num(run, "alive_at_end").unwrap_or(0.0),
+            fmt(num(run, "peak_per_client_kib"), 2, " KiB"),
+            fmt(num(run, "held_per_client_kib"), 2, " KiB"),
+            fmt(num(run, "peak_rss_kib").map(|k| k / 1024.0), 1, " MiB"),
+            fmt(num(run, "cpu_hold_cores"), 3, " cores"),
+        );
+        for peer in peers {
+            let r = if is_subject(&label, subject) {
+                ratio(num(run, "peak_per_client_kib"), per_client(peer))
+            } else {
+                None
+            };
+            if let Some(r) = r {
+                ratios.push(json!({"scenario": "idle", "subject": label, "peer": peer, "metric": "peak_rss_per_client", "ratio": r}));
+            }
+            let _ = write!(out, " {} |", if is_subject(&label, subject) { fmt_ratio(r) } else { String::new() });
+        }
+        let _ = writeln!(out);
+    }
+    let _ = writeln!(out, "\nRSS ratio below 1 is better for {subject}.\n");
+}
+
+fn traffic_table(
+    out: &mut String,
+    scenario: &str,
+    runs: &[&Value],
+    subject: &str,
+    peers: &[String],
+    ratios: &mut Vec<Value>,
+) {
+    let title = if scenario == "fanout" {
+        "fanout: one publisher, N subscribers in one room"
+    } else {
+        "rooms: every client sends to its own small room"
+    };
+    let _ = writeln!(out, "### {title}\n");
+    let _ = writeln!(
+        out,
+        "| server | clients | step | sent/s | delivered/s | delivered / expected (lost) | p50 | p99 | p99.9 | server CPU | delivered per core-s | drain |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for run in runs {
+        let clients = match scenario {
+            "rooms" => {
+                format!("{} (rooms of {})", num(run, "connected").unwrap_or(0.0), num(run, "group").unwrap_or(0.0))
+            }
+            _ => format!("{}", num(run, "connected").unwrap_or(0.0)),
+        };
+        for step in steps(run) {
+            let _ = writeln!(
+                out,
+                "| {} | {clients} | {} | {} | {} | {} / {} ({}) | {} | {} | {} | {} | {} | {} |",
+                run_label(run),
+                text(&step, "name"),
+                si(num(&step, "publish_rate")),
+                si(num(&step, "delivered_per_sec")),
+                si(num(&step, "delivered")),
+                si(num(&step, "expected")),
+                si(num(&step, "lost")),
+                fmt(lat(&step, "p50_ms"), 2, " ms"),
+                fmt(lat(&step, "p99_ms"), 2, " ms"),
+                fmt(lat(&step, "p999_ms"), 2, " ms"),
+                fmt(num(&step, "server_cpu_cores"), 2, " cores"),
+                si(num(&step, "delivered_per_core_sec")),
+                fmt(num(&step, "drain_secs"), 1, " s"),
+            );
+        }
+    }
+    // Ratios per step name, subject run(s) against each peer.
+    let mut lines = Vec::new();
+    for run in runs.iter().filter(|r| is_subject(&run_label(r), subject)) {
+        for step in steps(run) {
+            let name = text(&step, "name");
+            for peer in peers {
+                let Some(peer_step) = runs
+                    .iter()
+                    .find(|r| run_label(r) == *peer)
+                    .and_then(|r| steps(r).into_iter().find(|s| text(s, "name") == name))
+                else {
+                    continue;
+                };
+                let rate = ratio(num(&step, "delivered_per_sec"), num(&peer_step, "delivered_per_sec"));
+                let per_core = ratio(num(&step, "delivered_per_core_sec"), num(&peer_step, "delivered_per_core_sec"));
+                let p99 = ratio(lat(&step, "p99_ms"), lat(&peer_step, "p99_ms"));
+                ratios.push(json!({
+                    "scenario": scenario, "subject": run_label(run), "peer": peer, "step": name,
+                    "delivered_per_sec": rate, "delivered_per_core_sec": per_core, "p99": p99,
+                }));
+                lines.push(format!(
+                    "| {} / {peer} | {name} | {} | {} | {} |",
+                    run_label(run),
+                    fmt_ratio(rate),
+                    fmt_ratio(per_core),
+                    fmt_ratio(p99)
+                ));
+            }
+        }
+    }
+    if !lines.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n| ratio | step | delivered/s (higher: {subject} better) | delivered per core-s (higher better) | p99 latency (lower better) |\n|---|---|---|---|---|"
+        );
+        for line in lines {
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    let _ = writeln!(out);
+}
+
+pub(crate) fn run(args: ReportArgs) -> anyhow::Result<()> {
+    let mut runs = Vec::new();
+    for file in &args.files {
+        let content = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let run: Value = serde_json::from_str(&content).with_context(|| format!("parsing {}", file.display()))?;
+        runs.push(run);
+    }
+    if runs.is_empty() {
+        bail!("no runs");
+    }
+    let mut peers = args.peers.clone();
+    if let Some(b) = args.baseline.as_ref().filter(|b| !peers.contains(b)) {
+        peers.push(b.clone());
+    }
+    let mut out = String::new();
+    if let Some(title) = &args.title {
+        let _ = writeln!(out, "{title}\n");
+    }
+    let mut ratios = Vec::new();
+    for scenario in ["idle", "fanout", "rooms"] {
+        let of: Vec<&Value> = runs.iter().filter(|r| text(r, "scenario") == scenario).collect();
+        if of.is_empty() {
+            continue;
+        }
+        match scenario {
+            "idle" => idle_table(&mut out, &of, &args.subject, &peers, &mut ratios),
+            _ => traffic_table(&mut out, scenario, &of, &args.subject, &peers, &mut ratios),
+        }
+    }
+    print!("{out}");
+    if let Some(md) = &args.md {
+        std::fs::write(md, &out).with_context(|| format!("writing {}", md.display()))?;
+    }
+    if let Some(path) = &args.out {
+        let combined = json!({
+            "machine": machine(),
+            "subject": args.subject,
+            "peers": peers,
+            "ratios": ratios,
+            "runs": runs,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&combined)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
