@@ -1,7 +1,7 @@
 // SIGTERM: connected clients see "transport close" and the process exits with status 0.
 import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
-import { Ctx, connected, once, waitFor, WAIT_MS } from "./harness.mjs";
+import { Ctx, call, connected, once, sleep, waitFor, WAIT_MS } from "./harness.mjs";
 
 describe("shutdown", () => {
   const ctx = new Ctx();
@@ -18,6 +18,9 @@ describe("shutdown", () => {
     await connected(upgraded);
     await waitFor(() => upgraded.io.engine.transport.name === "websocket", "upgrade to websocket");
     clients.push(upgraded);
+    // Idle clients: every polling client has parked its next GET (see connect.test.mjs).
+    await Promise.all(clients.map((c) => call(c, "ioswarm:echo", "idle")));
+    await sleep(150);
     const reasons = clients.map((c) => once(c, "disconnect", WAIT_MS * 2).then((args) => args[0]));
     const { code, signal } = await server.stop();
     assert.equal(signal, null, `killed by ${signal}; stderr:\n${server.stderr.slice(-2000)}`);
@@ -28,6 +31,7 @@ describe("shutdown", () => {
   test("SIGINT exits 0 too", { timeout: 20_000 }, async () => {
     const server = await ctx.server();
     const c = await ctx.connect(server.url, { transports: ["websocket"] });
+    await call(c, "ioswarm:echo", "idle");
     const reason = once(c, "disconnect", WAIT_MS * 2);
     server.child.kill("SIGINT");
     const { code } = await server.exited;
