@@ -1,26 +1,34 @@
 //! Room membership of one namespace: room → sockets. Each socket keeps its
 //! own list of rooms (socket → rooms) next to its state; this map is the
-//! reverse index the fan-out walks. A socket's own id is a room too: it is
-//! resolved through the namespace's socket table instead of being stored here.
+//! reverse index the fan-out walks. Members are stored with a handle `T` (the
+//! socket itself in the server), so a broadcast reaches each member without a
+//! second lookup. A socket's own id is a room too: it is resolved through the
+//! namespace's socket table instead of being stored here.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use dashmap::DashMap;
 
 use super::Room;
 use crate::sid::Sid;
 
-/// room → member ids for one namespace.
-#[derive(Debug, Default)]
-pub(crate) struct RoomRegistry {
-    rooms: DashMap<Room, HashSet<Sid>>,
+/// room → members (id and handle) for one namespace.
+#[derive(Debug)]
+pub(crate) struct RoomRegistry<T> {
+    rooms: DashMap<Room, HashMap<Sid, T>>,
 }
 
-impl RoomRegistry {
-    /// Adds `sid` to `room`; returns the shared room name and whether the room was created.
-    pub(crate) fn join(&self, room: &str, sid: Sid) -> (Room, bool) {
+impl<T> Default for RoomRegistry<T> {
+    fn default() -> Self {
+        Self { rooms: DashMap::new() }
+    }
+}
+
+impl<T> RoomRegistry<T> {
+    /// Adds `sid` (with its handle) to `room`; returns the shared room name and whether the room was created.
+    pub(crate) fn join(&self, room: &str, sid: Sid, handle: T) -> (Room, bool) {
         if let Some(mut members) = self.rooms.get_mut(room) {
-            members.insert(sid);
+            members.insert(sid, handle);
             return (members.key().clone(), false);
         }
         let name: Room = Room::from(room);
@@ -29,9 +37,9 @@ impl RoomRegistry {
             .entry(name.clone())
             .or_insert_with(|| {
                 created = true;
-                HashSet::new()
+                HashMap::new()
             })
-            .insert(sid);
+            .insert(sid, handle);
         if created {
             metrics::gauge!(crate::metrics::ROOMS).increment(1.0);
         }
@@ -55,10 +63,10 @@ impl RoomRegistry {
 
     /// Calls `f` with every member of `room` (none if it does not exist).
     /// The shard lock is held while `f` runs: `f` must not touch this registry.
-    pub(crate) fn for_each_member(&self, room: &str, mut f: impl FnMut(Sid)) {
+    pub(crate) fn for_each_member(&self, room: &str, mut f: impl FnMut(Sid, &T)) {
         if let Some(members) = self.rooms.get(room) {
-            for sid in members.iter() {
-                f(*sid);
+            for (sid, handle) in members.iter() {
+                f(*sid, handle);
             }
         }
     }
@@ -88,12 +96,15 @@ mod tests {
     fn join_leave_and_members() {
         let reg = RoomRegistry::default();
         let (a, b) = (Sid::random(), Sid::random());
-        assert!(reg.join("r", a).1);
-        assert!(!reg.join("r", b).1);
-        assert!(!reg.join("r", b).1);
+        assert!(reg.join("r", a, 1).1);
+        assert!(!reg.join("r", b, 2).1);
+        assert!(!reg.join("r", b, 2).1);
         assert_eq!(reg.len_of("r"), 2);
         let mut seen = Vec::new();
-        reg.for_each_member("r", |s| seen.push(s));
+        reg.for_each_member("r", |s, handle| {
+            assert_eq!(*handle, if s == a { 1 } else { 2 });
+            seen.push(s);
+        });
         seen.sort();
         let mut expected = vec![a, b];
         expected.sort();
@@ -107,8 +118,8 @@ mod tests {
     #[test]
     fn rooms_share_one_name_allocation() {
         let reg = RoomRegistry::default();
-        let (first, _) = reg.join("shared", Sid::random());
-        let (second, _) = reg.join("shared", Sid::random());
+        let (first, _) = reg.join("shared", Sid::random(), ());
+        let (second, _) = reg.join("shared", Sid::random(), ());
         assert!(std::sync::Arc::ptr_eq(&first, &second));
     }
 }

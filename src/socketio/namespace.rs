@@ -103,7 +103,7 @@ pub struct Namespace(Arc<NamespaceInner>);
 pub(crate) struct NamespaceInner {
     name: String,
     sockets: DashMap<Sid, Socket>,
-    rooms: RoomRegistry,
+    rooms: RoomRegistry<Socket>,
     handlers: RwLock<Handlers>,
     tasks: TaskTracker,
     pub(crate) max_rooms_per_socket: usize,
@@ -276,7 +276,7 @@ impl Namespace {
         self.0.max_pending_acks
     }
 
-    pub(crate) fn registry(&self) -> &RoomRegistry {
+    pub(crate) fn registry(&self) -> &RoomRegistry<Socket> {
         &self.0.rooms
     }
 
@@ -357,11 +357,7 @@ impl Namespace {
                 deliver(entry.value());
             }
         } else if let [room] = b.rooms.as_slice() {
-            self.0.rooms.for_each_member(room, |sid| {
-                if let Some(socket) = self.0.sockets.get(&sid) {
-                    deliver(socket.value());
-                }
-            });
+            self.0.rooms.for_each_member(room, |_, socket| deliver(socket));
             if let Some(socket) = Sid::parse(room).and_then(|sid| self.0.sockets.get(&sid))
                 && self.0.rooms.len_of(room) == 0
             {
@@ -383,7 +379,7 @@ impl Namespace {
     pub(crate) fn members_of(&self, rooms: &[String]) -> HashSet<Sid> {
         let mut out = HashSet::new();
         for room in rooms {
-            self.0.rooms.for_each_member(room, |sid| {
+            self.0.rooms.for_each_member(room, |sid, _| {
                 out.insert(sid);
             });
             if let Some(sid) = Sid::parse(room).filter(|sid| self.0.sockets.contains_key(sid)) {

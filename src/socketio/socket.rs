@@ -133,7 +133,7 @@ impl Socket {
         if rooms.len() >= self.0.ns.max_rooms_per_socket() {
             return false;
         }
-        let (name, _) = self.0.ns.registry().join(room, self.0.sid);
+        let (name, _) = self.0.ns.registry().join(room, self.0.sid, self.clone());
         rooms.push(name);
         true
     }
