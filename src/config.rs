@@ -399,6 +399,17 @@ fn non_empty(items: &[String]) -> Vec<String> {
 /// Command-line flags; each is also read from the `IOSWARM_<NAME>` environment variable.
 ///
 /// Every flag is optional: a flag that is not given leaves the file's (or the default) value.
+/// Subcommands besides running a node.
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum Command {
+    /// Cluster credentials: create a CA, issue node certificates (see `ioswarm cluster --help`).
+    Cluster {
+        /// What to do.
+        #[command(subcommand)]
+        command: crate::cluster::ClusterCommand,
+    },
+}
+
 #[derive(Clone, Debug, Default, clap::Parser)]
 #[command(
     name = "ioswarm",
@@ -407,6 +418,10 @@ fn non_empty(items: &[String]) -> Vec<String> {
     long_about = None
 )]
 pub struct Cli {
+    /// Something other than running a node (e.g. `cluster init-ca`).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// TOML configuration file (keys are the flag names in snake_case).
     #[arg(long, env = "IOSWARM_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,

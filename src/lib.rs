@@ -11,6 +11,10 @@
 //! - [`rooms`]: the per-namespace room registry (dashmap) and the
 //!   [`rooms::Broadcast`] value executed by the local fan-out (and, later,
 //!   forwarded between nodes).
+//! - `resp`: the embedded Redis-protocol broker (RESP2/3 codec, pub/sub,
+//!   the socket.io emitter bridge).
+//! - `cluster`: foundations of the cluster: protobuf schemas (`proto/`) and
+//!   their one conversion module, mutual-TLS credentials, the QUIC transport.
 //! - `http`: the listener shared by every HTTP endpoint.
 //! - `admin`: the admin listener (`/metrics`, `/healthz`, the HTTP API).
 //! - `config`, `shutdown`, `limits`, `metrics`: process plumbing for the binary.
@@ -18,6 +22,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod cluster;
 pub mod config;
 pub mod engineio;
 #[doc(hidden)]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser as _;
 use ioswarm::app::{AdminApi, AppOptions};
-use ioswarm::config::{Cli, Config};
+use ioswarm::config::{Cli, Command, Config};
 use ioswarm::engineio::{Cors, EngineConfig};
 use ioswarm::http::{ListenerLimits, Router};
 use ioswarm::shutdown::Shutdown;
@@ -16,6 +16,10 @@ use tokio::net::TcpListener;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::Cluster { command }) = cli.command.clone() {
+        println!("{}", ioswarm::cluster::run_cli(command)?);
+        return Ok(());
+    }
     let config = ioswarm::config::load(&cli).context("invalid configuration")?;
     init_logging(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

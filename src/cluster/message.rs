@@ -1,0 +1,497 @@
+//! The crate's own types for everything one node says to another.
+//!
+//! They mirror `proto/ioswarm/cluster/v1/*.proto`, but they are plain Rust: `Option` instead of
+//! "0 means unset", enums without an `UNSPECIFIED` variant, [`Duration`] instead of milliseconds.
+//! [`Envelope::encode`] and [`Envelope::decode`] (in `wire.rs`) are the only way in and out of
+//! the protobuf encoding.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::rooms::Broadcast;
+
+/// A cluster node id (the raft node id).
+pub type NodeId = u64;
+
+/// The wire protocol version this build speaks (`Envelope.protocol_version`).
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// One frame between two nodes: who sent it and what it says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// The sending node.
+    pub sender: NodeId,
+    /// The message.
+    pub message: Message,
+}
+
+/// Every kind of message a node sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// First frame on a connection, both ways.
+    Hello(Hello),
+    /// The sender leaves the cluster.
+    Goodbye(Goodbye),
+    /// A broadcast forwarded from its origin.
+    Broadcast(ForwardedBroadcast),
+    /// Liveness and room-interest gossip.
+    Gossip(Gossip),
+    /// A cluster-wide operation that wants a [`Message::Reply`].
+    Request(ClusterRequest),
+    /// The answer to a [`Message::Request`].
+    Reply(ClusterReply),
+    /// An openraft RPC.
+    RaftRequest(RaftPayload),
+    /// The answer to a [`Message::RaftRequest`].
+    RaftReply(RaftPayload),
+    /// A key-value operation forwarded to the leader.
+    KvRequest(KvRequest),
+    /// The answer to a [`Message::KvRequest`].
+    KvReply(KvReply),
+}
+
+/// How a node introduces itself on a new connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// Node id; the peer checks it against the TLS certificate.
+    pub node_id: NodeId,
+    /// Address (host:port, UDP) other nodes dial to reach this one.
+    pub advertise_addr: String,
+    /// Grows every time the node process starts.
+    pub incarnation: u64,
+    /// The `ioswarm` version string.
+    pub software_version: String,
+    /// Oldest wire protocol version spoken.
+    pub min_protocol_version: u32,
+    /// Newest wire protocol version spoken.
+    pub max_protocol_version: u32,
+}
+
+/// A graceful leave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Goodbye {
+    /// The leaving node.
+    pub node_id: NodeId,
+    /// Its incarnation.
+    pub incarnation: u64,
+    /// Free text for logs.
+    pub reason: String,
+}
+
+/// A [`Broadcast`] on its way from the node that built it to another node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardedBroadcast {
+    /// The node that built the broadcast.
+    pub origin: NodeId,
+    /// Strictly increasing per origin on its ordered stream.
+    pub sequence: u64,
+    /// The broadcast itself.
+    pub broadcast: Broadcast,
+}
+
+/// Gossip messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gossip {
+    /// Changes to one origin's room interest.
+    Delta(InterestDelta),
+    /// The whole room interest of one origin.
+    Snapshot(InterestSnapshot),
+    /// What the sender knows of each origin (anti-entropy).
+    Digest(Vec<DigestEntry>),
+    /// The sender's view of node liveness.
+    Liveness(Vec<NodeLiveness>),
+}
+
+/// Changes to one origin's room interest between two versions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterestDelta {
+    /// Whose interest changed.
+    pub origin: NodeId,
+    /// The origin's incarnation.
+    pub incarnation: u64,
+    /// The version the delta applies to.
+    pub from_version: u64,
+    /// The version after applying it.
+    pub to_version: u64,
+    /// Changes per namespace.
+    pub namespaces: Vec<NamespaceDelta>,
+}
+
+/// Room interest changes in one namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceDelta {
+    /// Namespace name.
+    pub namespace: String,
+    /// Rooms that gained their first local member.
+    pub added: Vec<String>,
+    /// Rooms that lost their last local member.
+    pub removed: Vec<String>,
+}
+
+/// One origin's whole room interest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterestSnapshot {
+    /// Whose interest.
+    pub origin: NodeId,
+    /// The origin's incarnation.
+    pub incarnation: u64,
+    /// The version of this state.
+    pub version: u64,
+    /// Rooms per namespace.
+    pub namespaces: Vec<NamespaceRooms>,
+}
+
+/// The rooms with local members in one namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceRooms {
+    /// Namespace name.
+    pub namespace: String,
+    /// Room names.
+    pub rooms: Vec<String>,
+}
+
+/// The version of one origin's interest a node holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DigestEntry {
+    /// The origin.
+    pub origin: NodeId,
+    /// Its incarnation.
+    pub incarnation: u64,
+    /// The version held.
+    pub version: u64,
+}
+
+/// Liveness state of a node, as seen by the sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeState {
+    /// Answering.
+    Alive,
+    /// Missed probes; may refute with a higher incarnation.
+    Suspect,
+    /// Declared failed.
+    Dead,
+    /// Left gracefully.
+    Left,
+}
+
+/// One node's liveness entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeLiveness {
+    /// The node.
+    pub node_id: NodeId,
+    /// Its incarnation.
+    pub incarnation: u64,
+    /// Its state.
+    pub state: NodeState,
+    /// Its heartbeat counter.
+    pub heartbeat: u64,
+    /// Where to reach it.
+    pub advertise_addr: String,
+}
+
+/// A cluster-wide operation sent to one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterRequest {
+    /// Unique per requester; echoed in the reply.
+    pub request_id: u64,
+    /// How long the requester waits (millisecond precision on the wire).
+    pub timeout: Duration,
+    /// What to do.
+    pub op: RequestOp,
+}
+
+/// Which sockets an operation applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketSelector {
+    /// Namespace name.
+    pub namespace: String,
+    /// Rooms; empty means the whole namespace.
+    pub rooms: Vec<String>,
+    /// Sockets in these rooms are skipped.
+    pub except: Vec<String>,
+}
+
+/// The operations of [`ClusterRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestOp {
+    /// `socketsJoin(rooms)`.
+    SocketsJoin {
+        /// Which sockets.
+        selector: SocketSelector,
+        /// Rooms to join.
+        rooms: Vec<String>,
+    },
+    /// `socketsLeave(rooms)`.
+    SocketsLeave {
+        /// Which sockets.
+        selector: SocketSelector,
+        /// Rooms to leave.
+        rooms: Vec<String>,
+    },
+    /// `disconnectSockets(close)`.
+    DisconnectSockets {
+        /// Which sockets.
+        selector: SocketSelector,
+        /// Also close the Engine.IO connection.
+        close: bool,
+    },
+    /// `fetchSockets()`.
+    FetchSockets {
+        /// Which sockets.
+        selector: SocketSelector,
+    },
+    /// `serverSideEmit(event, ...args)`.
+    ServerSideEmit {
+        /// Namespace name.
+        namespace: String,
+        /// JSON array `[event, ...args]`.
+        data_json: Bytes,
+        /// Whether acknowledgements are collected.
+        want_ack: bool,
+    },
+    /// A broadcast whose acks are collected.
+    BroadcastWithAck(Broadcast),
+}
+
+/// The answer to a [`ClusterRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterReply {
+    /// The request's id.
+    pub request_id: u64,
+    /// The outcome.
+    pub result: ReplyBody,
+}
+
+/// Outcomes of a [`ClusterRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyBody {
+    /// Join/leave/disconnect done; how many local sockets were affected.
+    Done {
+        /// Affected sockets.
+        affected: u64,
+    },
+    /// The matching local sockets.
+    FetchSockets(Vec<RemoteSocket>),
+    /// One JSON value per acknowledging handler.
+    ServerSideEmit(Vec<Bytes>),
+    /// Acks of a broadcast with acks.
+    BroadcastAck {
+        /// How many local sockets were reached.
+        client_count: u32,
+        /// Acks received before the deadline.
+        acks: Vec<ClientAck>,
+    },
+    /// The request failed on that node.
+    Error {
+        /// Why.
+        code: RequestErrorCode,
+        /// Details for logs.
+        message: String,
+    },
+}
+
+/// A socket on another node, as returned by `fetchSockets`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteSocket {
+    /// Socket id.
+    pub id: String,
+    /// Namespace name.
+    pub namespace: String,
+    /// Rooms it is in.
+    pub rooms: Vec<String>,
+    /// Handshake details as JSON.
+    pub handshake_json: Bytes,
+    /// `socket.data` as JSON.
+    pub data_json: Bytes,
+}
+
+/// One client's ack to a broadcast with acks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAck {
+    /// Who acknowledged.
+    pub socket_id: String,
+    /// The ack arguments as a JSON array.
+    pub args_json: Bytes,
+    /// Binary attachments of the ack.
+    pub attachments: Vec<Bytes>,
+}
+
+/// Why a [`ClusterRequest`] failed on a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestErrorCode {
+    /// The node does not know this request kind.
+    Unsupported,
+    /// The request was malformed.
+    Invalid,
+    /// The node is shutting down.
+    ShuttingDown,
+    /// Anything else.
+    Internal,
+}
+
+/// An openraft RPC or its answer, serialised by the raft layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftPayload {
+    /// Which RPC.
+    pub kind: RaftRpcKind,
+    /// How `payload` is encoded.
+    pub encoding: PayloadEncoding,
+    /// The serialised request or `Result<response, error>`.
+    pub payload: Bytes,
+}
+
+/// The openraft RPCs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RaftRpcKind {
+    /// `append_entries`.
+    AppendEntries,
+    /// `vote`.
+    Vote,
+    /// `install_snapshot` (chunked).
+    InstallSnapshot,
+    /// `full_snapshot`.
+    FullSnapshot,
+    /// A membership change asked of the leader.
+    Membership,
+}
+
+/// Serialisation of a [`RaftPayload`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadEncoding {
+    /// serde_json.
+    Json,
+    /// MessagePack.
+    Msgpack,
+}
+
+/// A key-value operation forwarded to the raft leader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvRequest {
+    /// Echoed in the reply.
+    pub request_id: u64,
+    /// A write (through the log) or a linearizable read.
+    pub op: KvOp,
+}
+
+/// Writes and reads of the key-value store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvOp {
+    /// Appended to the raft log.
+    Write(KvCommand),
+    /// Served by the leader after a read-index round.
+    Read(KvRead),
+}
+
+/// A write as it sits in the raft log; deterministic given `now_unix_ms`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvCommand {
+    /// The leader's clock when it proposed the command.
+    pub now_unix_ms: u64,
+    /// The write.
+    pub op: KvWrite,
+}
+
+/// The writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvWrite {
+    /// SET / SETNX.
+    Set {
+        /// Key.
+        key: Bytes,
+        /// Value.
+        value: Bytes,
+        /// NX / XX.
+        condition: SetCondition,
+        /// Absolute expiry (EX/PX resolved by the proposer).
+        expire_at_unix_ms: Option<u64>,
+        /// KEEPTTL.
+        keep_ttl: bool,
+        /// Reply with the old value (GET).
+        get: bool,
+    },
+    /// DEL.
+    Del(Vec<Bytes>),
+    /// INCR / DECR / INCRBY / DECRBY.
+    IncrBy {
+        /// Key.
+        key: Bytes,
+        /// Signed increment.
+        delta: i64,
+    },
+    /// EXPIRE / PEXPIRE.
+    Expire {
+        /// Key.
+        key: Bytes,
+        /// Absolute expiry; in the past deletes the key.
+        expire_at_unix_ms: u64,
+    },
+}
+
+/// SET conditions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetCondition {
+    /// Plain SET.
+    Always,
+    /// NX / SETNX.
+    IfAbsent,
+    /// XX.
+    IfPresent,
+}
+
+/// A linearizable read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvRead {
+    /// The reader's clock, for expiry.
+    pub now_unix_ms: u64,
+    /// The read.
+    pub op: KvReadOp,
+}
+
+/// The reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvReadOp {
+    /// GET.
+    Get(Bytes),
+    /// MGET.
+    MGet(Vec<Bytes>),
+    /// EXISTS.
+    Exists(Vec<Bytes>),
+    /// TTL.
+    Ttl(Bytes),
+    /// PTTL.
+    Pttl(Bytes),
+}
+
+/// The answer to a [`KvRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvReply {
+    /// The request's id.
+    pub request_id: u64,
+    /// The value.
+    pub value: KvValue,
+}
+
+/// Redis-shaped key-value replies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvValue {
+    /// `+OK`.
+    Ok,
+    /// An integer.
+    Integer(i64),
+    /// A bulk string.
+    Bulk(Bytes),
+    /// Nil.
+    Nil,
+    /// An array.
+    Array(Vec<KvValue>),
+    /// An error line, e.g. `ERR value is not an integer or out of range`.
+    Error(String),
+    /// Not the leader: retry there.
+    NotLeader {
+        /// The leader, when known.
+        leader_id: Option<NodeId>,
+        /// Its address, when known.
+        leader_addr: String,
+    },
+}
