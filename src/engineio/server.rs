@@ -148,11 +148,16 @@ impl<S> Connection<S> {
     /// Queues pre-encoded frames atomically. Never blocks: a client that is
     /// too far behind is disconnected, and volatile frames are dropped for it.
     pub(crate) fn send_frames(&self, frames: &[Frame], volatile: bool) -> Enqueued {
-        let (result, transport) = {
+        let (result, transport, was_empty) = {
             let mut s = self.session.lock();
-            (s.enqueue(frames, volatile), s.transport())
+            let was_empty = s.queue_is_empty();
+            (s.enqueue(frames, volatile), s.transport(), was_empty)
         };
         match result {
+            // Only the first packet of a batch wakes the transport: whoever
+            // drains the queue takes everything, so a non-empty queue means a
+            // wake-up is already on its way (one per batch, not per packet).
+            Enqueued::Queued if !was_empty => {}
             Enqueued::Queued => match transport {
                 Transport::WebSocket => self.driver_wake.notify_one(),
                 Transport::Polling => self.poll_wake.notify_one(),

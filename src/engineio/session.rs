@@ -450,6 +450,11 @@ impl Session {
         self.queue.push_back(frame);
     }
 
+    /// Whether nothing is queued.
+    pub(crate) fn queue_is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
     /// Moves every queued frame into `out` for the WebSocket writer.
     pub(crate) fn drain_for_websocket(&mut self, out: &mut Vec<Frame>) {
         if self.transport == Transport::WebSocket {
