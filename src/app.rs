@@ -26,6 +26,10 @@ pub struct AppOptions {
     pub client_relay: bool,
 }
 
+/// Event names Socket.IO reserves; clients may not relay them to others.
+const RESERVED_EVENTS: [&str; 6] =
+    ["connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"];
+
 /// Longest room name a client may use.
 const MAX_ROOM_NAME: usize = 256;
 
@@ -85,7 +89,8 @@ fn room_list(arg: Option<&Value>) -> Option<Vec<String>> {
         Value::Array(items) => items.iter().map(|v| v.as_str().map(str::to_owned)).collect::<Option<_>>()?,
         _ => return None,
     };
-    names.iter().all(|n| !n.is_empty() && n.len() <= MAX_ROOM_NAME).then_some(names)
+    // A name that is a socket id would capture that socket's private room.
+    names.iter().all(|n| !n.is_empty() && n.len() <= MAX_ROOM_NAME && crate::Sid::parse(n).is_none()).then_some(names)
 }
 
 fn membership(socket: &Socket, event: Event, allowed: bool, join: bool) {
@@ -117,6 +122,9 @@ fn relay(socket: &Socket, mut event: Event, allowed: bool) {
     };
     if !allowed || !socket.rooms().contains(&room) || room == socket.id() {
         return reply(event, json!({"error": "forbidden"}));
+    }
+    if RESERVED_EVENTS.contains(&name.as_str()) {
+        return reply(event, json!({"error": "reserved event name"}));
     }
     let args = event.payload.args.split_off(2);
     let payload = Payload { args, attachments: std::mem::take(&mut event.payload.attachments) };

@@ -40,6 +40,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = ioswarm::metrics::install_recorder().context("installing the metrics recorder")?;
     let capacity = usize::try_from(capacity).unwrap_or(usize::MAX);
     let io = Server::new(socketio_config(&config, capacity));
+    // Namespaces known up front exist (fully configured) before any client
+    // connects; others are created on demand, configured first.
+    if config.namespaces.is_empty() {
+        io.of("/");
+    }
+    for name in &config.namespaces {
+        io.of(name);
+    }
     ioswarm::app::install(
         &io,
         AppOptions {

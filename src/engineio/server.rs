@@ -163,7 +163,7 @@ impl<S> Connection<S> {
                 Transport::Polling => self.poll_wake.notify_one(),
             },
             Enqueued::Closed => self.wake_all(),
-            Enqueued::DroppedVolatile => {}
+            Enqueued::DroppedVolatile | Enqueued::TooLarge => {}
         }
         result
     }
@@ -491,11 +491,12 @@ impl<H: Handler> Engine<H> {
             }
             return error_response(ErrorCode::BadRequest);
         }
+        // Marks the POST finished however this ends (the client may go away mid-body).
+        let _post = PostGuard(&conn);
         let body = Limited::new(req.into_body(), max).collect().await;
         let body = match body {
             Ok(collected) => collected.to_bytes(),
             Err(err) => {
-                conn.session.lock().post_end();
                 if err.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
                     return payload_too_large();
                 }
@@ -513,7 +514,6 @@ impl<H: Handler> Engine<H> {
             }
             Err(_) => conn.close_with(CloseReason::ParseError),
         }
-        conn.session.lock().post_end();
         text_response(Bytes::from_static(b"ok"))
     }
 
@@ -578,6 +578,15 @@ impl<H: Handler> Engine<H> {
 
     pub(crate) fn max_payload(&self) -> usize {
         self.inner.config.max_payload
+    }
+}
+
+/// Ends a polling POST when dropped, whether it completed or was abandoned.
+struct PostGuard<'a, S>(&'a Connection<S>);
+
+impl<S> Drop for PostGuard<'_, S> {
+    fn drop(&mut self) {
+        self.0.session.lock().post_end();
     }
 }
 

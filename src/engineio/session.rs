@@ -163,6 +163,8 @@ pub(crate) enum Enqueued {
     Queued,
     /// A volatile packet was dropped because the client is behind.
     DroppedVolatile,
+    /// The packet alone is larger than the send queue may hold; it was dropped.
+    TooLarge,
     /// The session is closed (or just closed for overflow); nothing was queued.
     Closed,
 }
@@ -428,6 +430,10 @@ impl Session {
         if volatile && (self.queued_bytes > self.limits.volatile_drop_bytes || self.queue_blocked()) {
             return Enqueued::DroppedVolatile;
         }
+        if frames.len() > self.limits.max_packets || bytes > self.limits.max_bytes {
+            // One packet larger than the whole queue: refuse the packet, keep the client.
+            return Enqueued::TooLarge;
+        }
         if self.queue.len() + frames.len() > self.limits.max_packets
             || self.queued_bytes + bytes > self.limits.max_bytes
         {
@@ -669,6 +675,16 @@ mod tests {
         assert_eq!(s.enqueue(&[Frame::message(b"c"), Frame::message(b"d")], false), Enqueued::Closed);
         assert_eq!(s.closed(), Some(CloseReason::Overflow));
         assert_eq!(s.queued(), (0, 0));
+    }
+
+    #[test]
+    fn a_packet_larger_than_the_queue_is_refused_without_closing() {
+        let mut s = Session::new(Instant::now(), Transport::WebSocket, TIMINGS, LIMITS);
+        let five = [b"a", b"b", b"c", b"d", b"e"].map(|b| Frame::message(b));
+        assert_eq!(s.enqueue(&five, false), Enqueued::TooLarge);
+        assert_eq!(s.enqueue(&[Frame::message(&[b'x'; 200])], false), Enqueued::TooLarge);
+        assert_eq!(s.closed(), None);
+        assert_eq!(s.enqueue(&[Frame::message(b"ok")], false), Enqueued::Queued);
     }
 
     #[test]

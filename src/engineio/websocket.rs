@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::{Buf, Bytes};
-use fastwebsockets::{FragmentCollectorRead, Frame as WsFrame, OpCode, Payload, Role, WebSocket, WebSocketError};
+use fastwebsockets::{Frame as WsFrame, OpCode, Payload, Role, WebSocket, WebSocketError, WebSocketRead};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -25,7 +25,61 @@ use super::server::{Connection, Engine, Handler};
 use super::session::{CloseReason, Inbound, TimerOutcome, Transport};
 
 type ReadIo = Box<dyn AsyncRead + Send + Unpin>;
-type WsReader = FragmentCollectorRead<ReadIo>;
+/// The read half plus our own reassembly of fragmented messages, so that a
+/// message's total size (not only each frame's) is bounded by `max_payload`.
+struct WsReader {
+    read: WebSocketRead<ReadIo>,
+    max_payload: usize,
+}
+
+/// One complete client message.
+enum WsMessage {
+    Text(Bytes),
+    Binary(Bytes),
+    Close,
+}
+
+impl WsReader {
+    /// Reads frames until a whole message (or a close) arrived. Control
+    /// frames the peer is owed (pong, close echo) go to `send_fn`.
+    async fn read_message<R>(&mut self, send_fn: &mut impl FnMut(WsFrame<'_>) -> R) -> Result<WsMessage, WebSocketError>
+    where
+        R: std::future::Future<Output = Result<(), WebSocketError>>,
+    {
+        let mut partial: Option<(OpCode, Vec<u8>)> = None;
+        loop {
+            let frame = self.read.read_frame(send_fn).await?;
+            match (frame.opcode, partial.as_mut()) {
+                (OpCode::Close, _) => return Ok(WsMessage::Close),
+                (OpCode::Text | OpCode::Binary, None) if frame.fin => {
+                    let data = Bytes::copy_from_slice(&frame.payload);
+                    return Ok(if frame.opcode == OpCode::Text {
+                        WsMessage::Text(data)
+                    } else {
+                        WsMessage::Binary(data)
+                    });
+                }
+                (OpCode::Text | OpCode::Binary, None) => partial = Some((frame.opcode, frame.payload.to_vec())),
+                (OpCode::Continuation, Some((_, buf))) => {
+                    if buf.len() + frame.payload.len() > self.max_payload {
+                        return Err(WebSocketError::FrameTooLarge);
+                    }
+                    buf.extend_from_slice(&frame.payload);
+                    if frame.fin {
+                        let (op, buf) = partial.take().unwrap_or((OpCode::Binary, Vec::new()));
+                        let data = Bytes::from(buf);
+                        return Ok(if op == OpCode::Text { WsMessage::Text(data) } else { WsMessage::Binary(data) });
+                    }
+                }
+                // A new data frame inside a fragmented message, or a stray continuation.
+                (OpCode::Text | OpCode::Binary | OpCode::Continuation, _) => {
+                    return Err(WebSocketError::InvalidContinuationFrame);
+                }
+                _ => {}
+            }
+        }
+    }
+}
 
 /// The write half of a client's WebSocket, owned by the session driver.
 pub(crate) struct WsWriter {
@@ -102,7 +156,7 @@ fn split(ws: WebSocket<TokioIo<Upgraded>>, max_payload: usize) -> (WsReader, WsW
     reader.set_max_message_size(max_payload);
     reader.set_auto_close(true);
     reader.set_auto_pong(true);
-    (FragmentCollectorRead::new(reader), WsWriter { io: write, closed: false })
+    (WsReader { read: reader, max_payload }, WsWriter { io: write, closed: false })
 }
 
 /// A session that started on WebSocket: hand the writer to the driver, then read.
@@ -127,14 +181,14 @@ pub(crate) async fn run_probe<H: Handler>(
     let deadline = tokio::time::Instant::now() + engine.upgrade_timeout();
     let mut ignore_control = |_frame: WsFrame<'_>| async { Ok::<_, WebSocketError>(()) };
     loop {
-        let read = tokio::time::timeout_at(deadline, reader.read_frame(&mut ignore_control));
-        let Ok(Ok(frame)) = read.await else {
+        let read = tokio::time::timeout_at(deadline, reader.read_message(&mut ignore_control));
+        let Ok(Ok(message)) = read.await else {
             conn.session().lock().abort_upgrade();
             close_writer(&mut writer).await;
             return;
         };
-        let parsed = match frame.opcode {
-            OpCode::Text => packet::decode_text(Bytes::copy_from_slice(&frame.payload)).ok(),
+        let parsed = match message {
+            WsMessage::Text(text) => packet::decode_text(text).ok(),
             _ => None,
         };
         let outcome = match parsed {
@@ -176,27 +230,24 @@ async fn read_loop<H: Handler>(engine: &Engine<H>, conn: &Arc<Connection<H::Stat
         async { Ok::<_, WebSocketError>(()) }
     };
     loop {
-        let frame = tokio::select! {
-            frame = reader.read_frame(&mut send_fn) => frame,
+        let message = tokio::select! {
+            message = reader.read_message(&mut send_fn) => message,
             () = conn.wait_closed() => return,
         };
-        let packet = match frame {
-            Ok(frame) => match frame.opcode {
-                OpCode::Text => match packet::decode_text(Bytes::copy_from_slice(&frame.payload)) {
-                    Ok(p) => p,
-                    Err(_) => {
-                        conn.close_with(CloseReason::ParseError);
-                        return;
-                    }
-                },
-                OpCode::Binary => packet::Packet::Binary(Bytes::copy_from_slice(&frame.payload)),
-                OpCode::Close => {
-                    conn.close_with(CloseReason::TransportClose);
+        let packet = match message {
+            Ok(WsMessage::Text(text)) => match packet::decode_text(text) {
+                Ok(p) => p,
+                Err(_) => {
+                    conn.close_with(CloseReason::ParseError);
                     return;
                 }
-                _ => continue,
             },
-            Err(WebSocketError::FrameTooLarge) => {
+            Ok(WsMessage::Binary(data)) => packet::Packet::Binary(data),
+            Ok(WsMessage::Close) => {
+                conn.close_with(CloseReason::TransportClose);
+                return;
+            }
+            Err(WebSocketError::FrameTooLarge | WebSocketError::InvalidContinuationFrame) => {
                 conn.close_with(CloseReason::ParseError);
                 return;
             }
@@ -253,6 +304,13 @@ pub(crate) async fn write_batch<S>(
                 return Ok(());
             }
             () = conn.wait_aborted() => return Err(WebSocketError::ConnectionClosed),
+            () = conn.wait_closed() => {
+                // Closed gracefully: finish this write if the client reads, but never wait long.
+                return match tokio::time::timeout(std::time::Duration::from_secs(2), &mut write).await {
+                    Ok(res) => res,
+                    Err(_) => Err(WebSocketError::ConnectionClosed),
+                };
+            }
             () = timer => {
                 let mut s = conn.session().lock();
                 if let TimerOutcome::Closed(_) = s.on_timer(Instant::now()) {

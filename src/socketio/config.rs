@@ -31,6 +31,8 @@ pub struct SocketIoConfig {
     pub max_pending_acks: usize,
     /// Which namespaces are accepted.
     pub namespaces: NamespacePolicy,
+    /// Most namespaces that may exist; clients asking for more get "Invalid namespace".
+    pub max_namespaces: usize,
     /// 24-bit tag written into every socket id, telling which node owns it.
     pub node_tag: u32,
 }
@@ -44,6 +46,7 @@ impl Default for SocketIoConfig {
             max_rooms_per_socket: 1024,
             max_pending_acks: 1024,
             namespaces: NamespacePolicy::Registered,
+            max_namespaces: 1024,
             node_tag: 0,
         }
     }

@@ -358,9 +358,9 @@ impl Namespace {
             }
         } else if let [room] = b.rooms.as_slice() {
             self.0.rooms.for_each_member(room, |_, socket| deliver(socket));
-            if let Some(socket) = Sid::parse(room).and_then(|sid| self.0.sockets.get(&sid))
-                && self.0.rooms.len_of(room) == 0
-            {
+            // The socket this id names is never a registry member of its own
+            // room, so it is reached here and only here.
+            if let Some(socket) = Sid::parse(room).and_then(|sid| self.0.sockets.get(&sid)) {
                 deliver(socket.value());
             }
         } else {

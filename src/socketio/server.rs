@@ -105,7 +105,9 @@ impl ServerInner {
         self.namespaces.entry(name.to_owned()).or_insert_with(|| Namespace::new(name, self)).clone()
     }
 
-    /// The namespace a CONNECT may join, per the policy.
+    /// The namespace a CONNECT may join, per the policy. A namespace created
+    /// on demand is fully configured (middleware included) before any other
+    /// client can see it, and at most `max_namespaces` exist.
     fn resolve(&self, name: &str) -> Option<Namespace> {
         if let Some(ns) = self.namespaces.get(name) {
             return Some(ns.clone());
@@ -115,25 +117,15 @@ impl ServerInner {
             NamespacePolicy::Any => true,
             NamespacePolicy::Allow(list) => list.iter().any(|n| n == name),
         };
-        if !allowed {
+        if !allowed || self.namespaces.len() >= self.config.max_namespaces {
             return None;
         }
-        let mut created = false;
-        let ns = self
-            .namespaces
-            .entry(name.to_owned())
-            .or_insert_with(|| {
-                created = true;
-                Namespace::new(name, self)
-            })
-            .clone();
-        if created {
-            let template = self.template.lock().clone();
-            if let Some(template) = template {
-                template(&ns);
-            }
+        let ns = Namespace::new(name, self);
+        let template = self.template.lock().clone();
+        if let Some(template) = template {
+            template(&ns);
         }
-        Some(ns)
+        Some(self.namespaces.entry(name.to_owned()).or_insert(ns).clone())
     }
 }
 
@@ -327,12 +319,15 @@ impl SioHandler {
     fn finish_connect(&self, conn: &Conn, state: &ClientState, ns: Namespace, auth: Value) {
         let socket = Socket::new(&ns, conn.clone(), auth, self.server.config.node_tag);
         {
+            // Added to the namespace under the client's lock, so that a close
+            // racing this connect either sees the socket or prevents it.
             let mut inner = state.inner.lock();
             inner.pending.retain(|n| n != ns.name());
             if inner.closed {
                 return;
             }
             inner.sockets.push(socket.clone());
+            ns.add_socket(socket.clone());
         }
         if let Some(timer) = state.connect_timer.lock().take() {
             let _ = timer.send(());
@@ -341,7 +336,6 @@ impl SioHandler {
         let mut text = vec![b'4'];
         packet::encode(PacketKind::Connect, ns.name(), None, Some(&reply), 0, &mut text);
         conn.send_frames(&[crate::engineio::packet::Frame::Text(Bytes::from(text))], false);
-        ns.add_socket(socket.clone());
         metrics::counter!(crate::metrics::SOCKETIO_CONNECTS).increment(1);
         metrics::gauge!(crate::metrics::SOCKETIO_SOCKETS).increment(1.0);
         ns.run_connect_handlers(&socket);

@@ -29,6 +29,9 @@ pub enum SendError {
     /// A volatile packet was dropped because the client is behind.
     #[error("volatile packet dropped: the client is behind")]
     Dropped,
+    /// The packet is larger than a client's whole send queue.
+    #[error("packet larger than the send queue")]
+    TooLarge,
 }
 
 /// Why an emit-with-ack produced no answer.
@@ -130,6 +133,11 @@ impl Socket {
         if rooms.iter().any(|r| &**r == room) || room == self.id() {
             return true;
         }
+        // A socket that has left the namespace joins nothing (its rooms were
+        // already emptied; a late join would keep it alive in the registry).
+        if self.0.acks.lock().closed {
+            return false;
+        }
         if rooms.len() >= self.0.ns.max_rooms_per_socket() {
             return false;
         }
@@ -161,6 +169,7 @@ impl Socket {
         match self.send_frames(&packet.frames(), false) {
             Enqueued::Queued => Ok(()),
             Enqueued::DroppedVolatile => Err(SendError::Dropped),
+            Enqueued::TooLarge => Err(SendError::TooLarge),
             Enqueued::Closed => Err(SendError::Disconnected),
         }
     }
@@ -244,8 +253,14 @@ impl Socket {
 
     pub(crate) fn send_frames(&self, frames: &[Frame], volatile: bool) -> Enqueued {
         let result = self.0.conn.send_frames(frames, volatile);
-        if result == Enqueued::DroppedVolatile {
-            metrics::counter!(crate::metrics::SOCKETIO_PACKETS_DROPPED, "reason" => "volatile").increment(1);
+        match result {
+            Enqueued::DroppedVolatile => {
+                metrics::counter!(crate::metrics::SOCKETIO_PACKETS_DROPPED, "reason" => "volatile").increment(1);
+            }
+            Enqueued::TooLarge => {
+                metrics::counter!(crate::metrics::SOCKETIO_PACKETS_DROPPED, "reason" => "too_large").increment(1);
+            }
+            _ => {}
         }
         result
     }
@@ -315,6 +330,7 @@ impl AckSender {
         match self.socket.send_frames(&frames, false) {
             Enqueued::Queued => Ok(()),
             Enqueued::DroppedVolatile => Err(SendError::Dropped),
+            Enqueued::TooLarge => Err(SendError::TooLarge),
             Enqueued::Closed => Err(SendError::Disconnected),
         }
     }
