@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::both_transports;
 use crate::harness::*;
+use fastwebsockets::OpCode;
 
 // ---------------------------------------------------------------------------------------------
 // Handshake
@@ -342,6 +343,26 @@ async fn websocket_frame_over_max_payload_closes() {
     text.push_str(&"a".repeat(MAX_PAYLOAD + 10));
     if let Conn::Ws { ws, .. } = &mut conn {
         ws.send_text(&text).await;
+    }
+    conn.expect_closed().await;
+}
+
+#[tokio::test]
+async fn websocket_fragmented_message_is_reassembled() {
+    let mut conn = Conn::open(Transport::WebSocket, EIO).await;
+    if let Conn::Ws { ws, .. } = &mut conn {
+        ws.send_fragments(OpCode::Text, &[b"4hel", b"lo ", b"world"]).await;
+    }
+    assert_eq!(conn.recv().await, t("4hello world"));
+}
+
+#[tokio::test]
+async fn websocket_fragments_over_max_payload_in_total_close() {
+    // Each frame is under maxPayload; together they are not.
+    let mut conn = Conn::open(Transport::WebSocket, EIO).await;
+    let chunk = vec![b'a'; MAX_PAYLOAD / 2];
+    if let Conn::Ws { ws, .. } = &mut conn {
+        ws.send_fragments(OpCode::Text, &[b"4", &chunk, &chunk, &chunk]).await;
     }
     conn.expect_closed().await;
 }

@@ -467,6 +467,17 @@ impl Ws {
             .unwrap_or_else(|e| panic!("ws send binary: {e}"));
     }
 
+    /// Sends one message split into frames: the first with `opcode`, the rest as continuations.
+    pub(crate) async fn send_fragments(&mut self, opcode: OpCode, parts: &[&[u8]]) {
+        for (i, part) in parts.iter().enumerate() {
+            let fin = i + 1 == parts.len();
+            let op = if i == 0 { opcode } else { OpCode::Continuation };
+            within("ws send fragment", self.ws.write_frame(Frame::new(fin, op, None, Payload::Owned(part.to_vec()))))
+                .await
+                .unwrap_or_else(|e| panic!("ws send fragment: {e}"));
+        }
+    }
+
     pub(crate) async fn send(&mut self, packet: &Packet) {
         match packet {
             Packet::Text(s) => self.send_text(s).await,
