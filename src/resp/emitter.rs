@@ -616,11 +616,13 @@ fn to_json(v: &Mp<'_>, message: &Bytes, payload: &mut Payload) -> Result<Option<
     }))
 }
 
-fn binary(message: &Bytes, bytes: &[u8], payload: &mut Payload) -> Result<Value, EmitterError> {
+fn binary(_message: &Bytes, bytes: &[u8], payload: &mut Payload) -> Result<Value, EmitterError> {
     if payload.attachments.len() >= MAX_ATTACHMENTS {
         return Err(EmitterError::TooManyAttachments);
     }
-    Ok(payload.placeholder(message.slice_ref(bytes)))
+    // Copied: a slice would keep the connection's whole read buffer alive for as long as
+    // any recipient still has the attachment queued.
+    Ok(payload.placeholder(Bytes::copy_from_slice(bytes)))
 }
 
 /// Object keys the way JavaScript stringifies them.

@@ -269,6 +269,16 @@ async fn read_loop(
                     if client.close_after_reply {
                         break;
                     }
+                    // A pipeline whose replies pile up (e.g. many PUBSUB CHANNELS in one
+                    // read) waits for the client to take them before running the rest.
+                    if replies.len() + out.pending() >= READER_PAUSE_BYTES {
+                        out.push_reply(replies.split().freeze());
+                        tokio::select! {
+                            () = shutdown.cancelled() => return true,
+                            () = killed.cancelled() => return false,
+                            () = out.wait_below(READER_PAUSE_BYTES) => {}
+                        }
+                    }
                 }
                 Err(err) => {
                     tracing::debug!(%err, "redis protocol error");
