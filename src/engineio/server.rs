@@ -651,6 +651,9 @@ async fn drive<H: Handler>(engine: Engine<H>, conn: Arc<Connection<H::State>>) {
                 websocket::write_batch(w, &control, &batch, deadline, &conn).await
             };
             batch.clear();
+            if batch.capacity() > 256 {
+                batch = Vec::new();
+            }
             if wrote.is_err() {
                 conn.session.lock().close(CloseReason::TransportError);
                 conn.poll_wake.notify_one();

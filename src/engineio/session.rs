@@ -376,7 +376,9 @@ impl Session {
             }
         } else if !self.queue.is_empty() && !self.probed() {
             self.queued_bytes = 0;
-            PollReply::Frames(self.queue.drain(..).collect())
+            let frames = self.queue.drain(..).collect();
+            self.release_burst_capacity();
+            PollReply::Frames(frames)
         } else if self.probed() {
             PollReply::Noop
         } else {
@@ -456,6 +458,13 @@ impl Session {
         self.queue.push_back(frame);
     }
 
+    /// After a burst, give the queue's memory back: an idle client keeps none.
+    fn release_burst_capacity(&mut self) {
+        if self.queue.is_empty() && self.queue.capacity() > 64 {
+            self.queue.shrink_to_fit();
+        }
+    }
+
     /// Whether nothing is queued.
     pub(crate) fn queue_is_empty(&self) -> bool {
         self.queue.is_empty()
@@ -466,6 +475,7 @@ impl Session {
         if self.transport == Transport::WebSocket {
             self.queued_bytes = 0;
             out.extend(self.queue.drain(..));
+            self.release_burst_capacity();
         }
     }
 
