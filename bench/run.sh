@@ -18,6 +18,10 @@
 #   WORKERS         load processes per scenario (2 / 2)
 #   SOURCES         source addresses (127.0.0.2,…,127.0.0.5)
 #   IDLE_CLIENTS    10000 / 50;   HOLD_SECS 30 / 2
+#   IDLE_NODES      1: the idle scenario starts this many independent ioswarm processes and splits
+#                   the clients evenly over them (one node holds at most ~19,900 connections under a
+#                   20,000-descriptor limit); memory and CPU are summed over them. Peers stay single.
+#                   Idle then uses max(WORKERS, IDLE_NODES) workers; keep each under 18,000 clients.
 #   FANOUT_CLIENTS  5000 / 50;    FANOUT_RATES 10,100,1000 / 10,100;  FLAT_SECS 10 / 2
 #   STEP_SECS       10 / 2 (per fanout and rooms step)
 #   ROOMS_CLIENTS   5000 / 50;    ROOMS_GROUP 10;  ROOMS_RATES 1,5 / 1,5 (per client)
@@ -45,6 +49,8 @@ esac
 WORKERS=${WORKERS:-2}
 SOURCES=${SOURCES:-127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5}
 IDLE_CLIENTS=${IDLE_CLIENTS:-$d_idle}
+IDLE_NODES=${IDLE_NODES:-1}
+[[ $IDLE_NODES =~ ^[1-9][0-9]*$ ]] || { echo "IDLE_NODES must be a positive integer" >&2; exit 2; }
 HOLD_SECS=${HOLD_SECS:-$d_hold}
 FANOUT_CLIENTS=${FANOUT_CLIENTS:-$d_fan}
 FANOUT_RATES=${FANOUT_RATES:-$d_rates}
@@ -67,26 +73,29 @@ LOGS=$OUT/logs
 VENV=$ROOT/bench/.venv
 # Errors are reported as one line, without a backtrace.
 export RUST_LIB_BACKTRACE=0 RUST_BACKTRACE=0
-SERVER_PID=""
+SERVER_PIDS=()
 FAILED=()
 
 log() { printf '[run] %s\n' "$*" >&2; }
 
+# stop_server: stops every process in SERVER_PIDS (one per node).
 stop_server() {
-    [ -n "$SERVER_PID" ] || return 0
-    if kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill -TERM "$SERVER_PID" 2>/dev/null || true
+    local pid
+    for pid in "${SERVER_PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${SERVER_PIDS[@]}"; do
         for _ in $(seq 1 100); do
-            kill -0 "$SERVER_PID" 2>/dev/null || break
+            kill -0 "$pid" 2>/dev/null || break
             sleep 0.1
         done
-        if kill -0 "$SERVER_PID" 2>/dev/null; then
-            log "server $SERVER_PID ignored SIGTERM for 10 s; killing it"
-            kill -KILL "$SERVER_PID" 2>/dev/null || true
+        if kill -0 "$pid" 2>/dev/null; then
+            log "server $pid ignored SIGTERM for 10 s; killing it"
+            kill -KILL "$pid" 2>/dev/null || true
         fi
-    fi
-    wait "$SERVER_PID" 2>/dev/null || true
-    SERVER_PID=""
+        wait "$pid" 2>/dev/null || true
+    done
+    SERVER_PIDS=()
 }
 trap stop_server EXIT
 trap 'exit 130' INT TERM
@@ -118,11 +127,22 @@ if [ "$REDIS_EMITTER" != 0 ] && "$BIN_DIR/ioswarm" --help 2>/dev/null | grep -q 
     HAS_REDIS=1
 fi
 
-# start_server NAME: starts it in the background; sets SERVER_PID, SERVER_ADDR and REDIS_ADDR
-# from its ready line (waits at most 30 s).
+# start_server NAME SCENARIO [NODES]: starts NODES (default 1; ioswarm only) processes in the
+# background; sets SERVER_PIDS, SERVER_ADDRS (comma-separated lists, one entry per node) and
+# REDIS_ADDR (the first node's) from their ready lines (waits at most 30 s each).
 start_server() {
-    local name=$1 out=$LOGS/$1-$2.out err=$LOGS/$1-$2.err pattern line
-    REDIS_ADDR=""
+    local name=$1 scenario=$2 nodes=${3:-1} node suffix
+    SERVER_ADDRS="" REDIS_ADDR=""
+    for ((node = 0; node < nodes; node++)); do
+        suffix=""
+        [ "$nodes" -gt 1 ] && suffix=-node$node
+        start_one "$name" "$LOGS/$name-$scenario$suffix" || return 1
+    done
+}
+
+# start_one NAME LOGBASE: starts one server process; appends to SERVER_PIDS and SERVER_ADDRS.
+start_one() {
+    local name=$1 out=$2.out err=$2.err pattern line pid addr
     case $name in
         ioswarm)
             local extra=()
@@ -138,22 +158,23 @@ start_server() {
             ;;
         *) log "unknown server $name"; return 1 ;;
     esac
-    SERVER_PID=$!
+    pid=$!
+    SERVER_PIDS+=("$pid")
     pattern=' ready socketio='
     for _ in $(seq 1 300); do
         if grep -q "$pattern" "$out" 2>/dev/null; then
             line=$(grep -m1 "$pattern" "$out")
-            SERVER_ADDR=$(sed -E 's/.*socketio=([^ ]+).*/\1/' <<<"$line")
-            if [[ $line == *" redis="* ]]; then
+            addr=$(sed -E 's/.*socketio=([^ ]+).*/\1/' <<<"$line")
+            if [[ $line == *" redis="* ]] && [ -z "$REDIS_ADDR" ]; then
                 REDIS_ADDR=$(sed -E 's/.* redis=([^ ]+).*/\1/' <<<"$line")
             fi
-            log "$name ready at $SERVER_ADDR (pid $SERVER_PID)"
+            SERVER_ADDRS+=${SERVER_ADDRS:+,}http://$addr
+            log "$name ready at $addr (pid $pid)"
             return 0
         fi
-        if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+        if ! kill -0 "$pid" 2>/dev/null; then
             log "$name exited before its ready line; stderr:"
             tail -n 20 "$err" >&2 || true
-            SERVER_PID=""
             return 1
         fi
         sleep 0.1
@@ -163,7 +184,10 @@ start_server() {
 }
 
 common_args() {
-    echo --target "http://$SERVER_ADDR" --server-pid "$SERVER_PID" --workers "$WORKERS" --sources "$SOURCES"
+    local pids workers=$WORKERS
+    pids=$(IFS=,; echo "${SERVER_PIDS[*]}")
+    [ "${#SERVER_PIDS[@]}" -gt "$workers" ] && workers=${#SERVER_PIDS[@]}
+    echo --target "$SERVER_ADDRS" --server-pid "$pids" --workers "$workers" --sources "$SOURCES"
 }
 
 # run_one SCENARIO SERVER LABEL [extra args…]: one scenario against the running server.
@@ -191,7 +215,7 @@ run_one() {
         FILES+=("$json")
     else
         log "$scenario against $label FAILED; the server's stderr ends with:"
-        tail -n 10 "$LOGS/$server-$scenario.err" >&2 || true
+        tail -n 10 "$LOGS/$server-$scenario"*.err >&2 || true
         FAILED+=("$scenario/$label")
     fi
 }
@@ -200,7 +224,9 @@ FILES=()
 for scenario in $SCENARIOS; do
     case $scenario in idle | fanout | rooms) ;; *) log "unknown scenario $scenario"; exit 2 ;; esac
     for server in $SERVERS; do
-        if ! start_server "$server" "$scenario"; then
+        nodes=1
+        [ "$scenario" = idle ] && [ "$server" = ioswarm ] && nodes=$IDLE_NODES
+        if ! start_server "$server" "$scenario" "$nodes"; then
             FAILED+=("$scenario/$server (did not start)")
             stop_server
             continue

@@ -27,17 +27,20 @@ pub(crate) struct IdleArgs {
     /// Name of the server in the report (e.g. ioswarm, node).
     #[arg(long, default_value = "server")]
     label: String,
-    /// Server URL, e.g. http://127.0.0.1:3000 (loopback only).
-    #[arg(long)]
-    target: String,
-    /// Pid of the server process (its /proc entry is sampled).
-    #[arg(long)]
-    server_pid: u32,
+    /// Server URL, e.g. http://127.0.0.1:3000 (loopback only); several (comma-separated): one per
+    /// independent server node, the clients split evenly over them.
+    #[arg(long, value_delimiter = ',', required = true)]
+    target: Vec<String>,
+    /// Pid of the server process (its /proc entry is sampled); several (comma-separated): one per
+    /// `--target`, in the same order; memory and CPU are summed over them.
+    #[arg(long, value_delimiter = ',', required = true)]
+    server_pid: Vec<u32>,
     #[arg(long, default_value_t = 10_000)]
     clients: usize,
-    /// Worker processes to spread the clients over.
-    #[arg(long, default_value_t = 2)]
-    workers: usize,
+    /// Worker processes to spread the clients over, assigned to the targets in turn (each worker
+    /// connects all its clients to one target); at least one per target. Default: max(2, targets).
+    #[arg(long)]
+    workers: Option<usize>,
     /// Local addresses to connect from, used in turn.
     #[arg(long, value_delimiter = ',', default_value = "127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5")]
     sources: Vec<IpAddr>,
@@ -68,7 +71,7 @@ pub(crate) struct IdleArgs {
     json_out: Option<PathBuf>,
 }
 
-/// Memory figure of one phase, KiB.
+/// Memory figure of one phase, KiB (summed over the nodes).
 #[derive(Debug, Clone, Copy, Serialize)]
 struct Mem {
     rss_kib: u64,
@@ -82,13 +85,33 @@ impl From<Sample> for Mem {
     }
 }
 
+/// One server node of a run (one `--target` / `--server-pid` pair).
+#[derive(Debug, Clone, Serialize)]
+struct NodeResult {
+    target: String,
+    server_pid: u32,
+    workers: usize,
+    clients: usize,
+    connected: u64,
+    failed: u64,
+    alive_at_end: u64,
+    rss_before_kib: u64,
+    /// Largest of this node's VmHWM (end of connect, end of hold) and sampled VmRSS.
+    peak_rss_kib: u64,
+    rss_end_of_hold_kib: u64,
+}
+
 /// The result of one idle run (also the JSON schema of bench/results/idle-*.json runs).
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct IdleResult {
     scenario: &'static str,
     label: String,
+    /// The targets, comma-separated (one unless several nodes).
     target: String,
+    /// The first node's pid (kept for single-node readers; see `nodes`).
     server_pid: u32,
+    /// Per node: its target, pid, clients and connected counts (one entry per `--target`).
+    nodes: Vec<NodeResult>,
     mode: Mode,
     clients: usize,
     workers: usize,
@@ -131,45 +154,90 @@ pub(crate) struct IdleResult {
     cpu_hold_cores: f64,
 }
 
-/// Samples the server, remembering the last good reading and the largest RSS seen; a failed
-/// reading (the server exited) returns the last good one and sets `exited`.
+/// Samples the server processes (one per node), remembering each one's last good reading and
+/// largest RSS seen, and the largest summed RSS; a failed reading (that server exited) keeps its
+/// last good one and sets `exited`. [`Sampler::sample`] returns the sum over the nodes.
 #[derive(Debug)]
 struct Sampler {
-    watch: ProcWatch,
-    last: Sample,
+    watches: Vec<ProcWatch>,
+    last: Vec<Sample>,
+    max_rss_node_kib: Vec<u64>,
     max_rss_kib: u64,
     exited: bool,
 }
 
 impl Sampler {
-    fn new(watch: ProcWatch) -> anyhow::Result<Self> {
-        let last = watch.sample()?;
-        Ok(Self { watch, last, max_rss_kib: last.rss_kib, exited: false })
+    fn new(watches: Vec<ProcWatch>) -> anyhow::Result<Self> {
+        let last = watches.iter().map(ProcWatch::sample).collect::<anyhow::Result<Vec<_>>>()?;
+        let max_rss_node_kib = last.iter().map(|s| s.rss_kib).collect();
+        let max_rss_kib = last.iter().map(|s| s.rss_kib).sum();
+        Ok(Self { watches, last, max_rss_node_kib, max_rss_kib, exited: false })
     }
 
     fn sample(&mut self) -> Sample {
-        match self.watch.sample() {
-            Ok(s) => {
-                self.last = s;
-                self.max_rss_kib = self.max_rss_kib.max(s.rss_kib);
+        for (i, watch) in self.watches.iter().enumerate() {
+            match watch.sample() {
+                Ok(s) => {
+                    self.last[i] = s;
+                    self.max_rss_node_kib[i] = self.max_rss_node_kib[i].max(s.rss_kib);
+                }
+                Err(_) => self.exited = true,
             }
-            Err(_) => self.exited = true,
         }
-        self.last
+        let total = sum(&self.last);
+        self.max_rss_kib = self.max_rss_kib.max(total.rss_kib);
+        total
     }
+
+    /// The last reading of each node.
+    fn nodes(&self) -> Vec<Sample> {
+        self.last.clone()
+    }
+
+    /// A fresh summed reading; `None` when any server process cannot be read.
+    fn sample_all(&self) -> Option<Sample> {
+        let samples = self.watches.iter().map(|w| w.sample().ok()).collect::<Option<Vec<_>>>()?;
+        Some(sum(&samples))
+    }
+}
+
+/// RSS, VmHWM and CPU summed over several processes; `at` is the latest reading's.
+fn sum(samples: &[Sample]) -> Sample {
+    let mut total = samples[0];
+    for s in &samples[1..] {
+        total.rss_kib += s.rss_kib;
+        total.hwm_kib += s.hwm_kib;
+        total.cpu_secs += s.cpu_secs;
+        total.at = total.at.max(s.at);
+    }
+    total
 }
 
 struct Worker {
     child: Child,
 }
 
-fn spawn_worker(args: &IdleArgs, id: usize, first: usize, count: usize) -> anyhow::Result<Worker> {
+/// Splits `clients` over `targets` nodes evenly, and each node's share evenly over the workers
+/// assigned to it in turn (worker `w` → node `w % targets`). Returns `(node, clients)` per worker.
+fn plan_workers(clients: usize, targets: usize, workers: usize) -> Vec<(usize, usize)> {
+    let share = |total: usize, parts: usize, i: usize| total / parts + usize::from(i < total % parts);
+    (0..workers)
+        .map(|w| {
+            let node = w % targets;
+            let node_clients = share(clients, targets, node);
+            let node_workers = share(workers, targets, node);
+            (node, share(node_clients, node_workers, w / targets))
+        })
+        .collect()
+}
+
+fn spawn_worker(args: &IdleArgs, target: &str, id: usize, first: usize, count: usize) -> anyhow::Result<Worker> {
     let exe = std::env::current_exe().context("locating ioswarm-bench")?;
     let sources: Vec<String> = args.sources.iter().map(ToString::to_string).collect();
     let mut cmd = Command::new(exe);
     cmd.arg("worker")
         .args(["--worker-id", &id.to_string()])
-        .args(["--target", &args.target])
+        .args(["--target", target])
         .args(["--clients", &count.to_string()])
         .args(["--first-index", &first.to_string()])
         .args(["--sources", &sources.join(",")])
@@ -240,32 +308,45 @@ pub(crate) fn run(args: IdleArgs) -> anyhow::Result<()> {
 }
 
 async fn run_async(args: IdleArgs) -> anyhow::Result<()> {
-    Target::parse(&args.target)?;
-    if args.workers == 0 || args.clients == 0 {
-        bail!("--workers and --clients must be at least 1");
+    let targets = args.target.len();
+    if targets == 0 || targets != args.server_pid.len() {
+        bail!("--target and --server-pid need the same number of values ({targets} and {})", args.server_pid.len());
     }
-    let per_worker = args.clients.div_ceil(args.workers);
+    for target in &args.target {
+        Target::parse(target)?;
+    }
+    let workers_wanted = args.workers.unwrap_or(targets.max(2));
+    if workers_wanted < targets || args.clients == 0 {
+        bail!(
+            "--clients must be at least 1 and --workers ({workers_wanted}) at least the number of targets ({targets})"
+        );
+    }
+    let plan = plan_workers(args.clients, targets, workers_wanted);
+    let per_worker = plan.iter().map(|p| p.1).max().unwrap_or(0);
     if per_worker * args.mode.sockets_per_client() > MAX_SOCKETS_PER_WORKER {
         bail!("{per_worker} clients per worker exceeds {MAX_SOCKETS_PER_WORKER} sockets; use more --workers");
     }
-    let mut sampler = Sampler::new(ProcWatch::new(args.server_pid)?)?;
+    let watches = args.server_pid.iter().map(|&pid| ProcWatch::new(pid)).collect::<anyhow::Result<Vec<_>>>()?;
+    let mut sampler = Sampler::new(watches)?;
     let before = sampler.sample();
+    let before_nodes = sampler.nodes();
     eprintln!(
-        "[{}] before: rss={} KiB hwm={} KiB; {} clients over {} workers, sources {:?}",
-        args.label, before.rss_kib, before.hwm_kib, args.clients, args.workers, args.sources
+        "[{}] before: rss={} KiB hwm={} KiB (summed over {targets} node(s)); {} clients over {workers_wanted} workers, sources {:?}",
+        args.label, before.rss_kib, before.hwm_kib, args.clients, args.sources
     );
 
     let overflows_before = tcp_ext_counter("ListenOverflows");
     let (tx, mut rx) = mpsc::channel::<WorkerEvent>(1024);
     let started = Instant::now();
-    let mut workers = Vec::with_capacity(args.workers);
+    let mut workers = Vec::with_capacity(workers_wanted);
+    let mut worker_node = BTreeMap::new();
     let mut first = 0;
-    for id in 0..args.workers {
-        let count = per_worker.min(args.clients - first);
+    for (id, &(node, count)) in plan.iter().enumerate() {
         if count == 0 {
-            break;
+            continue;
         }
-        let mut worker = spawn_worker(&args, id, first, count)?;
+        let mut worker = spawn_worker(&args, &args.target[node], id, first, count)?;
+        worker_node.insert(id, node);
         first += count;
         let stdout = worker.child.stdout.take().context("worker stdout is piped")?;
         let tx = tx.clone();
@@ -310,6 +391,7 @@ async fn run_async(args: IdleArgs) -> anyhow::Result<()> {
     }
     let connect_secs = started.elapsed().as_secs_f64();
     let connected_at = sampler.sample();
+    let connected_nodes = sampler.nodes();
     let listen_overflows =
         tcp_ext_counter("ListenOverflows").zip(overflows_before).map(|(now, before)| now.saturating_sub(before));
     let (connected, failed) = tally.connected.values().fold((0, 0), |a, c| (a.0 + c.0, a.1 + c.1));
@@ -346,6 +428,7 @@ async fn run_async(args: IdleArgs) -> anyhow::Result<()> {
         }
     }
     let end_of_hold = sampler.sample();
+    let end_nodes = sampler.nodes();
     let exited_while_held = sampler.exited;
     if exited_while_held {
         eprintln!("[{}] the server process exited while the clients were held", args.label);
@@ -376,16 +459,39 @@ async fn run_async(args: IdleArgs) -> anyhow::Result<()> {
         }
     }
     tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
-    let after = sampler.watch.sample().ok().map(Mem::from);
+    let after = sampler.sample_all().map(Mem::from);
 
     let per_client = |kib: u64| (connected > 0).then(|| kib.saturating_sub(before.rss_kib) as f64 / connected as f64);
     let (alive_at_end, pings_answered) = tally.done.values().fold((0, 0), |a, d| (a.0 + d.0, a.1 + d.1));
     let hold_secs = (end_of_hold.at - connected_at.at).as_secs_f64().max(0.001);
+    let nodes: Vec<NodeResult> = (0..targets)
+        .map(|node| {
+            let of_node = |id: &usize| worker_node.get(id) == Some(&node);
+            let (connected, failed) =
+                tally.connected.iter().filter(|(id, _)| of_node(id)).fold((0, 0), |a, (_, c)| (a.0 + c.0, a.1 + c.1));
+            let alive_at_end = tally.done.iter().filter(|(id, _)| of_node(id)).map(|(_, d)| d.0).sum();
+            NodeResult {
+                target: args.target[node].clone(),
+                server_pid: args.server_pid[node],
+                workers: worker_node.values().filter(|&&n| n == node).count(),
+                clients: plan.iter().filter(|p| p.0 == node).map(|p| p.1).sum(),
+                connected,
+                failed,
+                alive_at_end,
+                rss_before_kib: before_nodes[node].rss_kib,
+                peak_rss_kib: sampler.max_rss_node_kib[node]
+                    .max(connected_nodes[node].hwm_kib)
+                    .max(end_nodes[node].hwm_kib),
+                rss_end_of_hold_kib: end_nodes[node].rss_kib,
+            }
+        })
+        .collect();
     let result = IdleResult {
         scenario: "idle",
         label: args.label.clone(),
-        target: args.target.clone(),
-        server_pid: args.server_pid,
+        target: args.target.join(","),
+        server_pid: args.server_pid[0],
+        nodes,
         mode: args.mode,
         clients: args.clients,
         workers: spawned,
@@ -419,7 +525,7 @@ async fn run_async(args: IdleArgs) -> anyhow::Result<()> {
     eprintln!(
         "idle server={} clients={} connected={} failed={} connect={:.2}s rate={:.0}/s alive_at_end={} \
          rss_before={}KiB peak_rss={}KiB held_rss={}KiB peak_per_client={}KiB held_per_client={}KiB \
-         cpu_connect={:.2}s cpu_hold={:.3}cores rss_after={}",
+         cpu_connect={:.2}s cpu_hold={:.3}cores rss_after={} nodes={} node_connected={}",
         result.label,
         result.clients,
         result.connected,
@@ -435,6 +541,8 @@ async fn run_async(args: IdleArgs) -> anyhow::Result<()> {
         result.cpu_connect_secs,
         result.cpu_hold_cores,
         after.map_or_else(|| "n/a".to_owned(), |a| format!("{}KiB", a.rss_kib)),
+        result.nodes.len(),
+        result.nodes.iter().map(|n| n.connected.to_string()).collect::<Vec<_>>().join("+"),
     );
     let json = serde_json::to_string(&result)?;
     println!("RESULT {json}");
@@ -443,4 +551,21 @@ async fn run_async(args: IdleArgs) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_workers_round_robin_with_even_node_shares() {
+        assert_eq!(plan_workers(50, 1, 2), vec![(0, 25), (0, 25)]);
+        assert_eq!(plan_workers(30_000, 2, 2), vec![(0, 15_000), (1, 15_000)]);
+        // 3 workers over 2 nodes: node 0 gets two workers, each node still half the clients.
+        assert_eq!(plan_workers(30_000, 2, 3), vec![(0, 7_500), (1, 15_000), (0, 7_500)]);
+        assert_eq!(plan_workers(7, 2, 4), vec![(0, 2), (1, 2), (0, 2), (1, 1)]);
+        assert_eq!(plan_workers(1, 1, 2), vec![(0, 1), (0, 0)]);
+        let plan = plan_workers(30_001, 3, 5);
+        assert_eq!(plan.iter().map(|p| p.1).sum::<usize>(), 30_001);
+    }
 }

@@ -115,9 +115,17 @@ fn idle_table(out: &mut String, runs: &[&Value], subject: &str, peers: &[String]
     for run in runs {
         let label = run_label(run);
         let syn_drops = num(run, "listen_overflows").map_or_else(|| "n/a".to_owned(), |n| n.to_string());
+        // Several independent nodes: the connected count of each, e.g. " (2 nodes: 15000 + 15000)".
+        let nodes = run.get("nodes").and_then(Value::as_array).cloned().unwrap_or_default();
+        let per_node = if nodes.len() > 1 {
+            let counts: Vec<String> = nodes.iter().map(|n| num(n, "connected").unwrap_or(0.0).to_string()).collect();
+            format!(" ({} nodes: {})", nodes.len(), counts.join(" + "))
+        } else {
+            String::new()
+        };
         let _ = write!(
             out,
-            "| {label} | {} / {} | {} | {} ({syn_drops}) | {} | {} | {} | {} | {} |",
+            "| {label} | {} / {}{per_node} | {} | {} ({syn_drops}) | {} | {} | {} | {} | {} |",
             num(run, "connected").unwrap_or(0.0),
             num(run, "clients").unwrap_or(0.0),
             num(run, "failed").unwrap_or(0.0),
