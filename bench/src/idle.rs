@@ -301,10 +301,7 @@ impl Tally {
 }
 
 pub(crate) fn run(args: IdleArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let result = runtime.block_on(run_async(args));
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    result
+    crate::block_on(run_async(args))
 }
 
 async fn run_async(args: IdleArgs) -> anyhow::Result<()> {

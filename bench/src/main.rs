@@ -57,3 +57,12 @@ fn main() -> anyhow::Result<()> {
         Cmd::Report(args) => report::run(args),
     }
 }
+
+/// Runs a coordinator or worker on a single-threaded runtime and stops it without waiting for
+/// leftover tasks (hyper connection tasks of closed sockets) beyond one second.
+pub(crate) fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(fut: F) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let result = runtime.block_on(fut);
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
+}

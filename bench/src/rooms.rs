@@ -52,10 +52,7 @@ struct RoomsResult {
 }
 
 pub(crate) fn run(args: RoomsArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let result = runtime.block_on(run_async(args));
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    result
+    crate::block_on(run_async(args))
 }
 
 async fn run_async(args: RoomsArgs) -> anyhow::Result<()> {

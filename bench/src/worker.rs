@@ -197,11 +197,7 @@ pub(crate) fn run(args: WorkerArgs) -> anyhow::Result<()> {
     if args.sources.is_empty() || args.concurrency == 0 || args.rooms == 0 {
         bail!("--sources, --concurrency and --rooms must not be empty or zero");
     }
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let result = runtime.block_on(run_async(args));
-    // Do not wait for anything left over (hyper connection tasks of closed sockets).
-    runtime.shutdown_timeout(Duration::from_secs(1));
-    result
+    crate::block_on(run_async(args))
 }
 
 /// A command read from stdin.
