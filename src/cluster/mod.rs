@@ -31,7 +31,9 @@
 //!   and `GET /cluster`.
 
 pub mod credentials;
+pub mod kv;
 pub mod message;
+pub mod raft;
 pub mod transport;
 mod wire;
 
