@@ -92,6 +92,21 @@ pub struct Config {
     pub log: String,
     /// Log output format.
     pub log_format: LogFormat,
+    /// Cluster node id (the raft id; must match the node certificate). Unset runs a single node.
+    pub node_id: Option<u64>,
+    /// UDP address of the cluster's QUIC endpoint; required with `node_id`.
+    pub cluster_listen: Option<SocketAddr>,
+    /// Address (host:port, UDP) other nodes dial to reach this one; the bound address when unset.
+    pub advertise: Option<String>,
+    /// Members to join through (`host:port`, repeatable); empty with a fresh data dir starts a new
+    /// cluster.
+    pub join: Vec<String>,
+    /// Where the node keeps its raft state (vote, log, snapshot).
+    pub data_dir: PathBuf,
+    /// Folder with `node.pem`, `node.key` and `ca.pem` (see `ioswarm cluster issue`).
+    pub cluster_credentials: Option<PathBuf>,
+    /// How long cluster-wide operations (fetchSockets, acks, NUMSUB, ...) wait for other nodes.
+    pub cluster_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -122,6 +137,13 @@ impl Default for Config {
             shutdown_grace_ms: 5_000,
             log: "info".to_owned(),
             log_format: LogFormat::Text,
+            node_id: None,
+            cluster_listen: None,
+            advertise: None,
+            join: Vec::new(),
+            data_dir: PathBuf::from("ioswarm-data"),
+            cluster_credentials: None,
+            cluster_timeout_ms: 5_000,
         }
     }
 }
@@ -155,6 +177,13 @@ impl fmt::Debug for Config {
             .field("shutdown_grace_ms", &self.shutdown_grace_ms)
             .field("log", &self.log)
             .field("log_format", &self.log_format)
+            .field("node_id", &self.node_id)
+            .field("cluster_listen", &self.cluster_listen)
+            .field("advertise", &self.advertise)
+            .field("join", &self.join)
+            .field("data_dir", &self.data_dir)
+            .field("cluster_credentials", &self.cluster_credentials)
+            .field("cluster_timeout_ms", &self.cluster_timeout_ms)
             .finish()
     }
 }
@@ -210,6 +239,7 @@ impl Config {
             ("upgrade_timeout_ms", self.upgrade_timeout_ms),
             ("connect_timeout_ms", self.connect_timeout_ms),
             ("ack_timeout_ms", self.ack_timeout_ms),
+            ("cluster_timeout_ms", self.cluster_timeout_ms),
         ] {
             if ms == 0 || ms > MAX_TIMEOUT_MS {
                 return Err(invalid(field, format!("{ms} must be between 1 and {MAX_TIMEOUT_MS} milliseconds")));
@@ -273,10 +303,46 @@ impl Config {
                 ),
             ));
         }
+        self.validate_cluster()?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
             return Err(invalid("log", format!("{:?} is not a valid filter: {e}", self.log)));
         }
         Ok(())
+    }
+
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let clustered = self.node_id.is_some();
+        if clustered != self.cluster_listen.is_some() {
+            return Err(invalid("cluster_listen", "node_id and cluster_listen must be given together"));
+        }
+        if clustered && self.cluster_credentials.is_none() {
+            return Err(invalid("cluster_credentials", "a cluster node needs its credentials folder"));
+        }
+        if self.node_id == Some(0) {
+            return Err(invalid("node_id", "must be greater than 0"));
+        }
+        if !clustered && !self.join.is_empty() {
+            return Err(invalid("join", "needs node_id and cluster_listen"));
+        }
+        for addr in &self.join {
+            if addr.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err()) {
+                return Err(invalid("join", format!("{addr:?} must be host:port")));
+            }
+        }
+        if let Some(addr) = &self.advertise
+            && addr.rsplit_once(':').is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+        {
+            return Err(invalid("advertise", format!("{addr:?} must be host:port")));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty"));
+        }
+        Ok(())
+    }
+
+    /// How long cluster-wide operations wait for other nodes.
+    pub fn cluster_timeout(&self) -> Duration {
+        Duration::from_millis(self.cluster_timeout_ms)
     }
 
     fn validate_cors(&self) -> Result<(), ConfigError> {
@@ -375,7 +441,24 @@ impl Config {
             shutdown_grace_ms,
             log,
             log_format,
+            data_dir,
+            cluster_timeout_ms,
         );
+        if let Some(v) = cli.node_id {
+            self.node_id = Some(v);
+        }
+        if let Some(v) = cli.cluster_listen {
+            self.cluster_listen = Some(v);
+        }
+        if let Some(v) = &cli.advertise {
+            self.advertise = Some(v.clone());
+        }
+        if let Some(v) = &cli.join {
+            self.join = non_empty(v);
+        }
+        if let Some(v) = &cli.cluster_credentials {
+            self.cluster_credentials = Some(v.clone());
+        }
         // `--cors-origin=` / `IOSWARM_NAMESPACES=` (empty) clear the list.
         if let Some(v) = &cli.cors_origin {
             self.cors_origin = non_empty(v);
@@ -516,6 +599,27 @@ pub struct Cli {
     /// Log format [default: text].
     #[arg(long, env = "IOSWARM_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Cluster node id; with `--cluster-listen` this node joins a cluster [default: single node].
+    #[arg(long, env = "IOSWARM_NODE_ID", value_name = "ID")]
+    pub node_id: Option<u64>,
+    /// UDP address of the cluster QUIC endpoint, e.g. `0.0.0.0:7946` [default: none].
+    #[arg(long, env = "IOSWARM_CLUSTER_LISTEN", value_name = "ADDR")]
+    pub cluster_listen: Option<SocketAddr>,
+    /// Address other nodes dial to reach this one (host:port) [default: the bound address].
+    #[arg(long, env = "IOSWARM_ADVERTISE", value_name = "HOST:PORT")]
+    pub advertise: Option<String>,
+    /// A member to join through (host:port); repeat or comma-separate for several [default: none].
+    #[arg(long, env = "IOSWARM_JOIN", value_name = "HOST:PORT", value_delimiter = ',')]
+    pub join: Option<Vec<String>>,
+    /// Folder for the raft state (vote, log, snapshot) [default: ioswarm-data].
+    #[arg(long, env = "IOSWARM_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Folder with node.pem, node.key and ca.pem from `ioswarm cluster issue` [default: none].
+    #[arg(long, env = "IOSWARM_CLUSTER_CREDENTIALS", value_name = "DIR")]
+    pub cluster_credentials: Option<PathBuf>,
+    /// How long cluster-wide operations wait for other nodes, in ms [default: 5000].
+    #[arg(long, env = "IOSWARM_CLUSTER_TIMEOUT_MS", value_name = "MS")]
+    pub cluster_timeout_ms: Option<u64>,
 }
 
 /// Builds the configuration: defaults, then the `--config` file, then environment and flags;
@@ -692,7 +796,7 @@ mod tests {
         let cmd = Cli::command();
         let longs: Vec<&str> = cmd.get_arguments().filter_map(|a| a.get_long()).collect();
         let keys = value.as_object().unwrap().keys();
-        assert_eq!(keys.len(), 25);
+        assert_eq!(keys.len(), 32);
         for key in keys {
             let flag = key.replace('_', "-");
             assert!(longs.contains(&flag.as_str()), "config field {key} has no --{flag}");
@@ -727,6 +831,13 @@ mod tests {
             "--shutdown-grace-ms=11",
             "--log=debug",
             "--log-format=json",
+            "--node-id=3",
+            "--cluster-listen=127.0.0.1:4",
+            "--advertise=node3:4",
+            "--join=a:1,b:2",
+            "--data-dir=/tmp/d",
+            "--cluster-credentials=/tmp/c",
+            "--cluster-timeout-ms=12",
         ]);
         let c = load(&cli).unwrap();
         let defaults = serde_json::to_value(Config::default()).unwrap();
