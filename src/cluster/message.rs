@@ -49,6 +49,19 @@ pub enum Message {
     KvRequest(KvRequest),
     /// The answer to a [`Message::KvRequest`].
     KvReply(KvReply),
+    /// A Redis PUBLISH / SPUBLISH for the receiver's local subscribers.
+    Publish(Publish),
+}
+
+/// A message a Redis client published on the sender.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    /// The channel (or shard channel).
+    pub channel: Bytes,
+    /// The message.
+    pub message: Bytes,
+    /// SPUBLISH rather than PUBLISH.
+    pub shard: bool,
 }
 
 /// How a node introduces itself on a new connection.
@@ -188,6 +201,12 @@ pub struct NodeLiveness {
     pub heartbeat: u64,
     /// Where to reach it.
     pub advertise_addr: String,
+    /// The version of its room interest.
+    pub interest_version: u64,
+    /// Its connected sockets.
+    pub sockets: u64,
+    /// Its rooms with local members.
+    pub rooms: u64,
 }
 
 /// A cluster-wide operation sent to one node.
@@ -252,6 +271,13 @@ pub enum RequestOp {
     },
     /// A broadcast whose acks are collected.
     BroadcastWithAck(Broadcast),
+    /// `PUBSUB NUMSUB` / `SHARDNUMSUB`: local subscriber counts.
+    PubSubNumSub {
+        /// The channels.
+        channels: Vec<Bytes>,
+        /// Shard channels rather than channels.
+        shard: bool,
+    },
 }
 
 /// The answer to a [`ClusterRequest`].
@@ -282,6 +308,8 @@ pub enum ReplyBody {
         /// Acks received before the deadline.
         acks: Vec<ClientAck>,
     },
+    /// One count per requested channel.
+    Counts(Vec<u64>),
     /// The request failed on that node.
     Error {
         /// Why.

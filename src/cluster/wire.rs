@@ -13,7 +13,7 @@ use prost::Message as _;
 use super::message::{
     ClientAck, ClusterReply, ClusterRequest, DigestEntry, Envelope, ForwardedBroadcast, Goodbye, Gossip, Hello,
     InterestDelta, InterestSnapshot, KvCommand, KvOp, KvRead, KvReadOp, KvReply, KvRequest, KvValue, KvWrite, Message,
-    NamespaceDelta, NamespaceRooms, NodeId, NodeLiveness, NodeState, PROTOCOL_VERSION, PayloadEncoding, RaftPayload,
+    NamespaceDelta, NamespaceRooms, NodeId, NodeLiveness, NodeState, PROTOCOL_VERSION, PayloadEncoding, Publish, RaftPayload,
     RaftRpcKind, RemoteSocket, ReplyBody, RequestErrorCode, RequestOp, SetCondition, SocketSelector,
 };
 use crate::rooms::{Broadcast, BroadcastFlags, EncodedPacket};
@@ -55,6 +55,26 @@ pub enum WireError {
     /// A field holds a value that is not allowed.
     #[error("invalid {0}")]
     Invalid(&'static str),
+}
+
+/// Encodes a [`KvCommand`] alone as protobuf bytes (how the raft log stores it).
+pub(crate) fn encode_kv_command(command: &KvCommand) -> Vec<u8> {
+    kv_command_to_pb(command).encode_to_vec()
+}
+
+/// Decodes [`encode_kv_command`]'s output.
+pub(crate) fn decode_kv_command(bytes: &[u8]) -> Result<KvCommand, WireError> {
+    kv_command_from_pb(pb::KvCommand::decode(bytes)?)
+}
+
+/// Encodes a [`KvValue`] alone as protobuf bytes (a `KvReply` with request id 0).
+pub(crate) fn encode_kv_value(value: &KvValue) -> Vec<u8> {
+    kv_reply_to_pb(0, value).encode_to_vec()
+}
+
+/// Decodes [`encode_kv_value`]'s output.
+pub(crate) fn decode_kv_value(bytes: &[u8]) -> Result<KvValue, WireError> {
+    kv_value_from_pb(pb::KvReply::decode(bytes)?.value)
 }
 
 /// Encodes `message` from `sender` as protobuf `Envelope` bytes (no length prefix).
@@ -108,6 +128,11 @@ fn envelope_to_pb(sender: NodeId, message: &Message) -> pb::Envelope {
         }),
         Message::KvRequest(request) => Body::KvRequest(request.into()),
         Message::KvReply(reply) => Body::KvReply(kv_reply_to_pb(reply.request_id, &reply.value)),
+        Message::Publish(publish) => Body::Publish(pb::Publish {
+            channel: publish.channel.clone(),
+            message: publish.message.clone(),
+            shard: publish.shard,
+        }),
     };
     pb::Envelope { protocol_version: PROTOCOL_VERSION, sender, body: Some(body) }
 }
@@ -189,6 +214,9 @@ impl From<&Gossip> for pb::Gossip {
                         state: node_state_to_pb(n.state) as i32,
                         heartbeat: n.heartbeat,
                         advertise_addr: n.advertise_addr.clone(),
+                        interest_version: n.interest_version,
+                        sockets: n.sockets,
+                        rooms: n.rooms,
                     })
                     .collect(),
             }),
@@ -228,6 +256,9 @@ impl From<&ClusterRequest> for pb::ClusterRequest {
             }),
             RequestOp::BroadcastWithAck(broadcast) => {
                 Kind::BroadcastWithAck(pb::BroadcastWithAck { broadcast: Some(broadcast_to_pb(broadcast, 0, 0)) })
+            }
+            RequestOp::PubSubNumSub { channels, shard } => {
+                Kind::PubsubNumsub(pb::PubSubNumSub { channels: channels.clone(), shard: *shard })
             }
         };
         pb::ClusterRequest {
@@ -269,6 +300,7 @@ impl From<&ClusterReply> for pb::ClusterReply {
                     })
                     .collect(),
             }),
+            ReplyBody::Counts(counts) => Kind::Counts(pb::Counts { counts: counts.clone() }),
             ReplyBody::Error { code, message } => {
                 let code = match code {
                     RequestErrorCode::Unsupported => pb::RequestErrorCode::Unsupported,
@@ -417,6 +449,9 @@ impl TryFrom<pb::Envelope> for Envelope {
             Body::KvReply(reply) => {
                 Message::KvReply(KvReply { request_id: reply.request_id, value: kv_value_from_pb(reply.value)? })
             }
+            Body::Publish(publish) => {
+                Message::Publish(Publish { channel: publish.channel, message: publish.message, shard: publish.shard })
+            }
         };
         Ok(Envelope { sender: envelope.sender, message })
     }
@@ -515,6 +550,9 @@ impl TryFrom<pb::Gossip> for Gossip {
                             state,
                             heartbeat: n.heartbeat,
                             advertise_addr: n.advertise_addr,
+                            interest_version: n.interest_version,
+                            sockets: n.sockets,
+                            rooms: n.rooms,
                         })
                     })
                     .collect::<Result<_, WireError>>()?,
@@ -558,6 +596,7 @@ impl TryFrom<pb::ClusterRequest> for ClusterRequest {
                 let broadcast = with_ack.broadcast.ok_or(WireError::Missing("BroadcastWithAck.broadcast"))?;
                 RequestOp::BroadcastWithAck(broadcast_from_pb(broadcast)?.0)
             }
+            Kind::PubsubNumsub(numsub) => RequestOp::PubSubNumSub { channels: numsub.channels, shard: numsub.shard },
         };
         Ok(ClusterRequest {
             request_id: request.request_id,
@@ -588,6 +627,7 @@ impl TryFrom<pb::ClusterReply> for ClusterReply {
                     .collect(),
             ),
             Kind::ServerSideEmit(emit) => ReplyBody::ServerSideEmit(emit.responses_json),
+            Kind::Counts(counts) => ReplyBody::Counts(counts.counts),
             Kind::BroadcastAck(ack) => ReplyBody::BroadcastAck {
                 client_count: ack.client_count,
                 acks: ack
@@ -783,6 +823,11 @@ mod tests {
             version: 40,
             namespaces: vec![NamespaceRooms { namespace: "/a".into(), rooms: vec!["r1".into(), "r2".into()] }],
         })));
+        round_trip(Message::Publish(Publish {
+            channel: Bytes::from_static(b"news"),
+            message: Bytes::from_static(b"\x00hi"),
+            shard: true,
+        }));
         round_trip(Message::Gossip(Gossip::Digest(vec![
             DigestEntry { origin: 1, incarnation: 1, version: 10 },
             DigestEntry { origin: 2, incarnation: 5, version: 0 },
@@ -797,6 +842,9 @@ mod tests {
                     state,
                     heartbeat: 99,
                     advertise_addr: "127.0.0.1:1".into(),
+                    interest_version: 7,
+                    sockets: 12,
+                    rooms: i as u64,
                 })
                 .collect(),
         )));
@@ -812,6 +860,7 @@ mod tests {
                 want_ack: true,
             },
             RequestOp::BroadcastWithAck(broadcast()),
+            RequestOp::PubSubNumSub { channels: vec![Bytes::from_static(b"ch"), Bytes::new()], shard: false },
         ] {
             round_trip(Message::Request(ClusterRequest { request_id: 42, timeout, op }));
         }
@@ -825,6 +874,7 @@ mod tests {
                 data_json: Bytes::from_static(b"null"),
             }]),
             ReplyBody::ServerSideEmit(vec![Bytes::from_static(b"1"), Bytes::from_static(b"\"two\"")]),
+            ReplyBody::Counts(vec![0, 3, u64::MAX]),
             ReplyBody::BroadcastAck {
                 client_count: 3,
                 acks: vec![ClientAck {

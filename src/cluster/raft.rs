@@ -1,1 +1,0 @@
-//! Cluster membership and the replicated key-value store on openraft.
