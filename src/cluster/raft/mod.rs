@@ -1,0 +1,1 @@
+//! Cluster membership and the replicated key-value store on openraft.
