@@ -31,6 +31,7 @@
 //!   and `GET /cluster`.
 
 pub mod credentials;
+pub mod gossip;
 pub mod kv;
 pub mod message;
 pub mod raft;

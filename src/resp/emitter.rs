@@ -27,7 +27,7 @@ use bytes::Bytes;
 use serde_json::{Map, Number, Value};
 
 use super::PublishHook;
-use crate::socketio::{Namespace, Payload, Server};
+use crate::socketio::{Namespace, Payload, RemoteOp, Server};
 
 /// Counter of messages seen on emitter channels ([`crate::metrics::EMITTER_MESSAGES`]), labelled [`RESULT_LABEL`] = `ok` (executed),
 /// `invalid` (could not be decoded) or `ignored` (well-formed but not for us: unsupported packet
@@ -1104,26 +1104,38 @@ impl EmitterBridge {
         let Some(ns) = self.io.namespace(&r.nsp) else {
             return Outcome::Ok;
         };
+        // Each action runs here and, in order with this node's broadcasts, on every other node
+        // of the cluster (the emitter published once, to this node only).
         match r.action {
             RequestAction::Join { targets, rooms } => {
-                for socket in targets_of(&ns, targets).sockets() {
+                let op = targets_of(&ns, targets);
+                for socket in op.sockets() {
                     for room in &rooms {
                         socket.join(room);
                     }
                 }
+                op.send_ordered(|s| RemoteOp::Join(s, rooms));
             }
             RequestAction::Leave { targets, rooms } => {
-                for socket in targets_of(&ns, targets).sockets() {
+                let op = targets_of(&ns, targets);
+                for socket in op.sockets() {
                     for room in &rooms {
                         socket.leave(room);
                     }
                 }
+                op.send_ordered(|s| RemoteOp::Leave(s, rooms));
             }
             RequestAction::Disconnect { targets, close } => {
-                targets_of(&ns, targets).disconnect(close);
+                let op = targets_of(&ns, targets);
+                op.disconnect(close);
+                op.send_ordered(|s| RemoteOp::Disconnect(s, close));
             }
             RequestAction::ServerSideEmit { event, payload } => {
+                let remote = (!payload.has_binary()).then(|| (event.clone(), payload.args.clone()));
                 ns.dispatch_server_side(&event, payload);
+                if let Some((event, args)) = remote {
+                    ns.broadcast().send_ordered(|s| RemoteOp::ServerSideEmit { nsp: s.nsp, event, args });
+                }
             }
         }
         Outcome::Ok

@@ -8,6 +8,7 @@
 //! - `socket`: one client's membership of one namespace: emit, acks, rooms.
 //! - `operator`: the broadcast builder (`to`, `except`, `volatile`…).
 
+pub mod adapter;
 mod config;
 mod namespace;
 mod operator;
@@ -16,9 +17,10 @@ mod payload;
 mod server;
 mod socket;
 
+pub use adapter::{Adapter, RemoteOp, RemoteOutcome, RemoteSocket, Selector};
 pub use config::{NamespacePolicy, SocketIoConfig};
 pub use namespace::{ConnectError, ConnectRequest, Event, Namespace};
-pub use operator::{AckResults, BroadcastOperator};
+pub use operator::{AckResults, BroadcastOperator, ClusterCount, FetchedSockets};
 pub use payload::Payload;
 pub use server::{ClientState, Server};
 pub use socket::{AckError, AckSender, SendError, Socket};

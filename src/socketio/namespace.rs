@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -12,6 +12,7 @@ use parking_lot::RwLock;
 use serde_json::Value;
 use tokio_util::task::TaskTracker;
 
+use super::adapter::Adapter;
 use super::operator::BroadcastOperator;
 use super::packet::Packet;
 use super::payload::Payload;
@@ -106,6 +107,7 @@ pub(crate) struct NamespaceInner {
     rooms: RoomRegistry<Socket>,
     handlers: RwLock<Handlers>,
     tasks: TaskTracker,
+    adapter: Arc<OnceLock<Arc<dyn Adapter>>>,
     pub(crate) max_rooms_per_socket: usize,
     pub(crate) max_pending_acks: usize,
 }
@@ -127,6 +129,7 @@ impl Namespace {
             rooms: RoomRegistry::default(),
             handlers: RwLock::new(Handlers::default()),
             tasks: server.tasks.clone(),
+            adapter: server.adapter.clone(),
             max_rooms_per_socket: server.config.max_rooms_per_socket,
             max_pending_acks: server.config.max_pending_acks,
         }))
@@ -266,6 +269,18 @@ impl Namespace {
     /// Names of rooms with at least one member (socket-id rooms excluded).
     pub fn rooms(&self) -> Vec<String> {
         self.0.rooms.room_names()
+    }
+
+    /// The cluster adapter, if this node is part of a cluster.
+    pub fn adapter(&self) -> Option<&Arc<dyn Adapter>> {
+        self.0.adapter.get()
+    }
+
+    /// Tells the cluster that `room` gained its first or lost its last local member.
+    pub(crate) fn room_changed(&self, room: &str) {
+        if let Some(adapter) = self.0.adapter.get() {
+            adapter.room_changed(&self.0.name, room);
+        }
     }
 
     pub(crate) fn max_rooms_per_socket(&self) -> usize {

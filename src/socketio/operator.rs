@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::adapter::{RemoteOp, RemoteOutcome, RemoteSocket, Selector};
 use super::namespace::Namespace;
 use super::payload::Payload;
 use super::socket::{Socket, encode_event};
@@ -25,6 +26,28 @@ pub struct AckResults {
     pub acks: Vec<Payload>,
     /// Recipients that did not answer in time (or disconnected).
     pub timed_out: usize,
+    /// Cluster nodes that did not answer in time (their recipients are not counted).
+    pub missing_nodes: Vec<u64>,
+}
+
+/// What a cluster-wide operation did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterCount {
+    /// Sockets affected on every node that answered, this one included.
+    pub affected: usize,
+    /// Cluster nodes that did not answer in time.
+    pub missing_nodes: Vec<u64>,
+}
+
+/// The sockets `fetchSockets` found.
+#[derive(Debug, Clone, Default)]
+pub struct FetchedSockets {
+    /// Sockets connected to this node.
+    pub local: Vec<Socket>,
+    /// Sockets connected to other nodes.
+    pub remote: Vec<RemoteSocket>,
+    /// Cluster nodes that did not answer in time.
+    pub missing_nodes: Vec<u64>,
 }
 
 impl BroadcastOperator {
@@ -67,16 +90,99 @@ impl BroadcastOperator {
         }
     }
 
-    /// Emits `event` to the targets; returns the number of recipients.
+    /// Emits `event` to the targets on every node; returns the number of recipients on this
+    /// node (other nodes deliver on their own).
     pub fn emit(&self, event: &str, payload: impl Into<Payload>) -> usize {
         let b = self.build(event, &payload.into());
-        self.ns.execute(&b)
+        let recipients = self.ns.execute(&b);
+        if !self.flags.local
+            && let Some(adapter) = self.ns.adapter()
+        {
+            adapter.forward(&b);
+        }
+        recipients
     }
 
-    /// Emits `event` asking each recipient for an acknowledgement, and waits
-    /// until every recipient answered or `timeout` passed.
+    /// The selection this operator makes, for other nodes.
+    pub fn selector(&self) -> Selector {
+        Selector { nsp: self.ns.name().to_owned(), rooms: self.rooms.clone(), except: self.except.clone() }
+    }
+
+    /// Runs `op` on the other nodes unless this operator is local or there is no cluster.
+    async fn remote(&self, op: impl FnOnce(Selector) -> RemoteOp) -> RemoteOutcome {
+        match self.ns.adapter() {
+            Some(adapter) if !self.flags.local => adapter.request(op(self.selector())).await,
+            _ => RemoteOutcome::default(),
+        }
+    }
+
+    /// Like `emit`, but without waiting: other nodes apply `op` in order with this node's
+    /// broadcasts. Used for fire-and-forget operations (the Redis emitter's).
+    pub fn send_ordered(&self, op: impl FnOnce(Selector) -> RemoteOp) {
+        if !self.flags.local
+            && let Some(adapter) = self.ns.adapter()
+        {
+            adapter.send_ordered(op(self.selector()));
+        }
+    }
+
+    /// `fetchSockets()`: the targeted sockets on every node.
+    pub async fn fetch_sockets(&self) -> FetchedSockets {
+        let local = self.sockets();
+        let remote = self.remote(RemoteOp::Fetch).await;
+        FetchedSockets { local, remote: remote.sockets, missing_nodes: remote.missing }
+    }
+
+    /// `socketsJoin(rooms)` on every node.
+    pub async fn sockets_join(&self, rooms: &[String]) -> ClusterCount {
+        let local = self.sockets();
+        for socket in &local {
+            for room in rooms {
+                socket.join(room);
+            }
+        }
+        let remote = self.remote(|s| RemoteOp::Join(s, rooms.to_vec())).await;
+        ClusterCount { affected: local.len() + remote.affected, missing_nodes: remote.missing }
+    }
+
+    /// `socketsLeave(rooms)` on every node.
+    pub async fn sockets_leave(&self, rooms: &[String]) -> ClusterCount {
+        let local = self.sockets();
+        for socket in &local {
+            for room in rooms {
+                socket.leave(room);
+            }
+        }
+        let remote = self.remote(|s| RemoteOp::Leave(s, rooms.to_vec())).await;
+        ClusterCount { affected: local.len() + remote.affected, missing_nodes: remote.missing }
+    }
+
+    /// `disconnectSockets(close)` on every node.
+    pub async fn disconnect_sockets(&self, close: bool) -> ClusterCount {
+        let local = self.disconnect(close);
+        let remote = self.remote(|s| RemoteOp::Disconnect(s, close)).await;
+        ClusterCount { affected: local + remote.affected, missing_nodes: remote.missing }
+    }
+
+    /// Emits `event` asking each recipient (on every node) for an acknowledgement, and waits
+    /// until every recipient answered or `timeout` passed. Nodes that do not answer within
+    /// `timeout` plus the cluster timeout are listed in `missing_nodes`.
     pub async fn emit_with_ack(&self, event: &str, payload: impl Into<Payload>, timeout: Duration) -> AckResults {
         let payload = payload.into();
+        let broadcast = self.build(event, &payload);
+        let (mut results, remote) = tokio::join!(
+            self.emit_with_ack_here(event, payload, timeout),
+            self.remote(|_| RemoteOp::EmitWithAck(broadcast, timeout))
+        );
+        results.recipients += remote.affected;
+        results.timed_out += remote.affected.saturating_sub(remote.acks.len());
+        results.acks.extend(remote.acks);
+        results.missing_nodes = remote.missing;
+        results
+    }
+
+    /// [`BroadcastOperator::emit_with_ack`] on this node's sockets only.
+    pub async fn emit_with_ack_here(&self, event: &str, payload: Payload, timeout: Duration) -> AckResults {
         let mut waiting = Vec::new();
         let mut failed = 0;
         for socket in self.sockets() {
@@ -95,7 +201,7 @@ impl BroadcastOperator {
                 _ => timed_out += 1,
             }
         }
-        AckResults { recipients, acks, timed_out }
+        AckResults { recipients, acks, timed_out, missing_nodes: Vec::new() }
     }
 
     /// The sockets this operator targets.

@@ -2,7 +2,7 @@
 //! (reassembling binary ones) and routes them to namespaces.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -13,6 +13,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
+use super::adapter::Adapter;
 use super::config::{NamespacePolicy, SocketIoConfig};
 use super::namespace::Namespace;
 use super::packet::{self, BinaryCollector, Packet, PacketKind};
@@ -33,6 +34,7 @@ pub(crate) struct ServerInner {
     pub(crate) config: SocketIoConfig,
     namespaces: DashMap<String, Namespace>,
     template: Mutex<Option<Template>>,
+    pub(crate) adapter: Arc<OnceLock<Arc<dyn Adapter>>>,
     pub(crate) tasks: TaskTracker,
 }
 
@@ -50,6 +52,7 @@ impl Server {
             config,
             namespaces: DashMap::new(),
             template: Mutex::new(None),
+            adapter: Arc::new(OnceLock::new()),
             tasks: TaskTracker::new(),
         });
         let engine = Engine::new(engine_config, SioHandler { server: inner.clone() });
@@ -75,6 +78,17 @@ impl Server {
     /// [`NamespacePolicy`]) before its first client connects.
     pub fn on_new_namespace(&self, f: impl Fn(&Namespace) + Send + Sync + 'static) {
         *self.inner.template.lock() = Some(Arc::new(f));
+    }
+
+    /// Connects this server to a cluster (once, before clients connect); from then on broadcasts
+    /// and cluster-wide operations reach the other nodes through `adapter`.
+    pub fn set_adapter(&self, adapter: Arc<dyn Adapter>) -> Result<(), Arc<dyn Adapter>> {
+        self.inner.adapter.set(adapter)
+    }
+
+    /// The cluster adapter, if this node is part of a cluster.
+    pub fn adapter(&self) -> Option<&Arc<dyn Adapter>> {
+        self.inner.adapter.get()
     }
 
     /// The Engine.IO endpoint under this server.

@@ -141,7 +141,10 @@ impl Socket {
         if rooms.len() >= self.0.ns.max_rooms_per_socket() {
             return false;
         }
-        let (name, _) = self.0.ns.registry().join(room, self.0.sid, self.clone());
+        let (name, created) = self.0.ns.registry().join(room, self.0.sid, self.clone());
+        if created {
+            self.0.ns.room_changed(room);
+        }
         rooms.push(name);
         true
     }
@@ -151,7 +154,9 @@ impl Socket {
         let mut rooms = self.0.rooms.lock();
         if let Some(pos) = rooms.iter().position(|r| &**r == room) {
             rooms.swap_remove(pos);
-            self.0.ns.registry().leave(room, self.0.sid);
+            if self.0.ns.registry().leave(room, self.0.sid) {
+                self.0.ns.room_changed(room);
+            }
         }
     }
 
@@ -159,7 +164,9 @@ impl Socket {
     pub fn leave_all(&self) {
         let rooms = std::mem::take(&mut *self.0.rooms.lock());
         for room in rooms {
-            self.0.ns.registry().leave(&room, self.0.sid);
+            if self.0.ns.registry().leave(&room, self.0.sid) {
+                self.0.ns.room_changed(&room);
+            }
         }
     }
 
