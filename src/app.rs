@@ -132,16 +132,23 @@ fn relay(socket: &Socket, mut event: Event, allowed: bool) {
     reply(event, json!({ "recipients": recipients }))
 }
 
-/// The admin HTTP API: `POST /v1/emit`, `GET /v1/sockets`.
+/// The admin HTTP API: `POST /v1/emit`, `GET /v1/sockets`, `POST /v1/sockets/join|leave|disconnect`
+/// (all cluster-wide on a cluster node) and `GET /cluster`.
 #[derive(Debug, Clone)]
 pub struct AdminApi {
     io: Server,
+    cluster: Option<crate::cluster::node::ClusterNode>,
 }
 
 impl AdminApi {
     /// The API over `io`.
     pub fn new(io: Server) -> Self {
-        Self { io }
+        Self { io, cluster: None }
+    }
+
+    /// The API over `io`, on a cluster node.
+    pub fn with_cluster(io: Server, cluster: crate::cluster::node::ClusterNode) -> Self {
+        Self { io, cluster: Some(cluster) }
     }
 
     async fn emit(&self, body: &[u8]) -> Response<Bytes> {
@@ -149,48 +156,88 @@ impl AdminApi {
             Ok(req) => req,
             Err(err) => return json_error(StatusCode::BAD_REQUEST, &format!("invalid request: {err}")),
         };
-        let Some(ns) = self.io.namespace(&req.nsp) else {
-            return json_response(StatusCode::OK, &json!({"recipients": 0}));
+        let Some(ns) = self.io.namespace_for_broadcast(&req.nsp) else {
+            return json_response(StatusCode::OK, &json!({"recipients": 0, "forwardedTo": []}));
         };
-        let mut op = ns.broadcast();
-        for room in req.rooms {
-            op = op.to(room);
-        }
-        for room in req.except {
-            op = op.except(room);
-        }
+        let mut op = operator(&ns, &req.rooms, &req.except);
         if req.volatile {
             op = op.volatile();
         }
         let payload = Payload::json(req.args);
         match req.ack_timeout_ms {
             None => {
-                let recipients = op.emit(&req.event, payload);
-                json_response(StatusCode::OK, &json!({ "recipients": recipients }))
+                let (recipients, forwarded) = op.emit_forwarded(&req.event, payload);
+                json_response(StatusCode::OK, &json!({ "recipients": recipients, "forwardedTo": forwarded }))
             }
             Some(ms) => {
                 let results = op.emit_with_ack(&req.event, payload, Duration::from_millis(ms)).await;
                 let acks: Vec<Value> = results.acks.into_iter().map(|p| Value::Array(p.args)).collect();
                 json_response(
                     StatusCode::OK,
-                    &json!({ "recipients": results.recipients, "acks": acks, "timedOut": results.timed_out }),
+                    &json!({
+                        "recipients": results.recipients,
+                        "acks": acks,
+                        "timedOut": results.timed_out,
+                        "missingNodes": results.missing_nodes,
+                    }),
                 )
             }
         }
     }
 
-    fn sockets(&self, query: &str) -> Response<Bytes> {
-        let nsp = crate::engineio::parse_query(query).remove("nsp").unwrap_or_else(|| "/".to_owned());
-        let sockets: Vec<Value> = self
-            .io
-            .namespace(&nsp)
-            .map(|ns| ns.sockets())
-            .unwrap_or_default()
+    async fn sockets(&self, query: &str) -> Response<Bytes> {
+        let mut query = crate::engineio::parse_query(query);
+        let nsp = query.remove("nsp").unwrap_or_else(root_nsp);
+        let rooms: Vec<String> = query.remove("room").into_iter().collect();
+        let Some(ns) = self.io.namespace_for_broadcast(&nsp) else {
+            return json_response(StatusCode::OK, &json!({ "sockets": [], "missingNodes": [] }));
+        };
+        let fetched = operator(&ns, &rooms, &[]).fetch_sockets().await;
+        let node = self.cluster.as_ref().map(crate::cluster::node::ClusterNode::id);
+        let mut sockets: Vec<Value> = fetched
+            .local
             .iter()
-            .map(|s| json!({ "id": s.id(), "rooms": s.rooms().into_iter().skip(1).collect::<Vec<_>>() }))
+            .map(|s| json!({ "id": s.id(), "rooms": s.rooms().into_iter().skip(1).collect::<Vec<_>>(), "node": node }))
             .collect();
-        json_response(StatusCode::OK, &json!({ "sockets": sockets }))
+        sockets.extend(fetched.remote.iter().map(|s| json!({ "id": s.id, "rooms": s.rooms, "node": s.node })));
+        json_response(StatusCode::OK, &json!({ "sockets": sockets, "missingNodes": fetched.missing_nodes }))
     }
+
+    async fn sockets_action(&self, action: &str, body: &[u8]) -> Response<Bytes> {
+        let req: SocketsRequest = match serde_json::from_slice(body) {
+            Ok(req) => req,
+            Err(err) => return json_error(StatusCode::BAD_REQUEST, &format!("invalid request: {err}")),
+        };
+        let Some(ns) = self.io.namespace_for_broadcast(&req.nsp) else {
+            return json_response(StatusCode::OK, &json!({"affected": 0, "missingNodes": []}));
+        };
+        let op = operator(&ns, &req.rooms, &req.except);
+        let done = match action {
+            "join" => op.sockets_join(&req.join).await,
+            "leave" => op.sockets_leave(&req.leave).await,
+            _ => op.disconnect_sockets(req.close).await,
+        };
+        json_response(StatusCode::OK, &json!({ "affected": done.affected, "missingNodes": done.missing_nodes }))
+    }
+
+    fn cluster(&self) -> Response<Bytes> {
+        match &self.cluster {
+            Some(node) => json_response(StatusCode::OK, &node.status_json()),
+            None => json_error(StatusCode::NOT_FOUND, "this node is not part of a cluster (no --node-id)"),
+        }
+    }
+}
+
+/// `ns.broadcast().to(rooms…).except(except…)`.
+fn operator(ns: &Namespace, rooms: &[String], except: &[String]) -> crate::socketio::BroadcastOperator {
+    let mut op = ns.broadcast();
+    for room in rooms {
+        op = op.to(room.clone());
+    }
+    for room in except {
+        op = op.except(room.clone());
+    }
+    op
 }
 
 #[derive(Debug, Deserialize)]
@@ -211,6 +258,23 @@ struct EmitRequest {
     ack_timeout_ms: Option<u64>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SocketsRequest {
+    #[serde(default = "root_nsp")]
+    nsp: String,
+    #[serde(default)]
+    rooms: Vec<String>,
+    #[serde(default)]
+    except: Vec<String>,
+    #[serde(default)]
+    join: Vec<String>,
+    #[serde(default)]
+    leave: Vec<String>,
+    #[serde(default)]
+    close: bool,
+}
+
 fn root_nsp() -> String {
     "/".to_owned()
 }
@@ -220,10 +284,20 @@ impl AdminRoutes for AdminApi {
         Box::pin(async move {
             match (req.method(), req.uri().path()) {
                 (&Method::POST, "/v1/emit") => Some(self.emit(req.body()).await),
-                (&Method::GET, "/v1/sockets") => Some(self.sockets(req.uri().query().unwrap_or(""))),
-                (_, "/v1/emit" | "/v1/sockets") => {
-                    Some(json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"))
-                }
+                (&Method::GET, "/v1/sockets") => Some(self.sockets(req.uri().query().unwrap_or("")).await),
+                (&Method::POST, "/v1/sockets/join") => Some(self.sockets_action("join", req.body()).await),
+                (&Method::POST, "/v1/sockets/leave") => Some(self.sockets_action("leave", req.body()).await),
+                (&Method::POST, "/v1/sockets/disconnect") => Some(self.sockets_action("disconnect", req.body()).await),
+                (&Method::GET, "/cluster") => Some(self.cluster()),
+                (
+                    _,
+                    "/v1/emit"
+                    | "/v1/sockets"
+                    | "/v1/sockets/join"
+                    | "/v1/sockets/leave"
+                    | "/v1/sockets/disconnect"
+                    | "/cluster",
+                ) => Some(json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")),
                 _ => None,
             }
         })

@@ -79,6 +79,41 @@ pub(crate) const REDIS_PUBLISHES: &str = "ioswarm_redis_publishes_total";
 /// = `output_hard_limit` | `output_soft_limit`.
 pub(crate) const REDIS_CLIENTS_KILLED: &str = "ioswarm_redis_clients_killed_total";
 
+/// Gauge: cluster peers by liveness. Labels: `state` = `alive` | `suspect` | `dead` | `left`.
+pub(crate) const CLUSTER_PEERS: &str = "ioswarm_cluster_peers";
+/// Counter: broadcasts forwarded to other nodes. Labels: `peer` (node id).
+pub(crate) const CLUSTER_FORWARDED_MESSAGES: &str = "ioswarm_cluster_forwarded_messages_total";
+/// Counter: bytes of broadcasts forwarded to other nodes. Labels: `peer` (node id).
+pub(crate) const CLUSTER_FORWARDED_BYTES: &str = "ioswarm_cluster_forwarded_bytes_total";
+/// Counter: broadcasts not forwarded because the peer's queue was full. Labels: `peer`.
+pub(crate) const CLUSTER_FORWARD_DROPPED: &str = "ioswarm_cluster_forward_dropped_total";
+/// Counter: broadcasts received from other nodes.
+pub(crate) const CLUSTER_RECEIVED_BROADCASTS: &str = "ioswarm_cluster_received_broadcasts_total";
+/// Counter: cluster-wide requests sent, by result. Labels: `result` = `ok` | `missing`.
+pub(crate) const CLUSTER_REQUESTS: &str = "ioswarm_cluster_requests_total";
+/// Gauge: 1 when this node holds the latest room interest of every live node.
+pub(crate) const GOSSIP_CONVERGED: &str = "ioswarm_gossip_converged";
+/// Gauge: this node's room-interest version.
+pub(crate) const GOSSIP_INTEREST_VERSION: &str = "ioswarm_gossip_interest_version";
+/// Counter: room-interest deltas sent.
+pub(crate) const GOSSIP_DELTAS: &str = "ioswarm_gossip_deltas_total";
+/// Counter: room-interest snapshots sent (anti-entropy).
+pub(crate) const GOSSIP_SNAPSHOTS: &str = "ioswarm_gossip_snapshots_total";
+/// Gauge: the raft term.
+pub(crate) const RAFT_TERM: &str = "ioswarm_raft_term";
+/// Gauge: the raft leader's node id (0 when unknown).
+pub(crate) const RAFT_LEADER_ID: &str = "ioswarm_raft_leader_id";
+/// Gauge: 1 when this node is the raft leader.
+pub(crate) const RAFT_IS_LEADER: &str = "ioswarm_raft_is_leader";
+/// Gauge: raft voters.
+pub(crate) const RAFT_VOTERS: &str = "ioswarm_raft_voters";
+/// Gauge: raft learners.
+pub(crate) const RAFT_LEARNERS: &str = "ioswarm_raft_learners";
+/// Counter: key-value commands executed. Labels: `kind` = `write` | `read`.
+pub(crate) const KV_COMMANDS: &str = "ioswarm_kv_commands_total";
+/// Counter: key-value commands forwarded to the raft leader.
+pub(crate) const KV_FORWARDED: &str = "ioswarm_kv_forwarded_total";
+
 /// What kind of instrument a metric is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum MetricKind {
@@ -135,6 +170,23 @@ pub(crate) const ALL: &[MetricDef] = {
         def(REDIS_PROTOCOL_ERRORS, Counter, "Redis-protocol connections closed for a protocol error."),
         def(REDIS_PUBLISHES, Counter, "PUBLISH / SPUBLISH commands received from clients."),
         def(REDIS_CLIENTS_KILLED, Counter, "Subscribers disconnected at their output buffer limit, by reason."),
+        def(CLUSTER_PEERS, Gauge, "Cluster peers by liveness state."),
+        def(CLUSTER_FORWARDED_MESSAGES, Counter, "Broadcasts forwarded to other nodes, by peer."),
+        def(CLUSTER_FORWARDED_BYTES, Counter, "Bytes of broadcasts forwarded to other nodes, by peer."),
+        def(CLUSTER_FORWARD_DROPPED, Counter, "Broadcasts not forwarded because a peer's queue was full, by peer."),
+        def(CLUSTER_RECEIVED_BROADCASTS, Counter, "Broadcasts received from other nodes."),
+        def(CLUSTER_REQUESTS, Counter, "Cluster-wide requests sent to peers, by result."),
+        def(GOSSIP_CONVERGED, Gauge, "1 when this node holds the latest room interest of every live node."),
+        def(GOSSIP_INTEREST_VERSION, Gauge, "This node's room-interest version."),
+        def(GOSSIP_DELTAS, Counter, "Room-interest deltas sent."),
+        def(GOSSIP_SNAPSHOTS, Counter, "Room-interest snapshots sent (anti-entropy)."),
+        def(RAFT_TERM, Gauge, "Current raft term."),
+        def(RAFT_LEADER_ID, Gauge, "Node id of the raft leader (0 when unknown)."),
+        def(RAFT_IS_LEADER, Gauge, "1 when this node is the raft leader."),
+        def(RAFT_VOTERS, Gauge, "Raft voters in the membership."),
+        def(RAFT_LEARNERS, Gauge, "Raft learners in the membership."),
+        def(KV_COMMANDS, Counter, "Key-value commands executed, by kind (write or read)."),
+        def(KV_FORWARDED, Counter, "Key-value commands forwarded to the raft leader."),
     ]
 };
 

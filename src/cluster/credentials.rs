@@ -338,6 +338,22 @@ impl NodeCredentials {
         Ok(config)
     }
 
+    /// Like [`NodeCredentials::client_config`], for dialing an address whose node id is not
+    /// known yet (`--join HOST:PORT`): the server's certificate must chain to the cluster CA, but
+    /// any node name is accepted. The caller must then check the certificate against the id the
+    /// peer's `Hello` claims ([`NodeCredentials::verify_peer`]).
+    pub fn discovery_client_config(&self) -> Result<rustls::ClientConfig, CredentialsError> {
+        let inner =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(self.roots.clone(), provider()).build()?;
+        let mut config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyNodeVerifier { inner }))
+            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(config)
+    }
+
     /// TLS 1.3 client configuration that trusts only the cluster CA and presents this node's
     /// certificate. Dial with [`node_server_name`] of the expected peer as the server name.
     pub fn client_config(&self) -> Result<rustls::ClientConfig, CredentialsError> {
@@ -347,6 +363,54 @@ impl NodeCredentials {
             .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
         config.alpn_protocols = vec![ALPN.to_vec()];
         Ok(config)
+    }
+}
+
+/// Accepts a server certificate that chains to the cluster CA whatever node name it carries
+/// (webpki checks the chain, validity and usage before the name, so a name mismatch is the only
+/// error let through). Used only to learn the id of a `--join` address.
+#[derive(Debug)]
+struct AnyNodeVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for AnyNodeVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        match self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName | rustls::CertificateError::NotValidForNameContext { .. },
+            )) => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 

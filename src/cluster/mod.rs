@@ -34,6 +34,7 @@ pub mod credentials;
 pub mod gossip;
 pub mod kv;
 pub mod message;
+pub mod node;
 pub mod raft;
 pub mod transport;
 mod wire;

@@ -467,6 +467,40 @@ impl Transport {
         self.inner.wait_link(&peer, self.inner.config.connect_timeout).await.map(drop)
     }
 
+    /// Learns which node listens at `addr` (a `--join` address): dials it accepting any node
+    /// certificate from the cluster CA, exchanges `Hello`s, checks the certificate against the
+    /// id the peer claims, and closes that connection. Then [`Transport::connect`] with the id.
+    pub async fn discover(&self, addr: SocketAddr) -> Result<NodeId, TransportError> {
+        let inner = &self.inner;
+        let tls = QuicClientConfig::try_from(Arc::new(inner.credentials.discovery_client_config()?))
+            .map_err(|e| TransportError::QuicTls(e.to_string()))?;
+        let config = quinn::ClientConfig::new(Arc::new(tls));
+        let handshake = async {
+            let conn = inner.endpoint.connect_with(config, addr, &node_server_name(inner.id))?.await?;
+            let result = async {
+                let (mut send, mut recv) = conn.open_bi().await?;
+                write_frame(&mut send, &encode_message(inner.id, &Message::Hello(inner.hello.clone()))).await?;
+                let _ = send.finish();
+                let frame =
+                    read_frame(&mut recv, inner.config.max_frame_bytes).await?.ok_or(TransportError::Truncated)?;
+                let hello = expect_hello(Envelope::decode(frame)?)?;
+                let chain = conn
+                    .peer_identity()
+                    .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
+                    .ok_or_else(|| TransportError::Protocol("no server certificate".into()))?;
+                inner.credentials.verify_peer(&chain, hello.node_id)?;
+                if hello.node_id == inner.id {
+                    return Err(TransportError::SelfPeer(hello.node_id));
+                }
+                Ok(hello.node_id)
+            }
+            .await;
+            conn.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"discovered");
+            result
+        };
+        tokio::time::timeout(inner.config.connect_timeout, handshake).await.map_err(|_| TransportError::Timeout)?
+    }
+
     /// Waits until a link to `peer` is up.
     pub async fn wait_connected(&self, peer: NodeId, timeout: Duration) -> Result<(), TransportError> {
         let peer = self.inner.known_peer(peer)?;

@@ -27,6 +27,21 @@ pub trait PublishHook: Send + Sync + 'static {
     fn on_publish(&self, channel: &[u8], message: &Bytes);
 }
 
+/// A boxed future of per-channel subscriber counts.
+pub type CountsFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Vec<u64>> + Send + 'static>>;
+
+/// The cluster, as the broker sees it: publishes reach every node's subscribers, and
+/// `PUBSUB NUMSUB` counts them all.
+pub trait ClusterPubSub: Send + Sync + std::fmt::Debug + 'static {
+    /// A client of this node published `message` on `channel` (a shard channel when `shard`);
+    /// deliver it to the other nodes' subscribers. Never waits.
+    fn publish(&self, channel: &Bytes, message: &Bytes, shard: bool);
+
+    /// Subscriber counts of `channels` on the other nodes (nodes that do not answer in time
+    /// count as zero).
+    fn numsub(&self, channels: Vec<Bytes>, shard: bool) -> CountsFuture;
+}
+
 /// One subscriber: a client id and its output queue.
 #[derive(Clone, Debug)]
 pub(crate) struct Subscriber {
@@ -47,6 +62,7 @@ pub struct Broker {
     patterns: RwLock<Vec<(Bytes, Vec<Subscriber>)>>,
     pattern_count: AtomicUsize,
     hook: RwLock<Option<Arc<dyn PublishHook>>>,
+    cluster: RwLock<Option<Arc<dyn ClusterPubSub>>>,
     messages_delivered: AtomicU64,
     clients_killed: AtomicU64,
 }
@@ -113,6 +129,7 @@ impl Broker {
             patterns: RwLock::new(Vec::new()),
             pattern_count: AtomicUsize::new(0),
             hook: RwLock::new(None),
+            cluster: RwLock::new(None),
             messages_delivered: AtomicU64::new(0),
             clients_killed: AtomicU64::new(0),
         }
@@ -121,6 +138,16 @@ impl Broker {
     /// Installs the hook called for every client PUBLISH / SPUBLISH (replacing any earlier one).
     pub fn set_publish_hook(&self, hook: Arc<dyn PublishHook>) {
         *self.hook.write() = Some(hook);
+    }
+
+    /// Connects the broker to a cluster (replacing any earlier one).
+    pub fn set_cluster(&self, cluster: Arc<dyn ClusterPubSub>) {
+        *self.cluster.write() = Some(cluster);
+    }
+
+    /// The cluster, if this node is part of one.
+    pub(crate) fn cluster(&self) -> Option<Arc<dyn ClusterPubSub>> {
+        self.cluster.read().clone()
     }
 
     /// Delivers `message` to the subscribers of `channel` and of every matching pattern on this

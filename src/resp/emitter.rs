@@ -1075,8 +1075,8 @@ impl EmitterBridge {
     }
 
     fn execute_broadcast(&self, b: EmitterBroadcast) -> Outcome {
-        // Nobody is connected to a namespace that does not exist here.
-        let Some(ns) = self.io.namespace(&b.nsp) else {
+        // Nobody is connected to a namespace that does not exist (here, or in the cluster).
+        let Some(ns) = self.io.namespace_for_broadcast(&b.nsp) else {
             return Outcome::Ok;
         };
         let mut op = ns.broadcast();
@@ -1101,7 +1101,7 @@ impl EmitterBridge {
         if r.uid.as_deref() == Some(self.uid.as_str()) {
             return Outcome::Ignored;
         }
-        let Some(ns) = self.io.namespace(&r.nsp) else {
+        let Some(ns) = self.io.namespace_for_broadcast(&r.nsp) else {
             return Outcome::Ok;
         };
         // Each action runs here and, in order with this node's broadcasts, on every other node

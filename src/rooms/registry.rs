@@ -72,7 +72,6 @@ impl<T> RoomRegistry<T> {
     }
 
     /// Number of members of `room`.
-    #[cfg(test)]
     pub(crate) fn len_of(&self, room: &str) -> usize {
         self.rooms.get(room).map_or(0, |m| m.len())
     }

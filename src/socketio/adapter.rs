@@ -83,8 +83,8 @@ pub type RemoteFuture = Pin<Box<dyn Future<Output = RemoteOutcome> + Send + 'sta
 /// The cluster, as the Socket.IO server sees it.
 pub trait Adapter: Send + Sync + std::fmt::Debug + 'static {
     /// Sends a broadcast built on this node (and already executed here) to the other nodes that
-    /// have members in its rooms. Never waits.
-    fn forward(&self, broadcast: &Broadcast);
+    /// have members in its rooms. Never waits. Returns the nodes it was queued to.
+    fn forward(&self, broadcast: &Broadcast) -> Vec<u64>;
 
     /// Room `room` of namespace `nsp` gained its first or lost its last local member.
     fn room_changed(&self, nsp: &str, room: &str);

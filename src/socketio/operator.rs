@@ -93,14 +93,19 @@ impl BroadcastOperator {
     /// Emits `event` to the targets on every node; returns the number of recipients on this
     /// node (other nodes deliver on their own).
     pub fn emit(&self, event: &str, payload: impl Into<Payload>) -> usize {
+        self.emit_forwarded(event, payload).0
+    }
+
+    /// [`BroadcastOperator::emit`], also returning the cluster nodes the broadcast was
+    /// forwarded to.
+    pub fn emit_forwarded(&self, event: &str, payload: impl Into<Payload>) -> (usize, Vec<u64>) {
         let b = self.build(event, &payload.into());
         let recipients = self.ns.execute(&b);
-        if !self.flags.local
-            && let Some(adapter) = self.ns.adapter()
-        {
-            adapter.forward(&b);
-        }
-        recipients
+        let forwarded = match self.ns.adapter() {
+            Some(adapter) if !self.flags.local => adapter.forward(&b),
+            _ => Vec::new(),
+        };
+        (recipients, forwarded)
     }
 
     /// The selection this operator makes, for other nodes.

@@ -69,6 +69,17 @@ impl Server {
         self.inner.namespaces.get(name).map(|n| n.clone())
     }
 
+    /// The namespace a backend's broadcast or operation on `name` goes through: the existing
+    /// one; on a cluster node, one created (and configured) as a client CONNECT would create it,
+    /// so that a namespace nobody joined here still reaches the other nodes; else `None`.
+    pub fn namespace_for_broadcast(&self, name: &str) -> Option<Namespace> {
+        match self.namespace(name) {
+            Some(ns) => Some(ns),
+            None if self.adapter().is_some() => self.inner.resolve(name),
+            None => None,
+        }
+    }
+
     /// Every namespace.
     pub fn namespaces(&self) -> Vec<Namespace> {
         self.inner.namespaces.iter().map(|e| e.value().clone()).collect()

@@ -199,6 +199,10 @@ pub(crate) fn publish(ctx: &mut Ctx<'_>, args: &[Bytes]) {
         ctx.flush();
     }
     let receivers = ctx.shared.broker.publish(channel, message);
+    if let Some(cluster) = ctx.shared.broker.cluster() {
+        cluster.publish(channel, message, false);
+    }
+    // Like Redis Cluster, the reply counts this node's receivers only.
     ctx.integer(i64::try_from(receivers).unwrap_or(i64::MAX));
 }
 
@@ -211,6 +215,9 @@ pub(crate) fn spublish(ctx: &mut Ctx<'_>, args: &[Bytes]) {
         ctx.flush();
     }
     let receivers = ctx.shared.broker.spublish(channel, message);
+    if let Some(cluster) = ctx.shared.broker.cluster() {
+        cluster.publish(channel, message, true);
+    }
     ctx.integer(i64::try_from(receivers).unwrap_or(i64::MAX));
 }
 

@@ -1,0 +1,805 @@
+//! The cluster runtime of one node: it owns the transport's inbox, the gossip state and the
+//! raft node, forwards broadcasts, answers other nodes' requests and runs cluster-wide
+//! operations for the Socket.IO server ([`Adapter`]) and the Redis broker ([`ClusterPubSub`]).
+//!
+//! Tasks (all tracked, all stopped by [`ClusterNode::shutdown`]):
+//! - the inbox loop: ordered messages are handled one at a time, in arrival order, so a peer's
+//!   broadcasts, interest deltas and fire-and-forget operations apply in the order it sent them;
+//!   requests (bi streams) are answered on their own tasks;
+//! - the interest flusher: room changes reported by the registry are batched for
+//!   [`FLUSH_DELAY`] and sent as one delta to every live peer;
+//! - the heartbeat: every gossip interval, the liveness message, the failure detector's tick,
+//!   metrics, and links to every raft member.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use serde_json::Value;
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::gossip::{Action, GossipConfig, GossipState};
+use super::message::{
+    ClientAck, ClusterReply, ClusterRequest, ForwardedBroadcast, Goodbye, Gossip, Message, NodeId, NodeState, Publish,
+    ReplyBody, RequestErrorCode, RequestOp, SocketSelector,
+};
+use super::raft::RaftNode;
+use super::transport::{Incoming, Transport};
+use crate::resp::{Broker, ClusterPubSub};
+use crate::rooms::Broadcast;
+use crate::socketio::{Adapter, BroadcastOperator, Namespace, Payload, RemoteOp, RemoteOutcome, RemoteSocket, Server};
+
+/// How long room changes are batched before a delta goes out.
+pub const FLUSH_DELAY: Duration = Duration::from_millis(5);
+
+/// What the runtime needs besides its parts.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    /// How long cluster-wide operations wait for other nodes.
+    pub timeout: Duration,
+    /// Failure-detector and gossip timing.
+    pub gossip: GossipConfig,
+}
+
+/// One node's cluster runtime. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ClusterNode {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    id: NodeId,
+    transport: Transport,
+    raft: RaftNode,
+    io: Server,
+    broker: Arc<Broker>,
+    gossip: Mutex<GossipState>,
+    dirty: Mutex<HashSet<(String, String)>>,
+    dirty_notify: Notify,
+    sequence: AtomicU64,
+    next_request: AtomicU64,
+    timeout: Duration,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl ClusterNode {
+    /// Starts the runtime on `transport` (whose inbox is `incoming`) and `raft`, and connects
+    /// `io` and `broker` to it.
+    pub fn start(
+        settings: NodeSettings,
+        transport: Transport,
+        incoming: mpsc::Receiver<Incoming>,
+        raft: RaftNode,
+        io: Server,
+        broker: Arc<Broker>,
+    ) -> Self {
+        let hello = transport.hello().clone();
+        let inner = Arc::new(Inner {
+            id: transport.node_id(),
+            gossip: Mutex::new(GossipState::new(
+                hello.node_id,
+                hello.incarnation,
+                hello.advertise_addr.clone(),
+                settings.gossip,
+            )),
+            transport,
+            raft,
+            io: io.clone(),
+            broker: broker.clone(),
+            dirty: Mutex::new(HashSet::new()),
+            dirty_notify: Notify::new(),
+            sequence: AtomicU64::new(0),
+            next_request: AtomicU64::new(1),
+            timeout: settings.timeout,
+            cancel: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        });
+        // Rooms that already have members (namespaces created before the cluster started).
+        for ns in io.namespaces() {
+            for room in ns.rooms() {
+                inner.dirty.lock().insert((ns.name().to_owned(), room));
+            }
+        }
+        inner.tasks.spawn(inbox_loop(inner.clone(), incoming));
+        inner.tasks.spawn(flush_loop(inner.clone()));
+        inner.tasks.spawn(heartbeat_loop(inner.clone()));
+        let handle = Arc::new(Handle(inner.clone()));
+        if io.set_adapter(handle.clone()).is_err() {
+            tracing::warn!("the Socket.IO server already had a cluster adapter");
+        }
+        broker.set_cluster(handle);
+        Self { inner }
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// The raft node.
+    pub fn raft(&self) -> &RaftNode {
+        &self.inner.raft
+    }
+
+    /// The transport.
+    pub fn transport(&self) -> &Transport {
+        &self.inner.transport
+    }
+
+    /// Whether this node holds the latest room interest of every live node.
+    pub fn converged(&self) -> bool {
+        self.inner.gossip.lock().converged()
+    }
+
+    /// The state `GET /cluster` shows.
+    pub fn status_json(&self) -> Value {
+        let inner = &self.inner;
+        let raft = inner.raft.status();
+        let (members, converged, version) = {
+            let gossip = inner.gossip.lock();
+            (gossip.members(), gossip.converged(), gossip.version())
+        };
+        let links = inner.transport.peers();
+        let role = |id: NodeId| {
+            if raft.voters.contains(&id) {
+                "voter"
+            } else if raft.learners.contains(&id) {
+                "learner"
+            } else {
+                "none"
+            }
+        };
+        let (sockets, rooms) = local_counts(&inner.io);
+        let hello = inner.transport.hello();
+        let mut list = vec![serde_json::json!({
+            "node_id": inner.id,
+            "addr": hello.advertise_addr,
+            "role": role(inner.id),
+            "liveness": "alive",
+            "connected": true,
+            "self": true,
+            "sockets": sockets,
+            "rooms": rooms,
+            "interest_version": version,
+        })];
+        let mut ids: Vec<NodeId> = members.iter().map(|m| m.node).collect();
+        for (id, _) in &raft.members {
+            if *id != inner.id && !ids.contains(id) {
+                ids.push(*id);
+            }
+        }
+        ids.sort_unstable();
+        for id in ids {
+            let member = members.iter().find(|m| m.node == id);
+            let addr = member
+                .map(|m| m.addr.clone())
+                .filter(|a| !a.is_empty())
+                .or_else(|| raft.members.iter().find(|(m, _)| *m == id).map(|(_, a)| a.clone()))
+                .unwrap_or_default();
+            list.push(serde_json::json!({
+                "node_id": id,
+                "addr": addr,
+                "role": role(id),
+                "liveness": member.map_or("unknown", |m| state_name(m.state)),
+                "connected": links.iter().any(|l| l.node_id == id && l.connected),
+                "self": false,
+                "sockets": member.map_or(0, |m| m.sockets),
+                "rooms": member.map_or(0, |m| m.rooms),
+                "interest_version": member.map_or(0, |m| m.version),
+                "announced_interest_version": member.map_or(0, |m| m.advertised),
+            }));
+        }
+        serde_json::json!({
+            "node_id": inner.id,
+            "incarnation": hello.incarnation,
+            "converged": converged,
+            "raft": {
+                "term": raft.term,
+                "leader": raft.leader,
+                "state": raft.state,
+                "voters": raft.voters,
+                "learners": raft.learners,
+                "last_applied": raft.last_applied,
+            },
+            "members": list,
+        })
+    }
+
+    /// Leaves the cluster: out of the raft membership (bounded by `grace`), a goodbye to every
+    /// peer, then the runtime and the transport stop.
+    pub async fn shutdown(&self, grace: Duration) {
+        let inner = &self.inner;
+        let deadline = tokio::time::Instant::now() + grace;
+        if tokio::time::timeout_at(deadline, inner.raft.leave()).await.is_err() {
+            tracing::warn!("leaving the raft membership did not finish in time");
+        }
+        let goodbye = Message::Goodbye(Goodbye {
+            node_id: inner.id,
+            incarnation: inner.transport.hello().incarnation,
+            reason: "shutdown".to_owned(),
+        });
+        if let Ok(frame) = inner.transport.encode(&goodbye) {
+            for peer in inner.transport.peers() {
+                let _ = inner.transport.try_send(peer.node_id, &frame);
+            }
+        }
+        inner.cancel.cancel();
+        inner.tasks.close();
+        let _ = tokio::time::timeout_at(deadline, inner.tasks.wait()).await;
+        inner.raft.shutdown().await;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        inner.transport.shutdown(left.max(Duration::from_millis(200))).await;
+    }
+}
+
+fn state_name(state: NodeState) -> &'static str {
+    match state {
+        NodeState::Alive => "alive",
+        NodeState::Suspect => "suspect",
+        NodeState::Dead => "dead",
+        NodeState::Left => "left",
+    }
+}
+
+/// Connected sockets and non-empty rooms on this node.
+fn local_counts(io: &Server) -> (u64, u64) {
+    io.namespaces().iter().fold((0, 0), |(s, r), ns| (s + ns.socket_count() as u64, r + ns.rooms().len() as u64))
+}
+
+impl Inner {
+    /// Queues `message` to each of `peers` on the ordered streams; returns how many took it.
+    fn send_to(&self, peers: &[NodeId], message: &Message) -> usize {
+        let frame = match self.transport.encode(message) {
+            Ok(frame) => frame,
+            Err(err) => {
+                tracing::warn!(%err, "cluster message not sent");
+                return 0;
+            }
+        };
+        peers.iter().filter(|&&peer| self.transport.try_send(peer, &frame).is_ok()).count()
+    }
+
+    fn live_peers(&self) -> Vec<NodeId> {
+        self.gossip.lock().live_peers()
+    }
+
+    /// Sends pending room changes as one delta to every live peer.
+    fn flush_interest(&self) {
+        let dirty: Vec<(String, String)> = self.dirty.lock().drain().collect();
+        let (delta, peers) = {
+            let mut gossip = self.gossip.lock();
+            for (nsp, room) in &dirty {
+                let present = self.io.namespace(nsp).is_some_and(|ns| ns.registry().len_of(room) > 0);
+                gossip.set_local_room(nsp, room, present);
+            }
+            (gossip.take_delta(), gossip.live_peers())
+        };
+        if let Some(delta) = delta {
+            metrics::gauge!(crate::metrics::GOSSIP_INTEREST_VERSION).set(delta.to_version as f64);
+            metrics::counter!(crate::metrics::GOSSIP_DELTAS).increment(1);
+            self.send_to(&peers, &Message::Gossip(Gossip::Delta(delta)));
+        }
+    }
+
+    /// Sends this node's whole interest to `peer`.
+    fn send_snapshot(&self, peer: NodeId) {
+        self.flush_interest();
+        let snapshot = self.gossip.lock().snapshot();
+        metrics::counter!(crate::metrics::GOSSIP_SNAPSHOTS).increment(1);
+        self.send_to(&[peer], &Message::Gossip(Gossip::Snapshot(snapshot)));
+    }
+
+    fn on_gossip(&self, from: NodeId, gossip: Gossip) {
+        let now = Instant::now();
+        let actions = match gossip {
+            Gossip::Delta(delta) => self.gossip.lock().on_delta(&delta, now).into_iter().collect(),
+            Gossip::Snapshot(snapshot) => {
+                self.gossip.lock().on_snapshot(&snapshot, now);
+                Vec::new()
+            }
+            Gossip::Digest(entries) => {
+                let behind = {
+                    let gossip = self.gossip.lock();
+                    entries.iter().any(|e| gossip.digest_is_behind(e))
+                };
+                if behind {
+                    self.send_snapshot(from);
+                }
+                Vec::new()
+            }
+            Gossip::Liveness(entries) => self.gossip.lock().on_liveness(from, &entries, now),
+        };
+        for action in actions {
+            let Action::RequestSnapshot(digest) = action;
+            self.send_to(&[digest.origin], &Message::Gossip(Gossip::Digest(vec![digest])));
+        }
+    }
+
+    fn on_message(&self, from: NodeId, message: Message) {
+        match message {
+            Message::Broadcast(forwarded) => {
+                metrics::counter!(crate::metrics::CLUSTER_RECEIVED_BROADCASTS).increment(1);
+                if let Some(ns) = self.io.namespace(&forwarded.broadcast.nsp) {
+                    ns.execute_broadcast(&forwarded.broadcast);
+                }
+            }
+            Message::Gossip(gossip) => self.on_gossip(from, gossip),
+            Message::Goodbye(goodbye) => {
+                tracing::info!(node = goodbye.node_id, reason = %goodbye.reason, "peer left the cluster");
+                self.gossip.lock().on_goodbye(goodbye.node_id, goodbye.incarnation, Instant::now());
+            }
+            Message::Publish(publish) => {
+                if publish.shard {
+                    self.broker.spublish(&publish.channel, &publish.message);
+                } else {
+                    self.broker.publish(&publish.channel, &publish.message);
+                }
+            }
+            // A fire-and-forget operation, in order with the sender's broadcasts.
+            Message::Request(request) => {
+                let _ = self.run_local_now(&request.op);
+            }
+            other => tracing::debug!(from, kind = ?std::mem::discriminant(&other), "unexpected ordered message"),
+        }
+    }
+
+    /// Runs an operation that needs no waiting on this node's sockets; `None` for the ones that
+    /// wait (broadcast with acks).
+    fn run_local_now(&self, op: &RequestOp) -> Option<ReplyBody> {
+        let affected = |n: usize| Some(ReplyBody::Done { affected: n as u64 });
+        match op {
+            RequestOp::SocketsJoin { selector, rooms } => {
+                let Some(op) = self.local_operator(selector) else { return affected(0) };
+                let sockets = op.sockets();
+                for socket in &sockets {
+                    for room in rooms {
+                        socket.join(room);
+                    }
+                }
+                affected(sockets.len())
+            }
+            RequestOp::SocketsLeave { selector, rooms } => {
+                let Some(op) = self.local_operator(selector) else { return affected(0) };
+                let sockets = op.sockets();
+                for socket in &sockets {
+                    for room in rooms {
+                        socket.leave(room);
+                    }
+                }
+                affected(sockets.len())
+            }
+            RequestOp::DisconnectSockets { selector, close } => {
+                affected(self.local_operator(selector).map_or(0, |op| op.disconnect(*close)))
+            }
+            RequestOp::FetchSockets { selector } => {
+                let sockets = self.local_operator(selector).map(|op| op.sockets()).unwrap_or_default();
+                Some(ReplyBody::FetchSockets(
+                    sockets
+                        .iter()
+                        .map(|s| super::message::RemoteSocket {
+                            id: s.id().to_owned(),
+                            namespace: s.nsp().to_owned(),
+                            rooms: s.rooms().into_iter().skip(1).collect(),
+                            handshake_json: Bytes::from_static(b"{}"),
+                            data_json: Bytes::from_static(b"null"),
+                        })
+                        .collect(),
+                ))
+            }
+            RequestOp::ServerSideEmit { namespace, data_json, .. } => {
+                let ran = match serde_json::from_slice::<Vec<Value>>(data_json) {
+                    Ok(mut items) if !items.is_empty() => {
+                        let event = match items.remove(0) {
+                            Value::String(s) => s,
+                            other => other.to_string(),
+                        };
+                        self.io
+                            .namespace(namespace)
+                            .is_some_and(|ns| ns.dispatch_server_side(&event, Payload::json(items)))
+                    }
+                    _ => {
+                        return Some(ReplyBody::Error {
+                            code: RequestErrorCode::Invalid,
+                            message: "server-side emit without an event".to_owned(),
+                        });
+                    }
+                };
+                Some(ReplyBody::Done { affected: u64::from(ran) })
+            }
+            RequestOp::PubSubNumSub { channels, shard } => Some(ReplyBody::Counts(
+                channels
+                    .iter()
+                    .map(|c| if *shard { self.broker.shard_numsub(c) } else { self.broker.numsub(c) } as u64)
+                    .collect(),
+            )),
+            RequestOp::BroadcastWithAck(_) => None,
+        }
+    }
+
+    /// The operator selecting `selector`'s sockets on this node only.
+    fn local_operator(&self, selector: &SocketSelector) -> Option<BroadcastOperator> {
+        let ns = self.io.namespace(&selector.namespace)?;
+        Some(operator(&ns, &selector.rooms, &selector.except).local())
+    }
+
+    /// Answers a request from another node.
+    async fn answer(&self, request: ClusterRequest) -> ReplyBody {
+        if let Some(body) = self.run_local_now(&request.op) {
+            return body;
+        }
+        let RequestOp::BroadcastWithAck(broadcast) = request.op else {
+            return ReplyBody::Error { code: RequestErrorCode::Unsupported, message: "unknown request".to_owned() };
+        };
+        let Some((event, payload)) = decode_event(&broadcast) else {
+            return ReplyBody::Error { code: RequestErrorCode::Invalid, message: "not an event packet".to_owned() };
+        };
+        let Some(ns) = self.io.namespace(&broadcast.nsp) else {
+            return ReplyBody::BroadcastAck { client_count: 0, acks: Vec::new() };
+        };
+        let mut op = operator(&ns, &broadcast.rooms, &broadcast.except).local();
+        if broadcast.flags.volatile {
+            op = op.volatile();
+        }
+        // Answer before the requester gives up: its wait includes the link latency.
+        let wait = request.timeout.saturating_sub(self.timeout.min(request.timeout / 2));
+        let results = op.emit_with_ack_here(&event, payload, wait).await;
+        ReplyBody::BroadcastAck {
+            client_count: u32::try_from(results.recipients).unwrap_or(u32::MAX),
+            acks: results
+                .acks
+                .into_iter()
+                .map(|p| ClientAck {
+                    socket_id: String::new(),
+                    args_json: Bytes::from(serde_json::to_vec(&p.args).unwrap_or_default()),
+                    attachments: p.attachments,
+                })
+                .collect(),
+        }
+    }
+
+    /// Sends `op` to every live peer and gathers the answers.
+    async fn request_all(&self, op: RequestOp, timeout: Duration) -> (Vec<(NodeId, ReplyBody)>, Vec<NodeId>) {
+        let peers = self.live_peers();
+        let request = Message::Request(ClusterRequest {
+            request_id: self.next_request.fetch_add(1, Ordering::Relaxed),
+            timeout,
+            op,
+        });
+        let mut calls = JoinSet::new();
+        for peer in peers {
+            let transport = self.transport.clone();
+            let request = request.clone();
+            calls.spawn(async move { (peer, transport.request(peer, &request, timeout).await) });
+        }
+        let mut answers = Vec::new();
+        let mut missing = Vec::new();
+        while let Some(joined) = calls.join_next().await {
+            let Ok((peer, result)) = joined else { continue };
+            match result {
+                Ok(Message::Reply(ClusterReply { result: ReplyBody::Error { code, message }, .. })) => {
+                    tracing::debug!(peer, ?code, %message, "cluster request failed on a peer");
+                    missing.push(peer);
+                }
+                Ok(Message::Reply(reply)) => answers.push((peer, reply.result)),
+                Ok(_) => missing.push(peer),
+                Err(err) => {
+                    tracing::debug!(peer, %err, "cluster request got no answer");
+                    missing.push(peer);
+                }
+            }
+        }
+        metrics::counter!(crate::metrics::CLUSTER_REQUESTS, "result" => "ok").increment(answers.len() as u64);
+        metrics::counter!(crate::metrics::CLUSTER_REQUESTS, "result" => "missing").increment(missing.len() as u64);
+        missing.sort_unstable();
+        (answers, missing)
+    }
+
+    fn widen_joined_rooms(&self, op: &RemoteOp) {
+        if let RemoteOp::Join(selector, rooms) = op {
+            let mut gossip = self.gossip.lock();
+            for room in rooms {
+                gossip.widen(&selector.nsp, room, Instant::now());
+            }
+        }
+    }
+}
+
+/// `ns.broadcast().to(rooms…).except(except…)`.
+fn operator(ns: &Namespace, rooms: &[String], except: &[String]) -> BroadcastOperator {
+    let mut op = ns.broadcast();
+    for room in rooms {
+        op = op.to(room.clone());
+    }
+    for room in except {
+        op = op.except(room.clone());
+    }
+    op
+}
+
+/// The event name and payload of a broadcast's encoded EVENT packet.
+fn decode_event(broadcast: &Broadcast) -> Option<(String, Payload)> {
+    let text = std::str::from_utf8(&broadcast.packet.text).ok()?.strip_prefix('4')?;
+    let packet = crate::socketio::packet::decode(text, &crate::socketio::packet::Limits::default()).ok()?;
+    let Value::Array(mut items) = packet.data? else { return None };
+    if items.is_empty() {
+        return None;
+    }
+    let event = match items.remove(0) {
+        Value::String(s) => s,
+        _ => return None,
+    };
+    Some((event, Payload { args: items, attachments: broadcast.packet.attachments.clone() }))
+}
+
+fn to_request_op(op: RemoteOp) -> (RequestOp, Option<Duration>) {
+    let selector = |s: crate::socketio::Selector| SocketSelector { namespace: s.nsp, rooms: s.rooms, except: s.except };
+    match op {
+        RemoteOp::Join(s, rooms) => (RequestOp::SocketsJoin { selector: selector(s), rooms }, None),
+        RemoteOp::Leave(s, rooms) => (RequestOp::SocketsLeave { selector: selector(s), rooms }, None),
+        RemoteOp::Disconnect(s, close) => (RequestOp::DisconnectSockets { selector: selector(s), close }, None),
+        RemoteOp::Fetch(s) => (RequestOp::FetchSockets { selector: selector(s) }, None),
+        RemoteOp::ServerSideEmit { nsp, event, args } => {
+            let mut items = Vec::with_capacity(args.len() + 1);
+            items.push(Value::String(event));
+            items.extend(args);
+            let data_json = Bytes::from(serde_json::to_vec(&items).unwrap_or_default());
+            (RequestOp::ServerSideEmit { namespace: nsp, data_json, want_ack: false }, None)
+        }
+        RemoteOp::EmitWithAck(broadcast, timeout) => (RequestOp::BroadcastWithAck(broadcast), Some(timeout)),
+    }
+}
+
+/// The runtime as the Socket.IO server and the broker hold it.
+#[derive(Debug)]
+struct Handle(Arc<Inner>);
+
+impl Adapter for Handle {
+    fn forward(&self, broadcast: &Broadcast) -> Vec<u64> {
+        self.0.forward(broadcast)
+    }
+
+    fn room_changed(&self, nsp: &str, room: &str) {
+        self.0.room_changed(nsp, room);
+    }
+
+    fn request(&self, op: RemoteOp) -> crate::socketio::adapter::RemoteFuture {
+        self.0.widen_joined_rooms(&op);
+        let (op, ack_timeout) = to_request_op(op);
+        let timeout = self.0.timeout + ack_timeout.unwrap_or_default();
+        let inner = self.0.clone();
+        Box::pin(async move {
+            let (answers, missing) = inner.request_all(op, timeout).await;
+            outcome_of(answers, missing)
+        })
+    }
+
+    fn send_ordered(&self, op: RemoteOp) {
+        self.0.widen_joined_rooms(&op);
+        let (op, _) = to_request_op(op);
+        let peers = self.0.live_peers();
+        self.0.send_to(&peers, &Message::Request(ClusterRequest { request_id: 0, timeout: Duration::ZERO, op }));
+    }
+}
+
+impl ClusterPubSub for Handle {
+    fn publish(&self, channel: &Bytes, message: &Bytes, shard: bool) {
+        let peers = self.0.live_peers();
+        if peers.is_empty() {
+            return;
+        }
+        self.0
+            .send_to(&peers, &Message::Publish(Publish { channel: channel.clone(), message: message.clone(), shard }));
+    }
+
+    fn numsub(&self, channels: Vec<Bytes>, shard: bool) -> crate::resp::CountsFuture {
+        let inner = self.0.clone();
+        Box::pin(async move {
+            let mut totals = vec![0u64; channels.len()];
+            let (answers, _) = inner.request_all(RequestOp::PubSubNumSub { channels, shard }, inner.timeout).await;
+            for (_, body) in answers {
+                if let ReplyBody::Counts(counts) = body {
+                    for (total, n) in totals.iter_mut().zip(counts) {
+                        *total += n;
+                    }
+                }
+            }
+            totals
+        })
+    }
+}
+
+/// Adds up the answers to a cluster-wide operation.
+fn outcome_of(answers: Vec<(NodeId, ReplyBody)>, missing: Vec<NodeId>) -> RemoteOutcome {
+    let mut outcome = RemoteOutcome { missing, ..RemoteOutcome::default() };
+    for (node, body) in answers {
+        outcome.answered.push(node);
+        match body {
+            ReplyBody::Done { affected } => outcome.affected += affected as usize,
+            ReplyBody::FetchSockets(sockets) => {
+                outcome.affected += sockets.len();
+                outcome.sockets.extend(sockets.into_iter().map(|s| RemoteSocket { id: s.id, node, rooms: s.rooms }));
+            }
+            ReplyBody::BroadcastAck { client_count, acks } => {
+                outcome.affected += client_count as usize;
+                outcome.acks.extend(acks.into_iter().filter_map(|a| {
+                    let args = serde_json::from_slice::<Vec<Value>>(&a.args_json).ok()?;
+                    Some(Payload { args, attachments: a.attachments })
+                }));
+            }
+            ReplyBody::ServerSideEmit(_) | ReplyBody::Counts(_) | ReplyBody::Error { .. } => {}
+        }
+    }
+    outcome.answered.sort_unstable();
+    outcome
+}
+
+impl Inner {
+    fn forward(&self, broadcast: &Broadcast) -> Vec<u64> {
+        let targets = self.gossip.lock().targets(&broadcast.nsp, &broadcast.rooms);
+        if targets.is_empty() {
+            return targets;
+        }
+        let message = Message::Broadcast(ForwardedBroadcast {
+            origin: self.id,
+            sequence: self.sequence.fetch_add(1, Ordering::Relaxed),
+            broadcast: broadcast.clone(),
+        });
+        let frame = match self.transport.encode(&message) {
+            Ok(frame) => frame,
+            Err(err) => {
+                tracing::warn!(%err, nsp = %broadcast.nsp, "broadcast not forwarded");
+                return Vec::new();
+            }
+        };
+        for &peer in &targets {
+            let label = peer.to_string();
+            match self.transport.try_send(peer, &frame) {
+                Ok(()) => {
+                    metrics::counter!(crate::metrics::CLUSTER_FORWARDED_MESSAGES, "peer" => label.clone()).increment(1);
+                    metrics::counter!(crate::metrics::CLUSTER_FORWARDED_BYTES, "peer" => label)
+                        .increment(frame.len() as u64);
+                }
+                Err(err) => {
+                    metrics::counter!(crate::metrics::CLUSTER_FORWARD_DROPPED, "peer" => label).increment(1);
+                    tracing::debug!(peer, %err, "broadcast not forwarded");
+                }
+            }
+        }
+        targets
+    }
+
+    fn room_changed(&self, nsp: &str, room: &str) {
+        let first = {
+            let mut dirty = self.dirty.lock();
+            dirty.insert((nsp.to_owned(), room.to_owned()));
+            dirty.len() == 1
+        };
+        if first {
+            self.dirty_notify.notify_one();
+        }
+    }
+}
+
+async fn inbox_loop(inner: Arc<Inner>, mut incoming: mpsc::Receiver<Incoming>) {
+    loop {
+        let next = tokio::select! {
+            () = inner.cancel.cancelled() => return,
+            next = incoming.recv() => next,
+        };
+        let Some(next) = next else { return };
+        match next {
+            Incoming::PeerUp { peer, hello } => {
+                tracing::info!(peer, addr = %hello.advertise_addr, "cluster link up");
+                inner.gossip.lock().peer_up(peer, hello.incarnation, &hello.advertise_addr, Instant::now());
+                inner.send_snapshot(peer);
+            }
+            Incoming::PeerDown { peer } => tracing::info!(peer, "cluster link down"),
+            Incoming::Message { from, message } => inner.on_message(from, message),
+            Incoming::Request { from, message, responder } => {
+                let inner = inner.clone();
+                inner.tasks.clone().spawn(async move {
+                    let reply = match message {
+                        Message::RaftRequest(payload) => Message::RaftReply(inner.raft.handle_rpc(from, payload).await),
+                        Message::KvRequest(request) => {
+                            Message::KvReply(inner.raft.handle_kv_request(from, request).await)
+                        }
+                        Message::Request(request) => {
+                            let request_id = request.request_id;
+                            Message::Reply(ClusterReply { request_id, result: inner.answer(request).await })
+                        }
+                        _ => return,
+                    };
+                    if let Err(err) = responder.reply(&reply).await {
+                        tracing::debug!(from, %err, "reply not sent");
+                    }
+                });
+            }
+        }
+    }
+}
+
+async fn flush_loop(inner: Arc<Inner>) {
+    loop {
+        tokio::select! {
+            () = inner.cancel.cancelled() => return,
+            () = inner.dirty_notify.notified() => {}
+        }
+        tokio::time::sleep(FLUSH_DELAY).await;
+        inner.flush_interest();
+    }
+}
+
+async fn heartbeat_loop(inner: Arc<Inner>) {
+    let interval = inner.gossip.lock().config().interval;
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = inner.cancel.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        inner.flush_interest();
+        let (sockets, _) = local_counts(&inner.io);
+        let now = Instant::now();
+        let (entries, changes, members, converged) = {
+            let mut gossip = inner.gossip.lock();
+            gossip.set_sockets(sockets);
+            let changes = gossip.tick(now);
+            (gossip.heartbeat(), changes, gossip.members(), gossip.converged())
+        };
+        for change in changes {
+            tracing::info!(node = change.node, state = state_name(change.state), "cluster member state changed");
+        }
+        // Every linked peer hears the heartbeat (a node just up included).
+        let linked: Vec<NodeId> = inner.transport.peers().iter().filter(|p| p.connected).map(|p| p.node_id).collect();
+        inner.send_to(&linked, &Message::Gossip(Gossip::Liveness(entries)));
+
+        for state in [NodeState::Alive, NodeState::Suspect, NodeState::Dead, NodeState::Left] {
+            let n = members.iter().filter(|m| m.state == state).count();
+            metrics::gauge!(crate::metrics::CLUSTER_PEERS, "state" => state_name(state)).set(n as f64);
+        }
+        metrics::gauge!(crate::metrics::GOSSIP_CONVERGED).set(if converged { 1.0 } else { 0.0 });
+        connect_members(&inner);
+    }
+}
+
+/// Keeps a link to every raft member; forgets peers that left the membership.
+fn connect_members(inner: &Arc<Inner>) {
+    let status = inner.raft.status();
+    let known = inner.transport.peers();
+    for (id, addr) in &status.members {
+        if *id == inner.id || known.iter().any(|p| p.node_id == *id) {
+            continue;
+        }
+        let Ok(addr) = addr.parse() else { continue };
+        let transport = inner.transport.clone();
+        let id = *id;
+        inner.tasks.spawn(async move {
+            if let Err(err) = transport.connect(addr, id).await {
+                tracing::debug!(peer = id, %err, "member not reachable yet");
+            }
+        });
+    }
+    if status.members.is_empty() {
+        return;
+    }
+    let left: Vec<NodeId> = inner
+        .gossip
+        .lock()
+        .members()
+        .iter()
+        .filter(|m| m.state == NodeState::Left && !status.members.iter().any(|(id, _)| *id == m.node))
+        .map(|m| m.node)
+        .collect();
+    for id in left {
+        inner.transport.remove_peer(id);
+    }
+}
