@@ -12,7 +12,10 @@
 //! - `output`: a connection's bounded output queue and the pub/sub output-buffer limits.
 //! - `client`: per-connection state (protocol, auth, name, subscriptions).
 //! - `cmd`: the command table and dispatch (Redis' `processCommand` checks), one file per
-//!   command family.
+//!   command family; replies that need a round trip are deferred futures. The key-value
+//!   commands (`cmd/kv.rs`: GET, SET, INCR, EXPIRE, ...) run on a
+//!   [`KvBackend`](crate::cluster::kv::KvBackend): [`RedisConfig::kv`], or a store of the
+//!   listener's own.
 //! - `server`: [`serve`] and [`RedisConfig`]: the listener, a reader and a writer task per
 //!   connection.
 

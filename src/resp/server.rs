@@ -4,7 +4,9 @@
 //! The reader executes pipelined commands in order and queues each read's replies as one frame;
 //! published messages are queued by the publishers themselves (see [`super::broker`]). Commands
 //! that change what a client receives flush the replies queued so far first, so replies and
-//! messages reach the client in the order Redis would write them.
+//! messages reach the client in the order Redis would write them. A command whose reply comes
+//! later (the key-value commands) hands the reader a future; the reader waits for it before the
+//! next command of the pipeline (see `cmd`'s documentation).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,9 +28,10 @@ use super::client::{Client, ClientMeta, initial_meta};
 use super::cmd::{self, Ctx};
 use super::frame::{self, DEFAULT_MAX_BULK_LEN};
 use super::output::{ClientOutput, Next, OutputLimits};
+use crate::cluster::kv::{KvBackend, KvLimits, LocalKv};
 
 /// Configuration of the Redis-protocol listener.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct RedisConfig {
     /// Password of the `default` user (`requirepass`). `None`: no authentication.
     pub requirepass: Option<String>,
@@ -44,7 +47,30 @@ pub struct RedisConfig {
     pub pubsub_output_soft_seconds: u64,
     /// Longest bulk string accepted in a request (`proto-max-bulk-len`, 512 MiB).
     pub max_bulk_len: usize,
+    /// Where GET/SET/INCR/... run: the raft node in a cluster. `None`: a [`LocalKv`] of this
+    /// listener's own, with default [`KvLimits`] except values bounded by `max_bulk_len`.
+    pub kv: Option<Arc<dyn KvBackend>>,
 }
+
+impl PartialEq for RedisConfig {
+    /// Field by field; backends are equal when they are the same object.
+    fn eq(&self, other: &Self) -> bool {
+        let same_kv = match (&self.kv, &other.kv) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        same_kv
+            && self.requirepass == other.requirepass
+            && self.max_clients == other.max_clients
+            && self.pubsub_output_limit_hard == other.pubsub_output_limit_hard
+            && self.pubsub_output_limit_soft == other.pubsub_output_limit_soft
+            && self.pubsub_output_soft_seconds == other.pubsub_output_soft_seconds
+            && self.max_bulk_len == other.max_bulk_len
+    }
+}
+
+impl Eq for RedisConfig {}
 
 impl Default for RedisConfig {
     fn default() -> Self {
@@ -55,6 +81,7 @@ impl Default for RedisConfig {
             pubsub_output_limit_soft: 8 * 1024 * 1024,
             pubsub_output_soft_seconds: 60,
             max_bulk_len: DEFAULT_MAX_BULK_LEN,
+            kv: None,
         }
     }
 }
@@ -81,6 +108,8 @@ pub(crate) struct Stats {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) broker: Arc<Broker>,
+    /// The key-value backend (`RedisConfig::kv`, or a local store).
+    pub(crate) kv: Arc<dyn KvBackend>,
     pub(crate) config: RedisConfig,
     pub(crate) clients: DashMap<u64, Arc<ClientMeta>>,
     pub(crate) connected: AtomicUsize,
@@ -95,8 +124,12 @@ impl Shared {
     fn new(broker: Arc<Broker>, config: RedisConfig, port: u16) -> Self {
         let started_unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let run_id = (0..40).map(|_| char::from(b"0123456789abcdef"[rand::random_range(0..16)])).collect();
+        let kv = config.kv.clone().unwrap_or_else(|| {
+            Arc::new(LocalKv::new(KvLimits { max_value_bytes: config.max_bulk_len, ..KvLimits::default() }))
+        });
         Self {
             broker,
+            kv,
             config,
             clients: DashMap::new(),
             connected: AtomicUsize::new(0),
@@ -263,9 +296,27 @@ async fn read_loop(
                 Ok(Some(args)) if args.is_empty() => continue,
                 Ok(Some(args)) => {
                     commands += 1;
-                    let mut ctx = Ctx { client: &mut *client, shared, out: &mut replies, now };
+                    let mut ctx = Ctx { client: &mut *client, shared, out: &mut replies, now, deferred: None };
                     let name = cmd::execute(&mut ctx, &args);
+                    let deferred = ctx.deferred.take();
                     client.sync_meta(name, now);
+                    if let Some(mut deferred) = deferred {
+                        let reply = match deferred.ready_now() {
+                            Some(reply) => reply,
+                            None => {
+                                // The earlier replies go out while this one is computed.
+                                if !replies.is_empty() {
+                                    out.push_reply(replies.split().freeze());
+                                }
+                                tokio::select! {
+                                    () = shutdown.cancelled() => return true,
+                                    () = killed.cancelled() => return false,
+                                    reply = &mut deferred => reply,
+                                }
+                            }
+                        };
+                        reply.encode(client.proto, &mut replies);
+                    }
                     if client.close_after_reply {
                         break;
                     }

@@ -4,7 +4,20 @@
 //!
 //! To add a command: write `fn(&mut Ctx<'_>, &[Bytes])` in a file of this folder and add a
 //! [`Spec`] row to [`COMMANDS`] (name, arity with Redis' sign convention, flags, docs fields).
+//!
+//! Most commands answer at once by writing into [`Ctx::out`]. A command whose answer needs a
+//! round trip (the key-value commands, which go to the raft leader in a cluster; anything asking
+//! other nodes) calls [`Ctx::defer`] with a future producing its [`Reply`] and writes nothing
+//! else. The connection's reader then queues the replies of the earlier commands of the
+//! pipeline, waits for the future (giving up if the server shuts down or the client is killed),
+//! encodes the reply in the client's protocol at that moment and goes on with the next
+//! pipelined command: replies keep the pipeline's order. A future that is ready when first polled
+//! (a single node's key-value store) costs no extra flush. Messages published to a RESP3
+//! subscriber while it waits may arrive before the deferred reply.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -19,6 +32,7 @@ pub(crate) mod command;
 pub(crate) mod connection;
 pub(crate) mod hello;
 pub(crate) mod info;
+pub(crate) mod kv;
 pub(crate) mod ping;
 pub(crate) mod pubsub;
 pub(crate) mod select;
@@ -34,6 +48,35 @@ pub(crate) struct Ctx<'a> {
     pub(crate) out: &'a mut BytesMut,
     /// When the current read was processed.
     pub(crate) now: Instant,
+    /// The command's reply, when it comes later (see [`Ctx::defer`]).
+    pub(crate) deferred: Option<Deferred>,
+}
+
+/// A reply that a command produces later. The reader awaits it before the next command.
+pub(crate) struct Deferred(Pin<Box<dyn Future<Output = Reply> + Send + 'static>>);
+
+impl Deferred {
+    /// Polls once without a waker: `Some` when the reply is already there.
+    pub(crate) fn ready_now(&mut self) -> Option<Reply> {
+        match self.0.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(reply) => Some(reply),
+            Poll::Pending => None,
+        }
+    }
+}
+
+impl Future for Deferred {
+    type Output = Reply;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Reply> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+impl std::fmt::Debug for Deferred {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Deferred(..)")
+    }
 }
 
 impl Ctx<'_> {
@@ -72,6 +115,14 @@ impl Ctx<'_> {
         frame::write_integer(self.out, n);
     }
 
+    /// Answers the current command with what `reply` resolves to, once it does; the command
+    /// writes no other reply. The reader waits for it before running the next pipelined
+    /// command (see the module documentation).
+    pub(crate) fn defer(&mut self, reply: impl Future<Output = Reply> + Send + 'static) {
+        debug_assert!(self.deferred.is_none(), "one deferred reply per command");
+        self.deferred = Some(Deferred(Box::pin(reply)));
+    }
+
     /// Queues the replies written so far, so that messages queued from now on come after them.
     pub(crate) fn flush(&mut self) {
         if !self.out.is_empty() {
@@ -95,6 +146,12 @@ pub(crate) const LOADING: u32 = 1 << 3;
 pub(crate) const NOSCRIPT: u32 = 1 << 4;
 /// Reported as `pubsub` by COMMAND.
 pub(crate) const PUBSUB: u32 = 1 << 5;
+/// Redis' `readonly`: reads keys.
+pub(crate) const READONLY: u32 = 1 << 6;
+/// Redis' `write`: changes keys.
+pub(crate) const WRITE: u32 = 1 << 7;
+/// Redis' `denyoom`: may add data (refused when the store is full).
+pub(crate) const DENYOOM: u32 = 1 << 8;
 
 /// One command or subcommand.
 #[derive(Debug)]
@@ -146,6 +203,8 @@ const fn container(
 const CONN: &str = "connection";
 const PS: &str = "pubsub";
 const SERVER: &str = "server";
+const STRING: &str = "string";
+const GENERIC: &str = "generic";
 
 /// Every command this server knows.
 pub(crate) static COMMANDS: &[Spec] = &[
@@ -286,6 +345,84 @@ pub(crate) static COMMANDS: &[Spec] = &[
         "Stop listening for messages posted to the given shard channels",
     ),
     container("pubsub", pubsub::SUBCOMMANDS, PS, "2.8.0", "A container for Pub/Sub commands"),
+    spec("get", "get", 2, READONLY | FAST, kv::get, STRING, "1.0.0", "Get the value of a key"),
+    spec("set", "set", -3, WRITE | DENYOOM, kv::set, STRING, "1.0.0", "Set the string value of a key"),
+    spec(
+        "setnx",
+        "setnx",
+        3,
+        WRITE | DENYOOM | FAST,
+        kv::setnx,
+        STRING,
+        "1.0.0",
+        "Set the value of a key, only if the key does not exist",
+    ),
+    spec("mget", "mget", -2, READONLY | FAST, kv::mget, STRING, "1.0.0", "Get the values of all the given keys"),
+    spec(
+        "incr",
+        "incr",
+        2,
+        WRITE | DENYOOM | FAST,
+        kv::incr,
+        STRING,
+        "1.0.0",
+        "Increment the integer value of a key by one",
+    ),
+    spec(
+        "decr",
+        "decr",
+        2,
+        WRITE | DENYOOM | FAST,
+        kv::decr,
+        STRING,
+        "1.0.0",
+        "Decrement the integer value of a key by one",
+    ),
+    spec(
+        "incrby",
+        "incrby",
+        3,
+        WRITE | DENYOOM | FAST,
+        kv::incrby,
+        STRING,
+        "1.0.0",
+        "Increment the integer value of a key by the given amount",
+    ),
+    spec(
+        "decrby",
+        "decrby",
+        3,
+        WRITE | DENYOOM | FAST,
+        kv::decrby,
+        STRING,
+        "1.0.0",
+        "Decrement the integer value of a key by the given number",
+    ),
+    spec("del", "del", -2, WRITE, kv::del, GENERIC, "1.0.0", "Delete a key"),
+    spec("exists", "exists", -2, READONLY | FAST, kv::exists, GENERIC, "1.0.0", "Determine if a key exists"),
+    // Arity 3 (Redis 6): the Redis 7 NX|XX|GT|LT options are not supported.
+    spec("expire", "expire", 3, WRITE | FAST, kv::expire, GENERIC, "1.0.0", "Set a key's time to live in seconds"),
+    spec(
+        "pexpire",
+        "pexpire",
+        3,
+        WRITE | FAST,
+        kv::pexpire,
+        GENERIC,
+        "2.6.0",
+        "Set a key's time to live in milliseconds",
+    ),
+    spec("ttl", "ttl", 2, READONLY | FAST, kv::ttl, GENERIC, "1.0.0", "Get the time to live for a key in seconds"),
+    spec(
+        "pttl",
+        "pttl",
+        2,
+        READONLY | FAST,
+        kv::pttl,
+        GENERIC,
+        "2.6.0",
+        "Get the time to live for a key in milliseconds",
+    ),
 ];
 
 /// Finds a top-level command by name, case-insensitively.
