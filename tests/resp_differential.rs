@@ -764,3 +764,278 @@ fn fuzz_entry_point_smoke() {
         }
     }
 }
+
+// ---- key-value commands ----------------------------------------------------------------------
+
+/// Each script runs on a fresh connection, in order, against both servers, so the keyspace
+/// evolves the same way on both; TTLs stay far from a rounding edge.
+const KV: &[&[u8]] = &[
+    b"SET k v\r\nGET k\r\nGET nokey\r\nSET k v2 GET\r\nGET k\r\nset K lower\r\nGET K\r\nGET k\r\nDEL k K\r\n",
+    b"SET k v NX\r\nSET k w NX\r\nGET k\r\nSET k w XX\r\nSET nx v XX\r\nGET nx\r\nSET k x NX GET\r\nSET k y XX GET\r\n\
+      SET new v NX GET\r\nSET new2 v XX GET\r\nGET k\r\nGET new\r\nGET new2\r\nSET k z GET GET\r\nDEL k new\r\n",
+    b"SET\r\nSET k\r\nSET k v NX XX\r\nSET k v XX NX\r\nSET k v EX\r\nSET k v EX 0\r\nSET k v EX -1\r\nSET k v PX 0\r\n\
+      SET k v EX 1x\r\nSET k v EX 10 PX 10\r\nSET k v PX 10 EXAT 10\r\nSET k v KEEPTTL EX 10\r\nSET k v EX 10 KEEPTTL\r\n\
+      SET k v FOO\r\nSET k v EX 9223372036854775\r\nSET k v EX 9223372036854776\r\nSET k v PX 9223372036854775807\r\n\
+      SET k v EXAT 0\r\nSET k v PXAT -5\r\nSET k v ex x foo\r\nSET k v NX 10\r\nGET k\r\nSET k v EX 10 EX 200\r\nTTL k\r\n\
+      SET k v keepttl KEEPTTL\r\nTTL k\r\nSET k w\r\nTTL k\r\nSET k v PX 100000 NX\r\nSET k v XX PXAT 99999999999999 GET\r\n\
+      TTL k\r\nDEL k\r\n",
+    b"INCR n\r\nINCR n\r\nDECR n\r\nINCRBY n 10\r\nDECRBY n 3\r\nINCRBY n -20\r\nGET n\r\nINCRBY n x\r\nINCRBY n 1.5\r\n\
+      INCRBY n 01\r\nDECRBY n -9223372036854775808\r\nDECRBY n 9223372036854775808\r\nDECRBY missing -9223372036854775808\r\n\
+      INCR\r\nINCR a b\r\nINCRBY n\r\nDECR\r\nDECRBY n 1 2\r\nGET n\r\nDEL n\r\n",
+    b"SET n 9223372036854775806\r\nINCR n\r\nINCR n\r\nGET n\r\nSET n -9223372036854775808\r\nDECR n\r\nINCRBY n -1\r\n\
+      INCRBY n 9223372036854775807\r\nSET s abc\r\nINCR s\r\nSET s \" 1\"\r\nINCR s\r\nSET s 010\r\nINCR s\r\nSET s \"\"\r\n\
+      INCR s\r\nSET s -0\r\nDECR s\r\nSET s +5\r\nINCR s\r\nSET s 99999999999999999999\r\nINCR s\r\nGET s\r\n\
+      SETNX s x\r\nSETNX s2 x\r\nSETNX s2 y\r\nGET s2\r\nSETNX s2\r\nDEL n s s2\r\n",
+    b"SET a 1\r\nSET b 2\r\nEXISTS a a b c\r\nMGET a nokey b a\r\nDEL a a c\r\nEXISTS a\r\nMGET a\r\nDEL\r\nEXISTS\r\nMGET\r\n\
+      GET\r\nGET a b\r\nDEL b\r\nEXISTS b\r\n",
+    b"TTL nokey\r\nPTTL nokey\r\nSET k v\r\nTTL k\r\nPTTL k\r\nEXPIRE nokey 10\r\nPEXPIRE nokey 10\r\nEXPIRE k 100\r\nTTL k\r\n\
+      SET k v KEEPTTL\r\nTTL k\r\nSET k v\r\nTTL k\r\nEXPIRE k -1\r\nEXISTS k\r\nGET k\r\nTTL k\r\nSET k v\r\nEXPIRE k 0\r\n\
+      EXISTS k\r\nSET k v\r\nPEXPIRE k -100\r\nGET k\r\nSET k v\r\nEXPIRE k x\r\nEXPIRE k 99999999999999999\r\n\
+      EXPIRE k -99999999999999999\r\nPEXPIRE k 9223372036854775807\r\nEXPIRE k\r\nTTL\r\nTTL a b\r\nPTTL\r\nTTL k\r\n\
+      SET n 1 EX 100\r\nINCR n\r\nTTL n\r\nINCRBY n 5\r\nTTL n\r\nGET n\r\nSET n 2\r\nTTL n\r\n\
+      SET k v EXAT 1\r\nGET k\r\nEXISTS k\r\nTTL k\r\nSET k v PXAT 1000\r\nEXISTS k\r\nPEXPIRE k 100000\r\n\
+      SET k v\r\nEXPIRE k 9223372036854775\r\nEXPIRE k -9223372036854775\r\nEXISTS k\r\nDEL k n\r\n",
+    b"PING\r\nSET p 1\r\nPING\r\nINCR p\r\nECHO x\r\nGET p\r\nPING\r\nMGET p q\r\nEXISTS p\r\nPING hi\r\nDEL p\r\nGET p\r\n",
+    b"SET \"a key\" \"a value\"\r\nGET \"a key\"\r\nMGET \"a key\" 'a key'\r\nDEL \"a key\"\r\n",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_commands_match_redis() {
+    let pair = Pair::start().await;
+    for proto in [2, 3] {
+        for script in KV {
+            let mut input = format!("HELLO {proto}\r\n").into_bytes();
+            input.extend_from_slice(script);
+            compare_script(&pair, &format!("RESP{proto} {}", String::from_utf8_lossy(script)), &input).await;
+        }
+    }
+    // Binary keys and values; an option ending in a NUL byte reads as a C string.
+    let script = [
+        cmd(&[b"SET", b"bin\x00\xff", b"\x00\x01\r\n"]),
+        cmd(&[b"GET", b"bin\x00\xff"]),
+        cmd(&[b"GET", b"bin"]),
+        cmd(&[b"SET", b"bin\x00\xff", b"x", b"XX\x00junk", b"GET"]),
+        cmd(&[b"SET", b"bin\x00\xff", b"x", b"NX\x00"]),
+        cmd(&[b"SET", b"k", b"x", b"EX\x00", b"10"]),
+        cmd(&[b"TTL", b"k"]),
+        cmd(&[b"SET", b"", b""]),
+        cmd(&[b"GET", b""]),
+        cmd(&[b"DEL", b"bin\x00\xff", b"", b"k"]),
+    ]
+    .concat();
+    compare_script(&pair, "binary keys", &script).await;
+    // A value as large as an authenticated client may send in one go.
+    let big = vec![b'z'; 200_000];
+    compare_script(
+        &pair,
+        "big value",
+        &[cmd(&[b"SET", b"big", &big]), cmd(&[b"GET", b"big"]), cmd(&[b"DEL", b"big"])].concat(),
+    )
+    .await;
+    // One pipeline holding every script.
+    compare_script(&pair, "kv pipeline", &KV.concat()).await;
+}
+
+/// RESP2 subscribed mode refuses key-value commands like Redis; RESP3 runs them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_commands_in_subscribed_mode_match_redis() {
+    let pair = Pair::start().await;
+    let script: &[u8] =
+        b"SET k v\r\nSUBSCRIBE ch\r\nGET k\r\nSET k w\r\nINCR n\r\nTTL k\r\nPING\r\nUNSUBSCRIBE\r\nGET k\r\n\
+        HELLO 3\r\nSUBSCRIBE ch\r\nGET k\r\nSET k w\r\nINCR n\r\nDEL n\r\nUNSUBSCRIBE\r\nGET k\r\nDEL k\r\n";
+    compare_script(&pair, "subscribed mode", script).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_commands_need_auth_like_redis() {
+    let pair = Pair::with_password("s3cret").await;
+    let script: &[u8] =
+        b"GET k\r\nSET k v\r\nINCR n\r\nDEL k\r\nAUTH s3cret\r\nSET k v\r\nGET k\r\nRESET\r\nGET k\r\nAUTH s3cret\r\nDEL k\r\n";
+    compare_script(&pair, "kv auth", script).await;
+}
+
+/// TTLs depend on each server's clock: same sign and within a second (or 1000 ms) of Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_ttls_and_expiry_match_redis_loosely() {
+    let pair = Pair::start().await;
+    let script: &[u8] =
+        b"SET a v EX 100\r\nTTL a\r\nPTTL a\r\nSET b v PX 1500\r\nTTL b\r\nPTTL b\r\nSET c v\r\nPEXPIRE c 2500\r\n\
+        TTL c\r\nPTTL c\r\nEXPIRE c 7\r\nPTTL c\r\nSET d 1 PX 250\r\nINCR d\r\nPTTL d\r\nTTL none\r\nPTTL none\r\n";
+    let mut results = Vec::new();
+    for addr in pair.addrs() {
+        let mut conn = Conn::open(addr).await;
+        conn.send(script).await;
+        results.push(conn.replies(17).await);
+    }
+    for (i, (r, o)) in results[0].iter().zip(&results[1]).enumerate() {
+        match (&r.value, &o.value) {
+            (Value::Int(r), Value::Int(o)) => {
+                let slack = if *r > 100 || *o > 100 { 1000 } else { 1 };
+                assert!(r.signum() == o.signum() && (r - o).abs() <= slack, "reply {i}: redis {r}, ioswarm {o}");
+            }
+            _ => assert_eq!(r.raw, o.raw, "reply {i}"),
+        }
+    }
+    // After the deadline the keys are gone on both servers.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    compare_script(
+        &pair,
+        "after expiry",
+        b"GET d\r\nEXISTS d\r\nTTL d\r\nPTTL d\r\nINCR d\r\nTTL d\r\nGET a\r\nTTL a\r\n",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    compare_script(&pair, "later", b"MGET a b c\r\nEXISTS a b c\r\nDEL a b c\r\nPTTL b\r\n").await;
+}
+
+/// Two connections each pipeline 1000 INCRs of one key: every reply is a distinct count and
+/// the key ends at 2000, on Redis and on ioswarm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_incr_from_two_connections_adds_up() {
+    let pair = Pair::start().await;
+    let pipeline: Vec<u8> = std::iter::repeat_n(&b"INCR counter\r\n"[..], 1000).collect::<Vec<_>>().concat();
+    for addr in pair.addrs() {
+        let mut a = Conn::open(addr).await;
+        let mut b = Conn::open(addr).await;
+        let (ra, rb) = tokio::join!(
+            async {
+                a.send(&pipeline).await;
+                a.replies(1000).await
+            },
+            async {
+                b.send(&pipeline).await;
+                b.replies(1000).await
+            }
+        );
+        let mut seen: Vec<i64> = ra
+            .iter()
+            .chain(&rb)
+            .map(|f| match f.value {
+                Value::Int(n) => n,
+                ref other => panic!("{addr}: INCR answered {other:?}"),
+            })
+            .collect();
+        for replies in [&ra, &rb] {
+            let counts: Vec<i64> = replies.iter().map(|f| if let Value::Int(n) = f.value { n } else { 0 }).collect();
+            assert!(counts.windows(2).all(|w| w[0] < w[1]), "{addr}: each connection's counts increase");
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, (1..=2000).collect::<Vec<_>>(), "{addr}");
+        a.send(b"GET counter\r\n").await;
+        assert_eq!(a.reply().await.raw, b"$4\r\n2000\r\n", "{addr}");
+    }
+}
+
+/// COMMAND DOCS and COMMAND INFO describe the key-value commands as Redis 7.0 does (EXPIRE and
+/// PEXPIRE keep Redis 6's arity: no NX|XX|GT|LT options).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_command_docs_match_redis() {
+    let pair = Pair::start().await;
+    let names = [
+        "get", "set", "setnx", "mget", "incr", "decr", "incrby", "decrby", "del", "exists", "expire", "pexpire", "ttl",
+        "pttl",
+    ];
+    let field = |doc: &Value, name: &str| -> Value {
+        let Value::Agg(_, items) = doc else { panic!("docs entry {doc:?}") };
+        let at = items.iter().position(|v| *v == Value::Bulk(Some(name.as_bytes().to_vec()))).unwrap();
+        items[at + 1].clone()
+    };
+    let mut answers = Vec::new();
+    for addr in pair.addrs() {
+        let mut conn = Conn::open(addr).await;
+        let mut request = b"COMMAND INFO".to_vec();
+        for name in names {
+            request.extend_from_slice(format!(" {name}").as_bytes());
+        }
+        request.extend_from_slice(b"\r\n");
+        conn.send(&request).await;
+        let info = conn.reply().await;
+        let mut docs = Vec::new();
+        for name in names {
+            conn.send(format!("COMMAND DOCS {name}\r\n").as_bytes()).await;
+            docs.push(conn.reply().await);
+        }
+        answers.push((info, docs));
+    }
+    let (redis, ours) = (&answers[0], &answers[1]);
+    let (Value::Agg(_, redis_info), Value::Agg(_, our_info)) = (&redis.0.value, &ours.0.value) else {
+        panic!("COMMAND INFO")
+    };
+    for (i, name) in names.iter().enumerate() {
+        let (Value::Agg(_, r), Value::Agg(_, o)) = (&redis_info[i], &our_info[i]) else { panic!("{name} info") };
+        assert_eq!(r[0], o[0], "{name} name");
+        let Value::Int(redis_arity) = r[1] else { panic!("{name} arity") };
+        let expected = if matches!(*name, "expire" | "pexpire") { -redis_arity } else { redis_arity };
+        assert_eq!(o[1], Value::Int(expected), "{name} arity");
+        let fast = |v: &Value| matches!(v, Value::Agg(_, f) if f.contains(&Value::Simple(b"fast".to_vec())));
+        assert_eq!(fast(&r[2]), fast(&o[2]), "{name} fast flag");
+        let (Value::Agg(_, rd), Value::Agg(_, od)) = (&redis.1[i].value, &ours.1[i].value) else {
+            panic!("{name} docs")
+        };
+        for key in ["summary", "since", "group"] {
+            assert_eq!(field(&rd[1], key), field(&od[1], key), "{name} {key}");
+        }
+    }
+}
+
+/// A backend that answers later (like a raft leader across the network): replies still follow
+/// the pipeline's order, a slow command does not hold up other connections, and a backend
+/// without a leader answers a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_kv_backend_keeps_pipeline_order() {
+    use ioswarm::cluster::kv::{KvBackend, KvFuture, LocalKv};
+    use ioswarm::cluster::message::{KvOp, KvValue};
+
+    #[derive(Debug)]
+    struct Slow(LocalKv);
+    impl KvBackend for Slow {
+        fn execute(&self, op: KvOp) -> KvFuture {
+            let value = self.0.execute_now(op);
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                value
+            })
+        }
+    }
+    #[derive(Debug)]
+    struct Leaderless;
+    impl KvBackend for Leaderless {
+        fn execute(&self, _op: KvOp) -> KvFuture {
+            Box::pin(async { KvValue::NotLeader { leader_id: None, leader_addr: String::new() } })
+        }
+    }
+
+    let redis = RedisServer::start(&[]);
+    let backend: Arc<dyn KvBackend> = Arc::new(Slow(LocalKv::default()));
+    let ours = Ioswarm::start(RedisConfig { kv: Some(backend), ..RedisConfig::default() }).await;
+    let pair = Pair { redis, ours };
+    let script: Vec<u8> =
+        [KV[0], KV[1], KV[7], b"SUBSCRIBE x\r\nGET k\r\nHELLO 3\r\nGET nokey\r\nMGET a b\r\n"].concat();
+    compare_script(&pair, "slow backend pipeline", &script).await;
+    for script in KV {
+        compare_script(&pair, "slow backend", &[b"HELLO 3\r\n", *script].concat()).await;
+    }
+    // A pipeline of 200 slow INCRs on one connection; another connection is answered meanwhile.
+    let mut busy = Conn::open(pair.ours.addr).await;
+    busy.send(&std::iter::repeat_n(&b"INCR slow\r\n"[..], 200).collect::<Vec<_>>().concat()).await;
+    let mut other = Conn::open(pair.ours.addr).await;
+    other.send(b"PING\r\nGET nokey\r\n").await;
+    assert_eq!(show(&other.replies(2).await), "+PONG\r\n$-1\r\n");
+    let counts: Vec<Value> = busy.replies(200).await.into_iter().map(|f| f.value).collect();
+    assert_eq!(counts, (1..=200).map(Value::Int).collect::<Vec<_>>());
+    // A client that leaves in the middle of a slow pipeline does not disturb the listener.
+    let mut leaver = Conn::open(pair.ours.addr).await;
+    leaver.send(&std::iter::repeat_n(&b"INCR gone\r\n"[..], 100).collect::<Vec<_>>().concat()).await;
+    drop(leaver);
+    other.send(b"INCR slow\r\n").await;
+    assert_eq!(other.reply().await.raw, b":201\r\n");
+
+    let ours = Ioswarm::start(RedisConfig { kv: Some(Arc::new(Leaderless)), ..RedisConfig::default() }).await;
+    let mut conn = Conn::open(ours.addr).await;
+    conn.send(b"GET k\r\nPING\r\nSET k v\r\nSET k v EX x\r\n").await;
+    assert_eq!(
+        show(&conn.replies(4).await),
+        "-ERR cluster has no leader, try again\r\n+PONG\r\n-ERR cluster has no leader, try again\r\n\
+         -ERR value is not an integer or out of range\r\n"
+    );
+}
