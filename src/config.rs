@@ -318,8 +318,8 @@ impl Config {
         if clustered && self.cluster_credentials.is_none() {
             return Err(invalid("cluster_credentials", "a cluster node needs its credentials folder"));
         }
-        if self.node_id == Some(0) {
-            return Err(invalid("node_id", "must be greater than 0"));
+        if self.node_id.is_some_and(|id| id == 0 || id > 0x00ff_ffff) {
+            return Err(invalid("node_id", "must be between 1 and 16777215 (socket ids carry it in 24 bits)"));
         }
         if !clustered && !self.join.is_empty() {
             return Err(invalid("join", "needs node_id and cluster_listen"));

@@ -40,6 +40,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = ioswarm::metrics::install_recorder().context("installing the metrics recorder")?;
     let capacity = usize::try_from(capacity).unwrap_or(usize::MAX);
     let io = Server::new(socketio_config(&config, capacity));
+    let broker = Arc::new(ioswarm::resp::Broker::new());
     // Namespaces known up front exist (fully configured) before any client
     // connects; others are created on demand, configured first.
     if config.namespaces.is_empty() {
@@ -68,10 +69,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let limits = ListenerLimits { max_connections: capacity, ..ListenerLimits::default() };
     let router = Router::new().route(&config.path, io.clone());
     let (sio_addr, admin_addr, redis_addr) = (listener.local_addr()?, admin.local_addr()?, redis.local_addr()?);
-    let broker = Arc::new(ioswarm::resp::Broker::new());
     broker.set_publish_hook(ioswarm::resp::socketio_bridge(io.clone()));
-    let redis_config =
-        ioswarm::resp::RedisConfig { requirepass: config.requirepass.clone(), ..ioswarm::resp::RedisConfig::default() };
+    let cluster = match config.node_id {
+        Some(node_id) => Some(cluster::start(&config, node_id, &io, &broker).await?),
+        None => None,
+    };
+    let redis_config = ioswarm::resp::RedisConfig {
+        requirepass: config.requirepass.clone(),
+        kv: cluster.as_ref().map(|c| Arc::new(c.raft().clone()) as Arc<dyn ioswarm::cluster::kv::KvBackend>),
+        ..ioswarm::resp::RedisConfig::default()
+    };
     shutdown.spawn(ioswarm::resp::serve(
         redis,
         broker,
@@ -89,15 +96,29 @@ async fn run(config: Config) -> anyhow::Result<()> {
     shutdown.spawn(ioswarm::admin::serve(
         admin,
         metrics,
-        Arc::new(AdminApi::new(io.clone())),
+        Arc::new(match &cluster {
+            Some(node) => AdminApi::with_cluster(io.clone(), node.clone()),
+            None => AdminApi::new(io.clone()),
+        }),
         shutdown.token().clone(),
     ));
     tracing::info!(%sio_addr, %admin_addr, %redis_addr, path = %config.path, "ioswarm node ready");
-    println!("ioswarm ready socketio={sio_addr} admin={admin_addr} redis={redis_addr}");
+    match &cluster {
+        Some(node) => println!(
+            "ioswarm ready socketio={sio_addr} admin={admin_addr} redis={redis_addr} cluster={} node_id={}",
+            node.transport().local_addr()?,
+            node.id()
+        ),
+        None => println!("ioswarm ready socketio={sio_addr} admin={admin_addr} redis={redis_addr}"),
+    }
 
     let signal = ioswarm::shutdown::wait_for_signal().await.context("installing signal handlers")?;
     tracing::info!(signal, "shutting down: closing client connections");
     let grace = config.shutdown_grace();
+    if let Some(node) = &cluster {
+        // Leave first: the others stop forwarding here before the clients move to them.
+        node.shutdown(grace).await;
+    }
     let clients_closed = tokio::time::timeout(grace, io.shutdown()).await.is_ok();
     let tasks_done = shutdown.shutdown(grace).await;
     if !(clients_closed && tasks_done) {
@@ -105,6 +126,91 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("bye");
     Ok(())
+}
+
+/// Joining or starting a cluster.
+mod cluster {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use anyhow::Context as _;
+    use ioswarm::cluster::gossip::GossipConfig;
+    use ioswarm::cluster::node::{ClusterNode, NodeSettings};
+    use ioswarm::cluster::raft::{RaftNode, RaftSettings};
+    use ioswarm::cluster::{NodeCredentials, Transport, TransportConfig};
+    use ioswarm::config::Config;
+    use ioswarm::resp::Broker;
+    use ioswarm::socketio::Server;
+
+    /// How long a node keeps trying its `--join` addresses before giving up.
+    const JOIN_DEADLINE: Duration = Duration::from_secs(60);
+
+    /// Binds the cluster endpoint, starts raft and the runtime, then bootstraps a new cluster
+    /// (no `--join`) or joins through the `--join` addresses.
+    pub(crate) async fn start(
+        config: &Config,
+        node_id: u64,
+        io: &Server,
+        broker: &Arc<Broker>,
+    ) -> anyhow::Result<ClusterNode> {
+        let listen = config.cluster_listen.context("cluster_listen is required with node_id")?;
+        let dir = config.cluster_credentials.as_ref().context("cluster_credentials is required with node_id")?;
+        let credentials = NodeCredentials::load(dir, node_id)
+            .with_context(|| format!("loading the cluster credentials from {}", dir.display()))?;
+        let mut transport_config = TransportConfig::new(listen);
+        transport_config.advertise.clone_from(&config.advertise);
+        transport_config.peer_queue_capacity = 16 * 1024;
+        let (transport, incoming) =
+            Transport::bind(transport_config, credentials).with_context(|| format!("binding cluster {listen}"))?;
+        let advertise = transport.hello().advertise_addr.clone();
+        let raft =
+            RaftNode::start(RaftSettings::new(node_id, advertise.clone(), config.data_dir.clone()), transport.clone())
+                .await
+                .with_context(|| format!("starting raft with data dir {}", config.data_dir.display()))?;
+        let settings = NodeSettings { timeout: config.cluster_timeout(), gossip: GossipConfig::default() };
+        let node = ClusterNode::start(settings, transport.clone(), incoming, raft.clone(), io.clone(), broker.clone());
+        if config.join.is_empty() {
+            let created = raft.initialize().await.context("bootstrapping a new cluster")?;
+            tracing::info!(node_id, %advertise, created, "cluster bootstrapped (no --join)");
+        } else {
+            join(&transport, &raft, &config.join).await?;
+            tracing::info!(node_id, %advertise, "joined the cluster");
+        }
+        Ok(node)
+    }
+
+    /// Tries every `--join` address in turn until one lets this node in.
+    async fn join(transport: &Transport, raft: &RaftNode, addrs: &[String]) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + JOIN_DEADLINE;
+        let mut last_error = String::new();
+        loop {
+            for addr in addrs {
+                match join_one(transport, raft, addr).await {
+                    Ok(()) => return Ok(()),
+                    Err(err) => {
+                        tracing::warn!(%addr, error = %format!("{err:#}"), "joining through this member failed");
+                        last_error = format!("{addr}: {err:#}");
+                    }
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!("could not join the cluster within {JOIN_DEADLINE:?}; last error: {last_error}");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn join_one(transport: &Transport, raft: &RaftNode, addr: &str) -> anyhow::Result<()> {
+        let resolved = tokio::net::lookup_host(addr)
+            .await
+            .with_context(|| format!("resolving {addr}"))?
+            .next()
+            .with_context(|| format!("{addr} resolves to no address"))?;
+        let seed = transport.discover(resolved).await.with_context(|| format!("reaching {addr}"))?;
+        transport.connect(resolved, seed).await.with_context(|| format!("connecting to node {seed}"))?;
+        raft.join_via(seed).await.with_context(|| format!("joining through node {seed}"))?;
+        Ok(())
+    }
 }
 
 fn socketio_config(config: &Config, capacity: usize) -> SocketIoConfig {
@@ -135,6 +241,8 @@ fn socketio_config(config: &Config, capacity: usize) -> SocketIoConfig {
         max_attachments: config.max_attachments,
         max_rooms_per_socket: config.max_rooms_per_socket,
         namespaces,
+        // Socket ids carry the node id, so other nodes route a socket's own room to it.
+        node_tag: config.node_id.map_or(0, |id| u32::try_from(id & 0x00ff_ffff).unwrap_or(0)),
         ..SocketIoConfig::default()
     }
 }

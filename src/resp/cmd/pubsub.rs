@@ -258,12 +258,34 @@ fn shardchannels(ctx: &mut Ctx<'_>, args: &[Bytes]) {
 
 fn numsub(ctx: &mut Ctx<'_>, args: &[Bytes]) {
     let broker = ctx.shared.broker.clone();
-    counts(ctx, args, |c| broker.numsub(c));
+    cluster_counts(ctx, args, false, |c| broker.numsub(c));
 }
 
 fn shardnumsub(ctx: &mut Ctx<'_>, args: &[Bytes]) {
     let broker = ctx.shared.broker.clone();
-    counts(ctx, args, |c| broker.shard_numsub(c));
+    cluster_counts(ctx, args, true, |c| broker.shard_numsub(c));
+}
+
+/// NUMSUB / SHARDNUMSUB: this node's counts, plus every other node's on a cluster node (the
+/// reply waits for them, at most the cluster timeout).
+fn cluster_counts(ctx: &mut Ctx<'_>, args: &[Bytes], shard: bool, count: impl Fn(&[u8]) -> usize) {
+    let Some(cluster) = ctx.shared.broker.cluster() else {
+        counts(ctx, args, count);
+        return;
+    };
+    let channels: Vec<Bytes> = args[2..].to_vec();
+    let local: Vec<u64> = channels.iter().map(|c| count(c) as u64).collect();
+    let remote = cluster.numsub(channels.clone(), shard);
+    ctx.defer(async move {
+        let remote = remote.await;
+        let mut items = Vec::with_capacity(channels.len() * 2);
+        for (i, name) in channels.into_iter().enumerate() {
+            let total = local[i] + remote.get(i).copied().unwrap_or(0);
+            items.push(Reply::Bulk(name));
+            items.push(Reply::Integer(i64::try_from(total).unwrap_or(i64::MAX)));
+        }
+        Reply::Array(items)
+    });
 }
 
 fn numpat(ctx: &mut Ctx<'_>, _args: &[Bytes]) {
