@@ -114,6 +114,8 @@ pub struct MemberView {
     pub sockets: u64,
     /// Its rooms with local members (as it announced).
     pub rooms: u64,
+    /// Its rooms (all namespaces) in the interest held here.
+    pub interest_rooms: u64,
 }
 
 /// The gossip state of one node.
@@ -523,6 +525,7 @@ impl GossipState {
                 advertised: p.advertised,
                 sockets: p.sockets,
                 rooms: p.room_count,
+                interest_rooms: p.rooms.values().map(|r| r.len() as u64).sum(),
             })
             .collect();
         out.sort_by_key(|m| m.node);

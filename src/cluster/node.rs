@@ -195,6 +195,7 @@ impl ClusterNode {
                 "rooms": member.map_or(0, |m| m.rooms),
                 "interest_version": member.map_or(0, |m| m.version),
                 "announced_interest_version": member.map_or(0, |m| m.advertised),
+                "interest_rooms": member.map_or(0, |m| m.interest_rooms),
             }));
         }
         serde_json::json!({
