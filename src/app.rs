@@ -220,6 +220,22 @@ impl AdminApi {
         json_response(StatusCode::OK, &json!({ "affected": done.affected, "missingNodes": done.missing_nodes }))
     }
 
+    /// `POST /cluster/remove {"node_id": N}`: takes node N out of the raft membership (for a node
+    /// that is gone for good, e.g. its data dir was lost).
+    async fn remove_member(&self, body: &[u8]) -> Response<Bytes> {
+        let Some(node) = &self.cluster else {
+            return json_error(StatusCode::NOT_FOUND, "this node is not part of a cluster (no --node-id)");
+        };
+        let id = match serde_json::from_slice::<Value>(body).ok().and_then(|v| v.get("node_id")?.as_u64()) {
+            Some(id) => id,
+            None => return json_error(StatusCode::BAD_REQUEST, "expected {\"node_id\": N}"),
+        };
+        match node.raft().remove_node(id).await {
+            Ok(()) => json_response(StatusCode::OK, &json!({ "removed": id })),
+            Err(err) => json_error(StatusCode::SERVICE_UNAVAILABLE, &err.to_string()),
+        }
+    }
+
     fn cluster(&self) -> Response<Bytes> {
         match &self.cluster {
             Some(node) => json_response(StatusCode::OK, &node.status_json()),
@@ -289,6 +305,7 @@ impl AdminRoutes for AdminApi {
                 (&Method::POST, "/v1/sockets/leave") => Some(self.sockets_action("leave", req.body()).await),
                 (&Method::POST, "/v1/sockets/disconnect") => Some(self.sockets_action("disconnect", req.body()).await),
                 (&Method::GET, "/cluster") => Some(self.cluster()),
+                (&Method::POST, "/cluster/remove") => Some(self.remove_member(req.body()).await),
                 (
                     _,
                     "/v1/emit"
@@ -296,7 +313,8 @@ impl AdminRoutes for AdminApi {
                     | "/v1/sockets/join"
                     | "/v1/sockets/leave"
                     | "/v1/sockets/disconnect"
-                    | "/cluster",
+                    | "/cluster"
+                    | "/cluster/remove",
                 ) => Some(json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")),
                 _ => None,
             }
