@@ -157,7 +157,7 @@ impl AdminApi {
             Err(err) => return json_error(StatusCode::BAD_REQUEST, &format!("invalid request: {err}")),
         };
         let Some(ns) = self.io.namespace_for_broadcast(&req.nsp) else {
-            return json_response(StatusCode::OK, &json!({"recipients": 0, "forwardedTo": []}));
+            return json_response(StatusCode::OK, &json!({"recipients": 0}));
         };
         let mut op = operator(&ns, &req.rooms, &req.except);
         if req.volatile {
@@ -167,20 +167,20 @@ impl AdminApi {
         match req.ack_timeout_ms {
             None => {
                 let (recipients, forwarded) = op.emit_forwarded(&req.event, payload);
-                json_response(StatusCode::OK, &json!({ "recipients": recipients, "forwardedTo": forwarded }))
+                let mut body = json!({ "recipients": recipients });
+                if self.cluster.is_some() {
+                    body["forwardedTo"] = json!(forwarded);
+                }
+                json_response(StatusCode::OK, &body)
             }
             Some(ms) => {
                 let results = op.emit_with_ack(&req.event, payload, Duration::from_millis(ms)).await;
                 let acks: Vec<Value> = results.acks.into_iter().map(|p| Value::Array(p.args)).collect();
-                json_response(
-                    StatusCode::OK,
-                    &json!({
-                        "recipients": results.recipients,
-                        "acks": acks,
-                        "timedOut": results.timed_out,
-                        "missingNodes": results.missing_nodes,
-                    }),
-                )
+                let mut body = json!({ "recipients": results.recipients, "acks": acks, "timedOut": results.timed_out });
+                if self.cluster.is_some() {
+                    body["missingNodes"] = json!(results.missing_nodes);
+                }
+                json_response(StatusCode::OK, &body)
             }
         }
     }
@@ -190,10 +190,17 @@ impl AdminApi {
         let nsp = query.remove("nsp").unwrap_or_else(root_nsp);
         let rooms: Vec<String> = query.remove("room").into_iter().collect();
         let Some(ns) = self.io.namespace_for_broadcast(&nsp) else {
-            return json_response(StatusCode::OK, &json!({ "sockets": [], "missingNodes": [] }));
+            return json_response(StatusCode::OK, &json!({ "sockets": [] }));
         };
         let fetched = operator(&ns, &rooms, &[]).fetch_sockets().await;
-        let node = self.cluster.as_ref().map(crate::cluster::node::ClusterNode::id);
+        let Some(node) = self.cluster.as_ref().map(crate::cluster::node::ClusterNode::id) else {
+            let sockets: Vec<Value> = fetched
+                .local
+                .iter()
+                .map(|s| json!({ "id": s.id(), "rooms": s.rooms().into_iter().skip(1).collect::<Vec<_>>() }))
+                .collect();
+            return json_response(StatusCode::OK, &json!({ "sockets": sockets }));
+        };
         let mut sockets: Vec<Value> = fetched
             .local
             .iter()
