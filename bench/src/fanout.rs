@@ -61,12 +61,18 @@ pub(crate) struct FanoutArgs {
     /// Local address of the Socket.IO publisher.
     #[arg(long, default_value = "127.0.0.1")]
     publisher_source: IpAddr,
+    /// A free-text description of the setup, copied into the result (e.g. which node the
+    /// emitter publishes to; `cluster-report` shows it).
+    #[arg(long)]
+    note: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
 struct FanoutResult {
     scenario: &'static str,
     label: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
     target: String,
     publisher: Publisher,
     clients: usize,
@@ -88,11 +94,12 @@ pub(crate) fn run(args: FanoutArgs) -> anyhow::Result<()> {
 
 async fn run_async(args: FanoutArgs) -> anyhow::Result<()> {
     let c = &args.common;
-    let target = Target::parse(&c.target)?;
+    // The Socket.IO publisher connects to the first target.
+    let target = Target::parse(c.targets().first().copied().unwrap_or_default())?;
     if args.publisher == Publisher::RedisEmitter && args.redis.is_none() {
         bail!("--publisher redis-emitter needs --redis ADDR (the server's --redis-listen address)");
     }
-    let mut sampler = Sampler::new(c.server_pid)?;
+    let mut sampler = Sampler::new(&c.server_pid)?;
     let before = sampler.sample();
     let steps_total = args.rates.len() as f64 * args.step_secs + args.flat_secs;
     let max_hold = (steps_total + (args.rates.len() + 1) as f64 * (c.drain_max_secs as f64 + 25.0) + 120.0) as u64;
@@ -209,6 +216,7 @@ async fn run_async(args: FanoutArgs) -> anyhow::Result<()> {
     let result = FanoutResult {
         scenario: "fanout",
         label: c.label.clone(),
+        note: args.note.clone(),
         target: c.target.clone(),
         publisher: args.publisher,
         clients: c.clients,

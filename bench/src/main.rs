@@ -12,13 +12,22 @@
 //! - `traffic`: payload format, per-step recording, subscriber/chat client loop, publishers.
 //! - `procfs`: VmRSS / VmHWM / CPU readings.
 //! - `report`: Markdown table and combined JSON from result files (`ioswarm-bench report`).
+//! - `admin`: ioswarm's admin API (`GET /cluster`) as the cluster scenarios read it.
+//! - `cluster`: wait for a cluster to form (`cluster-wait`); how long room interest takes to reach
+//!   the other nodes (`cluster-converge`).
+//! - `incr`: INCR throughput and the counter's final value on Redis-protocol servers (`incr`).
+//! - `cluster_report`: the tables of `bench/run-cluster.sh` (`cluster-report`).
 //!
 //! Only loopback targets are accepted. Every phase is bounded in count and time.
 
 use clap::{Parser, Subcommand};
 
+mod admin;
+mod cluster;
+mod cluster_report;
 mod fanout;
 mod idle;
+mod incr;
 mod pool;
 mod procfs;
 mod report;
@@ -46,6 +55,14 @@ enum Cmd {
     Worker(worker::WorkerArgs),
     /// Markdown table + combined JSON (+ chart data) from result files of any scenario.
     Report(report::ReportArgs),
+    /// Wait until every node of a cluster lists every member alive and agrees on a raft leader.
+    ClusterWait(cluster::WaitArgs),
+    /// Time for rooms joined on one node to show in the other nodes' interest tables.
+    ClusterConverge(cluster::ConvergeArgs),
+    /// INCR throughput on one key over one or more Redis-protocol servers, and the final value.
+    Incr(incr::IncrArgs),
+    /// cluster.md + cluster.json from fanout, cluster-converge and incr result files.
+    ClusterReport(cluster_report::ClusterReportArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,6 +72,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::Rooms(args) => rooms::run(args),
         Cmd::Worker(args) => worker::run(args),
         Cmd::Report(args) => report::run(args),
+        Cmd::ClusterWait(args) => cluster::wait(args),
+        Cmd::ClusterConverge(args) => cluster::converge(args),
+        Cmd::Incr(args) => incr::run(args),
+        Cmd::ClusterReport(args) => cluster_report::run(args),
     }
 }
 

@@ -24,12 +24,15 @@ pub(crate) struct ClientArgs {
     /// Name of the server in the report (e.g. ioswarm, node, socketioxide).
     #[arg(long, default_value = "server")]
     pub(crate) label: String,
-    /// Server URL, e.g. http://127.0.0.1:3000 (loopback only).
+    /// Server URL, e.g. http://127.0.0.1:3000 (loopback only). Several, comma-separated (the
+    /// nodes of a cluster): worker *i* connects all its clients to URL *i mod n*, so give at least
+    /// as many `--workers` as URLs.
     #[arg(long)]
     pub(crate) target: String,
-    /// Pid of the server process (its /proc entry is sampled).
-    #[arg(long)]
-    pub(crate) server_pid: u32,
+    /// Pid of the server process (its /proc entry is sampled); several, comma-separated: CPU and
+    /// RSS are summed over them.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub(crate) server_pid: Vec<u32>,
     #[arg(long, default_value_t = 5_000)]
     pub(crate) clients: usize,
     /// Worker processes to spread the clients over.
@@ -60,6 +63,13 @@ pub(crate) struct ClientArgs {
     /// Also write the result JSON here.
     #[arg(long)]
     pub(crate) json_out: Option<std::path::PathBuf>,
+}
+
+impl ClientArgs {
+    /// The `--target` URLs (one per cluster node).
+    pub(crate) fn targets(&self) -> Vec<&str> {
+        self.target.split(',').map(str::trim).filter(|t| !t.is_empty()).collect()
+    }
 }
 
 /// The connect phase's outcome.
@@ -114,6 +124,13 @@ impl Pool {
         if args.workers == 0 || args.clients == 0 {
             bail!("--workers and --clients must be at least 1");
         }
+        let targets = args.targets();
+        if targets.is_empty() || targets.len() > args.workers {
+            bail!("--target names {} servers: give at least as many --workers ({})", targets.len(), args.workers);
+        }
+        for target in &targets {
+            crate::sio::Target::parse(target)?;
+        }
         let per_worker = args.clients.div_ceil(args.workers);
         if per_worker * args.mode.sockets_per_client() > MAX_SOCKETS_PER_WORKER {
             bail!("{per_worker} clients per worker exceeds {MAX_SOCKETS_PER_WORKER} sockets; use more --workers");
@@ -132,7 +149,7 @@ impl Pool {
             let mut child = Command::new(&exe)
                 .arg("worker")
                 .args(["--worker-id", &id.to_string()])
-                .args(["--target", &args.target])
+                .args(["--target", targets[id % targets.len()]])
                 .args(["--clients", &count.to_string()])
                 .args(["--total-clients", &args.clients.to_string()])
                 .args(["--first-index", &first.to_string()])
@@ -453,25 +470,52 @@ pub(crate) fn step_result(
     }
 }
 
-/// Samples the server; a failed reading returns the last good one.
+/// Samples the server (the sum over its processes); a failed reading returns the last good one.
 #[derive(Debug)]
 pub(crate) struct Sampler {
-    watch: ProcWatch,
+    watches: Vec<ProcWatch>,
     last: Sample,
     pub(crate) exited: bool,
 }
 
 impl Sampler {
-    pub(crate) fn new(pid: u32) -> anyhow::Result<Self> {
-        let watch = ProcWatch::new(pid)?;
-        let last = watch.sample()?;
-        Ok(Self { watch, last, exited: false })
+    pub(crate) fn new(pids: &[u32]) -> anyhow::Result<Self> {
+        let watches = pids.iter().map(|&pid| ProcWatch::new(pid)).collect::<anyhow::Result<Vec<_>>>()?;
+        if watches.is_empty() {
+            bail!("no server pid to sample");
+        }
+        let last = Sample { rss_kib: 0, hwm_kib: 0, cpu_secs: 0.0, at: Instant::now() };
+        let mut sampler = Self { watches, last, exited: false };
+        sampler.sample();
+        if sampler.exited {
+            bail!("a server process exited before the first sample");
+        }
+        Ok(sampler)
     }
 
     pub(crate) fn sample(&mut self) -> Sample {
-        match self.watch.sample() {
-            Ok(s) => self.last = s,
-            Err(_) => self.exited = true,
+        let mut sum: Option<Sample> = None;
+        for watch in &self.watches {
+            match watch.sample() {
+                Ok(s) => {
+                    sum = Some(match sum {
+                        None => s,
+                        Some(t) => Sample {
+                            rss_kib: t.rss_kib + s.rss_kib,
+                            hwm_kib: t.hwm_kib + s.hwm_kib,
+                            cpu_secs: t.cpu_secs + s.cpu_secs,
+                            at: t.at,
+                        },
+                    });
+                }
+                Err(_) => {
+                    self.exited = true;
+                    return self.last;
+                }
+            }
+        }
+        if let Some(s) = sum {
+            self.last = s;
         }
         self.last
     }

@@ -57,12 +57,14 @@ pub(crate) fn run(args: RoomsArgs) -> anyhow::Result<()> {
 
 async fn run_async(args: RoomsArgs) -> anyhow::Result<()> {
     let c = &args.common;
-    crate::sio::Target::parse(&c.target)?;
+    for target in c.targets() {
+        crate::sio::Target::parse(target)?;
+    }
     if args.group < 2 || args.rates.is_empty() {
         bail!("--group must be at least 2 and --rates not empty");
     }
     let rooms = c.clients.div_ceil(args.group);
-    let mut sampler = Sampler::new(c.server_pid)?;
+    let mut sampler = Sampler::new(&c.server_pid)?;
     let before = sampler.sample();
     let max_hold = (args.rates.len() as f64 * (args.step_secs + c.drain_max_secs as f64 + 25.0) + 120.0) as u64;
     let mut pool = Pool::spawn(c, Role::Chat, &args.room, rooms, max_hold)?;

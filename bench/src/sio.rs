@@ -298,6 +298,28 @@ impl Client {
         Ok(ws)
     }
 
+    /// Emits `event` with the single argument `arg` and ack id `id` (`42ID["event",arg]`), and
+    /// waits for its ack `43ID[...]`, answering pings on the way; returns the ack's arguments.
+    /// Other packets are skipped; a disconnect or close is an error.
+    pub(crate) async fn call(
+        &mut self,
+        id: u64,
+        event: &str,
+        arg: &serde_json::Value,
+    ) -> anyhow::Result<Vec<serde_json::Value>> {
+        let packet = format!("42{id}[{},{arg}]", serde_json::Value::String(event.to_owned()));
+        send_text(&mut self.ws, &packet).await?;
+        loop {
+            let packet = next_packet(&mut self.ws).await?;
+            if let Some(args) = ack_args(&packet, id) {
+                return args;
+            }
+            if packet.starts_with('1') || packet.starts_with("41") {
+                bail!("closed while waiting for the ack of {event}: {packet:.80}");
+            }
+        }
+    }
+
     /// Answers pings until `stop` fires (then closes the websocket) or the server ends it.
     pub(crate) async fn hold(mut self, stop: CancellationToken, pings: &std::sync::atomic::AtomicU64) -> HoldEnd {
         loop {
@@ -333,6 +355,17 @@ impl Client {
             }
         }
     }
+}
+
+/// The arguments of `packet` when it is the ack `43ID[...]` of `id` (main namespace); `None` for
+/// any other packet.
+fn ack_args(packet: &str, id: u64) -> Option<anyhow::Result<Vec<serde_json::Value>>> {
+    let rest = packet.strip_prefix("43")?;
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    if rest[..digits].parse::<u64>().ok()? != id {
+        return None;
+    }
+    Some(serde_json::from_str(&rest[digits..]).with_context(|| format!("malformed ack {packet:.80}")))
 }
 
 /// One polling request; returns the body as text, failing on a non-200 status.
@@ -372,5 +405,15 @@ mod tests {
         assert!(Target::parse("ws://127.0.0.1:3000").is_err());
         let v6 = Target::parse("http://[::1]:8080/socket.io/").expect("v6 parses");
         assert_eq!(v6.addr, "[::1]:8080".parse().expect("addr"));
+    }
+
+    #[test]
+    fn ack_args_match_their_id_only() {
+        let args = ack_args(r#"437[{"rooms":["a"]}]"#, 7).expect("an ack").expect("parses");
+        assert_eq!(args, vec![serde_json::json!({"rooms": ["a"]})]);
+        assert!(ack_args(r#"4371[{}]"#, 7).is_none());
+        assert!(ack_args(r#"42["msg",{}]"#, 7).is_none());
+        assert!(ack_args("43[]", 7).is_none());
+        assert!(ack_args("437[", 7).expect("an ack").is_err());
     }
 }
