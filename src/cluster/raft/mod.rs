@@ -587,7 +587,13 @@ impl RaftNode {
         let deadline = Instant::now() + self.inner.settings.request_timeout;
         let mut hint: Option<NodeId> = None;
         loop {
-            let Some(leader) = hint.take().or(self.wait_leader(deadline).await) else { break };
+            let leader = match hint.take() {
+                Some(leader) => leader,
+                None => match self.wait_leader(deadline).await {
+                    Some(leader) => leader,
+                    None => break,
+                },
+            };
             let attempt = if leader == self.inner.id {
                 self.execute_local(op.clone(), deadline).await
             } else {
@@ -828,26 +834,52 @@ impl RaftNode {
             Some(_) => {}
             None => {
                 tracing::info!(node_id = id, %addr, "adding raft learner");
-                let add = raft.add_learner(id, BasicNode { addr }, true);
+                let add = raft.add_learner(id, BasicNode { addr }, false);
                 match tokio::time::timeout(self.inner.settings.membership_timeout, add).await {
                     Ok(result) => check_write(result)?,
-                    Err(_) => {
-                        return Err(ChangeFailure::Refused(format!(
-                            "node {id} was added as a learner but did not catch up in time"
-                        )));
-                    }
+                    Err(_) => return Err(ChangeFailure::Refused(format!("adding node {id} did not commit in time"))),
+                }
+            }
+        }
+        // Promote only a learner that has the log (an empty voter would stall commits).
+        let deadline = Instant::now() + self.inner.settings.membership_timeout;
+        let mut metrics = self.inner.raft.metrics();
+        while self.membership_now().learner_ids().any(|l| l == id) && !self.caught_up_learners(0).contains(&id) {
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                _ => {
+                    return Err(ChangeFailure::Refused(format!("node {id} is a learner but did not catch up in time")));
                 }
             }
         }
         self.fill_voters().await
     }
 
-    /// Promotes learners (lowest ids first) while there are fewer than `max_voters` voters.
+    /// Learners whose log is within `max_payload_entries` of the leader's (lowest ids first):
+    /// the ones safe to promote.
+    fn caught_up_learners(&self, except: NodeId) -> Vec<NodeId> {
+        let metrics = self.inner.raft.metrics();
+        let m = metrics.borrow();
+        let last = m.last_log_index.unwrap_or(0);
+        let lag = self.inner.settings.max_payload_entries;
+        let Some(replication) = &m.replication else { return Vec::new() };
+        m.membership_config
+            .membership()
+            .learner_ids()
+            .filter(|&id| id != except)
+            .filter(|id| {
+                replication.get(id).is_some_and(|matched| matched.is_some_and(|l| l.index.saturating_add(lag) >= last))
+            })
+            .collect()
+    }
+
+    /// Promotes caught-up learners (lowest ids first) while there are fewer than `max_voters`
+    /// voters.
     async fn fill_voters(&self) -> Result<(), ChangeFailure> {
         let membership = self.membership_now();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let room = self.inner.settings.max_voters.saturating_sub(voters.len());
-        let promote: BTreeSet<NodeId> = membership.learner_ids().take(room).collect();
+        let promote: BTreeSet<NodeId> = self.caught_up_learners(0).into_iter().take(room).collect();
         if promote.is_empty() {
             return Ok(());
         }
@@ -867,7 +899,7 @@ impl RaftNode {
                 return Err(ChangeFailure::Refused(format!("node {id} is the last voter")));
             }
             if voters.len() < self.inner.settings.max_voters
-                && let Some(learner) = membership.learner_ids().find(|&l| l != id)
+                && let Some(&learner) = self.caught_up_learners(id).first()
             {
                 voters.insert(learner);
             }

@@ -413,7 +413,9 @@ impl Journal {
         let mut dirty = false;
         while let Some(op) = ops.blocking_recv() {
             let mut next = Some(op);
+            let mut batch = 0;
             while let Some(op) = next.take() {
+                batch += 1;
                 match op {
                     WriteOp::Append { record, done } => {
                         let _ = self.write(&record);
@@ -435,7 +437,7 @@ impl Journal {
                     }
                 }
                 // Take whatever else is queued before syncing, so it shares the fsync.
-                if waiting.len() < WRITE_QUEUE {
+                if batch < WRITE_QUEUE {
                     next = ops.try_recv().ok();
                 }
             }

@@ -464,6 +464,37 @@ async fn no_leader_answers_cluster_down() {
     .await;
     // Never initialised: no leader.
     assert_eq!(node.raft.execute(get("x")).await, KvValue::Error(CLUSTER_DOWN.into()));
+    let forwarded = node.raft.handle_kv_request(2, KvRequest { request_id: 9, op: incr("x", 1) }).await;
+    assert_eq!(
+        forwarded,
+        KvReply { request_id: 9, value: KvValue::NotLeader { leader_id: None, leader_addr: String::new() } }
+    );
+    // Garbage from a peer gets an empty (undecodable) reply, never a panic.
+    for kind in [
+        RaftRpcKind::AppendEntries,
+        RaftRpcKind::Vote,
+        RaftRpcKind::InstallSnapshot,
+        RaftRpcKind::FullSnapshot,
+        RaftRpcKind::Membership,
+    ] {
+        let garbage = RaftPayload {
+            kind,
+            encoding: crate::cluster::message::PayloadEncoding::Msgpack,
+            payload: Bytes::from_static(b"\xc1\xff garbage"),
+        };
+        let reply = node.raft.handle_rpc(2, garbage).await;
+        assert_eq!(reply.kind, kind);
+        assert!(reply.payload.is_empty(), "{kind:?}");
+        assert!(network::decode_payload::<Result<openraft::raft::VoteResponse<NodeId>, String>>(&reply).is_err());
+    }
+    // A membership request that is well-formed but sent to a node that is not the leader.
+    let join =
+        network::encode_payload(RaftRpcKind::Membership, &MembershipRequest::Join { node_id: 2, addr: "h:1".into() });
+    let reply = node.raft.handle_rpc(2, join).await;
+    assert!(matches!(
+        network::decode_payload::<MembershipReply>(&reply),
+        Ok(MembershipReply::NotLeader { leader: None })
+    ));
     assert!(node.raft.initialize().await.expect("initialize"));
     assert!(!node.raft.initialize().await.expect("second initialize is a no-op"));
     wait_for("leader", || node.raft.status().state == "leader").await;
@@ -507,14 +538,16 @@ async fn a_single_node_restarts_from_its_journal_despite_a_torn_tail() {
     wait_for("leader again", || node.raft.status().state == "leader").await;
     assert_eq!(node.raft.execute(get("c")).await, bulk("50"));
     assert_eq!(node.raft.execute(incr("c", 1)).await, KvValue::Integer(51));
-    let (addr, data_dir, incarnation) = node.stop().await;
+    let (_, data_dir, _) = node.stop().await;
 
     // Damage before the end is not a torn write: the node refuses to start and names the file.
     let mut damaged = std::fs::read(&log).expect("read");
     let middle = damaged.len() / 2;
     damaged[middle] ^= 0x55;
     std::fs::write(&log, &damaged).expect("damage");
-    let (transport, _inbox) = Transport::bind(transport_config(addr, incarnation + 1), creds[0].clone()).expect("bind");
+    let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+    let (transport, _inbox) = Transport::bind(transport_config(any_port, 9), creds[0].clone()).expect("bind");
+    let addr = transport.local_addr().expect("addr");
     let error = RaftNode::start(settings(1, addr, &data_dir), transport.clone()).await.expect_err("corrupt log");
     assert!(
         matches!(&error, RaftError::Storage(StoreError::Corrupt { path, .. }) if path.ends_with("raft/log")),
