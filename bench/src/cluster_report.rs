@@ -157,8 +157,8 @@ fn fanout_section(md: &mut String, args: &ClusterReportArgs, runs: &[Value]) -> 
     let _ = writeln!(
         md,
         "\nLatency ratios: lower is better for the first run named; delivered/s ratios: higher is better. \
-         Server CPU is summed over every process of the cluster (ioswarm nodes, or Node processes; \
-         redis-server not included).\n"
+         Server CPU is summed over every server process of the run (the ioswarm nodes; the Node \
+         processes and redis-server).\n"
     );
     ratios
 }
@@ -256,7 +256,7 @@ fn incr_section(md: &mut String, args: &ClusterReportArgs, runs: &[Value]) -> Va
                 let _ = writeln!(
                     md,
                     "| {label} | | {} | {conns} | {} | {} | {} | {} | {} | {} | |",
-                    text(n, "addr"),
+                    text(n, "name"),
                     si(num(n, "/ok")),
                     si(num(n, "/incr_per_sec")),
                     f(num(n, "/latency/p50_ms"), 2, " ms"),
@@ -276,7 +276,7 @@ fn incr_section(md: &mut String, args: &ClusterReportArgs, runs: &[Value]) -> Va
             if nodes.len() > 1 {
                 "all".to_owned()
             } else {
-                nodes.first().map(|n| text(n, "addr").to_owned()).unwrap_or_default()
+                nodes.first().map(|n| text(n, "name").to_owned()).unwrap_or_default()
             },
             conns * nodes.len() as u64,
             si(num(run, "/ok")),

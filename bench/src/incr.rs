@@ -35,6 +35,9 @@ pub(crate) struct IncrArgs {
     /// Redis-protocol addresses (HOST:PORT, comma-separated, loopback only): every one gets `--conns`.
     #[arg(long, value_delimiter = ',', required = true)]
     redis: Vec<String>,
+    /// Names of the addresses in the report (comma-separated, same order; default: the addresses).
+    #[arg(long, value_delimiter = ',')]
+    names: Vec<String>,
     /// Connections per address.
     #[arg(long, default_value_t = 16)]
     conns: usize,
@@ -224,6 +227,7 @@ async fn get_counter(addr: SocketAddr, key: &str) -> anyhow::Result<i64> {
 
 #[derive(Debug, Serialize)]
 struct NodeResult {
+    name: String,
     addr: String,
     ok: u64,
     errors: u64,
@@ -269,6 +273,9 @@ async fn run_async(args: IncrArgs) -> anyhow::Result<()> {
         bail!("--conns and --pipeline must be at least 1 and --secs positive");
     }
     let addrs = args.redis.iter().map(|a| crate::admin::parse_addr(a)).collect::<anyhow::Result<Vec<_>>>()?;
+    if !args.names.is_empty() && args.names.len() != addrs.len() {
+        bail!("--names needs one name per --redis address");
+    }
     let key = args.key.clone().unwrap_or_else(|| format!("ioswarm-bench:incr:{}:{}", std::process::id(), now_us()));
     let initial = get_counter(addrs[0], &key).await?;
     let mut sampler = if args.server_pid.is_empty() { None } else { Some(Sampler::new(&args.server_pid)?) };
@@ -296,6 +303,7 @@ async fn run_async(args: IncrArgs) -> anyhow::Result<()> {
     for (i, &addr) in addrs.iter().enumerate() {
         let mut hist = new_histogram();
         let mut node = NodeResult {
+            name: args.names.get(i).cloned().unwrap_or_else(|| addr.to_string()),
             addr: addr.to_string(),
             ok: 0,
             errors: 0,
@@ -350,8 +358,9 @@ async fn run_async(args: IncrArgs) -> anyhow::Result<()> {
     };
     for n in &result.nodes {
         eprintln!(
-            "[{}] {}: {} INCR ({:.0}/s), {} errors{}, {} unanswered, p50={} p99={}, GET={}",
+            "[{}] {} ({}): {} INCR ({:.0}/s), {} errors{}, {} unanswered, p50={} p99={}, GET={}",
             result.label,
+            n.name,
             n.addr,
             n.ok,
             n.incr_per_sec,

@@ -1,0 +1,328 @@
+#!/usr/bin/env bash
+# Cluster benchmarks, one command: a 3-node ioswarm cluster on loopback against 3 Node socket.io
+# 4.8 processes on @socket.io/redis-adapter and one redis-server, in the same run. Writes
+# cluster.md (also printed) and cluster.json under bench/results/<UTC timestamp>/.
+#
+#   bench/run-cluster.sh                 # latency converge incr, full size (a few minutes)
+#   bench/run-cluster.sh latency         # some parts only (latency, converge, incr)
+#   SIZE=smoke bench/run-cluster.sh      # tiny (CI, < 2 min once built): the tooling works
+#
+# Parts (bench/README.md, "Cluster" explains every figure):
+#   latency   FANOUT_CLIENTS subscribers on node 2, one Redis emitter publishing at FANOUT_RATES:
+#             into node 2's Redis port (ioswarm-same), into node 1's (ioswarm-cross: forwarded over
+#             QUIC to node 2), subscribers spread over nodes 1-3 with the emitter on node 1
+#             (ioswarm-spread, SPREAD=0 skips it), and the peer: subscribers on Node process 2,
+#             emitter into redis-server (node-redis-adapter, PEER=0 skips it).
+#   converge  CONVERGE_CLIENTS clients on node 2 join CONVERGE_ROOMS distinct rooms, then leave
+#             them, CONVERGE_ROUNDS times; nodes 1 and 3 are polled (GET /cluster) every POLL_MS
+#             until they hold node 2's new room count.
+#   incr      INCR on one key for INCR_SECS: INCR_CONNS connections to each cluster node's Redis
+#             port at once, then 3 × INCR_CONNS to redis-server and to a single ioswarm node
+#             (no cluster, local store); GET afterwards must equal the INCRs answered.
+#
+# Environment (full / smoke defaults):
+#   SIZE              full | smoke
+#   FANOUT_CLIENTS    2000 / 50;  FANOUT_RATES 10,100;  STEP_SECS 10 / 2;  PAYLOAD_BYTES 64
+#   DRAIN_MAX_SECS    15 / 5;     DRAIN_QUIET_MS 2000 / 1000;  WORKERS 2 (3 for the spread run)
+#   SOURCES           127.0.0.2,…,127.0.0.5;  SPREAD 1;  PEER 1
+#   CONVERGE_ROOMS    10000 / 1000;  CONVERGE_CLIENTS 10;  CONVERGE_BATCH 100;
+#   CONVERGE_ROUNDS   5 / 2;   POLL_MS 2
+#   INCR_SECS         5 / 2;   INCR_CONNS 16 / 4 (per cluster node);  INCR_PIPELINE 1
+#   SKIP_BUILD        set: use the binaries already built (and the node peer already installed)
+#   PROFILE           release | debug (debug: quick checks of the script only; figures meaningless)
+#   CARGO_TARGET_DIR  (target)
+# Needs node/npm, redis-server (Debian: redis-server). Loopback only; every process it starts is
+# stopped on exit. Exits non-zero only when the tooling fails (a server did not start, a part
+# errored, nothing was delivered, room interest did not converge within 60 s); no timing is
+# asserted.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PARTS=${*:-latency converge incr}
+SIZE=${SIZE:-full}
+case $SIZE in
+    smoke)
+        d_fan=50 d_step=2 d_drain=5 d_quiet=1000 d_cv_rooms=1000 d_cv_rounds=2 d_incr_secs=2 d_incr_conns=4 ;;
+    full)
+        d_fan=2000 d_step=10 d_drain=15 d_quiet=2000 d_cv_rooms=10000 d_cv_rounds=5 d_incr_secs=5 d_incr_conns=16 ;;
+    *) echo "SIZE must be full or smoke" >&2; exit 2 ;;
+esac
+FANOUT_CLIENTS=${FANOUT_CLIENTS:-$d_fan}
+FANOUT_RATES=${FANOUT_RATES:-10,100}
+STEP_SECS=${STEP_SECS:-$d_step}
+PAYLOAD_BYTES=${PAYLOAD_BYTES:-64}
+DRAIN_MAX_SECS=${DRAIN_MAX_SECS:-$d_drain}
+DRAIN_QUIET_MS=${DRAIN_QUIET_MS:-$d_quiet}
+WORKERS=${WORKERS:-2}
+SOURCES=${SOURCES:-127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5}
+SPREAD=${SPREAD:-1}
+PEER=${PEER:-1}
+CONVERGE_ROOMS=${CONVERGE_ROOMS:-$d_cv_rooms}
+CONVERGE_CLIENTS=${CONVERGE_CLIENTS:-10}
+CONVERGE_BATCH=${CONVERGE_BATCH:-100}
+CONVERGE_ROUNDS=${CONVERGE_ROUNDS:-$d_cv_rounds}
+POLL_MS=${POLL_MS:-2}
+INCR_SECS=${INCR_SECS:-$d_incr_secs}
+INCR_CONNS=${INCR_CONNS:-$d_incr_conns}
+INCR_PIPELINE=${INCR_PIPELINE:-1}
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+export CARGO_TARGET_DIR=$TARGET_DIR
+PROFILE=${PROFILE:-release}
+case $PROFILE in release) build_flag=(--release) ;; debug) build_flag=() ;; *) echo "PROFILE must be release or debug" >&2; exit 2 ;; esac
+IOSWARM=$TARGET_DIR/$PROFILE/ioswarm
+BENCH=$TARGET_DIR/$PROFILE/ioswarm-bench
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+OUT=$ROOT/bench/results/$STAMP
+LOGS=$OUT/logs
+WORK=$(mktemp -d)
+export RUST_LIB_BACKTRACE=0 RUST_BACKTRACE=0
+PIDS=()     # every process started, stopped on exit
+FILES=()    # result files for the report
+FAILED=()
+
+log() { printf '[run-cluster] %s\n' "$*" >&2; }
+
+# stop PID…: SIGTERM, up to 10 s, then SIGKILL; removes them from PIDS.
+stop() {
+    local pid keep=() p
+    for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "$@"; do
+        for _ in $(seq 1 100); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            log "process $pid ignored SIGTERM for 10 s; killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+        wait "$pid" 2>/dev/null || true
+    done
+    for p in "${PIDS[@]}"; do
+        [[ " $* " == *" $p "* ]] || keep+=("$p")
+    done
+    PIDS=("${keep[@]}")
+}
+cleanup() {
+    [ "${#PIDS[@]}" -gt 0 ] && stop "${PIDS[@]}"
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+for part in $PARTS; do
+    case $part in latency | converge | incr) ;; *) log "unknown part $part"; exit 2 ;; esac
+done
+want() { [[ " $PARTS " == *" $1 "* ]]; }
+mkdir -p "$LOGS"
+
+if [ -z "${SKIP_BUILD:-}" ]; then
+    log "building ioswarm and ioswarm-bench ($PROFILE)"
+    cargo build "${build_flag[@]}" -p ioswarm --bin ioswarm -p ioswarm-bench --bin ioswarm-bench
+    if want latency && [ "$PEER" != 0 ]; then
+        log "installing the node cluster peer"
+        (cd bench/peers/node-cluster && npm ci --no-audit --no-fund --loglevel=error)
+    fi
+fi
+for bin in "$IOSWARM" "$BENCH"; do [ -x "$bin" ] || { log "missing $bin"; exit 1; }; done
+
+# free_port: a TCP port free on 127.0.0.1 right now (for redis-server, which cannot take port 0).
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# wait_line FILE PATTERN PID NAME: waits (30 s) for PATTERN in FILE; prints the line.
+wait_line() {
+    local file=$1 pattern=$2 pid=$3 name=$4
+    for _ in $(seq 1 300); do
+        if grep -q "$pattern" "$file" 2>/dev/null; then
+            grep -m1 "$pattern" "$file"
+            return 0
+        fi
+        if ! kill -0 "$pid" 2>/dev/null; then
+            log "$name exited before its ready line; stderr:"
+            tail -n 20 "${file%.out}.err" >&2 || true
+            return 1
+        fi
+        sleep 0.1
+    done
+    log "$name printed no ready line in 30 s"
+    return 1
+}
+
+field() { sed -E "s/.* $1=([^ ]+).*/\\1/" <<<" $2"; }
+
+# start_cluster: nodes 1..3 (node 1 first, the others join it). Sets N_PID N_SIO N_ADMIN N_REDIS
+# (arrays indexed by node id) and LEADER.
+start_cluster() {
+    local n line join=()
+    "$IOSWARM" cluster init-ca --dir "$WORK/ca" >/dev/null
+    N_PID=() N_SIO=() N_ADMIN=() N_REDIS=()
+    for n in 1 2 3; do
+        "$IOSWARM" cluster issue --ca "$WORK/ca" --node-id "$n" --out "$WORK/cred$n" >/dev/null
+        "$IOSWARM" --node-id "$n" --cluster-listen 127.0.0.1:0 --data-dir "$WORK/data$n" \
+            --cluster-credentials "$WORK/cred$n" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
+            --redis-listen 127.0.0.1:0 --client-rooms --client-relay "${join[@]}" \
+            >"$LOGS/ioswarm-node$n.out" 2>"$LOGS/ioswarm-node$n.err" &
+        N_PID[n]=$!
+        PIDS+=("${N_PID[n]}")
+        line=$(wait_line "$LOGS/ioswarm-node$n.out" 'ioswarm ready' "${N_PID[n]}" "ioswarm node $n") || return 1
+        N_SIO[n]=http://$(field socketio "$line")
+        N_ADMIN[n]=$(field admin "$line")
+        N_REDIS[n]=$(field redis "$line")
+        [ "$n" = 1 ] && join=(--join "$(field cluster "$line")")
+        log "ioswarm node $n ready (pid ${N_PID[n]}): ${N_SIO[n]} redis=${N_REDIS[n]} admin=${N_ADMIN[n]}"
+    done
+    line=$("$BENCH" cluster-wait --admin "${N_ADMIN[1]},${N_ADMIN[2]},${N_ADMIN[3]}" --timeout-secs 60) || return 1
+    LEADER=$(field leader "$line")
+    log "$line"
+}
+
+start_redis() {
+    REDIS_PORT=$(free_port)
+    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
+        >"$LOGS/redis-server.out" 2>"$LOGS/redis-server.err" &
+    REDIS_PID=$!
+    PIDS+=("$REDIS_PID")
+    for _ in $(seq 1 100); do
+        redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && { log "redis-server ready on $REDIS_PORT (pid $REDIS_PID)"; return 0; }
+        kill -0 "$REDIS_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    log "redis-server did not start; see $LOGS/redis-server.err"
+    return 1
+}
+
+# fanout LABEL TARGETS PIDS WORKERS REDIS ROOM NOTE: one fanout run, the emitter on REDIS.
+fanout() {
+    local label=$1 targets=$2 pids=$3 workers=$4 redis=$5 room=$6 note=$7
+    log "latency: $label ($note)"
+    if "$BENCH" fanout --label "$label" --note "$note" --target "$targets" --server-pid "$pids" \
+        --workers "$workers" --sources "$SOURCES" --clients "$FANOUT_CLIENTS" --rates "$FANOUT_RATES" \
+        --step-secs "$STEP_SECS" --flat-secs 0 --payload-bytes "$PAYLOAD_BYTES" \
+        --drain-max-secs "$DRAIN_MAX_SECS" --drain-quiet-ms "$DRAIN_QUIET_MS" \
+        --publisher redis-emitter --redis "$redis" --room "$room" --json-out "$OUT/fanout-$label.json" \
+        >"$LOGS/fanout-$label.result" 2> >(tee "$LOGS/fanout-$label.log" >&2); then
+        FILES+=("$OUT/fanout-$label.json")
+    else
+        FAILED+=("latency/$label")
+    fi
+}
+
+# incr LABEL ADDRS NAMES CONNS PIDS NOTE
+incr() {
+    local label=$1 addrs=$2 names=$3 conns=$4 pids=$5 note=$6
+    log "incr: $label ($note)"
+    if "$BENCH" incr --label "$label" --note "$note" --redis "$addrs" --names "$names" --conns "$conns" \
+        --pipeline "$INCR_PIPELINE" --secs "$INCR_SECS" --server-pid "$pids" --json-out "$OUT/incr-$label.json" \
+        >"$LOGS/incr-$label.result" 2> >(tee "$LOGS/incr-$label.log" >&2); then
+        FILES+=("$OUT/incr-$label.json")
+    else
+        FAILED+=("incr/$label")
+    fi
+}
+
+spread_workers=$WORKERS
+[ "$spread_workers" -lt 3 ] && spread_workers=3
+
+if want latency || want converge || want incr; then
+    if start_cluster; then
+        pids="${N_PID[1]},${N_PID[2]},${N_PID[3]}"
+        if want latency; then
+            fanout ioswarm-same "${N_SIO[2]}" "$pids" "$WORKERS" "${N_REDIS[2]}" fanout-same \
+                "3 nodes; subscribers on node 2; emitter into node 2"
+            fanout ioswarm-cross "${N_SIO[2]}" "$pids" "$WORKERS" "${N_REDIS[1]}" fanout-cross \
+                "3 nodes; subscribers on node 2; emitter into node 1 (forwarded to node 2)"
+            if [ "$SPREAD" != 0 ]; then
+                fanout ioswarm-spread "${N_SIO[1]},${N_SIO[2]},${N_SIO[3]}" "$pids" "$spread_workers" \
+                    "${N_REDIS[1]}" fanout-spread "3 nodes; subscribers spread over nodes 1-3; emitter into node 1"
+            fi
+        fi
+        if want converge; then
+            log "converge: $CONVERGE_ROOMS rooms on node 2, watched from nodes 1 and 3"
+            if "$BENCH" cluster-converge --label ioswarm --target "${N_SIO[2]}" --admin "${N_ADMIN[2]}" \
+                --watch "${N_ADMIN[1]},${N_ADMIN[3]}" --clients "$CONVERGE_CLIENTS" --rooms "$CONVERGE_ROOMS" \
+                --batch "$CONVERGE_BATCH" --rounds "$CONVERGE_ROUNDS" --poll-ms "$POLL_MS" \
+                --json-out "$OUT/converge.json" \
+                >"$LOGS/converge.result" 2> >(tee "$LOGS/converge.log" >&2); then
+                FILES+=("$OUT/converge.json")
+            else
+                [ -f "$OUT/converge.json" ] && FILES+=("$OUT/converge.json")
+                FAILED+=("converge")
+            fi
+        fi
+        if want incr; then
+            names="node1,node2,node3"
+            names=${names/node$LEADER/node$LEADER (leader)}
+            incr ioswarm-cluster "${N_REDIS[1]},${N_REDIS[2]},${N_REDIS[3]}" "$names" "$INCR_CONNS" "$pids" \
+                "3 nodes, raft leader node $LEADER; $INCR_CONNS connections per node"
+        fi
+        stop "${N_PID[1]}" "${N_PID[2]}" "${N_PID[3]}"
+    else
+        FAILED+=("cluster (did not start)")
+        [ "${#PIDS[@]}" -gt 0 ] && stop "${PIDS[@]}"
+    fi
+fi
+
+if (want latency && [ "$PEER" != 0 ]) || want incr; then
+    start_redis || FAILED+=("redis-server (did not start)")
+fi
+
+if want latency && [ "$PEER" != 0 ] && [ -n "${REDIS_PID:-}" ]; then
+    P_PID=() P_SIO=()
+    ok=1
+    for n in 1 2 3; do
+        node "$ROOT/bench/peers/node-cluster/server.mjs" --listen 127.0.0.1:0 --redis "127.0.0.1:$REDIS_PORT" \
+            >"$LOGS/node-cluster$n.out" 2>"$LOGS/node-cluster$n.err" &
+        P_PID[n]=$!
+        PIDS+=("${P_PID[n]}")
+        if line=$(wait_line "$LOGS/node-cluster$n.out" 'node-cluster-peer ready' "${P_PID[n]}" "node peer $n"); then
+            P_SIO[n]=http://$(field socketio "$line")
+            log "node peer $n ready (pid ${P_PID[n]}): ${P_SIO[n]}"
+        else
+            ok=""
+        fi
+    done
+    if [ -n "$ok" ]; then
+        fanout node-redis-adapter "${P_SIO[2]}" "${P_PID[1]},${P_PID[2]},${P_PID[3]},$REDIS_PID" "$WORKERS" \
+            "127.0.0.1:$REDIS_PORT" fanout-peer \
+            "3 Node processes on @socket.io/redis-adapter; subscribers on process 2; emitter into redis-server"
+    else
+        FAILED+=("latency/node-redis-adapter (did not start)")
+    fi
+    stop "${P_PID[@]}"
+fi
+
+if want incr; then
+    if [ -n "${REDIS_PID:-}" ]; then
+        incr redis-server "127.0.0.1:$REDIS_PORT" redis-server "$((3 * INCR_CONNS))" "$REDIS_PID" \
+            "redis-server $(redis-server --version | sed -E 's/.*v=([^ ]+).*/\1/'); $((3 * INCR_CONNS)) connections"
+    fi
+    "$IOSWARM" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --redis-listen 127.0.0.1:0 \
+        >"$LOGS/ioswarm-single.out" 2>"$LOGS/ioswarm-single.err" &
+    single=$!
+    PIDS+=("$single")
+    if line=$(wait_line "$LOGS/ioswarm-single.out" 'ioswarm ready' "$single" "ioswarm (single)"); then
+        incr ioswarm-single "$(field redis "$line")" ioswarm-single "$((3 * INCR_CONNS))" "$single" \
+            "one ioswarm node, no cluster (local store); $((3 * INCR_CONNS)) connections"
+    else
+        FAILED+=("incr/ioswarm-single (did not start)")
+    fi
+    stop "$single"
+fi
+[ -n "${REDIS_PID:-}" ] && stop "$REDIS_PID"
+
+if [ "${#FILES[@]}" -eq 0 ]; then
+    log "no part produced a result"
+    exit 1
+fi
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || commit="$commit + uncommitted changes in src/"
+TITLE="ioswarm cluster benchmarks ($SIZE), $(date -u +%Y-%m-%dT%H:%MZ); $(nproc) cores shared by every server and the load clients; ioswarm $commit"
+echo
+"$BENCH" cluster-report --title "$TITLE" --out "$OUT/cluster.json" --md "$OUT/cluster.md" "${FILES[@]}"
+log "results in $OUT"
+if [ "${#FAILED[@]}" -gt 0 ]; then
+    log "failed: ${FAILED[*]}"
+    exit 1
+fi
