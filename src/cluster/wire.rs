@@ -13,8 +13,8 @@ use prost::Message as _;
 use super::message::{
     ClientAck, ClusterReply, ClusterRequest, DigestEntry, Envelope, ForwardedBroadcast, Goodbye, Gossip, Hello,
     InterestDelta, InterestSnapshot, KvCommand, KvOp, KvRead, KvReadOp, KvReply, KvRequest, KvValue, KvWrite, Message,
-    NamespaceDelta, NamespaceRooms, NodeId, NodeLiveness, NodeState, PROTOCOL_VERSION, PayloadEncoding, Publish, RaftPayload,
-    RaftRpcKind, RemoteSocket, ReplyBody, RequestErrorCode, RequestOp, SetCondition, SocketSelector,
+    NamespaceDelta, NamespaceRooms, NodeId, NodeLiveness, NodeState, PROTOCOL_VERSION, PayloadEncoding, Publish,
+    RaftPayload, RaftRpcKind, RemoteSocket, ReplyBody, RequestErrorCode, RequestOp, SetCondition, SocketSelector,
 };
 use crate::rooms::{Broadcast, BroadcastFlags, EncodedPacket};
 

@@ -28,7 +28,7 @@ pub(crate) mod glob;
 mod output;
 mod server;
 
-pub use broker::{Broker, PublishHook};
+pub use broker::{Broker, ClusterPubSub, CountsFuture, PublishHook};
 pub use server::{RedisConfig, serve};
 
 /// The publish hook that turns socket.io emitter traffic (`socket.io#…` and
