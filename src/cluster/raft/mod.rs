@@ -583,7 +583,7 @@ impl RaftNode {
     /// be reached.
     pub async fn execute(&self, op: KvOp) -> KvValue {
         let write = matches!(op, KvOp::Write(_));
-        ::metrics::counter!("ioswarm_kv_commands_total", "kind" => if write { "write" } else { "read" }).increment(1);
+        ::metrics::counter!(crate::metrics::KV_COMMANDS, "kind" => if write { "write" } else { "read" }).increment(1);
         let deadline = Instant::now() + self.inner.settings.request_timeout;
         let mut hint: Option<NodeId> = None;
         loop {
@@ -723,7 +723,7 @@ impl RaftNode {
         }
         let request_id = self.inner.next_request_id.fetch_add(1, Ordering::Relaxed);
         let message = Message::KvRequest(KvRequest { request_id, op: op.clone() });
-        ::metrics::counter!("ioswarm_kv_forwarded_total").increment(1);
+        ::metrics::counter!(crate::metrics::KV_FORWARDED).increment(1);
         let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
         match transport.request(leader, &message, remaining).await {
             Ok(Message::KvReply(KvReply { value: KvValue::NotLeader { leader_id, .. }, .. })) => {
@@ -944,15 +944,15 @@ impl RaftNode {
                 {
                     let m = metrics.borrow_and_update();
                     let membership = m.membership_config.membership();
-                    ::metrics::gauge!("ioswarm_raft_term").set(m.current_term as f64);
-                    ::metrics::gauge!("ioswarm_raft_leader_id").set(m.current_leader.unwrap_or(0) as f64);
-                    ::metrics::gauge!("ioswarm_raft_is_leader").set(if m.current_leader == Some(id) {
+                    ::metrics::gauge!(crate::metrics::RAFT_TERM).set(m.current_term as f64);
+                    ::metrics::gauge!(crate::metrics::RAFT_LEADER_ID).set(m.current_leader.unwrap_or(0) as f64);
+                    ::metrics::gauge!(crate::metrics::RAFT_IS_LEADER).set(if m.current_leader == Some(id) {
                         1.0
                     } else {
                         0.0
                     });
-                    ::metrics::gauge!("ioswarm_raft_voters").set(membership.voter_ids().count() as f64);
-                    ::metrics::gauge!("ioswarm_raft_learners").set(membership.learner_ids().count() as f64);
+                    ::metrics::gauge!(crate::metrics::RAFT_VOTERS).set(membership.voter_ids().count() as f64);
+                    ::metrics::gauge!(crate::metrics::RAFT_LEARNERS).set(membership.learner_ids().count() as f64);
                 }
                 tokio::select! {
                     changed = metrics.changed() => if changed.is_err() { break },
