@@ -804,3 +804,99 @@ fn connect_members(inner: &Arc<Inner>) {
         inner.transport.remove_peer(id);
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+    use crate::cluster::credentials::tests::cluster;
+    use crate::cluster::raft::RaftSettings;
+    use crate::cluster::transport::TransportConfig;
+    use crate::socketio::SocketIoConfig;
+
+    /// Two nodes in this process, each with its own Socket.IO server and broker.
+    async fn two_nodes(label: &str) -> (crate::cluster::credentials::tests::TempDir, Vec<(ClusterNode, Server)>) {
+        let (dir, creds) = cluster(label, &[1, 2]);
+        let mut nodes = Vec::new();
+        for credentials in creds {
+            let id = credentials.node_id();
+            let (transport, incoming) =
+                Transport::bind(TransportConfig::new("127.0.0.1:0".parse().unwrap()), credentials).unwrap();
+            let addr = transport.local_addr().unwrap().to_string();
+            let raft = RaftNode::start(RaftSettings::new(id, addr, dir.0.join(format!("data{id}"))), transport.clone())
+                .await
+                .unwrap();
+            let io = Server::new(SocketIoConfig::default());
+            io.of("/");
+            let settings = NodeSettings { timeout: Duration::from_secs(2), gossip: GossipConfig::default() };
+            let node = ClusterNode::start(settings, transport, incoming, raft, io.clone(), Arc::new(Broker::new()));
+            nodes.push((node, io));
+        }
+        assert!(nodes[0].0.raft().initialize().await.unwrap());
+        let seed = nodes[0].0.transport().local_addr().unwrap();
+        let id = nodes[1].0.transport().discover(seed).await.unwrap();
+        assert_eq!(id, 1);
+        nodes[1].0.transport().connect(seed, id).await.unwrap();
+        nodes[1].0.raft().join_via(id).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while nodes.iter().any(|(n, _)| n.inner.live_peers().is_empty()) {
+            assert!(tokio::time::Instant::now() < deadline, "the nodes never saw each other");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (dir, nodes)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn server_side_emit_runs_handlers_on_every_node_and_names_silent_ones() {
+        let (_dir, nodes) = two_nodes("node-sse").await;
+        let ran = Arc::new(AtomicUsize::new(0));
+        for (_, io) in &nodes {
+            let ran = ran.clone();
+            io.of("/").on_server_side("hello", move |payload| {
+                let ran = ran.clone();
+                async move {
+                    assert_eq!(payload.args, vec![serde_json::json!(42)]);
+                    ran.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+        let done = nodes[0].1.of("/").server_side_emit("hello", vec![serde_json::json!(42)]).await;
+        assert_eq!(done.affected, 2);
+        assert!(done.missing_nodes.is_empty());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while ran.load(Ordering::SeqCst) < 2 {
+            assert!(tokio::time::Instant::now() < deadline, "handlers ran {} times", ran.load(Ordering::SeqCst));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        // Node 2 goes away without a goodbye: node 1 answers within its timeout and names it.
+        nodes[1].0.inner.cancel.cancel();
+        nodes[1].0.transport().shutdown(Duration::from_millis(100)).await;
+        let done = nodes[0].1.of("/").server_side_emit("hello", vec![serde_json::json!(42)]).await;
+        assert_eq!(done.affected, 1);
+        assert_eq!(done.missing_nodes, vec![2]);
+        nodes[0].0.shutdown(Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn room_interest_reaches_the_other_node_and_routes_broadcasts() {
+        let (_dir, nodes) = two_nodes("node-interest").await;
+        let (n1, _) = &nodes[0];
+        let (n2, io2) = &nodes[1];
+        // A namespace-wide broadcast goes to every live node; a room broadcast only where the
+        // room has members.
+        assert_eq!(n1.inner.gossip.lock().targets("/", &[]), vec![2]);
+        assert!(n1.inner.gossip.lock().targets("/", &["r".to_owned()]).is_empty());
+        // Node 2's registry reports a new room (what a socket join does).
+        n2.inner.room_changed("/", "r");
+        let ns2 = io2.of("/");
+        assert!(ns2.rooms().is_empty(), "no socket joined: the flush finds the room empty");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(n1.inner.gossip.lock().targets("/", &["r".to_owned()]).is_empty());
+        assert!(n1.converged());
+        n1.shutdown(Duration::from_secs(1)).await;
+        n2.shutdown(Duration::from_secs(1)).await;
+    }
+}

@@ -226,6 +226,19 @@ impl Namespace {
         }
     }
 
+    /// `serverSideEmit(event, ...args)`: runs this namespace's server-side handlers for `event`
+    /// on every node of the cluster (this one included). `affected` counts the nodes where a
+    /// handler ran; nodes that did not answer within the cluster timeout are listed.
+    pub async fn server_side_emit(&self, event: &str, args: Vec<Value>) -> super::ClusterCount {
+        let here = usize::from(self.dispatch_server_side(event, Payload::json(args.clone())));
+        let Some(adapter) = self.adapter() else {
+            return super::ClusterCount { affected: here, missing_nodes: Vec::new() };
+        };
+        let op = super::RemoteOp::ServerSideEmit { nsp: self.0.name.clone(), event: event.to_owned(), args };
+        let remote = adapter.request(op).await;
+        super::ClusterCount { affected: here + remote.affected, missing_nodes: remote.missing }
+    }
+
     /// Executes a prepared broadcast on this node; returns the number of recipients.
     pub fn execute_broadcast(&self, b: &Broadcast) -> usize {
         self.execute(b)
