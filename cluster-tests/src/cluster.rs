@@ -419,7 +419,11 @@ impl Cluster {
                 guard.take();
                 drop(guard);
                 node.note(&format!("exited on its own: {status}"));
-                panic!("node {} exited on its own ({status})\n{}", node.id, self.describe(node));
+                panic!(
+                    "node {} exited on its own ({status}; a signal the test did not send comes from outside it)\n{}",
+                    node.id,
+                    self.describe(node)
+                );
             }
         }
         Ok(())
@@ -428,7 +432,17 @@ impl Cluster {
     // ---- admin API ----
 
     /// An admin API request to node `id` (through the namespace's agent when there is one).
+    /// When it fails because a node died, the test fails saying so (see
+    /// [`Cluster::check_processes`]).
     pub fn http(&self, id: u64, method: &str, path: &str, body: Option<&Value>) -> Result<HttpResponse, String> {
+        let res = self.http_once(id, method, path, body);
+        if res.is_err() {
+            self.check_processes()?;
+        }
+        res
+    }
+
+    fn http_once(&self, id: u64, method: &str, path: &str, body: Option<&Value>) -> Result<HttpResponse, String> {
         let admin = self.node(id).admin_addr().to_owned();
         match &self.http_agent {
             Some(agent) => {
@@ -464,16 +478,14 @@ impl Cluster {
     /// `GET /cluster` of node `id`.
     pub fn view(&self, id: u64) -> Result<ClusterView, String> {
         let res = self.http(id, "GET", "/cluster", None)?;
-        if res.status != 200 {
-            return Err(format!("node {id}: GET /cluster answered {}: {}", res.status, res.body));
-        }
-        serde_json::from_str(&res.body).map_err(|e| format!("node {id}: GET /cluster: {e}: {}", res.body))
+        parse_view(id, &res)
     }
 
     /// Waits until every running node is converged and they agree: the same leader (one of
     /// them, which says it is the leader), the same raft members (every running node among
     /// them), exactly the running nodes alive, and every node holding each running member's
-    /// latest room interest version (as that member reports it). Returns the views.
+    /// latest room interest (the version that member reports, and as many rooms as it has
+    /// members in). Returns the views.
     pub fn wait_converged(&self, timeout: Duration) -> BTreeMap<u64, ClusterView> {
         let running: BTreeSet<u64> = self.running().into_iter().collect();
         wait_for(&format!("nodes {running:?} to converge"), timeout, || {
@@ -522,6 +534,13 @@ impl Cluster {
     }
 }
 
+fn parse_view(id: u64, res: &HttpResponse) -> Result<ClusterView, String> {
+    if res.status != 200 {
+        return Err(format!("node {id}: GET /cluster answered {}: {}", res.status, res.body));
+    }
+    serde_json::from_str(&res.body).map_err(|e| format!("node {id}: GET /cluster: {e}: {}", res.body))
+}
+
 /// The agreement [`Cluster::wait_converged`] waits for, between the views of `running`.
 fn converged(running: &BTreeSet<u64>, views: &BTreeMap<u64, ClusterView>) -> Result<(), String> {
     let mut leaders = BTreeSet::new();
@@ -539,10 +558,21 @@ fn converged(running: &BTreeSet<u64>, views: &BTreeMap<u64, ClusterView>) -> Res
             return Err(format!("node {id} sees alive {:?}, running are {running:?}", view.alive()));
         }
         for other in running {
-            let own = views[other].member(*other).map(|m| m.interest_version);
-            let seen = view.member(*other).map(|m| m.interest_version);
-            if own.is_none() || own != seen {
-                return Err(format!("node {id} holds interest version {seen:?} of node {other}, which is at {own:?}"));
+            let own = views[other].member(*other);
+            let seen = view.member(*other);
+            let (own_version, seen_version) = (own.map(|m| m.interest_version), seen.map(|m| m.interest_version));
+            if own_version.is_none() || own_version != seen_version {
+                return Err(format!(
+                    "node {id} holds interest version {seen_version:?} of node {other}, which is at {own_version:?}"
+                ));
+            }
+            // A room joined a moment ago counts on its node at once but enters the node's
+            // interest version only with its next flush: compare the room counts too.
+            if other != id
+                && let (Some(own), Some(held)) = (own, seen.and_then(|m| m.interest_rooms))
+                && own.rooms != held
+            {
+                return Err(format!("node {id} holds {held} rooms of node {other}, which has {}", own.rooms));
             }
         }
     }
@@ -568,7 +598,8 @@ impl Drop for Cluster {
         if failed {
             for node in &self.nodes {
                 if node.is_running() && node.addrs.get().is_some() {
-                    match self.view(node.id) {
+                    // Not `view`: it may panic, and a panic while panicking aborts.
+                    match self.http_once(node.id, "GET", "/cluster", None).and_then(|r| parse_view(node.id, &r)) {
                         Ok(view) => eprintln!("---- node {} GET /cluster ----\n{view:#?}", node.id),
                         Err(e) => eprintln!("---- node {} GET /cluster failed: {e}", node.id),
                     }
@@ -577,6 +608,9 @@ impl Drop for Cluster {
         }
         for node in &self.nodes {
             if let Some(mut child) = node.child.lock().unwrap_or_else(PoisonError::into_inner).take() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    node.note(&format!("had exited on its own: {status}"));
+                }
                 let _ = child.kill();
                 let _ = child.wait();
             }
@@ -589,6 +623,8 @@ impl Drop for Cluster {
                 eprintln!("---- http agent ----\n{}", process::tail(agent.log_path(), 20));
             }
             eprintln!("cluster test folder kept: {}", self.dir.display());
+        } else if std::env::var_os("IOSWARM_CLUSTER_TEST_KEEP").is_some() {
+            eprintln!("cluster test folder kept (IOSWARM_CLUSTER_TEST_KEEP): {}", self.dir.display());
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
         }

@@ -67,6 +67,9 @@ pub struct MemberView {
     /// The version of its room interest the answering node holds.
     #[serde(default)]
     pub interest_version: u64,
+    /// How many rooms of its interest the answering node holds (other members only).
+    #[serde(default)]
+    pub interest_rooms: Option<u64>,
 }
 
 impl ClusterView {
