@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use ioswarm_cluster_tests::{Agent, CONVERGE, Cluster, QUIET, metric_sum, quiet, strings, wait_for};
 use serde_json::{Value, json};
 
-/// Clients spread over every node: per node two in room A, two in room B, one in both, one in
-/// neither (all in namespace `/`).
+/// Clients spread over every node: per node two in room A, two in room B, one in both (on
+/// long-polling), one in neither (all in namespace `/`, websocket unless said otherwise).
 struct Layout {
     a: Vec<String>,
     b: Vec<String>,
@@ -27,7 +27,8 @@ impl Layout {
             agent.join(&a, &["A"]);
             let b = agent.connect_with(&urls, 2, json!({ "prefix": format!("n{id}-b-") }));
             agent.join(&b, &["B"]);
-            let ab = agent.connect_with(&urls, 1, json!({ "prefix": format!("n{id}-ab-") }));
+            // Long-polling, to show forwarded broadcasts reach both transports.
+            let ab = agent.connect_with(&urls, 1, json!({ "prefix": format!("n{id}-ab-"), "transports": ["polling"] }));
             agent.join(&ab, &["A", "B"]);
             let none = agent.connect_with(&urls, 1, json!({ "prefix": format!("n{id}-none-") }));
             for client in a.iter().chain(&b).chain(&ab).chain(&none) {
@@ -109,8 +110,11 @@ fn client_relay_reaches_room_members_on_every_node_exactly_once() {
     agent.expect_once(&all, "nope", &[]);
 
     // Node 1 forwarded the first relay to the other nodes.
-    let forwarded = metric_sum(&c.metrics(1), "ioswarm_cluster_forwarded_messages_total");
+    let metrics = c.metrics(1);
+    let forwarded = metric_sum(&metrics, "ioswarm_cluster_forwarded_messages_total");
     assert!(forwarded >= 2.0, "node 1 counts forwarded messages: {forwarded}");
+    let bytes = metric_sum(&metrics, "ioswarm_cluster_forwarded_bytes_total");
+    assert!(bytes > 0.0, "node 1 counts forwarded bytes: {bytes}");
 }
 
 #[test]

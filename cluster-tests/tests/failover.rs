@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use ioswarm_cluster_tests::{Agent, CONVERGE, Cluster, wait_for};
+use ioswarm_cluster_tests::{Agent, CONVERGE, Cluster, metric, wait_for};
 use serde_json::{Value, json};
 
 #[test]
@@ -15,8 +15,10 @@ fn kill_9_under_load_survivors_deliver_and_the_node_rejoins() {
     let agent = c.agent();
     let on1 = agent.connect_with(&c.urls(&[1]), 2, json!({ "prefix": "n1-" }));
     let on2 = agent.connect_with(&c.urls(&[2]), 2, json!({ "prefix": "n2-" }));
-    // Node 3's clients move on to node 1, then node 2, when node 3 goes away.
-    let on3 = agent.connect_with(&c.urls(&[3, 1, 2]), 2, json!({ "prefix": "n3-" }));
+    // Node 3's clients (one on websocket, one on long-polling) move on to node 1, then node 2,
+    // when node 3 goes away.
+    let mut on3 = agent.connect_with(&c.urls(&[3, 1, 2]), 1, json!({ "prefix": "n3-ws-" }));
+    on3.extend(agent.connect_with(&c.urls(&[3, 1, 2]), 1, json!({ "prefix": "n3-poll-", "transports": ["polling"] })));
     let survivors: Vec<String> = on1.iter().chain(&on2).cloned().collect();
     let all: Vec<String> = survivors.iter().chain(&on3).cloned().collect();
     agent.join(&all, &["R"]);
@@ -46,6 +48,13 @@ fn kill_9_under_load_survivors_deliver_and_the_node_rejoins() {
             }
         }
         Ok(())
+    });
+    wait_for("node 1's metrics to count one alive peer", CONVERGE, || {
+        let metrics = c.metrics(1);
+        match metric(&metrics, "ioswarm_cluster_peers", &[("state", "alive")]) {
+            Some(1.0) => Ok(()),
+            other => Err(format!("ioswarm_cluster_peers{{state=\"alive\"}} = {other:?}")),
+        }
     });
     let leader = c.wait_leader(&[1, 2], CONVERGE);
     assert!([1, 2].contains(&leader));

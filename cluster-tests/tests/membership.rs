@@ -36,14 +36,23 @@ fn three_nodes_join_one_cluster_with_one_leader() {
     for id in c.ids() {
         let health = c.http(id, "GET", "/healthz", None).expect("healthz");
         assert_eq!(health.status, 200, "node {id} /healthz");
-        let metrics = c.metrics(id);
-        assert_eq!(metric(&metrics, "ioswarm_raft_leader_id", &[]), Some(leader as f64), "node {id} metrics");
-        assert_eq!(metric(&metrics, "ioswarm_gossip_converged", &[]), Some(1.0), "node {id} metrics");
-        assert_eq!(
-            metric(&metrics, "ioswarm_raft_term", &[]),
-            Some(views[&leader].raft.term as f64),
-            "node {id} ioswarm_raft_term"
-        );
+        // Metrics are sampled every gossip round: wait for them to catch up with /cluster.
+        let term = views[&leader].raft.term as f64;
+        wait_for(&format!("node {id}'s cluster metrics"), CONVERGE, || {
+            let metrics = c.metrics(id);
+            let got = [
+                metric(&metrics, "ioswarm_raft_leader_id", &[]),
+                metric(&metrics, "ioswarm_raft_term", &[]),
+                metric(&metrics, "ioswarm_gossip_converged", &[]),
+                metric(&metrics, "ioswarm_cluster_peers", &[("state", "alive")]),
+            ];
+            let want = [Some(leader as f64), Some(term), Some(1.0), Some(2.0)];
+            if got == want {
+                Ok(())
+            } else {
+                Err(format!("leader id, term, converged, alive peers: {got:?}, want {want:?}"))
+            }
+        });
     }
 }
 
