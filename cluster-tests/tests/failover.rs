@@ -22,7 +22,7 @@ fn kill_9_under_load_survivors_deliver_and_the_node_rejoins() {
     let survivors: Vec<String> = on1.iter().chain(&on2).cloned().collect();
     let all: Vec<String> = survivors.iter().chain(&on3).cloned().collect();
     agent.join(&all, &["R"]);
-    c.wait_converged(CONVERGE);
+    let incarnation = c.wait_converged(CONVERGE)[&3].incarnation;
     for id in [1, 2] {
         agent.redis_open(&format!("n{id}"), &c.node(id).redis_url());
     }
@@ -85,6 +85,11 @@ fn kill_9_under_load_survivors_deliver_and_the_node_rejoins() {
     for (id, view) in &views {
         assert!(view.raft_members().contains(&3), "node {id} has node 3 back in raft: {:?}", view.raft);
     }
+    assert!(
+        views[&3].incarnation > incarnation,
+        "the restarted node has a higher incarnation: {:?} after {incarnation:?}",
+        views[&3].incarnation
+    );
     agent.redis_open("n3", &c.node(3).redis_url());
     assert_eq!(agent.redis("n3", &["INCR", "failover"]), Ok(json!(3)), "INCR on the restarted node");
     for id in [1, 2, 3] {
