@@ -134,18 +134,22 @@ impl ClusterNode {
         &self.inner.transport
     }
 
-    /// Whether this node holds the latest room interest of every live node.
+    /// Whether this node published its own room changes and holds the latest room interest of
+    /// every live node.
     pub fn converged(&self) -> bool {
-        self.inner.gossip.lock().converged()
+        self.inner.dirty.lock().is_empty() && self.inner.gossip.lock().converged()
     }
 
     /// The state `GET /cluster` shows.
     pub fn status_json(&self) -> Value {
         let inner = &self.inner;
         let raft = inner.raft.status();
+        // Converged: this node's own room changes are published, and it holds the latest interest
+        // every live node announced.
+        let flushed = inner.dirty.lock().is_empty();
         let (members, converged, version) = {
             let gossip = inner.gossip.lock();
-            (gossip.members(), gossip.converged(), gossip.version())
+            (gossip.members(), flushed && gossip.converged(), gossip.version())
         };
         let links = inner.transport.peers();
         let role = |id: NodeId| {
