@@ -222,3 +222,17 @@ pub fn resp_frame(data: &[u8]) {
         }
     }
 }
+
+/// Checks that decoding an inter-node frame never panics, that what decodes re-encodes to a
+/// frame that decodes to the same envelope, and that a key-value store snapshot decoder never
+/// panics on the same bytes.
+#[doc(hidden)]
+pub fn cluster_envelope(data: &[u8]) {
+    use crate::cluster::Envelope;
+
+    if let Ok(envelope) = Envelope::decode(bytes::Bytes::copy_from_slice(data)) {
+        let again = Envelope::decode(envelope.encode()).expect("a re-encoded envelope decodes");
+        assert_eq!(again, envelope);
+    }
+    let _ = crate::cluster::kv::KvStore::from_snapshot(data);
+}

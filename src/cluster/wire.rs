@@ -950,6 +950,26 @@ mod tests {
     }
 
     #[test]
+    fn the_fuzz_check_holds_for_real_frames_and_their_truncations() {
+        let frames = [
+            encode_message(
+                3,
+                &Message::Broadcast(ForwardedBroadcast { origin: 3, sequence: 9, broadcast: broadcast() }),
+            ),
+            encode_message(1, &Message::Goodbye(Goodbye { node_id: 1, incarnation: 2, reason: "bye".into() })),
+            encode_message(
+                2,
+                &Message::Publish(Publish { channel: Bytes::from_static(b"c"), message: Bytes::new(), shard: false }),
+            ),
+        ];
+        for frame in frames {
+            for end in 0..=frame.len() {
+                crate::fuzzing::cluster_envelope(&frame[..end]);
+            }
+        }
+    }
+
+    #[test]
     fn garbage_is_an_error_not_a_panic() {
         let inputs: [&[u8]; 6] = [
             b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff",
