@@ -9,12 +9,15 @@
 //! - [`socketio`]: Socket.IO v5 on top: packet codec, namespaces, sockets,
 //!   acks, binary attachments, middleware, the public API.
 //! - [`rooms`]: the per-namespace room registry (dashmap) and the
-//!   [`rooms::Broadcast`] value executed by the local fan-out (and, later,
-//!   forwarded between nodes).
+//!   [`rooms::Broadcast`] value executed by the local fan-out and forwarded
+//!   between nodes.
 //! - `resp`: the embedded Redis-protocol broker (RESP2/3 codec, pub/sub,
-//!   the socket.io emitter bridge).
-//! - `cluster`: foundations of the cluster: protobuf schemas (`proto/`) and
-//!   their one conversion module, mutual-TLS credentials, the QUIC transport.
+//!   the socket.io emitter bridge, the key-value commands).
+//! - `cluster`: protobuf schemas (`proto/`) and their one conversion module,
+//!   mutual-TLS credentials, the QUIC transport, gossip (failure detection and
+//!   room interest), openraft membership and the replicated key-value store,
+//!   and the runtime that forwards broadcasts and runs cluster-wide operations
+//!   (`socketio::adapter` is its seam with the Socket.IO server).
 //! - `http`: the listener shared by every HTTP endpoint.
 //! - `admin`: the admin listener (`/metrics`, `/healthz`, the HTTP API).
 //! - `config`, `shutdown`, `limits`, `metrics`: process plumbing for the binary.
