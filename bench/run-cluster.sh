@@ -115,8 +115,17 @@ for part in $PARTS; do
 done
 want() { [[ " $PARTS " == *" $1 "* ]]; }
 mkdir -p "$LOGS"
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
+# source_state: the commit, and whether src/ differs from it (the binary may hold others' edits).
+source_state() {
+    local commit
+    commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+    git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || commit="$commit + uncommitted changes in src/"
+    echo "$commit"
+}
 if [ -z "${SKIP_BUILD:-}" ]; then
+    BUILT_FROM="built from $(source_state)"
     log "building ioswarm and ioswarm-bench ($PROFILE)"
     cargo build "${build_flag[@]}" -p ioswarm --bin ioswarm -p ioswarm-bench --bin ioswarm-bench
     if want latency && [ "$PEER" != 0 ]; then
@@ -125,6 +134,7 @@ if [ -z "${SKIP_BUILD:-}" ]; then
     fi
 fi
 for bin in "$IOSWARM" "$BENCH"; do [ -x "$bin" ] || { log "missing $bin"; exit 1; }; done
+BUILT_FROM=${BUILT_FROM:-"prebuilt $(date -u -r "$IOSWARM" +%Y-%m-%dT%H:%MZ), HEAD now $(source_state)"}
 
 # free_port: a TCP port free on 127.0.0.1 right now (for redis-server, which cannot take port 0).
 free_port() {
@@ -316,9 +326,7 @@ if [ "${#FILES[@]}" -eq 0 ]; then
     log "no part produced a result"
     exit 1
 fi
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || commit="$commit + uncommitted changes in src/"
-TITLE="ioswarm cluster benchmarks ($SIZE), $(date -u +%Y-%m-%dT%H:%MZ); $(nproc) cores shared by every server and the load clients; ioswarm $commit"
+TITLE="ioswarm cluster benchmarks ($SIZE), $(date -u +%Y-%m-%dT%H:%MZ); $(nproc) cores shared by every server and the load clients; ioswarm $BUILT_FROM; load average before: $LOAD_BEFORE"
 echo
 "$BENCH" cluster-report --title "$TITLE" --out "$OUT/cluster.json" --md "$OUT/cluster.md" "${FILES[@]}"
 log "results in $OUT"
