@@ -163,6 +163,17 @@ mod cluster {
         let (transport, incoming) =
             Transport::bind(transport_config, credentials).with_context(|| format!("binding cluster {listen}"))?;
         let advertise = transport.hello().advertise_addr.clone();
+        // A node that left gracefully starts with no raft state; bootstrapping from there would
+        // found a second cluster next to the one it left (split brain), so it must rejoin.
+        let left = config.data_dir.join("raft").join("left");
+        if config.join.is_empty() && left.exists() {
+            anyhow::bail!(
+                "this node left its cluster when it last stopped ({} exists): start it with --join <a member> to \
+                 rejoin, or remove {} to bootstrap a new cluster",
+                left.display(),
+                config.data_dir.display()
+            );
+        }
         let raft =
             RaftNode::start(RaftSettings::new(node_id, advertise.clone(), config.data_dir.clone()), transport.clone())
                 .await
