@@ -125,9 +125,20 @@ async fn run_async(args: FanoutArgs) -> anyhow::Result<()> {
     let publisher = match args.publisher {
         Publisher::Sio => {
             let options = ClientOptions { mode: Mode::Ws, room: Some(args.room.clone()) };
-            let client = Client::connect(args.publisher_source, &target, &options)
-                .await
-                .map_err(|e| anyhow!("[{}] publisher: {e}", c.label))?;
+            // Bounded like the subscribers' connects: a server that never answers the handshake
+            // (seen once with a peer under load) must not hang the run.
+            let timeout = Duration::from_millis(c.connect_timeout_ms);
+            let mut attempt = 0;
+            let client = loop {
+                attempt += 1;
+                match tokio::time::timeout(timeout, Client::connect(args.publisher_source, &target, &options)).await {
+                    Ok(Ok(client)) => break client,
+                    Ok(Err(e)) if attempt >= 3 => bail!("[{}] publisher: {e}", c.label),
+                    Err(_) if attempt >= 3 => bail!("[{}] publisher: no connection within {timeout:?}", c.label),
+                    Ok(Err(e)) => eprintln!("[{}] publisher connect attempt {attempt} failed: {e}", c.label),
+                    Err(_) => eprintln!("[{}] publisher connect attempt {attempt} timed out", c.label),
+                }
+            };
             let (room, stop) = (args.room.clone(), stop.clone());
             tokio::spawn(async move {
                 traffic::sio_publisher(client, room, pad, steps_rx, stop).await;
