@@ -59,15 +59,33 @@ openraft::declare_raft_types!(
 /// Redis' answer when no leader can be reached.
 pub const CLUSTER_DOWN: &str = "CLUSTERDOWN The cluster is down";
 
-/// A key-value write as the raft log carries it: the protobuf encoding of [`KvCommand`] (see
-/// `wire.rs`) as a byte string.
+/// Key-value writes as one raft log entry carries them: the writes that reached the leader
+/// while the previous entry was being committed (group commit: one entry, one fsync per node,
+/// one round of replication for all of them), each the protobuf encoding of a [`KvCommand`]
+/// (see `wire.rs`) as a byte string.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct LogCommand(pub(crate) KvCommand);
+pub(crate) struct LogCommand(pub(crate) Vec<KvCommand>);
 
-/// The state machine's answer to one log entry: the write's reply, or nothing for blank and
-/// membership entries.
+/// The state machine's answer to one log entry: one reply per write, in order, or nothing for
+/// blank and membership entries.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct LogReply(pub(crate) Option<KvValue>);
+pub(crate) struct LogReply(pub(crate) Option<Vec<KvValue>>);
+
+/// Most writes in one log entry.
+const MAX_WRITES_PER_ENTRY: usize = 256;
+
+/// How a batched write ended.
+enum WriteOutcome {
+    /// Committed and applied: the reply.
+    Applied(KvValue),
+    /// Not applied: retry at this leader.
+    Forward(Option<NodeId>),
+    /// Failed (the text is the Redis error).
+    Failed(KvValue),
+}
+
+/// A write waiting for the next log entry.
+type PendingWrite = (KvCommand, tokio::sync::oneshot::Sender<WriteOutcome>);
 
 /// Bytes that serialise as a byte string (MessagePack `bin`) and read back from a byte string or
 /// a sequence of numbers (JSON).
@@ -111,27 +129,40 @@ impl<'de> Deserialize<'de> for ProtoBytes {
 
 impl Serialize for LogCommand {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        ProtoBytes(encode_kv_command(&self.0)).serialize(serializer)
+        serializer.collect_seq(self.0.iter().map(|command| ProtoBytes(encode_kv_command(command))))
     }
 }
 
 impl<'de> Deserialize<'de> for LogCommand {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let bytes = ProtoBytes::deserialize(deserializer)?;
-        decode_kv_command(&bytes.0).map(LogCommand).map_err(de::Error::custom)
+        let items = Vec::<ProtoBytes>::deserialize(deserializer)?;
+        items
+            .iter()
+            .map(|bytes| decode_kv_command(&bytes.0))
+            .collect::<Result<Vec<_>, _>>()
+            .map(LogCommand)
+            .map_err(de::Error::custom)
     }
 }
 
 impl Serialize for LogReply {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.0.as_ref().map(|value| ProtoBytes(encode_kv_value(value))).serialize(serializer)
+        self.0
+            .as_ref()
+            .map(|values| values.iter().map(|value| ProtoBytes(encode_kv_value(value))).collect::<Vec<_>>())
+            .serialize(serializer)
     }
 }
 
 impl<'de> Deserialize<'de> for LogReply {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        match Option::<ProtoBytes>::deserialize(deserializer)? {
-            Some(bytes) => decode_kv_value(&bytes.0).map(|value| LogReply(Some(value))).map_err(de::Error::custom),
+        match Option::<Vec<ProtoBytes>>::deserialize(deserializer)? {
+            Some(items) => items
+                .iter()
+                .map(|bytes| decode_kv_value(&bytes.0))
+                .collect::<Result<Vec<_>, _>>()
+                .map(|values| LogReply(Some(values)))
+                .map_err(de::Error::custom),
             None => Ok(LogReply(None)),
         }
     }
@@ -360,6 +391,8 @@ struct Inner {
     next_request_id: AtomicU64,
     background: Background,
     journal: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Writes waiting for the batcher (see [`LogCommand`]).
+    writes: tokio::sync::mpsc::Sender<PendingWrite>,
 }
 
 impl std::fmt::Debug for RaftNode {
@@ -393,6 +426,8 @@ impl RaftNode {
         let raft = Raft::new(settings.node_id, config, network, log_store, sm_store)
             .await
             .map_err(|e| RaftError::Fatal(e.to_string()))?;
+        let (writes, pending) = tokio::sync::mpsc::channel(4 * MAX_WRITES_PER_ENTRY);
+        background.tasks.spawn(batch_writes(raft.clone(), pending, background.cancel.clone()));
         let node = RaftNode {
             inner: Arc::new(Inner {
                 id: settings.node_id,
@@ -405,6 +440,7 @@ impl RaftNode {
                 next_request_id: AtomicU64::new(1),
                 background,
                 journal: Mutex::new(Some(journal)),
+                writes,
             }),
         };
         node.spawn_watcher();
@@ -672,18 +708,17 @@ impl RaftNode {
         let raft = &self.inner.raft;
         match op {
             KvOp::Write(command) => {
-                match tokio::time::timeout_at(deadline, raft.client_write(LogCommand(command))).await {
-                    Ok(Ok(response)) => Attempt::Done(response.data.0.unwrap_or(KvValue::Nil)),
-                    // Not proposed, or proposed and then truncated: never applied.
-                    Ok(Err(OpenraftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
-                        Attempt::Retry(forward.leader_id)
-                    }
-                    Ok(Err(OpenraftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
-                        Attempt::Done(KvValue::Error(format!("ERR {e}")))
-                    }
-                    Ok(Err(OpenraftError::Fatal(fatal))) => {
-                        Attempt::Done(KvValue::Error(format!("ERR raft stopped: {fatal}")))
-                    }
+                let (done, outcome) = tokio::sync::oneshot::channel();
+                let queued = tokio::time::timeout_at(deadline, self.inner.writes.send((command, done))).await;
+                if !matches!(queued, Ok(Ok(()))) {
+                    // Not queued: never proposed.
+                    return Attempt::Done(KvValue::Error(CLUSTER_DOWN.to_owned()));
+                }
+                match tokio::time::timeout_at(deadline, outcome).await {
+                    Ok(Ok(WriteOutcome::Applied(value))) => Attempt::Done(value),
+                    Ok(Ok(WriteOutcome::Forward(leader))) => Attempt::Retry(leader),
+                    Ok(Ok(WriteOutcome::Failed(error))) => Attempt::Done(error),
+                    Ok(Err(_)) => Attempt::Done(KvValue::Error("ERR raft stopped".into())),
                     Err(_) => Attempt::Done(KvValue::Error(
                         "ERR timed out waiting for the cluster to commit the write; it may still be applied".into(),
                     )),
@@ -985,5 +1020,65 @@ impl KvBackend for RaftNode {
     fn execute(&self, op: KvOp) -> KvFuture {
         let node = self.clone();
         Box::pin(async move { node.execute(op).await })
+    }
+}
+
+/// Proposes the queued writes: every write that arrived while the previous entry was being
+/// committed goes into the next entry (at most [`MAX_WRITES_PER_ENTRY`]), so the leader appends,
+/// fsyncs and replicates once for all of them instead of once per write.
+async fn batch_writes(
+    raft: Raft<TypeConfig>,
+    mut pending: tokio::sync::mpsc::Receiver<PendingWrite>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let first = tokio::select! {
+            () = cancel.cancelled() => return,
+            first = pending.recv() => first,
+        };
+        let Some(first) = first else { return };
+        let mut batch = vec![first];
+        while batch.len() < MAX_WRITES_PER_ENTRY {
+            match pending.try_recv() {
+                Ok(write) => batch.push(write),
+                Err(_) => break,
+            }
+        }
+        let (commands, waiters): (Vec<KvCommand>, Vec<_>) = batch.into_iter().unzip();
+        let count = commands.len();
+        let result = tokio::select! {
+            () = cancel.cancelled() => return,
+            result = raft.client_write(LogCommand(commands)) => result,
+        };
+        let outcome = |i: usize, values: &mut Vec<Option<KvValue>>| -> WriteOutcome {
+            WriteOutcome::Applied(values.get_mut(i).and_then(Option::take).unwrap_or(KvValue::Nil))
+        };
+        match result {
+            Ok(response) => {
+                let mut values: Vec<Option<KvValue>> =
+                    response.data.0.unwrap_or_default().into_iter().map(Some).collect();
+                debug_assert_eq!(values.len(), count);
+                for (i, waiter) in waiters.into_iter().enumerate() {
+                    let _ = waiter.send(outcome(i, &mut values));
+                }
+            }
+            Err(error) => {
+                let outcome = || match &error {
+                    // Not proposed, or proposed and then truncated: never applied.
+                    OpenraftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
+                        WriteOutcome::Forward(forward.leader_id)
+                    }
+                    OpenraftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+                        WriteOutcome::Failed(KvValue::Error(format!("ERR {e}")))
+                    }
+                    OpenraftError::Fatal(fatal) => {
+                        WriteOutcome::Failed(KvValue::Error(format!("ERR raft stopped: {fatal}")))
+                    }
+                };
+                for waiter in waiters {
+                    let _ = waiter.send(outcome());
+                }
+            }
+        }
     }
 }

@@ -333,8 +333,11 @@ fn replay_journal(path: &Path) -> Result<Option<(Replayed, u64, bool)>, StoreErr
 enum WriteOp {
     /// Entries appended; signal `done` once they are on disk.
     Append { record: Vec<u8>, done: LogFlushed<TypeConfig> },
-    /// A truncation, purge or commit mark; durable with the next sync.
-    Record { record: Vec<u8> },
+    /// A truncation, purge or commit mark. `sync`: synced before the batch is done (truncations
+    /// and purges); otherwise durable with the next sync (the commit mark is advisory: a start
+    /// that finds an older one re-applies less at once, and learns the rest from the leader), so
+    /// it never adds an fsync to the write path.
+    Record { record: Vec<u8>, sync: bool },
     /// Replace the journal with `image` (records after the magic) holding `records` records.
     Compact { image: Vec<u8>, records: u64 },
     /// Replace the vote file; answer once it is durable.
@@ -422,9 +425,9 @@ impl Journal {
                         dirty = true;
                         waiting.push(done);
                     }
-                    WriteOp::Record { record } => {
+                    WriteOp::Record { record, sync } => {
                         let _ = self.write(&record);
-                        dirty = true;
+                        dirty |= sync;
                     }
                     WriteOp::Compact { image, records } => {
                         self.flush(&mut waiting, &mut dirty);
@@ -659,7 +662,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.committed = committed;
         let mut record = Vec::new();
         put_record(&mut record, &encode(&RecordOut::Committed(&committed)));
-        self.queue(WriteOp::Record { record }).await
+        self.queue(WriteOp::Record { record, sync: false }).await
     }
 
     async fn read_committed(&mut self) -> Result<Option<RaftLogId>, StorageError<NodeId>> {
@@ -686,7 +689,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.log.lock().truncate(log_id.index);
         let mut record = Vec::new();
         put_record(&mut record, &encode(&RecordOut::Truncate(log_id.index)));
-        self.queue(WriteOp::Record { record }).await
+        self.queue(WriteOp::Record { record, sync: true }).await
     }
 
     async fn purge(&mut self, log_id: RaftLogId) -> Result<(), StorageError<NodeId>> {
@@ -701,7 +704,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         let mut record = Vec::new();
         put_record(&mut record, &encode(&RecordOut::Purge(&log_id)));
-        self.queue(WriteOp::Record { record }).await
+        self.queue(WriteOp::Record { record, sync: true }).await
     }
 }
 
@@ -841,7 +844,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             state.last_applied = Some(entry.log_id);
             let reply = match entry.payload {
                 EntryPayload::Blank => None,
-                EntryPayload::Normal(command) => Some(state.kv.apply(&command.0)),
+                EntryPayload::Normal(batch) => Some(batch.0.iter().map(|command| state.kv.apply(command)).collect()),
                 EntryPayload::Membership(membership) => {
                     state.membership = Membership::new(Some(entry.log_id), membership);
                     None

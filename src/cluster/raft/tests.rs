@@ -191,7 +191,7 @@ fn settings_are_validated() {
 
 #[test]
 fn log_commands_and_replies_round_trip_in_both_encodings() {
-    let command = LogCommand(KvCommand {
+    let set = KvCommand {
         now_unix_ms: 42,
         op: KvWrite::Set {
             key: Bytes::from_static(b"k"),
@@ -201,20 +201,27 @@ fn log_commands_and_replies_round_trip_in_both_encodings() {
             keep_ttl: false,
             get: true,
         },
-    });
+    };
+    let incr = KvCommand { now_unix_ms: 43, op: KvWrite::IncrBy { key: Bytes::from_static(b"n"), delta: -2 } };
+    let command = LogCommand(vec![set, incr]);
     let packed = rmp_serde::to_vec_named(&command).expect("msgpack");
     assert_eq!(rmp_serde::from_slice::<LogCommand>(&packed).expect("back"), command);
     let json = serde_json::to_vec(&command).expect("json");
     assert_eq!(serde_json::from_slice::<LogCommand>(&json).expect("back"), command);
-    for reply in
-        [LogReply(None), LogReply(Some(KvValue::Integer(-3))), LogReply(Some(KvValue::Array(vec![KvValue::Nil])))]
-    {
+    for reply in [
+        LogReply(None),
+        LogReply(Some(vec![KvValue::Integer(-3), KvValue::Array(vec![KvValue::Nil])])),
+        LogReply(Some(vec![])),
+    ] {
         let packed = rmp_serde::to_vec_named(&reply).expect("msgpack");
         assert_eq!(rmp_serde::from_slice::<LogReply>(&packed).expect("back"), reply);
     }
     // Garbage inside the byte string is an error, not a panic.
-    let garbage = rmp_serde::to_vec_named(&ProtoBytes(vec![0xff, 0xff, 0xff])).expect("msgpack");
+    let garbage = rmp_serde::to_vec_named(&vec![ProtoBytes(vec![0xff, 0xff, 0xff])]).expect("msgpack");
     assert!(rmp_serde::from_slice::<LogCommand>(&garbage).is_err());
+    // So is a lone byte string where a list of writes belongs.
+    let single = rmp_serde::to_vec_named(&ProtoBytes(encode_kv_command(&command.0[0]))).expect("msgpack");
+    assert!(rmp_serde::from_slice::<LogCommand>(&single).is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -566,10 +573,10 @@ mod journal {
     fn entry(term: u64, index: u64) -> Entry<TypeConfig> {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
-            payload: EntryPayload::Normal(LogCommand(KvCommand {
+            payload: EntryPayload::Normal(LogCommand(vec![KvCommand {
                 now_unix_ms: index,
                 op: KvWrite::IncrBy { key: Bytes::from_static(b"k"), delta: 1 },
-            })),
+            }])),
         }
     }
 
