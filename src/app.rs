@@ -159,7 +159,7 @@ impl AdminApi {
         let Some(ns) = self.io.namespace_for_broadcast(&req.nsp) else {
             return json_response(StatusCode::OK, &json!({"recipients": 0}));
         };
-        let mut op = operator(&ns, &req.rooms, &req.except);
+        let mut op = ns.select(&req.rooms, &req.except);
         if req.volatile {
             op = op.volatile();
         }
@@ -192,7 +192,7 @@ impl AdminApi {
         let Some(ns) = self.io.namespace_for_broadcast(&nsp) else {
             return json_response(StatusCode::OK, &json!({ "sockets": [] }));
         };
-        let fetched = operator(&ns, &rooms, &[]).fetch_sockets().await;
+        let fetched = ns.select(&rooms, &[]).fetch_sockets().await;
         let Some(node) = self.cluster.as_ref().map(crate::cluster::node::ClusterNode::id) else {
             let sockets: Vec<Value> = fetched
                 .local
@@ -218,7 +218,7 @@ impl AdminApi {
         let Some(ns) = self.io.namespace_for_broadcast(&req.nsp) else {
             return json_response(StatusCode::OK, &json!({"affected": 0, "missingNodes": []}));
         };
-        let op = operator(&ns, &req.rooms, &req.except);
+        let op = ns.select(&req.rooms, &req.except);
         let done = match action {
             "join" => op.sockets_join(&req.join).await,
             "leave" => op.sockets_leave(&req.leave).await,
@@ -249,18 +249,6 @@ impl AdminApi {
             None => json_error(StatusCode::NOT_FOUND, "this node is not part of a cluster (no --node-id)"),
         }
     }
-}
-
-/// `ns.broadcast().to(rooms…).except(except…)`.
-fn operator(ns: &Namespace, rooms: &[String], except: &[String]) -> crate::socketio::BroadcastOperator {
-    let mut op = ns.broadcast();
-    for room in rooms {
-        op = op.to(room.clone());
-    }
-    for room in except {
-        op = op.except(room.clone());
-    }
-    op
 }
 
 #[derive(Debug, Deserialize)]

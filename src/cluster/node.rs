@@ -33,7 +33,7 @@ use super::raft::RaftNode;
 use super::transport::{Incoming, Transport};
 use crate::resp::{Broker, ClusterPubSub};
 use crate::rooms::Broadcast;
-use crate::socketio::{Adapter, BroadcastOperator, Namespace, Payload, RemoteOp, RemoteOutcome, RemoteSocket, Server};
+use crate::socketio::{Adapter, BroadcastOperator, Payload, RemoteOp, RemoteOutcome, RemoteSocket, Server};
 
 /// How long room changes are batched before a delta goes out.
 pub const FLUSH_DELAY: Duration = Duration::from_millis(5);
@@ -432,7 +432,7 @@ impl Inner {
     /// The operator selecting `selector`'s sockets on this node only.
     fn local_operator(&self, selector: &SocketSelector) -> Option<BroadcastOperator> {
         let ns = self.io.namespace(&selector.namespace)?;
-        Some(operator(&ns, &selector.rooms, &selector.except).local())
+        Some(ns.select(&selector.rooms, &selector.except).local())
     }
 
     /// Answers a request from another node.
@@ -449,7 +449,7 @@ impl Inner {
         let Some(ns) = self.io.namespace(&broadcast.nsp) else {
             return ReplyBody::BroadcastAck { client_count: 0, acks: Vec::new() };
         };
-        let mut op = operator(&ns, &broadcast.rooms, &broadcast.except).local();
+        let mut op = ns.select(&broadcast.rooms, &broadcast.except).local();
         if broadcast.flags.volatile {
             op = op.volatile();
         }
@@ -515,18 +515,6 @@ impl Inner {
             }
         }
     }
-}
-
-/// `ns.broadcast().to(rooms…).except(except…)`.
-fn operator(ns: &Namespace, rooms: &[String], except: &[String]) -> BroadcastOperator {
-    let mut op = ns.broadcast();
-    for room in rooms {
-        op = op.to(room.clone());
-    }
-    for room in except {
-        op = op.except(room.clone());
-    }
-    op
 }
 
 /// The event name and payload of a broadcast's encoded EVENT packet.

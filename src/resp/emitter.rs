@@ -27,7 +27,7 @@ use bytes::Bytes;
 use serde_json::{Map, Number, Value};
 
 use super::PublishHook;
-use crate::socketio::{Namespace, Payload, RemoteOp, Server};
+use crate::socketio::{Payload, RemoteOp, Server};
 
 /// Counter of messages seen on emitter channels ([`crate::metrics::EMITTER_MESSAGES`]), labelled [`RESULT_LABEL`] = `ok` (executed),
 /// `invalid` (could not be decoded) or `ignored` (well-formed but not for us: unsupported packet
@@ -1079,13 +1079,7 @@ impl EmitterBridge {
         let Some(ns) = self.io.namespace_for_broadcast(&b.nsp) else {
             return Outcome::Ok;
         };
-        let mut op = ns.broadcast();
-        for room in b.rooms {
-            op = op.to(room);
-        }
-        for room in b.except {
-            op = op.except(room);
-        }
+        let mut op = ns.select(&b.rooms, &b.except);
         if b.flags.volatile {
             op = op.volatile();
         }
@@ -1108,7 +1102,7 @@ impl EmitterBridge {
         // of the cluster (the emitter published once, to this node only).
         match r.action {
             RequestAction::Join { targets, rooms } => {
-                let op = targets_of(&ns, targets);
+                let op = ns.select(&targets.rooms, &targets.except);
                 for socket in op.sockets() {
                     for room in &rooms {
                         socket.join(room);
@@ -1117,7 +1111,7 @@ impl EmitterBridge {
                 op.send_ordered(|s| RemoteOp::Join(s, rooms));
             }
             RequestAction::Leave { targets, rooms } => {
-                let op = targets_of(&ns, targets);
+                let op = ns.select(&targets.rooms, &targets.except);
                 for socket in op.sockets() {
                     for room in &rooms {
                         socket.leave(room);
@@ -1126,7 +1120,7 @@ impl EmitterBridge {
                 op.send_ordered(|s| RemoteOp::Leave(s, rooms));
             }
             RequestAction::Disconnect { targets, close } => {
-                let op = targets_of(&ns, targets);
+                let op = ns.select(&targets.rooms, &targets.except);
                 op.disconnect(close);
                 op.send_ordered(|s| RemoteOp::Disconnect(s, close));
             }
@@ -1140,17 +1134,6 @@ impl EmitterBridge {
         }
         Outcome::Ok
     }
-}
-
-fn targets_of(ns: &Namespace, targets: Targets) -> crate::socketio::BroadcastOperator {
-    let mut op = ns.broadcast();
-    for room in targets.rooms {
-        op = op.to(room);
-    }
-    for room in targets.except {
-        op = op.except(room);
-    }
-    op
 }
 
 impl PublishHook for EmitterBridge {

@@ -254,6 +254,12 @@ impl Namespace {
         BroadcastOperator::new(self.clone()).except(room)
     }
 
+    /// The sockets in any of `rooms` (every socket when empty) except those in any of `except`:
+    /// `broadcast().to(…).except(…)` from lists.
+    pub fn select(&self, rooms: &[String], except: &[String]) -> BroadcastOperator {
+        BroadcastOperator::selecting(self.clone(), rooms.to_vec(), except.to_vec())
+    }
+
     /// A broadcast to every socket of the namespace.
     pub fn broadcast(&self) -> BroadcastOperator {
         BroadcastOperator::new(self.clone())

@@ -52,7 +52,11 @@ pub struct FetchedSockets {
 
 impl BroadcastOperator {
     pub(crate) fn new(ns: Namespace) -> Self {
-        Self { ns, rooms: Vec::new(), except: Vec::new(), flags: BroadcastFlags::default() }
+        Self::selecting(ns, Vec::new(), Vec::new())
+    }
+
+    pub(crate) fn selecting(ns: Namespace, rooms: Vec<String>, except: Vec<String>) -> Self {
+        Self { ns, rooms, except, flags: BroadcastFlags::default() }
     }
 
     /// Adds a target room (a socket id targets that socket).
