@@ -393,6 +393,8 @@ struct Inner {
     journal: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Writes waiting for the batcher (see [`LogCommand`]).
     writes: tokio::sync::mpsc::Sender<PendingWrite>,
+    /// The data directory's lock, released by [`RaftNode::shutdown`].
+    lock: Mutex<Option<std::fs::File>>,
 }
 
 impl std::fmt::Debug for RaftNode {
@@ -413,10 +415,11 @@ impl RaftNode {
         let config = Arc::new(settings.openraft_config()?);
         let dir = settings.data_dir.join("raft");
         let limits = settings.kv_limits;
-        let (log_store, sm_store, had_state, journal) = tokio::task::spawn_blocking(move || {
+        let (lock, log_store, sm_store, had_state, journal) = tokio::task::spawn_blocking(move || {
+            let lock = store::lock_dir(&dir)?;
             let (log_store, had_log, journal) = LogStore::open(&dir)?;
             let (sm_store, had_snapshot) = StateMachineStore::open(&dir, limits)?;
-            Ok::<_, StoreError>((log_store, sm_store, had_log || had_snapshot, journal))
+            Ok::<_, StoreError>((lock, log_store, sm_store, had_log || had_snapshot, journal))
         })
         .await
         .map_err(|e| RaftError::Fatal(format!("loading the raft state: {e}")))??;
@@ -441,6 +444,7 @@ impl RaftNode {
                 background,
                 journal: Mutex::new(Some(journal)),
                 writes,
+                lock: Mutex::new(Some(lock)),
             }),
         };
         node.spawn_watcher();
@@ -553,6 +557,7 @@ impl RaftNode {
             // The core dropped the log store, so the journal thread drains and ends.
             let _ = tokio::task::spawn_blocking(move || journal.join()).await;
         }
+        drop(self.inner.lock.lock().take());
     }
 
     /// Answers one openraft RPC from `from`; the runtime replies with

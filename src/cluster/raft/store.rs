@@ -53,6 +53,8 @@ const LOG_FILE: &str = "log";
 const SNAPSHOT_FILE: &str = "snapshot";
 /// Written after this node left the cluster: the next start begins with no raft state.
 const LEFT_FILE: &str = "left";
+/// Held (OS file lock) by the process using the directory.
+const LOCK_FILE: &str = "lock";
 
 const VOTE_MAGIC: &[u8; 8] = b"IOSWVOT1";
 const LOG_MAGIC: &[u8; 8] = b"IOSWLOG1";
@@ -83,6 +85,12 @@ pub enum StoreError {
         path: PathBuf,
         /// The operating system's error.
         source: io::Error,
+    },
+    /// Another process holds the data directory.
+    #[error("{} is in use by another process (its lock file is held)", path.display())]
+    InUse {
+        /// The lock file.
+        path: PathBuf,
     },
     /// A file does not parse; it was not written by this format or was damaged.
     #[error("{}: corrupt at byte {offset}: {reason}", path.display())]
@@ -195,6 +203,19 @@ fn decode_in<T: for<'de> Deserialize<'de>>(path: &Path, offset: usize, payload: 
         offset: offset as u64,
         reason: e.to_string(),
     })
+}
+
+/// Takes the data directory's lock (`dir/lock`, an advisory OS file lock held until the returned
+/// file is dropped or the process exits), so that two processes never share one raft state.
+pub(super) fn lock_dir(dir: &Path) -> Result<File, StoreError> {
+    fs::create_dir_all(dir).map_err(io_error(dir))?;
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_error(&path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(StoreError::InUse { path }),
+        Err(fs::TryLockError::Error(e)) => Err(io_error(&path)(e)),
+    }
 }
 
 /// Records that this node left the cluster (see the module docs).

@@ -675,3 +675,14 @@ mod journal {
         assert!(matches!(LogStore::open(&raft_dir), Err(StoreError::Corrupt { offset: 0, .. })));
     }
 }
+
+#[test]
+fn a_data_dir_is_used_by_one_process_at_a_time() {
+    let dir = TempDir::new("raft-lock");
+    let held = super::store::lock_dir(&dir.0).expect("first lock");
+    let second = super::store::lock_dir(&dir.0);
+    assert!(matches!(second, Err(StoreError::InUse { .. })), "second lock: {second:?}");
+    assert!(second.err().map(|e| e.to_string()).unwrap_or_default().contains("in use by another process"));
+    drop(held);
+    super::store::lock_dir(&dir.0).expect("the lock is free again");
+}
