@@ -1,42 +1,29 @@
 // Test harness: starts the server under test and connects real socket.io clients to it.
 //
 // Target selection (env):
-//   IOSWARM_E2E_TARGET=ioswarm (default)  spawn $IOSWARM_BIN (default ../../target/debug/ioswarm)
+//   IOSWARM_E2E_TARGET=ioswarm (default)  spawn $IOSWARM_BIN (default target/debug/ioswarm; see ../server-process.mjs)
 //   IOSWARM_E2E_TARGET=reference           spawn `node reference-server.mjs` (socket.io 4.8)
 //
 // Every server is started with `--listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 [flags]` and is
 // ready once it printed `ioswarm ready socketio=IP:PORT admin=IP:PORT` on stdout.
 
 import { spawn } from "node:child_process";
-import { existsSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { io } from "socket.io-client";
+import { LIVE, ServerProcess as BaseProcess, command as targetCommand } from "../server-process.mjs";
+
+export { BIN, TARGET } from "../server-process.mjs";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
-export const TARGET = process.env.IOSWARM_E2E_TARGET ?? "ioswarm";
-// IOSWARM_BIN, when set, is relative to the current directory; the default to this file.
-export const BIN = process.env.IOSWARM_BIN
-  ? path.resolve(process.env.IOSWARM_BIN)
-  : path.resolve(HERE, "../../target/debug/ioswarm");
 
 /** Default time to wait for anything a test expects to observe. */
 export const WAIT_MS = 5000;
 /** Time to wait before concluding that something did NOT happen. */
 export const QUIET_MS = 300;
 
-// Later features may append more ` name=ADDR` fields (e.g. redis=…).
-const READY_RE = /^ioswarm ready socketio=(\S+) admin=(\S+)(?: \S+=\S+)*$/;
-
 function command(flags) {
-  if (TARGET === "reference") {
-    return [process.execPath, [path.join(HERE, "reference-server.mjs"), ...flags]];
-  }
-  if (TARGET !== "ioswarm") throw new Error(`unknown IOSWARM_E2E_TARGET=${TARGET}`);
-  if (!existsSync(BIN)) {
-    throw new Error(`ioswarm binary not found at ${BIN} (run cargo build --bin ioswarm or set IOSWARM_BIN)`);
-  }
-  return [BIN, flags];
+  return targetCommand(HERE, flags);
 }
 
 /**
@@ -87,89 +74,7 @@ export function runToExit(flags, { env = {}, ms = 10_000 } = {}) {
   });
 }
 
-// Servers still running when the test process exits (a crash, an interrupted run) are killed.
-const LIVE = new Set();
-process.on("exit", () => {
-  for (const child of LIVE) child.kill("SIGKILL");
-});
-
-export class ServerProcess {
-  constructor(child, cmdline) {
-    this.child = child;
-    LIVE.add(child);
-    child.on("exit", () => LIVE.delete(child));
-    this.cmdline = cmdline;
-    this.stdout = "";
-    this.stderr = "";
-    this.exitCode = undefined;
-    this.signalCode = undefined;
-    this.exited = new Promise((resolve) => {
-      child.on("exit", (code, signal) => {
-        this.exitCode = code;
-        this.signalCode = signal;
-        resolve({ code, signal });
-      });
-    });
-    child.stderr.setEncoding("utf8");
-    child.stderr.on("data", (d) => {
-      this.stderr += d;
-      if (this.stderr.length > 200_000) this.stderr = this.stderr.slice(-100_000);
-    });
-    child.stdout.setEncoding("utf8");
-    this.ready = new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        reject(new Error(`no ready line within 10 s from: ${this.cmdline}\n${this.describe()}`));
-        this.kill();
-      }, 10_000);
-      let buf = "";
-      child.stdout.on("data", (d) => {
-        this.stdout += d;
-        buf += d;
-        let nl;
-        while ((nl = buf.indexOf("\n")) >= 0) {
-          const line = buf.slice(0, nl).replace(/\r$/, "");
-          buf = buf.slice(nl + 1);
-          const m = READY_RE.exec(line);
-          if (m && !this.addr) {
-            clearTimeout(timer);
-            this.addr = m[1];
-            this.adminAddr = m[2];
-            this.url = `http://${m[1]}`;
-            this.adminUrl = `http://${m[2]}`;
-            this.port = Number(m[1].slice(m[1].lastIndexOf(":") + 1));
-            resolve(this);
-          }
-        }
-      });
-      child.on("error", (e) => {
-        clearTimeout(timer);
-        reject(e);
-      });
-      child.on("exit", (code, signal) => {
-        clearTimeout(timer);
-        reject(new Error(`server exited (code ${code}, signal ${signal}) before ready: ${this.cmdline}\n${this.describe()}`));
-      });
-    });
-  }
-
-  describe() {
-    return `--- stdout ---\n${this.stdout}\n--- stderr (tail) ---\n${this.stderr.slice(-4000)}`;
-  }
-
-  /** Sends SIGTERM and waits for the exit; returns {code, signal}. SIGKILL after `graceMs`. */
-  async stop(graceMs = 8000) {
-    if (this.exitCode !== undefined) return { code: this.exitCode, signal: this.signalCode };
-    this.child.kill("SIGTERM");
-    const timer = setTimeout(() => this.kill(), graceMs);
-    const res = await this.exited;
-    clearTimeout(timer);
-    return res;
-  }
-
-  kill() {
-    if (this.exitCode === undefined) this.child.kill("SIGKILL");
-  }
-
+export class ServerProcess extends BaseProcess {
   // ---- admin API ----
 
   async admin(method, pathname, body) {

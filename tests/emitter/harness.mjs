@@ -3,7 +3,7 @@
 // clients (node-redis 4, node-redis 6 with RESP3, ioredis 5).
 //
 // Target selection (env):
-//   IOSWARM_E2E_TARGET=ioswarm (default)  spawn $IOSWARM_BIN (default ../../target/debug/ioswarm)
+//   IOSWARM_E2E_TARGET=ioswarm (default)  spawn $IOSWARM_BIN (default target/debug/ioswarm; see ../server-process.mjs)
 //   IOSWARM_E2E_TARGET=reference           spawn `node reference-server.mjs` (socket.io 4.8 +
 //                                          @socket.io/redis-adapter on a real redis-server)
 //
@@ -12,7 +12,6 @@
 // `ioswarm ready socketio=IP:PORT admin=IP:PORT redis=IP:PORT` on stdout.
 
 import { spawn } from "node:child_process";
-import { existsSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { Emitter } from "@socket.io/redis-emitter";
@@ -20,30 +19,19 @@ import { Redis } from "ioredis";
 import { createClient as createClient4 } from "redis";
 import { createClient as createClient6 } from "redis6";
 import { io } from "socket.io-client";
+import { ServerProcess as BaseProcess, command as targetCommand } from "../server-process.mjs";
+
+export { BIN, TARGET } from "../server-process.mjs";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
-export const TARGET = process.env.IOSWARM_E2E_TARGET ?? "ioswarm";
-// IOSWARM_BIN, when set, is relative to the current directory; the default to this file.
-export const BIN = process.env.IOSWARM_BIN
-  ? path.resolve(process.env.IOSWARM_BIN)
-  : path.resolve(HERE, "../../target/debug/ioswarm");
 
 /** Default time to wait for anything a test expects to observe. */
 export const WAIT_MS = 5000;
 /** Time to wait before concluding that something did NOT happen. */
 export const QUIET_MS = 300;
 
-const READY_RE = /^ioswarm ready socketio=(\S+) admin=(\S+) redis=(\S+)$/;
-
 function command(flags) {
-  if (TARGET === "reference") {
-    return [process.execPath, [path.join(HERE, "reference-server.mjs"), ...flags]];
-  }
-  if (TARGET !== "ioswarm") throw new Error(`unknown IOSWARM_E2E_TARGET=${TARGET}`);
-  if (!existsSync(BIN)) {
-    throw new Error(`ioswarm binary not found at ${BIN} (run cargo build --bin ioswarm or set IOSWARM_BIN)`);
-  }
-  return [BIN, flags];
+  return targetCommand(HERE, flags);
 }
 
 /** Starts a server with `--client-rooms` and the given extra flags. */
@@ -64,87 +52,7 @@ export async function startServer(flags = []) {
   return server;
 }
 
-function splitAddr(addr) {
-  const i = addr.lastIndexOf(":");
-  let host = addr.slice(0, i);
-  if (host.startsWith("[") && host.endsWith("]")) host = host.slice(1, -1);
-  return { host, port: Number(addr.slice(i + 1)) };
-}
-
-export class ServerProcess {
-  constructor(child, cmdline) {
-    this.child = child;
-    this.cmdline = cmdline;
-    this.stdout = "";
-    this.stderr = "";
-    this.exitCode = undefined;
-    this.exited = new Promise((resolve) => {
-      child.on("exit", (code, signal) => {
-        this.exitCode = code;
-        resolve({ code, signal });
-      });
-    });
-    child.stderr.setEncoding("utf8");
-    child.stderr.on("data", (d) => {
-      this.stderr += d;
-      if (this.stderr.length > 200_000) this.stderr = this.stderr.slice(-100_000);
-    });
-    child.stdout.setEncoding("utf8");
-    this.ready = new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        reject(new Error(`no ready line within 15 s from: ${this.cmdline}\n${this.describe()}`));
-        this.kill();
-      }, 15_000);
-      let buf = "";
-      child.stdout.on("data", (d) => {
-        this.stdout += d;
-        buf += d;
-        let nl;
-        while ((nl = buf.indexOf("\n")) >= 0) {
-          const line = buf.slice(0, nl).replace(/\r$/, "");
-          buf = buf.slice(nl + 1);
-          const m = READY_RE.exec(line);
-          if (m && !this.addr) {
-            clearTimeout(timer);
-            this.addr = m[1];
-            this.url = `http://${m[1]}`;
-            this.adminUrl = `http://${m[2]}`;
-            this.redis = splitAddr(m[3]);
-            resolve(this);
-          }
-        }
-      });
-      child.on("error", (e) => {
-        clearTimeout(timer);
-        reject(e);
-      });
-      child.on("exit", (code, signal) => {
-        clearTimeout(timer);
-        reject(new Error(`server exited (code ${code}, signal ${signal}) before ready: ${this.cmdline}\n${this.describe()}`));
-      });
-    });
-  }
-
-  get alive() {
-    return this.exitCode === undefined;
-  }
-
-  describe() {
-    return `--- stdout ---\n${this.stdout}\n--- stderr (tail) ---\n${this.stderr.slice(-4000)}`;
-  }
-
-  async stop(graceMs = 8000) {
-    if (this.exitCode !== undefined) return;
-    this.child.kill("SIGTERM");
-    const timer = setTimeout(() => this.kill(), graceMs);
-    await this.exited;
-    clearTimeout(timer);
-  }
-
-  kill() {
-    if (this.exitCode === undefined) this.child.kill("SIGKILL");
-  }
-
+export class ServerProcess extends BaseProcess {
   async admin(pathname) {
     const res = await fetch(this.adminUrl + pathname, { signal: AbortSignal.timeout(WAIT_MS) });
     return { status: res.status, json: await res.json().catch(() => undefined) };
