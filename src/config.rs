@@ -86,8 +86,18 @@ pub struct Config {
     pub max_rooms_per_socket: usize,
     /// Default ack timeout for server emits that request an ack.
     pub ack_timeout_ms: u64,
-    /// How long shutdown waits for connections to drain before giving up.
+    /// The deadline of the whole shutdown, from SIGTERM/SIGINT to exit (draining, closing
+    /// clients, leaving the cluster, stopping every task).
     pub shutdown_grace_ms: u64,
+    /// After SIGTERM, how long the node keeps serving (with `/healthz` answering 503) before it
+    /// starts closing clients, so a load balancer can take it out first.
+    pub drain_ms: u64,
+    /// Over how long the node closes its clients once draining ends, evenly spread, so they do
+    /// not all reconnect to the other nodes in the same millisecond.
+    pub drain_spread_ms: u64,
+    /// When set, the admin routes other than `/healthz` and `/metrics` need `Authorization:
+    /// Bearer <token>`. Required when `admin_listen` is not a loopback address.
+    pub admin_token: Option<String>,
     /// Log filter, as a `tracing_subscriber::EnvFilter` directive (e.g. `info,ioswarm=debug`).
     pub log: String,
     /// Log output format.
@@ -135,6 +145,9 @@ impl Default for Config {
             max_rooms_per_socket: 1024,
             ack_timeout_ms: 10_000,
             shutdown_grace_ms: 5_000,
+            drain_ms: 0,
+            drain_spread_ms: 0,
+            admin_token: None,
             log: "info".to_owned(),
             log_format: LogFormat::Text,
             node_id: None,
@@ -175,6 +188,9 @@ impl fmt::Debug for Config {
             .field("max_rooms_per_socket", &self.max_rooms_per_socket)
             .field("ack_timeout_ms", &self.ack_timeout_ms)
             .field("shutdown_grace_ms", &self.shutdown_grace_ms)
+            .field("drain_ms", &self.drain_ms)
+            .field("drain_spread_ms", &self.drain_spread_ms)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "<redacted>"))
             .field("log", &self.log)
             .field("log_format", &self.log_format)
             .field("node_id", &self.node_id)
@@ -251,6 +267,8 @@ impl Config {
                 format!("{} must be at most {MAX_TIMEOUT_MS} milliseconds", self.shutdown_grace_ms),
             ));
         }
+        self.validate_drain()?;
+        self.validate_admin()?;
         if !(MIN_PAYLOAD..=MAX_PAYLOAD).contains(&self.max_payload) {
             return Err(invalid(
                 "max_payload",
@@ -306,6 +324,41 @@ impl Config {
         self.validate_cluster()?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
             return Err(invalid("log", format!("{:?} is not a valid filter: {e}", self.log)));
+        }
+        Ok(())
+    }
+
+    /// Draining happens inside the one shutdown deadline, with time left to close the rest.
+    fn validate_drain(&self) -> Result<(), ConfigError> {
+        let drain = self.drain_ms.saturating_add(self.drain_spread_ms);
+        if drain > 0 && drain >= self.shutdown_grace_ms {
+            return Err(invalid(
+                "drain_ms",
+                format!(
+                    "drain_ms + drain_spread_ms ({} + {} ms) must be less than shutdown_grace_ms ({} ms), the \
+                     deadline of the whole shutdown; raise --shutdown-grace-ms or lower --drain-ms / \
+                     --drain-spread-ms",
+                    self.drain_ms, self.drain_spread_ms, self.shutdown_grace_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// An admin listener reachable from other hosts needs a token.
+    fn validate_admin(&self) -> Result<(), ConfigError> {
+        if self.admin_token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            return Err(invalid("admin_token", "must not be empty when set"));
+        }
+        if self.admin_token.is_none() && !self.admin_listen.ip().is_loopback() {
+            return Err(invalid(
+                "admin_token",
+                format!(
+                    "--admin-listen {} is not a loopback address, so anyone who can reach it could use the \
+                     admin API: set --admin-token (IOSWARM_ADMIN_TOKEN) or bind --admin-listen to 127.0.0.1",
+                    self.admin_listen
+                ),
+            ));
         }
         Ok(())
     }
@@ -405,6 +458,16 @@ impl Config {
         Duration::from_millis(self.shutdown_grace_ms)
     }
 
+    /// [`Self::drain_ms`] as a `Duration`.
+    pub fn drain(&self) -> Duration {
+        Duration::from_millis(self.drain_ms)
+    }
+
+    /// [`Self::drain_spread_ms`] as a `Duration`.
+    pub fn drain_spread(&self) -> Duration {
+        Duration::from_millis(self.drain_spread_ms)
+    }
+
     /// Parses a TOML document; keys left out keep their defaults. Does not validate.
     pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
         toml::from_str(text)
@@ -439,6 +502,8 @@ impl Config {
             max_rooms_per_socket,
             ack_timeout_ms,
             shutdown_grace_ms,
+            drain_ms,
+            drain_spread_ms,
             log,
             log_format,
             data_dir,
@@ -472,6 +537,9 @@ impl Config {
         if let Some(v) = &cli.requirepass {
             self.requirepass = Some(v.clone());
         }
+        if let Some(v) = &cli.admin_token {
+            self.admin_token = Some(v.clone());
+        }
     }
 }
 
@@ -479,9 +547,6 @@ fn non_empty(items: &[String]) -> Vec<String> {
     items.iter().map(|s| s.trim()).filter(|s| !s.is_empty()).map(str::to_owned).collect()
 }
 
-/// Command-line flags; each is also read from the `IOSWARM_<NAME>` environment variable.
-///
-/// Every flag is optional: a flag that is not given leaves the file's (or the default) value.
 /// Subcommands besides running a node.
 #[derive(Clone, Debug, clap::Subcommand)]
 pub enum Command {
@@ -493,6 +558,9 @@ pub enum Command {
     },
 }
 
+/// Command-line flags; each is also read from the `IOSWARM_<NAME>` environment variable.
+///
+/// Every flag is optional: a flag that is not given leaves the file's (or the default) value.
 #[derive(Clone, Debug, Default, clap::Parser)]
 #[command(
     name = "ioswarm",
@@ -590,9 +658,20 @@ pub struct Cli {
     /// Default ack timeout for server emits, in ms [default: 10000].
     #[arg(long, env = "IOSWARM_ACK_TIMEOUT_MS", value_name = "MS")]
     pub ack_timeout_ms: Option<u64>,
-    /// Time shutdown waits for connections to drain, in ms [default: 5000].
+    /// Deadline of the whole shutdown after SIGTERM, in ms [default: 5000].
     #[arg(long, env = "IOSWARM_SHUTDOWN_GRACE_MS", value_name = "MS")]
     pub shutdown_grace_ms: Option<u64>,
+    /// After SIGTERM, keep serving this long (with /healthz at 503) before closing clients, in ms
+    /// [default: 0].
+    #[arg(long, env = "IOSWARM_DRAIN_MS", value_name = "MS")]
+    pub drain_ms: Option<u64>,
+    /// Close clients spread over this long once draining ends, in ms [default: 0].
+    #[arg(long, env = "IOSWARM_DRAIN_SPREAD_MS", value_name = "MS")]
+    pub drain_spread_ms: Option<u64>,
+    /// Bearer token the admin API (/v1/*, /cluster*) requires; needed when --admin-listen is not
+    /// loopback [default: none].
+    #[arg(long, env = "IOSWARM_ADMIN_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// Log filter directive, e.g. `info,ioswarm=debug` [default: info].
     #[arg(long, env = "IOSWARM_LOG", value_name = "FILTER")]
     pub log: Option<String>,
@@ -796,7 +875,7 @@ mod tests {
         let cmd = Cli::command();
         let longs: Vec<&str> = cmd.get_arguments().filter_map(|a| a.get_long()).collect();
         let keys = value.as_object().unwrap().keys();
-        assert_eq!(keys.len(), 32);
+        assert_eq!(keys.len(), 35);
         for key in keys {
             let flag = key.replace('_', "-");
             assert!(longs.contains(&flag.as_str()), "config field {key} has no --{flag}");
@@ -829,6 +908,9 @@ mod tests {
             "--max-rooms-per-socket=9",
             "--ack-timeout-ms=10",
             "--shutdown-grace-ms=11",
+            "--drain-ms=4",
+            "--drain-spread-ms=5",
+            "--admin-token=a",
             "--log=debug",
             "--log-format=json",
             "--node-id=3",
@@ -893,6 +975,9 @@ mod tests {
         assert_eq!(invalid_field(|c| c.namespaces = vec!["chat".into()]), "namespaces");
         assert_eq!(invalid_field(|c| c.namespaces = vec!["/a b".into()]), "namespaces");
         assert_eq!(invalid_field(|c| c.auth_token = Some(String::new())), "auth_token");
+        assert_eq!(invalid_field(|c| c.admin_token = Some(" ".into())), "admin_token");
+        assert_eq!(invalid_field(|c| c.drain_ms = 5_000), "drain_ms");
+        assert_eq!(invalid_field(|c| (c.drain_ms, c.drain_spread_ms) = (3_000, 2_000)), "drain_ms");
         assert_eq!(invalid_field(|c| c.send_queue_max_packets = 0), "send_queue_max_packets");
         assert_eq!(invalid_field(|c| c.send_queue_max_bytes = 0), "send_queue_max_bytes");
         assert_eq!(invalid_field(|c| c.max_rooms_per_socket = 0), "max_rooms_per_socket");
@@ -942,5 +1027,24 @@ mod tests {
         let s = format!("{c:?}");
         assert!(!s.contains("hunter2"));
         assert!(s.contains("<redacted>"));
+    }
+
+    #[test]
+    fn admin_beyond_loopback_needs_a_token() {
+        let mut c = Config { admin_listen: "0.0.0.0:9464".parse().unwrap(), ..Config::default() };
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("--admin-listen 0.0.0.0:9464") && err.contains("--admin-token"), "{err}");
+        c.admin_token = Some("t".into());
+        c.validate().unwrap();
+        let c = Config { admin_listen: "[::1]:9464".parse().unwrap(), ..Config::default() };
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn drain_fits_inside_the_shutdown_deadline() {
+        let c = Config { drain_ms: 2_000, drain_spread_ms: 2_000, ..Config::default() };
+        c.validate().unwrap();
+        let err = Config { shutdown_grace_ms: 4_000, ..c }.validate().unwrap_err().to_string();
+        assert!(err.contains("shutdown_grace_ms (4000 ms)"), "{err}");
     }
 }

@@ -15,11 +15,11 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::engineio::{Body, Engine, Handler};
+use crate::net::{Accepted, Acceptor, WhenFull};
 use crate::socketio::Server;
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -100,13 +100,9 @@ impl Default for ListenerLimits {
     }
 }
 
-/// Binds a listener with a large accept backlog: thousands of clients
-/// connecting at once must not see SYNs dropped (tokio's default is 128).
+/// Binds a listener with a large accept backlog (see [`crate::net::bind`]).
 pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(backlog)
+    crate::net::bind(addr, backlog)
 }
 
 /// Accepts connections on `listener` until `shutdown` is cancelled. Every
@@ -120,25 +116,9 @@ pub async fn serve(
     tasks: TaskTracker,
 ) {
     let router = Arc::new(router);
-    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            () = shutdown.cancelled() => return,
-        };
-        let (stream, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(err) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(%err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => return,
-        };
-        let _ = stream.set_nodelay(true);
+    let acceptor = Acceptor::new(listener, limits.max_connections, WhenFull::Wait, shutdown.clone(), "socketio");
+    while let Some(Accepted { stream, remote, permit }) = acceptor.next().await {
+        let Some(permit) = permit else { continue };
         let router = router.clone();
         let shutdown = shutdown.clone();
         let timeout = limits.header_read_timeout;

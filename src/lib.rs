@@ -33,6 +33,8 @@ pub mod fuzzing;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod net;
+pub mod node;
 pub mod resp;
 pub mod rooms;
 pub mod shutdown;

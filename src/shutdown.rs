@@ -1,9 +1,11 @@
-//! The one shutdown path: a root cancellation token and a tracker of every spawned task.
+//! The node's root cancellation token and task tracker, and the process signals.
 //!
-//! Long-lived tasks are spawned with [`Shutdown::spawn`] (or on [`Shutdown::tracker`]) and stop
-//! when [`Shutdown::token`] is cancelled: listeners stop accepting, connections tell their
-//! clients to reconnect elsewhere and close. `main` waits for [`wait_for_signal`], then calls
-//! [`Shutdown::shutdown`] with the configured grace period and exits with status 0.
+//! [`Shutdown`] is the root of the node's listeners: long-lived tasks are spawned with
+//! [`Shutdown::spawn`] (or on [`Shutdown::tracker`]) and stop when [`Shutdown::token`] is
+//! cancelled. Subsystems with their own lifecycle (the Engine.IO sessions, the Socket.IO handler
+//! tasks, the cluster runtime) keep their own tracker; [`crate::node::Node::shutdown`] is the one
+//! sequence that stops all of them, in order, under one deadline. [`Signals`] is installed before
+//! the node reports ready, so an early SIGTERM is not lost.
 
 use std::future::Future;
 use std::io;
@@ -67,6 +69,30 @@ impl Shutdown {
             );
         }
         drained
+    }
+}
+
+/// SIGINT and SIGTERM handlers, installed up front.
+#[derive(Debug)]
+pub struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers: from now on SIGINT/SIGTERM no longer end the process by default.
+    pub fn install() -> io::Result<Self> {
+        Ok(Self { int: signal(SignalKind::interrupt())?, term: signal(SignalKind::terminate())? })
+    }
+
+    /// Waits for the next SIGINT or SIGTERM and returns its name.
+    pub async fn recv(&mut self) -> &'static str {
+        let name = tokio::select! {
+            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+        };
+        tracing::info!(signal = name, "shutdown requested");
+        name
     }
 }
 

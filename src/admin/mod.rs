@@ -5,6 +5,11 @@
 //! within [`HEADER_READ_TIMEOUT`], bodies at most [`MAX_BODY_BYTES`] (413) read within
 //! [`BODY_READ_TIMEOUT`] (408). On shutdown it stops accepting, lets in-flight requests finish
 //! and closes idle keep-alive connections.
+//!
+//! Access: with [`AdminOptions::token`] set, every route other than `/healthz` and `/metrics`
+//! (the `/v1/...` API, `/cluster...`) needs `Authorization: Bearer <token>`, compared in
+//! constant time; anything else gets 401. `/healthz` answers 503 from the moment the node
+//! starts draining ([`AdminOptions::draining`]), while everything else keeps being served.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -21,10 +26,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
+
+use crate::net::{Accepted, Acceptor, WhenFull};
 
 /// Largest request body accepted; larger ones get 413.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -36,8 +42,6 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the Prometheus recorder's upkeep (histogram draining) runs.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
-/// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Content type of the Prometheus text exposition format.
 const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
@@ -87,11 +91,49 @@ pub fn json_error(status: StatusCode, message: &str) -> Response<Bytes> {
     response(status, "application/json", body)
 }
 
+/// Access control and health state of the admin listener.
+#[derive(Clone, Default)]
+pub struct AdminOptions {
+    /// When set, routes other than `/healthz` and `/metrics` need `Authorization: Bearer
+    /// <token>` (`--admin-token`).
+    pub token: Option<String>,
+    /// Cancelled when the node starts draining: `/healthz` answers 503 from then on, so a load
+    /// balancer takes the node out while it still serves its clients.
+    pub draining: CancellationToken,
+}
+
+// Hand-written so that logging the options never prints the token.
+impl std::fmt::Debug for AdminOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminOptions")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("draining", &self.draining.is_cancelled())
+            .finish()
+    }
+}
+
 /// Shared by every connection.
 struct Ctx {
     handle: PrometheusHandle,
     routes: Arc<dyn AdminRoutes>,
+    options: AdminOptions,
     shutdown: CancellationToken,
+}
+
+impl Ctx {
+    /// Whether `req` may use the protected routes: no token configured, or the request's
+    /// bearer token equals it (constant-time comparison, so timing does not leak a prefix).
+    fn authorized(&self, req: &Request<Incoming>) -> bool {
+        use subtle::ConstantTimeEq as _;
+        let Some(expected) = &self.options.token else { return true };
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        given.is_some_and(|given| bool::from(given.as_bytes().ct_eq(expected.as_bytes())))
+    }
 }
 
 /// Serves the admin API on `listener` until `shutdown` is cancelled, then stops accepting and
@@ -102,32 +144,19 @@ pub async fn serve(
     listener: TcpListener,
     handle: PrometheusHandle,
     routes: Arc<dyn AdminRoutes>,
+    options: AdminOptions,
     shutdown: CancellationToken,
 ) {
     let tracker = TaskTracker::new();
     tracker.spawn(upkeep(handle.clone(), shutdown.clone()));
 
-    let ctx = Arc::new(Ctx { handle, routes, shutdown: shutdown.clone() });
+    let ctx = Arc::new(Ctx { handle, routes, options, shutdown: shutdown.clone() });
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).max_buf_size(64 * 1024);
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let acceptor = Acceptor::new(listener, MAX_CONNECTIONS, WhenFull::Refuse, shutdown.clone(), "admin");
 
-    loop {
-        let (stream, peer) = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => continue,
-                    }
-                }
-            },
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
+    while let Some(Accepted { stream, remote: peer, permit }) = acceptor.next().await {
+        let Some(permit) = permit else {
             tracing::warn!(%peer, limit = MAX_CONNECTIONS, "admin connection limit reached");
             drop(stream);
             continue;
@@ -142,7 +171,7 @@ pub async fn serve(
         );
     }
 
-    drop(listener);
+    drop(acceptor);
     tracker.close();
     tracker.wait().await;
     tracing::debug!("admin server stopped");
@@ -189,11 +218,16 @@ async fn respond(ctx: &Ctx, req: Request<Incoming>) -> Response<Bytes> {
             resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             resp
         }
-        "/healthz" if ctx.shutdown.is_cancelled() => {
+        "/healthz" if ctx.shutdown.is_cancelled() || ctx.options.draining.is_cancelled() => {
             response(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "shutting down")
         }
         "/healthz" => response(StatusCode::OK, "text/plain", "ok"),
         "/metrics" => response(StatusCode::OK, PROMETHEUS_CONTENT_TYPE, ctx.handle.render()),
+        _ if !ctx.authorized(&req) => {
+            let mut resp = json_error(StatusCode::UNAUTHORIZED, "unauthorized: this route needs the admin token");
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            resp
+        }
         _ => {
             let req = match read_body(req).await {
                 Ok(req) => req,
@@ -274,11 +308,15 @@ mod tests {
     }
 
     async fn start(handle: PrometheusHandle) -> Server {
+        start_with(handle, AdminOptions::default()).await
+    }
+
+    async fn start_with(handle: PrometheusHandle, options: AdminOptions) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let routes = Arc::new(TestRoutes { entered: Notify::new(), release: Notify::new() });
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(serve(listener, handle, routes.clone(), shutdown.clone()));
+        let task = tokio::spawn(serve(listener, handle, routes.clone(), options, shutdown.clone()));
         Server { addr, routes, shutdown, task }
     }
 
@@ -399,5 +437,46 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), s.task).await.unwrap().unwrap();
         // The server closed the idle connection.
         assert_eq!(stream.read(&mut buf).await.unwrap(), 0);
+    }
+
+    fn post_echo(auth: Option<&str>) -> Vec<u8> {
+        let auth = auth.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+        format!("POST /echo HTTP/1.1\r\nHost: a\r\nConnection: close\r\n{auth}Content-Length: 2\r\n\r\nhi").into_bytes()
+    }
+
+    #[tokio::test]
+    async fn token_guards_routes_but_not_health_and_metrics() {
+        let options = AdminOptions { token: Some("s3cret".to_owned()), ..AdminOptions::default() };
+        let s = start_with(test_handle(), options).await;
+        for auth in [None, Some("Bearer wrong"), Some("Bearer s3cre"), Some("Basic s3cret"), Some("s3cret")] {
+            let (status, head, body) = request(s.addr, &post_echo(auth)).await;
+            assert_eq!(status, 401, "{auth:?}");
+            assert!(head.to_ascii_lowercase().contains("www-authenticate: bearer"), "{head}");
+            assert!(String::from_utf8(body).unwrap().contains("unauthorized"));
+        }
+        let (status, _, body) = request(s.addr, &post_echo(Some("Bearer s3cret"))).await;
+        assert_eq!((status, body.as_slice()), (200, &b"hi"[..]));
+        // Unknown paths are not revealed without the token either.
+        assert_eq!(request(s.addr, &get("/nope")).await.0, 401);
+        assert_eq!(request(s.addr, &get("/healthz")).await.0, 200);
+        assert_eq!(request(s.addr, &get("/metrics")).await.0, 200);
+        s.shutdown.cancel();
+        s.task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn draining_fails_health_but_keeps_serving() {
+        let options = AdminOptions::default();
+        let draining = options.draining.clone();
+        let s = start_with(test_handle(), options).await;
+        assert_eq!(request(s.addr, &get("/healthz")).await.0, 200);
+        draining.cancel();
+        let (status, _, body) = request(s.addr, &get("/healthz")).await;
+        assert_eq!((status, body.as_slice()), (503, &b"shutting down"[..]));
+        let (status, _, body) = request(s.addr, &post_echo(None)).await;
+        assert_eq!((status, body.as_slice()), (200, &b"hi"[..]));
+        assert_eq!(request(s.addr, &get("/metrics")).await.0, 200);
+        s.shutdown.cancel();
+        s.task.await.unwrap();
     }
 }

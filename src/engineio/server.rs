@@ -295,6 +295,30 @@ impl<H: Handler> Engine<H> {
         self.inner.sessions.len()
     }
 
+    /// Refuses new sessions from now on (handshakes get 403 `Forbidden`); open sessions are
+    /// left alone.
+    pub fn stop_accepting(&self) {
+        self.inner.shutdown.cancel();
+    }
+
+    /// Stops accepting, then closes the open sessions spread evenly over `spread` (clients see
+    /// a transport close and reconnect, elsewhere if there is somewhere else), so they do not
+    /// all reconnect to the other nodes in the same millisecond. Returns once the last one
+    /// was told to close; [`Self::shutdown`] then waits for their tasks.
+    pub async fn close_spread(&self, spread: std::time::Duration) {
+        self.stop_accepting();
+        let sessions: Vec<_> = self.inner.sessions.iter().map(|e| e.value().clone()).collect();
+        let Some(last) = sessions.len().checked_sub(1) else { return };
+        let start = tokio::time::Instant::now();
+        for (i, conn) in sessions.iter().enumerate() {
+            if last > 0 && !spread.is_zero() {
+                let at = spread.mul_f64(i as f64 / last as f64);
+                tokio::time::sleep_until(start + at).await;
+            }
+            conn.close_with(CloseReason::Shutdown);
+        }
+    }
+
     /// Closes every session (clients see a transport close and reconnect
     /// elsewhere) and waits for their tasks to end.
     pub async fn shutdown(&self) {

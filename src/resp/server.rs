@@ -23,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::net::{Accepted, Acceptor, WhenFull};
+
 use super::broker::{Broker, Subscriber};
 use super::client::{Client, ClientMeta, initial_meta};
 use super::cmd::{self, Ctx};
@@ -47,6 +49,9 @@ pub struct RedisConfig {
     pub pubsub_output_soft_seconds: u64,
     /// Longest bulk string accepted in a request (`proto-max-bulk-len`, 512 MiB).
     pub max_bulk_len: usize,
+    /// Redis' protected mode: while no `requirepass` is set, clients that are not on loopback
+    /// get Redis' `-DENIED` error and are disconnected (default on, as in Redis).
+    pub protected_mode: bool,
     /// Where GET/SET/INCR/... run: the raft node in a cluster. `None`: a [`LocalKv`] of this
     /// listener's own, with default [`KvLimits`] except values bounded by `max_bulk_len`.
     pub kv: Option<Arc<dyn KvBackend>>,
@@ -67,6 +72,7 @@ impl PartialEq for RedisConfig {
             && self.pubsub_output_limit_soft == other.pubsub_output_limit_soft
             && self.pubsub_output_soft_seconds == other.pubsub_output_soft_seconds
             && self.max_bulk_len == other.max_bulk_len
+            && self.protected_mode == other.protected_mode
     }
 }
 
@@ -81,10 +87,26 @@ impl Default for RedisConfig {
             pubsub_output_limit_soft: 8 * 1024 * 1024,
             pubsub_output_soft_seconds: 60,
             max_bulk_len: DEFAULT_MAX_BULK_LEN,
+            protected_mode: true,
             kv: None,
         }
     }
 }
+
+/// Redis' reply to a client refused because `maxclients` connections are open.
+const MAX_CLIENTS_ERROR: &[u8] = b"-ERR max number of clients reached\r\n";
+/// Redis 7.0's reply to a client that is not on loopback while no password is set (protected
+/// mode), byte for byte (typo included); the connection is closed after it.
+const PROTECTED_MODE_ERROR: &[u8] = b"-DENIED Redis is running in protected mode because protected mode is enabled and \
+no password is set for the default user. In this mode connections are only accepted from the loopback interface. If \
+you want to connect from external computers to Redis you may adopt one of the following solutions: 1) Just disable \
+protected mode sending the command 'CONFIG SET protected-mode no' from the loopback interface by connecting to Redis \
+from the same host the server is running, however MAKE SURE Redis is not publicly accessible from internet if you do \
+so. Use CONFIG REWRITE to make this change permanent. 2) Alternatively you can just disable the protected mode by \
+editing the Redis configuration file, and setting the protected mode option to 'no', and then restarting the server. \
+3) If you started the server manually just for testing, restart it with the '--protected-mode no' option. 4) Setup \
+a an authentication password for the default user. NOTE: You only need to do one of the above things in order for \
+the server to start accepting connections from the outside.\r\n";
 
 /// Pending output at which a connection's reader stops reading until its writer catches up.
 const READER_PAUSE_BYTES: usize = 1024 * 1024;
@@ -153,6 +175,15 @@ impl Shared {
     pub(crate) fn auth_required(&self) -> bool {
         self.config.requirepass.is_some()
     }
+
+    /// Redis' protected mode: with no password, only loopback clients are served.
+    fn denied_by_protected_mode(&self, peer: SocketAddr) -> bool {
+        let loopback = match peer.ip() {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(v6.is_loopback(), |v4| v4.is_loopback()),
+            ip => ip.is_loopback(),
+        };
+        self.config.protected_mode && !self.auth_required() && !loopback
+    }
 }
 
 /// Serves the Redis protocol on `listener` until `shutdown` is cancelled. Every connection
@@ -168,27 +199,27 @@ pub async fn serve(
     let port = listener.local_addr().map_or(0, |a| a.port());
     let shared = Arc::new(Shared::new(broker, config, port));
     tracing::info!(port, "redis protocol listener started");
-    loop {
-        let accepted = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, addr) = match accepted {
-            Ok(pair) => pair,
-            Err(err) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(%err, "redis accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    let acceptor = Acceptor::new(listener, shared.config.max_clients, WhenFull::Refuse, shutdown.clone(), "redis");
+    while let Some(Accepted { stream, remote: addr, permit }) = acceptor.next().await {
         shared.stats.total_connections.fetch_add(1, Ordering::Relaxed);
-        if shared.connected.load(Ordering::Relaxed) >= shared.config.max_clients {
+        let refusal = if shared.denied_by_protected_mode(addr) {
+            tracing::warn!(
+                %addr,
+                "refused a Redis client that is not on loopback: protected mode (no --requirepass is set); \
+                 set --requirepass to accept clients from other hosts"
+            );
+            Some(PROTECTED_MODE_ERROR)
+        } else if permit.is_none() {
+            Some(MAX_CLIENTS_ERROR)
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
             shared.stats.rejected_connections.fetch_add(1, Ordering::Relaxed);
             ::metrics::counter!(crate::metrics::REDIS_CONNECTIONS_REJECTED).increment(1);
             tasks.spawn(async move {
                 let mut stream = stream;
-                let refuse = stream.write_all(b"-ERR max number of clients reached\r\n");
+                let refuse = stream.write_all(refusal);
                 let _ = tokio::time::timeout(Duration::from_secs(1), refuse).await;
             });
             continue;
@@ -200,6 +231,7 @@ pub async fn serve(
         tasks.spawn(async move {
             connection(stream, addr, conn_shared.clone(), conn_shutdown, conn_tasks).await;
             conn_shared.connected.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
         });
     }
     tracing::info!(port, "redis protocol listener stopped accepting");

@@ -112,6 +112,12 @@ impl Server {
         self.engine.handle(req, remote_addr).await
     }
 
+    /// Refuses new clients, then closes the connected ones spread evenly over `spread` (see
+    /// [`crate::engineio::Engine::close_spread`]). Call [`Self::shutdown`] afterwards.
+    pub async fn close_spread(&self, spread: std::time::Duration) {
+        self.engine.close_spread(spread).await;
+    }
+
     /// Disconnects every client (they see a transport close and reconnect
     /// elsewhere) and waits for handlers to finish.
     pub async fn shutdown(&self) {

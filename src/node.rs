@@ -1,0 +1,383 @@
+//! A running ioswarm node: what the `ioswarm` binary starts and stops.
+//!
+//! [`Node::start`] turns a validated [`Config`] into a serving node: it raises the open-file
+//! limit, installs the metrics recorder, builds the Socket.IO server with the built-in
+//! application, binds the Socket.IO, admin and Redis-protocol listeners, and starts or joins the
+//! cluster. [`Node::shutdown`] is the one shutdown sequence, bounded by `shutdown_grace_ms` from
+//! the moment it is called:
+//!
+//! 1. **drain**: `/healthz` answers 503 at once while everything else keeps serving for
+//!    `drain_ms`, so a load balancer takes the node out before its clients are closed;
+//! 2. **close clients**: new Engine.IO sessions are refused and the open ones are closed, spread
+//!    evenly over `drain_spread_ms` (clients reconnect elsewhere, not all in one millisecond);
+//!    the node is still a cluster member, so broadcasts from any node keep reaching the clients
+//!    that are still connected;
+//! 3. **leave the cluster** (raft membership, goodbye to the peers), once no client is left here;
+//! 4. **stop** the listeners (Socket.IO, admin, Redis) and wait for every task.
+//!
+//! Each step gets what is left of the deadline; a step that overruns is cut short and logged,
+//! and the node still exits at the deadline.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::AdminOptions;
+use crate::app::{AdminApi, AppOptions};
+use crate::cluster::gossip::GossipConfig;
+use crate::cluster::node::{ClusterNode, NodeSettings};
+use crate::cluster::raft::{RaftNode, RaftSettings};
+use crate::cluster::{NodeCredentials, Transport, TransportConfig};
+use crate::config::{Config, LogFormat};
+use crate::engineio::{Cors, EngineConfig};
+use crate::http::{ListenerLimits, Router};
+use crate::resp::{Broker, RedisConfig};
+use crate::shutdown::Shutdown;
+use crate::socketio::{NamespacePolicy, Server, SocketIoConfig};
+
+/// How long a node keeps trying its `--join` addresses before giving up.
+const JOIN_DEADLINE: Duration = Duration::from_secs(60);
+/// Accept backlog of the Socket.IO listener: thousands of clients reconnecting at once must not
+/// see their SYNs dropped.
+const SOCKETIO_BACKLOG: u32 = 4096;
+/// Of what is left of the deadline when the clients are being closed, the share kept for
+/// leaving the cluster and stopping the listeners.
+const LEAVE_SHARE: f64 = 0.5;
+
+/// Why a node could not start. Each message names what failed and where.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be bound (address in use, not permitted, ...).
+    #[error("binding the {listener} listener on {addr}: {source}")]
+    Bind {
+        /// Which listener: `socketio`, `admin` or `redis`.
+        listener: &'static str,
+        /// The configured address.
+        addr: SocketAddr,
+        /// The bind error.
+        source: std::io::Error,
+    },
+    /// The open-file limit could not be read.
+    #[error("reading the open-file limit: {0}")]
+    OpenFiles(std::io::Error),
+    /// The Prometheus recorder could not be installed.
+    #[error("installing the metrics recorder: {0}")]
+    Metrics(String),
+    /// Starting or joining the cluster failed.
+    #[error("{0}")]
+    Cluster(String),
+}
+
+/// The addresses a started node is bound to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeAddrs {
+    /// Socket.IO (HTTP and WebSocket).
+    pub socketio: SocketAddr,
+    /// Admin API and metrics.
+    pub admin: SocketAddr,
+    /// Redis-protocol broker.
+    pub redis: SocketAddr,
+    /// Cluster QUIC endpoint and node id, on a cluster node.
+    pub cluster: Option<(SocketAddr, u64)>,
+}
+
+/// A serving node; see the module documentation.
+#[derive(Debug)]
+pub struct Node {
+    config: Config,
+    io: Server,
+    cluster: Option<ClusterNode>,
+    shutdown: Shutdown,
+    draining: CancellationToken,
+    addrs: NodeAddrs,
+}
+
+impl Node {
+    /// Starts a node with `config` (already validated by [`crate::config::load`]). Returns once
+    /// every listener is bound and, on a cluster node, the node is a member.
+    pub async fn start(config: Config) -> Result<Node, StartError> {
+        let (soft, hard) = crate::limits::raise_nofile_limit().map_err(StartError::OpenFiles)?;
+        let capacity = crate::limits::max_connections(config.max_connections, soft);
+        tracing::info!(soft, hard, capacity, "open-file limit raised; this node can hold {capacity} client connections");
+        let capacity = usize::try_from(capacity).unwrap_or(usize::MAX);
+        let metrics = metrics_handle()?;
+
+        let io = Server::new(socketio_config(&config, capacity));
+        // Namespaces known up front exist (fully configured) before any client connects;
+        // others are created on demand, configured first.
+        if config.namespaces.is_empty() {
+            io.of("/");
+        }
+        for name in &config.namespaces {
+            io.of(name);
+        }
+        crate::app::install(
+            &io,
+            AppOptions {
+                auth_token: config.auth_token.clone(),
+                client_rooms: config.client_rooms,
+                client_relay: config.client_relay,
+            },
+        );
+        let broker = Arc::new(Broker::new());
+        broker.set_publish_hook(crate::resp::socketio_bridge(io.clone()));
+
+        let bind_err = |listener, addr| move |source| StartError::Bind { listener, addr, source };
+        let socketio = crate::net::bind(config.listen, SOCKETIO_BACKLOG)
+            .map_err(bind_err("socketio", config.listen))?;
+        let admin = TcpListener::bind(config.admin_listen).await.map_err(bind_err("admin", config.admin_listen))?;
+        let redis = TcpListener::bind(config.redis_listen).await.map_err(bind_err("redis", config.redis_listen))?;
+        let local = |l: &TcpListener, name, addr| l.local_addr().map_err(bind_err(name, addr));
+        let mut addrs = NodeAddrs {
+            socketio: local(&socketio, "socketio", config.listen)?,
+            admin: local(&admin, "admin", config.admin_listen)?,
+            redis: local(&redis, "redis", config.redis_listen)?,
+            cluster: None,
+        };
+
+        let cluster = match config.node_id {
+            Some(node_id) => Some(start_cluster(&config, node_id, &io, &broker).await?),
+            None => None,
+        };
+        if let Some(node) = &cluster {
+            let addr = node.transport().local_addr().map_err(|e| StartError::Cluster(e.to_string()))?;
+            addrs.cluster = Some((addr, node.id()));
+        }
+
+        let shutdown = Shutdown::new();
+        let draining = CancellationToken::new();
+        let redis_config = RedisConfig {
+            requirepass: config.requirepass.clone(),
+            kv: cluster.as_ref().map(|c| Arc::new(c.raft().clone()) as Arc<dyn crate::cluster::kv::KvBackend>),
+            ..RedisConfig::default()
+        };
+        shutdown.spawn(crate::resp::serve(
+            redis,
+            broker,
+            redis_config,
+            shutdown.token().clone(),
+            shutdown.tracker().clone(),
+        ));
+        let limits = ListenerLimits { max_connections: capacity, ..ListenerLimits::default() };
+        shutdown.spawn(crate::http::serve(
+            socketio,
+            Router::new().route(&config.path, io.clone()),
+            limits,
+            shutdown.token().clone(),
+            shutdown.tracker().clone(),
+        ));
+        let api = match &cluster {
+            Some(node) => AdminApi::with_cluster(io.clone(), node.clone()),
+            None => AdminApi::new(io.clone()),
+        };
+        let options = AdminOptions { token: config.admin_token.clone(), draining: draining.clone() };
+        shutdown.spawn(crate::admin::serve(admin, metrics, Arc::new(api), options, shutdown.token().clone()));
+        tracing::info!(
+            socketio = %addrs.socketio, admin = %addrs.admin, redis = %addrs.redis, path = %config.path,
+            "ioswarm node ready"
+        );
+        Ok(Node { config, io, cluster, shutdown, draining, addrs })
+    }
+
+    /// The bound addresses.
+    pub fn addrs(&self) -> &NodeAddrs {
+        &self.addrs
+    }
+
+    /// The Socket.IO server (for an embedding program's own handlers).
+    pub fn io(&self) -> &Server {
+        &self.io
+    }
+
+    /// The one line the binary prints on stdout once the node serves, for scripts:
+    /// `ioswarm ready socketio=ADDR admin=ADDR redis=ADDR[ cluster=ADDR node_id=N]`.
+    pub fn ready_line(&self) -> String {
+        let NodeAddrs { socketio, admin, redis, cluster } = &self.addrs;
+        let mut line = format!("ioswarm ready socketio={socketio} admin={admin} redis={redis}");
+        if let Some((addr, id)) = cluster {
+            line.push_str(&format!(" cluster={addr} node_id={id}"));
+        }
+        line
+    }
+
+    /// Runs the shutdown sequence (see the module documentation) within `shutdown_grace_ms`.
+    /// Returns `true` when every step finished before the deadline.
+    pub async fn shutdown(self) -> bool {
+        let deadline = Instant::now() + self.config.shutdown_grace();
+        let Node { config, io, cluster, shutdown, draining, .. } = self;
+
+        draining.cancel();
+        tracing::info!(drain_ms = config.drain_ms, "draining: /healthz answers 503, still serving");
+        tokio::time::sleep(config.drain()).await;
+
+        let sockets = io.namespaces().iter().map(|ns| ns.socket_count()).sum::<usize>();
+        tracing::info!(sockets, spread_ms = config.drain_spread_ms, "closing client connections");
+        io.close_spread(config.drain_spread()).await;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let clients_by = Instant::now() + left.mul_f64(1.0 - LEAVE_SHARE);
+        let mut on_time = tokio::time::timeout_at(clients_by, io.shutdown()).await.is_ok();
+        if !on_time {
+            tracing::warn!("client connections still closing; going on to leave the cluster");
+        }
+
+        if let Some(node) = &cluster {
+            // Leave after the clients are gone: until then the peers keep forwarding here.
+            let left = deadline.saturating_duration_since(Instant::now());
+            node.shutdown(left.mul_f64(LEAVE_SHARE)).await;
+        }
+
+        let left = deadline.saturating_duration_since(Instant::now());
+        on_time &= shutdown.shutdown(left).await;
+        if on_time {
+            tracing::info!("bye");
+        } else {
+            tracing::warn!("the shutdown deadline (shutdown_grace_ms) passed with work still running");
+        }
+        on_time
+    }
+}
+
+/// The process-wide Prometheus recorder, installed by the first node of the process.
+fn metrics_handle() -> Result<PrometheusHandle, StartError> {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
+    let handle = crate::metrics::install_recorder().map_err(|e| StartError::Metrics(e.to_string()))?;
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+/// Installs the global `tracing` subscriber: `config.log` as the filter, text or one JSON object
+/// per line (`config.log_format`), on stderr (stdout carries only the ready line).
+pub fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().with_current_span(false).init(),
+    }
+}
+
+/// The Socket.IO server's settings from the node's configuration.
+fn socketio_config(config: &Config, capacity: usize) -> SocketIoConfig {
+    let cors = match config.cors_origin.as_slice() {
+        [] => Cors::Disabled,
+        list if list.iter().any(|o| o == "*") => Cors::Any,
+        list => Cors::Origins(list.to_vec()),
+    };
+    let namespaces = if config.namespaces.is_empty() {
+        NamespacePolicy::Any
+    } else {
+        NamespacePolicy::Allow(config.namespaces.clone())
+    };
+    SocketIoConfig {
+        engine: EngineConfig {
+            ping_interval: config.ping_interval(),
+            ping_timeout: config.ping_timeout(),
+            upgrade_timeout: config.upgrade_timeout(),
+            max_payload: config.max_payload,
+            send_queue_max_packets: config.send_queue_max_packets,
+            send_queue_max_bytes: config.send_queue_max_bytes,
+            volatile_drop_bytes: config.volatile_drop_bytes,
+            max_sessions: capacity,
+            allow_upgrades: true,
+            cors,
+        },
+        connect_timeout: config.connect_timeout(),
+        max_attachments: config.max_attachments,
+        max_rooms_per_socket: config.max_rooms_per_socket,
+        namespaces,
+        // Socket ids carry the node id, so other nodes route a socket's own room to it.
+        node_tag: config.node_id.map_or(0, |id| u32::try_from(id & 0x00ff_ffff).unwrap_or(0)),
+        ..SocketIoConfig::default()
+    }
+}
+
+/// Binds the cluster endpoint, starts raft and the runtime, then bootstraps a new cluster (no
+/// `--join`) or joins through the `--join` addresses.
+async fn start_cluster(
+    config: &Config,
+    node_id: u64,
+    io: &Server,
+    broker: &Arc<Broker>,
+) -> Result<ClusterNode, StartError> {
+    let fail = |what: String| move |err: &dyn std::fmt::Display| StartError::Cluster(format!("{what}: {err}"));
+    let (Some(listen), Some(dir)) = (config.cluster_listen, config.cluster_credentials.as_ref()) else {
+        return Err(StartError::Cluster("node_id needs cluster_listen and cluster_credentials".to_owned()));
+    };
+    let credentials = NodeCredentials::load(dir, node_id)
+        .map_err(|e| fail(format!("loading the cluster credentials from {}", dir.display()))(&e))?;
+    let mut transport_config = TransportConfig::new(listen);
+    transport_config.advertise.clone_from(&config.advertise);
+    transport_config.peer_queue_capacity = 16 * 1024;
+    let (transport, incoming) = Transport::bind(transport_config, credentials)
+        .map_err(|e| fail(format!("binding the cluster endpoint {listen}"))(&e))?;
+    let advertise = transport.hello().advertise_addr.clone();
+    // A node that left gracefully starts with no raft state; bootstrapping from there would found
+    // a second cluster next to the one it left (split brain), so it must rejoin.
+    let left = config.data_dir.join("raft").join("left");
+    if config.join.is_empty() && left.exists() {
+        return Err(StartError::Cluster(format!(
+            "this node left its cluster when it last stopped ({} exists): start it with --join <a member> to \
+             rejoin, or remove {} to bootstrap a new cluster",
+            left.display(),
+            config.data_dir.display()
+        )));
+    }
+    let raft = RaftNode::start(RaftSettings::new(node_id, advertise.clone(), config.data_dir.clone()), transport.clone())
+        .await
+        .map_err(|e| fail(format!("starting raft with data dir {}", config.data_dir.display()))(&e))?;
+    let settings = NodeSettings { timeout: config.cluster_timeout(), gossip: GossipConfig::default() };
+    let node = ClusterNode::start(settings, transport.clone(), incoming, raft.clone(), io.clone(), broker.clone());
+    if config.join.is_empty() {
+        let created = raft.initialize().await.map_err(|e| fail("bootstrapping a new cluster".to_owned())(&e))?;
+        tracing::info!(node_id, %advertise, created, "cluster bootstrapped (no --join)");
+    } else {
+        join(&transport, &raft, &config.join).await?;
+        tracing::info!(node_id, %advertise, "joined the cluster");
+    }
+    Ok(node)
+}
+
+/// Tries every `--join` address in turn until one lets this node in, for up to
+/// [`JOIN_DEADLINE`].
+async fn join(transport: &Transport, raft: &RaftNode, addrs: &[String]) -> Result<(), StartError> {
+    let deadline = Instant::now() + JOIN_DEADLINE;
+    let mut last_error = String::new();
+    loop {
+        for addr in addrs {
+            match join_one(transport, raft, addr).await {
+                Ok(()) => return Ok(()),
+                Err(err) => {
+                    tracing::warn!(%addr, error = %err, "joining through this member failed");
+                    last_error = format!("{addr}: {err}");
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(StartError::Cluster(format!(
+                "could not join the cluster within {JOIN_DEADLINE:?}; last error: {last_error}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// One attempt to join through the member at `addr`; the error says which step failed.
+async fn join_one(transport: &Transport, raft: &RaftNode, addr: &str) -> Result<(), String> {
+    let resolved = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| format!("resolving {addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{addr} resolves to no address"))?;
+    let seed = transport.discover(resolved).await.map_err(|e| format!("reaching {addr}: {e}"))?;
+    transport.connect(resolved, seed).await.map_err(|e| format!("connecting to node {seed}: {e}"))?;
+    raft.join_via(seed).await.map_err(|e| format!("joining through node {seed}: {e}"))?;
+    Ok(())
+}
