@@ -103,7 +103,12 @@ impl Node {
     pub async fn start(config: Config) -> Result<Node, StartError> {
         let (soft, hard) = crate::limits::raise_nofile_limit().map_err(StartError::OpenFiles)?;
         let capacity = crate::limits::max_connections(config.max_connections, soft);
-        tracing::info!(soft, hard, capacity, "open-file limit raised; this node can hold {capacity} client connections");
+        tracing::info!(
+            soft,
+            hard,
+            capacity,
+            "open-file limit raised; this node can hold {capacity} client connections"
+        );
         let capacity = usize::try_from(capacity).unwrap_or(usize::MAX);
         let metrics = metrics_handle()?;
 
@@ -128,8 +133,8 @@ impl Node {
         broker.set_publish_hook(crate::resp::socketio_bridge(io.clone()));
 
         let bind_err = |listener, addr| move |source| StartError::Bind { listener, addr, source };
-        let socketio = crate::net::bind(config.listen, SOCKETIO_BACKLOG)
-            .map_err(bind_err("socketio", config.listen))?;
+        let socketio =
+            crate::net::bind(config.listen, SOCKETIO_BACKLOG).map_err(bind_err("socketio", config.listen))?;
         let admin = TcpListener::bind(config.admin_listen).await.map_err(bind_err("admin", config.admin_listen))?;
         let redis = TcpListener::bind(config.redis_listen).await.map_err(bind_err("redis", config.redis_listen))?;
         let local = |l: &TcpListener, name, addr| l.local_addr().map_err(bind_err(name, addr));
@@ -253,11 +258,14 @@ fn metrics_handle() -> Result<PrometheusHandle, StartError> {
 }
 
 /// Installs the global `tracing` subscriber: `config.log` as the filter, text or one JSON object
-/// per line (`config.log_format`), on stderr (stdout carries only the ready line).
+/// per line (`config.log_format`), on stderr (stdout carries only the ready line); ANSI colours
+/// only when stderr is a terminal.
 pub fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only for a person at a terminal, never into a pipe or a log file.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match config.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().with_current_span(false).init(),
@@ -330,9 +338,10 @@ async fn start_cluster(
             config.data_dir.display()
         )));
     }
-    let raft = RaftNode::start(RaftSettings::new(node_id, advertise.clone(), config.data_dir.clone()), transport.clone())
-        .await
-        .map_err(|e| fail(format!("starting raft with data dir {}", config.data_dir.display()))(&e))?;
+    let raft =
+        RaftNode::start(RaftSettings::new(node_id, advertise.clone(), config.data_dir.clone()), transport.clone())
+            .await
+            .map_err(|e| fail(format!("starting raft with data dir {}", config.data_dir.display()))(&e))?;
     let settings = NodeSettings { timeout: config.cluster_timeout(), gossip: GossipConfig::default() };
     let node = ClusterNode::start(settings, transport.clone(), incoming, raft.clone(), io.clone(), broker.clone());
     if config.join.is_empty() {

@@ -97,7 +97,8 @@ impl Default for RedisConfig {
 const MAX_CLIENTS_ERROR: &[u8] = b"-ERR max number of clients reached\r\n";
 /// Redis 7.0's reply to a client that is not on loopback while no password is set (protected
 /// mode), byte for byte (typo included); the connection is closed after it.
-const PROTECTED_MODE_ERROR: &[u8] = b"-DENIED Redis is running in protected mode because protected mode is enabled and \
+const PROTECTED_MODE_ERROR: &[u8] =
+    b"-DENIED Redis is running in protected mode because protected mode is enabled and \
 no password is set for the default user. In this mode connections are only accepted from the loopback interface. If \
 you want to connect from external computers to Redis you may adopt one of the following solutions: 1) Just disable \
 protected mode sending the command 'CONFIG SET protected-mode no' from the loopback interface by connecting to Redis \
