@@ -6,6 +6,8 @@
 //! source address is then that address too). The test needs `redis-server` and `ip` (iproute2),
 //! both installed by `.ci/run`; it fails, never skips, when they are missing.
 
+#![allow(clippy::unwrap_used)]
+
 use std::net::{IpAddr, SocketAddr};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
