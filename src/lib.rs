@@ -27,6 +27,7 @@ pub mod admin;
 pub mod app;
 pub mod cluster;
 pub mod config;
+pub mod emitter;
 pub mod engineio;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -69,7 +69,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let limits = ListenerLimits { max_connections: capacity, ..ListenerLimits::default() };
     let router = Router::new().route(&config.path, io.clone());
     let (sio_addr, admin_addr, redis_addr) = (listener.local_addr()?, admin.local_addr()?, redis.local_addr()?);
-    broker.set_publish_hook(ioswarm::resp::socketio_bridge(io.clone()));
+    broker.set_publish_hook(ioswarm::emitter::bridge(io.clone()));
     let cluster = match config.node_id {
         Some(node_id) => Some(cluster::start(&config, node_id, &io, &broker).await?),
         None => None,

@@ -22,7 +22,6 @@
 mod broker;
 mod client;
 mod cmd;
-pub mod emitter;
 pub(crate) mod frame;
 pub(crate) mod glob;
 mod output;
@@ -30,9 +29,3 @@ mod server;
 
 pub use broker::{Broker, ClusterPubSub, CountsFuture, PublishHook};
 pub use server::{RedisConfig, serve};
-
-/// The publish hook that turns socket.io emitter traffic (`socket.io#…` and
-/// `socket.io-request#…` channels) into Socket.IO traffic on `io`.
-pub fn socketio_bridge(io: crate::socketio::Server) -> std::sync::Arc<dyn PublishHook> {
-    std::sync::Arc::new(emitter::EmitterBridge::new(io))
-}
