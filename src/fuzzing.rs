@@ -234,5 +234,5 @@ pub fn cluster_envelope(data: &[u8]) {
         let again = Envelope::decode(envelope.encode()).expect("a re-encoded envelope decodes");
         assert_eq!(again, envelope);
     }
-    let _ = crate::cluster::kv::KvStore::from_snapshot(data);
+    let _ = crate::resp::kv::KvStore::from_snapshot(data);
 }

@@ -76,7 +76,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     };
     let redis_config = ioswarm::resp::RedisConfig {
         requirepass: config.requirepass.clone(),
-        kv: cluster.as_ref().map(|c| Arc::new(c.raft().clone()) as Arc<dyn ioswarm::cluster::kv::KvBackend>),
+        kv: cluster.as_ref().map(|c| Arc::new(c.raft().clone()) as Arc<dyn ioswarm::resp::kv::KvBackend>),
         ..ioswarm::resp::RedisConfig::default()
     };
     shutdown.spawn(ioswarm::resp::serve(

@@ -14,7 +14,7 @@
 //! - `cmd`: the command table and dispatch (Redis' `processCommand` checks), one file per
 //!   command family; replies that need a round trip are deferred futures. The key-value
 //!   commands (`cmd/kv.rs`: GET, SET, INCR, EXPIRE, ...) run on a
-//!   [`KvBackend`](crate::cluster::kv::KvBackend): [`RedisConfig::kv`], or a store of the
+//!   [`KvBackend`](kv::KvBackend): [`RedisConfig::kv`], or a store of the
 //!   listener's own.
 //! - `server`: [`serve`] and [`RedisConfig`]: the listener, a reader and a writer task per
 //!   connection.
@@ -24,6 +24,7 @@ mod client;
 mod cmd;
 pub(crate) mod frame;
 pub(crate) mod glob;
+pub mod kv;
 mod output;
 mod server;
 
