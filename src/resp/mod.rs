@@ -16,8 +16,16 @@
 //!   commands (`cmd/kv.rs`: GET, SET, INCR, EXPIRE, ...) run on a
 //!   [`KvBackend`](kv::KvBackend): [`RedisConfig::kv`], or a store of the
 //!   listener's own.
+//! - [`kv`]: the key-value seam, owned here: the [`KvBackend`](kv::KvBackend) trait, the
+//!   operations and values it takes and answers, the pure [`KvStore`](kv::KvStore) state
+//!   machine and [`LocalKv`](kv::LocalKv), the single-node backend. The cluster's raft node
+//!   implements the trait with a `KvStore` as its state machine.
 //! - `server`: [`serve`] and [`RedisConfig`]: the listener, a reader and a writer task per
 //!   connection.
+//!
+//! Nothing here imports the Socket.IO server or the cluster (`tests/module_graph.rs` checks):
+//! the socket.io emitter bridge (the `emitter` module) is a [`PublishHook`] installed from above,
+//! the raft node a [`KvBackend`](kv::KvBackend) handed in through [`RedisConfig::kv`].
 
 mod broker;
 mod client;
