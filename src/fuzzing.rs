@@ -113,7 +113,7 @@ pub fn engineio_payload(data: &[u8]) {
 /// (differentially) that whatever `rmpv` reads as one whole msgpack value our reader reads too.
 #[doc(hidden)]
 pub fn emitter_payload(data: &[u8]) {
-    use crate::resp::emitter::{self, MAX_ATTACHMENTS};
+    use crate::emitter::{self, MAX_ATTACHMENTS};
 
     let Some((selector, payload)) = data.split_first() else {
         return;
@@ -234,5 +234,5 @@ pub fn cluster_envelope(data: &[u8]) {
         let again = Envelope::decode(envelope.encode()).expect("a re-encoded envelope decodes");
         assert_eq!(again, envelope);
     }
-    let _ = crate::cluster::kv::KvStore::from_snapshot(data);
+    let _ = crate::resp::kv::KvStore::from_snapshot(data);
 }

@@ -1,23 +1,45 @@
 //! ioswarm: a Socket.IO v5 / Engine.IO v4 server with an embedded
 //! Redis-protocol broker, built to run as a cluster of nodes.
 //!
-//! Layout (the folders are the architecture):
+//! Layout (the folders are the architecture). The module graph runs one way: transport
+//! (`engineio`) → protocol (`socketio`, `rooms`) → services (`resp`, the `emitter` bridge,
+//! `cluster`, `admin`, `app`). A lower layer exposes a trait the upper one implements and never
+//! imports it (`tests/module_graph.rs` fails when one does):
+//!
+//! ```text
+//! services   admin, app     the binary's wiring and HTTP admin: use what they need below
+//!            cluster        uses resp, socketio, rooms (implements Adapter and KvBackend)
+//!            emitter        uses resp, socketio (implements PublishHook)
+//!            resp           uses no other layer (owns PublishHook and kv::KvBackend)
+//! protocol   socketio       uses rooms, engineio (owns Adapter)
+//!            rooms          uses engineio
+//! transport  engineio
+//! ```
 //!
 //! - [`engineio`]: Engine.IO v4 transport (polling, WebSocket, upgrade,
 //!   heartbeat). Pure packet codec and session state machine, plus the HTTP
 //!   and WebSocket drivers that carry out the state machine's decisions.
 //! - [`socketio`]: Socket.IO v5 on top: packet codec, namespaces, sockets,
-//!   acks, binary attachments, middleware, the public API.
+//!   acks, binary attachments, middleware, the public API. Its
+//!   [`socketio::Adapter`] is the seam the cluster implements.
 //! - [`rooms`]: the per-namespace room registry (dashmap) and the
 //!   [`rooms::Broadcast`] value executed by the local fan-out and forwarded
 //!   between nodes.
-//! - `resp`: the embedded Redis-protocol broker (RESP2/3 codec, pub/sub,
-//!   the socket.io emitter bridge, the key-value commands).
+//! - [`resp`]: the embedded Redis-protocol broker (RESP2/3 codec, pub/sub,
+//!   the key-value commands). It owns two seams: [`resp::PublishHook`] (the
+//!   emitter bridge implements it) and [`resp::kv::KvBackend`] with its
+//!   operation types and the [`resp::kv::KvStore`] state machine (the raft
+//!   node implements it). It imports neither `socketio` nor `cluster`.
+//! - [`emitter`]: the socket.io emitter bridge, above both `resp` and
+//!   `socketio`: emitter channel names, the tolerant msgpack reader, decoding
+//!   into typed broadcasts and requests, and their execution on a
+//!   [`socketio::Server`]; [`emitter::bridge`] is the publish hook.
 //! - `cluster`: protobuf schemas (`proto/`) and their one conversion module,
 //!   mutual-TLS credentials, the QUIC transport, gossip (failure detection and
 //!   room interest), openraft membership and the replicated key-value store,
 //!   and the runtime that forwards broadcasts and runs cluster-wide operations
-//!   (`socketio::adapter` is its seam with the Socket.IO server).
+//!   (`socketio::adapter` is its seam with the Socket.IO server,
+//!   `resp::kv::KvBackend` with the Redis ingress).
 //! - `http`: the listener shared by every HTTP endpoint.
 //! - `admin`: the admin listener (`/metrics`, `/healthz`, the HTTP API).
 //! - `config`, `shutdown`, `limits`, `metrics`: process plumbing for the binary.
@@ -27,6 +49,7 @@ pub mod admin;
 pub mod app;
 pub mod cluster;
 pub mod config;
+pub mod emitter;
 pub mod engineio;
 #[doc(hidden)]
 pub mod fuzzing;

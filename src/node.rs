@@ -130,7 +130,7 @@ impl Node {
             },
         );
         let broker = Arc::new(Broker::new());
-        broker.set_publish_hook(crate::resp::socketio_bridge(io.clone()));
+        broker.set_publish_hook(crate::emitter::bridge(io.clone()));
 
         let bind_err = |listener, addr| move |source| StartError::Bind { listener, addr, source };
         let socketio =
@@ -158,7 +158,7 @@ impl Node {
         let draining = CancellationToken::new();
         let redis_config = RedisConfig {
             requirepass: config.requirepass.clone(),
-            kv: cluster.as_ref().map(|c| Arc::new(c.raft().clone()) as Arc<dyn crate::cluster::kv::KvBackend>),
+            kv: cluster.as_ref().map(|c| Arc::new(c.raft().clone()) as Arc<dyn crate::resp::kv::KvBackend>),
             ..RedisConfig::default()
         };
         shutdown.spawn(crate::resp::serve(

@@ -29,7 +29,7 @@ async fn server_side_emit_reaches_namespace_handlers() {
     }
 
     let broker = Arc::new(ioswarm::resp::Broker::new());
-    broker.set_publish_hook(ioswarm::resp::socketio_bridge(io.clone()));
+    broker.set_publish_hook(ioswarm::emitter::bridge(io.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let shutdown = CancellationToken::new();

@@ -983,8 +983,7 @@ async fn kv_command_docs_match_redis() {
 /// without a leader answers a clear error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_kv_backend_keeps_pipeline_order() {
-    use ioswarm::cluster::kv::{KvBackend, KvFuture, LocalKv};
-    use ioswarm::cluster::message::{KvOp, KvValue};
+    use ioswarm::resp::kv::{KvBackend, KvFuture, KvOp, KvValue, LocalKv};
 
     #[derive(Debug)]
     struct Slow(LocalKv);

@@ -15,14 +15,13 @@
 //! - [`gossip`]: pure state: the heartbeat failure detector and each node's room interest
 //!   (versioned deltas, snapshots for anti-entropy), and the forwarding targets it implies.
 //! - [`raft`]: openraft 0.9 membership (voters and learners, join through any member, leave on
-//!   shutdown), the durable log store in the data dir, and the replicated key-value store.
-//! - [`kv`]: the key-value state machine (pure) and the backends the Redis ingress calls.
+//!   shutdown), the durable log store in the data dir, and the replicated key-value store (the
+//!   raft node implements `resp::kv::KvBackend`; its state machine is `resp::kv::KvStore`).
 //! - [`node`]: the runtime: the transport's inbox, interest flushing, heartbeats, forwarding,
 //!   cluster-wide operations with partial results, cluster pub/sub, `GET /cluster`.
 
 pub mod credentials;
 pub mod gossip;
-pub mod kv;
 pub mod message;
 pub mod node;
 pub mod raft;
@@ -30,8 +29,6 @@ pub mod transport;
 mod wire;
 
 pub use credentials::{ClusterCommand, NodeCredentials, run_cli};
-pub use message::{
-    Envelope, ForwardedBroadcast, Hello, InterestDelta, KvCommand, Message, NodeId, PROTOCOL_VERSION, RaftPayload,
-};
+pub use message::{Envelope, ForwardedBroadcast, Hello, InterestDelta, Message, NodeId, PROTOCOL_VERSION, RaftPayload};
 pub use transport::{Incoming, Transport, TransportConfig, TransportError};
 pub use wire::WireError;

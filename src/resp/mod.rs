@@ -14,25 +14,27 @@
 //! - `cmd`: the command table and dispatch (Redis' `processCommand` checks), one file per
 //!   command family; replies that need a round trip are deferred futures. The key-value
 //!   commands (`cmd/kv.rs`: GET, SET, INCR, EXPIRE, ...) run on a
-//!   [`KvBackend`](crate::cluster::kv::KvBackend): [`RedisConfig::kv`], or a store of the
+//!   [`KvBackend`](kv::KvBackend): [`RedisConfig::kv`], or a store of the
 //!   listener's own.
+//! - [`kv`]: the key-value seam, owned here: the [`KvBackend`](kv::KvBackend) trait, the
+//!   operations and values it takes and answers, the pure [`KvStore`](kv::KvStore) state
+//!   machine and [`LocalKv`](kv::LocalKv), the single-node backend. The cluster's raft node
+//!   implements the trait with a `KvStore` as its state machine.
 //! - `server`: [`serve`] and [`RedisConfig`]: the listener, a reader and a writer task per
 //!   connection.
+//!
+//! Nothing here imports the Socket.IO server or the cluster (`tests/module_graph.rs` checks):
+//! the socket.io emitter bridge (the `emitter` module) is a [`PublishHook`] installed from above,
+//! the raft node a [`KvBackend`](kv::KvBackend) handed in through [`RedisConfig::kv`].
 
 mod broker;
 mod client;
 mod cmd;
-pub mod emitter;
 pub(crate) mod frame;
 pub(crate) mod glob;
+pub mod kv;
 mod output;
 mod server;
 
 pub use broker::{Broker, ClusterPubSub, CountsFuture, PublishHook};
 pub use server::{RedisConfig, serve};
-
-/// The publish hook that turns socket.io emitter traffic (`socket.io#…` and
-/// `socket.io-request#…` channels) into Socket.IO traffic on `io`.
-pub fn socketio_bridge(io: crate::socketio::Server) -> std::sync::Arc<dyn PublishHook> {
-    std::sync::Arc::new(emitter::EmitterBridge::new(io))
-}

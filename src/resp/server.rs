@@ -29,8 +29,8 @@ use super::broker::{Broker, Subscriber};
 use super::client::{Client, ClientMeta, initial_meta};
 use super::cmd::{self, Ctx};
 use super::frame::{self, DEFAULT_MAX_BULK_LEN};
+use super::kv::{KvBackend, KvLimits, LocalKv};
 use super::output::{ClientOutput, Next, OutputLimits};
-use crate::cluster::kv::{KvBackend, KvLimits, LocalKv};
 
 /// Configuration of the Redis-protocol listener.
 #[derive(Clone, Debug)]

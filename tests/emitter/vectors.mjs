@@ -1,5 +1,5 @@
 // Prints what @socket.io/redis-emitter 5.1 publishes for a few calls, as `channel  hex-or-json`.
-// The output is pasted into the unit tests of src/resp/emitter.rs (`npm run vectors`).
+// The output is pasted into the unit tests of src/emitter/decode.rs (`npm run vectors`).
 import { Emitter } from "@socket.io/redis-emitter";
 import notepack from "notepack.io";
 

@@ -41,10 +41,10 @@ use tokio_util::task::TaskTracker;
 use self::network::{Background, Network, decode_payload, encode_payload, ensure_peer};
 pub use self::store::StoreError;
 use self::store::{LogStore, SmShared, StateMachineStore};
-use super::kv::{KvBackend, KvFuture, KvLimits};
-use super::message::{KvCommand, KvOp, KvReply, KvRequest, KvValue, Message, NodeId, RaftPayload, RaftRpcKind};
+use super::message::{KvReply, KvRequest, Message, NodeId, RaftPayload, RaftRpcKind};
 use super::transport::{Transport, TransportError};
 use super::wire::{decode_kv_command, decode_kv_value, encode_kv_command, encode_kv_value};
+use crate::resp::kv::{KvBackend, KvCommand, KvFuture, KvLimits, KvOp, KvValue};
 
 openraft::declare_raft_types!(
     /// The openraft types of ioswarm's cluster.

@@ -45,8 +45,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{LogReply, TypeConfig};
-use crate::cluster::kv::{KvLimits, KvStore};
-use crate::cluster::message::{KvRead, KvValue, NodeId};
+use crate::cluster::message::NodeId;
+use crate::resp::kv::{KvLimits, KvRead, KvStore, KvValue};
 
 const VOTE_FILE: &str = "vote";
 const LOG_FILE: &str = "log";

@@ -11,9 +11,8 @@ use tokio::time::Instant;
 use super::*;
 use crate::cluster::credentials::NodeCredentials;
 use crate::cluster::credentials::tests::{TempDir, cluster};
-use crate::cluster::kv::KvStore;
-use crate::cluster::message::{KvRead, KvReadOp, KvWrite, SetCondition};
 use crate::cluster::transport::{Incoming, TransportConfig};
+use crate::resp::kv::{KvRead, KvReadOp, KvStore, KvWrite, SetCondition};
 
 const WAIT: Duration = Duration::from_secs(10);
 

@@ -1,7 +1,7 @@
 //! GET, SET, SETNX, INCR, DECR, INCRBY, DECRBY, MGET, DEL, EXISTS, EXPIRE, PEXPIRE, TTL, PTTL.
 //!
 //! Arguments are checked here, with Redis 7.0's exact errors and in its order; the operation then
-//! goes to the listener's [`KvBackend`](crate::cluster::kv::KvBackend) (the node's own store, or
+//! goes to the listener's [`KvBackend`](crate::resp::kv::KvBackend) (the node's own store, or
 //! the raft leader in a cluster) and the reply is deferred until it answers ([`Ctx::defer`]).
 //!
 //! Time: each command reads the system clock once, sends that reading as `now_unix_ms` and turns
@@ -15,9 +15,10 @@
 use bytes::Bytes;
 
 use super::{Ctx, cstr};
-use crate::cluster::kv::{NOT_INTEGER_ERROR, system_unix_ms};
-use crate::cluster::message::{KvCommand, KvOp, KvRead, KvReadOp, KvValue, KvWrite, SetCondition};
 use crate::resp::frame::{Reply, string2ll};
+use crate::resp::kv::{
+    KvCommand, KvOp, KvRead, KvReadOp, KvValue, KvWrite, NOT_INTEGER_ERROR, SetCondition, system_unix_ms,
+};
 
 /// What a client sees when the cluster cannot take a key-value operation right now (no leader
 /// elected or reachable; backends retry before giving this back).

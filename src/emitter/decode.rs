@@ -1,16 +1,10 @@
-//! Socket.IO emitter traffic on the Redis ingress (PROTOCOL.md §4).
+//! Decoding emitter messages into typed operations.
 //!
-//! Backends push events with a socket.io Redis emitter (`@socket.io/redis-emitter` and its ports
-//! in other languages): they PUBLISH msgpack broadcasts on `socket.io#<nsp>#[<room>#]` and JSON
-//! requests (socketsJoin, socketsLeave, disconnectSockets, serverSideEmit) on
-//! `socket.io-request#<nsp>#`. This module turns those messages into socket.io actions.
-//!
-//! - The decoding is pure: [`decode_broadcast`] and [`decode_request`] take the channel and the
-//!   payload and return values. The msgpack reader is our own so that it can borrow binary values
-//!   from the message, bound its depth and allocations, and read the dialect of old PHP emitters.
-//! - [`EmitterBridge`] is the [`PublishHook`] that executes them on the local
-//!   [`Server`]. Whatever it cannot decode is logged at debug level and counted in
-//!   [`crate::metrics::EMITTER_MESSAGES`]; it never fails the PUBLISH and never panics.
+//! [`decode_broadcast`] and [`decode_request`] take the channel and the payload and return
+//! values ([`EmitterBroadcast`], [`EmitterRequest`]); they never touch a socket or a clock. The
+//! msgpack values come from our reader ([`super::msgpack`]); their conversion to the JSON
+//! socket.io sends (binary values become attachments, notepack's dates and `undefined`) lives
+//! here.
 //!
 //! Tolerated variants (other-language emitters are sloppy): any msgpack integer width; packet type
 //! 5 (BINARY_EVENT, old Go and PHP emitters) as well as 2; a missing `nsp` (the channel's
@@ -26,25 +20,12 @@ use std::fmt::Write as _;
 use bytes::Bytes;
 use serde_json::{Map, Number, Value};
 
-use super::PublishHook;
-use crate::socketio::{Payload, RemoteOp, Server};
+use super::channel::{DEFAULT_KEY, EmitterChannel, classify};
+use super::msgpack::{BINARY_EVENT, EVENT, Mp, MsgpackError, get, read_message};
+use crate::socketio::Payload;
 
-/// Counter of messages seen on emitter channels ([`crate::metrics::EMITTER_MESSAGES`]), labelled [`RESULT_LABEL`] = `ok` (executed),
-/// `invalid` (could not be decoded) or `ignored` (well-formed but not for us: unsupported packet
-/// or request type, our own uid, namespace mismatch).
-/// Label key of [`crate::metrics::EMITTER_MESSAGES`].
-pub(crate) const RESULT_LABEL: &str = "result";
-
-/// The channel prefix emitters use unless configured otherwise (their `key` option).
-pub(crate) const DEFAULT_KEY: &str = "socket.io";
-/// Deepest msgpack nesting accepted (the JSON handed to clients stays well below serde's limits).
-pub(crate) const MAX_DEPTH: usize = 64;
 /// Most binary values one message may carry.
 pub(crate) const MAX_ATTACHMENTS: usize = 1024;
-
-/// Socket.IO packet types an emitter broadcast may carry.
-const EVENT: u64 = 2;
-const BINARY_EVENT: u64 = 5;
 
 /// Why an emitter message was not executed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -89,83 +70,6 @@ impl EmitterError {
         )
     }
 }
-
-/// Malformed msgpack.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum MsgpackError {
-    /// The payload ends inside a value (also: a length larger than what is left).
-    #[error("truncated at byte {at}")]
-    Truncated {
-        /// Offset of the value that does not fit.
-        at: usize,
-    },
-    /// The never-used marker 0xc1.
-    #[error("reserved marker 0xc1 at byte {at}")]
-    Reserved {
-        /// Offset of the marker.
-        at: usize,
-    },
-    /// Nested deeper than [`MAX_DEPTH`].
-    #[error("nested deeper than {MAX_DEPTH} at byte {at}")]
-    TooDeep {
-        /// Offset of the value that is too deep.
-        at: usize,
-    },
-    /// Bytes left after the top-level value.
-    #[error("{count} trailing bytes")]
-    TrailingBytes {
-        /// How many bytes are left.
-        count: usize,
-    },
-}
-
-// ---------------------------------------------------------------------------------------------
-// Channels.
-
-/// What an emitter channel name says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum EmitterChannel<'a> {
-    /// `<key>#<nsp>#` (no room) or `<key>#<nsp>#<room>#`.
-    Broadcast {
-        /// The namespace, e.g. `/` or `/chat`.
-        nsp: &'a str,
-        /// The room, when the emitter targeted exactly one.
-        room: Option<&'a str>,
-    },
-    /// `<key>-request#<nsp>#`.
-    Request {
-        /// The namespace.
-        nsp: &'a str,
-    },
-}
-
-/// Classifies `channel` for emitters using the prefix `key` (normally [`DEFAULT_KEY`]); `None`
-/// for every other channel.
-pub(crate) fn classify<'a>(key: &str, channel: &'a [u8]) -> Option<EmitterChannel<'a>> {
-    let rest = channel.strip_prefix(key.as_bytes())?;
-    let channel = std::str::from_utf8(rest).ok()?;
-    if let Some(rest) = channel.strip_prefix("-request#") {
-        let nsp = rest.strip_suffix('#')?;
-        return valid_nsp(nsp).then_some(EmitterChannel::Request { nsp });
-    }
-    let rest = channel.strip_prefix('#')?;
-    let (nsp, rest) = rest.split_once('#')?;
-    if !valid_nsp(nsp) {
-        return None;
-    }
-    let room = match rest {
-        "" => None,
-        room => Some(room.strip_suffix('#')?),
-    };
-    Some(EmitterChannel::Broadcast { nsp, room })
-}
-
-fn valid_nsp(nsp: &str) -> bool {
-    nsp.starts_with('/') && !nsp.contains('#')
-}
-
-// ---------------------------------------------------------------------------------------------
-// Decoded messages.
 
 /// Flags of an emitter broadcast (`opts.flags`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -276,7 +180,7 @@ pub(crate) fn decode_request(channel: &[u8], payload: &[u8]) -> Result<EmitterRe
 }
 
 /// [`decode_broadcast`] on a classified channel; binary values are slices of `message`.
-fn broadcast_from(nsp: &str, room: Option<&str>, message: &Bytes) -> Result<EmitterBroadcast, EmitterError> {
+pub(super) fn broadcast_from(nsp: &str, room: Option<&str>, message: &Bytes) -> Result<EmitterBroadcast, EmitterError> {
     let tree = read_message(message)?;
     let raw = RawBroadcast::from_tree(&tree)?;
 
@@ -387,11 +291,6 @@ impl<'t, 'a> RawBroadcast<'t, 'a> {
     }
 }
 
-/// The value under string key `key` (the last one, like a JS object).
-fn get<'t, 'a>(map: &'t [(Mp<'a>, Mp<'a>)], key: &str) -> Option<&'t Mp<'a>> {
-    map.iter().rev().find(|(k, _)| matches!(k, Mp::Str(s) if *s == key.as_bytes())).map(|(_, v)| v)
-}
-
 /// Room names from `""`, a string, an array or a map of strings (numbers are stringified).
 fn room_list(value: Option<&Mp<'_>>) -> Vec<String> {
     fn push(out: &mut Vec<String>, v: &Mp<'_>) {
@@ -457,7 +356,7 @@ const REMOTE_LEAVE: i128 = 3;
 const REMOTE_DISCONNECT: i128 = 4;
 const SERVER_SIDE_EMIT: i128 = 6;
 
-fn request_from(nsp: &str, message: &Bytes) -> Result<EmitterRequest, EmitterError> {
+pub(super) fn request_from(nsp: &str, message: &Bytes) -> Result<EmitterRequest, EmitterError> {
     let mut msgpack_args = None;
     let request = if message.first() == Some(&b'{') {
         serde_json::from_slice::<Value>(message).map_err(|e| EmitterError::Json(e.to_string()))?
@@ -694,486 +593,35 @@ fn date_json(ms: i64) -> Value {
     );
     Value::String(s)
 }
-
-// ---------------------------------------------------------------------------------------------
-// The msgpack reader.
-
-/// A msgpack value borrowing strings and binary from the message.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Mp<'a> {
-    /// nil
-    Nil,
-    /// true / false
-    Bool(bool),
-    /// A non-negative integer of any width.
-    UInt(u64),
-    /// A negative integer of any width.
-    Int(i64),
-    /// float 32 or 64.
-    Float(f64),
-    /// str (not necessarily UTF-8).
-    Str(&'a [u8]),
-    /// bin.
-    Bin(&'a [u8]),
-    /// array.
-    Array(Vec<Mp<'a>>),
-    /// map, in wire order.
-    Map(Vec<(Mp<'a>, Mp<'a>)>),
-    /// ext: type, data, and whether it was a fixext.
-    Ext(i8, &'a [u8], bool),
-}
-
-/// How to read the markers 0xd8 and 0xd9.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Dialect {
-    /// The msgpack spec: fixext 16 and str 8.
-    Standard,
-    /// Old PHP emitters on an old (pre-str8) packer, which rewrote str16/str32 markers into
-    /// msgpack-js' "buffer 16" (0xd8) and "buffer 32" (0xd9).
-    PhpRaw,
-    /// The same rewriting on a modern packer: 0xd8 is a rewritten str16, 0xd9 a real str8.
-    PhpStr8,
-}
-
-/// Reads one whole message: the standard dialect, or one of the old PHP ones when the message
-/// is a BINARY_EVENT that only makes sense in them.
-fn read_message(buf: &[u8]) -> Result<Mp<'_>, MsgpackError> {
-    let standard = Reader::read_all(buf, Dialect::Standard);
-    let retry = match &standard {
-        Ok((_, false)) => false,
-        Ok((tree, true)) => packet_type(tree) == Some(BINARY_EVENT),
-        Err(_) => memchr::memchr2(0xd8, 0xd9, buf).is_some(),
-    };
-    if retry {
-        for dialect in [Dialect::PhpRaw, Dialect::PhpStr8] {
-            if let Ok((tree, _)) = Reader::read_all(buf, dialect)
-                && packet_type(&tree) == Some(BINARY_EVENT)
-            {
-                return Ok(tree);
-            }
-        }
-    }
-    standard.map(|(tree, _)| tree)
-}
-
-/// The `type` of the packet in `[uid, packet, opts]`, if it is an unsigned integer.
-fn packet_type(tree: &Mp<'_>) -> Option<u64> {
-    let Mp::Array(items) = tree else { return None };
-    let packet = items.iter().find_map(|i| match i {
-        Mp::Map(m) => Some(m),
-        _ => None,
-    })?;
-    match get(packet, "type") {
-        Some(Mp::UInt(t)) => Some(*t),
-        _ => None,
-    }
-}
-
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-    dialect: Dialect,
-    /// Whether a 0xd8 / 0xd9 marker was read (the standard reading of a PHP message is suspect).
-    saw_php_markers: bool,
-}
-
-impl<'a> Reader<'a> {
-    /// Reads exactly one value spanning `buf`; also says whether 0xd8/0xd9 markers were seen.
-    fn read_all(buf: &'a [u8], dialect: Dialect) -> Result<(Mp<'a>, bool), MsgpackError> {
-        let mut r = Reader { buf, pos: 0, dialect, saw_php_markers: false };
-        let value = r.value(0)?;
-        match buf.len() - r.pos {
-            0 => Ok((value, r.saw_php_markers)),
-            count => Err(MsgpackError::TrailingBytes { count }),
-        }
-    }
-
-    fn take(&mut self, n: usize, at: usize) -> Result<&'a [u8], MsgpackError> {
-        let end = self.pos.checked_add(n).filter(|end| *end <= self.buf.len()).ok_or(MsgpackError::Truncated { at })?;
-        let out = &self.buf[self.pos..end];
-        self.pos = end;
-        Ok(out)
-    }
-
-    fn be<const N: usize>(&mut self, at: usize) -> Result<[u8; N], MsgpackError> {
-        let bytes = self.take(N, at)?;
-        let mut out = [0; N];
-        out.copy_from_slice(bytes);
-        Ok(out)
-    }
-
-    fn len8(&mut self, at: usize) -> Result<usize, MsgpackError> {
-        Ok(usize::from(self.be::<1>(at)?[0]))
-    }
-
-    fn len16(&mut self, at: usize) -> Result<usize, MsgpackError> {
-        Ok(usize::from(u16::from_be_bytes(self.be(at)?)))
-    }
-
-    fn len32(&mut self, at: usize) -> Result<usize, MsgpackError> {
-        usize::try_from(u32::from_be_bytes(self.be(at)?)).map_err(|_| MsgpackError::Truncated { at })
-    }
-
-    fn ext(&mut self, len: usize, fixed: bool, at: usize) -> Result<Mp<'a>, MsgpackError> {
-        let ty = i8::from_be_bytes(self.be(at)?);
-        Ok(Mp::Ext(ty, self.take(len, at)?, fixed))
-    }
-
-    fn int(n: i64) -> Mp<'a> {
-        match u64::try_from(n) {
-            Ok(n) => Mp::UInt(n),
-            Err(_) => Mp::Int(n),
-        }
-    }
-
-    fn value(&mut self, depth: usize) -> Result<Mp<'a>, MsgpackError> {
-        let at = self.pos;
-        if depth > MAX_DEPTH {
-            return Err(MsgpackError::TooDeep { at });
-        }
-        let marker = self.be::<1>(at)?[0];
-        Ok(match marker {
-            0x00..=0x7f => Mp::UInt(u64::from(marker)),
-            0x80..=0x8f => self.map(usize::from(marker & 0x0f), depth, at)?,
-            0x90..=0x9f => self.array(usize::from(marker & 0x0f), depth, at)?,
-            0xa0..=0xbf => Mp::Str(self.take(usize::from(marker & 0x1f), at)?),
-            0xc0 => Mp::Nil,
-            0xc1 => return Err(MsgpackError::Reserved { at }),
-            0xc2 => Mp::Bool(false),
-            0xc3 => Mp::Bool(true),
-            0xc4 => {
-                let n = self.len8(at)?;
-                Mp::Bin(self.take(n, at)?)
-            }
-            0xc5 => {
-                let n = self.len16(at)?;
-                Mp::Bin(self.take(n, at)?)
-            }
-            0xc6 => {
-                let n = self.len32(at)?;
-                Mp::Bin(self.take(n, at)?)
-            }
-            0xc7 => {
-                let n = self.len8(at)?;
-                self.ext(n, false, at)?
-            }
-            0xc8 => {
-                let n = self.len16(at)?;
-                self.ext(n, false, at)?
-            }
-            0xc9 => {
-                let n = self.len32(at)?;
-                self.ext(n, false, at)?
-            }
-            0xca => Mp::Float(f64::from(f32::from_be_bytes(self.be(at)?))),
-            0xcb => Mp::Float(f64::from_be_bytes(self.be(at)?)),
-            0xcc => Mp::UInt(u64::from(self.be::<1>(at)?[0])),
-            0xcd => Mp::UInt(u64::from(u16::from_be_bytes(self.be(at)?))),
-            0xce => Mp::UInt(u64::from(u32::from_be_bytes(self.be(at)?))),
-            0xcf => Mp::UInt(u64::from_be_bytes(self.be(at)?)),
-            0xd0 => Self::int(i64::from(i8::from_be_bytes(self.be(at)?))),
-            0xd1 => Self::int(i64::from(i16::from_be_bytes(self.be(at)?))),
-            0xd2 => Self::int(i64::from(i32::from_be_bytes(self.be(at)?))),
-            0xd3 => Self::int(i64::from_be_bytes(self.be(at)?)),
-            0xd4 => self.ext(1, true, at)?,
-            0xd5 => self.ext(2, true, at)?,
-            0xd6 => self.ext(4, true, at)?,
-            0xd7 => self.ext(8, true, at)?,
-            0xd8 => {
-                self.saw_php_markers = true;
-                match self.dialect {
-                    Dialect::Standard => self.ext(16, true, at)?,
-                    Dialect::PhpRaw | Dialect::PhpStr8 => {
-                        let n = self.len16(at)?;
-                        Mp::Bin(self.take(n, at)?)
-                    }
-                }
-            }
-            0xd9 => {
-                self.saw_php_markers = true;
-                match self.dialect {
-                    Dialect::Standard | Dialect::PhpStr8 => {
-                        let n = self.len8(at)?;
-                        Mp::Str(self.take(n, at)?)
-                    }
-                    Dialect::PhpRaw => {
-                        let n = self.len32(at)?;
-                        Mp::Bin(self.take(n, at)?)
-                    }
-                }
-            }
-            0xda => {
-                let n = self.len16(at)?;
-                Mp::Str(self.take(n, at)?)
-            }
-            0xdb => {
-                let n = self.len32(at)?;
-                Mp::Str(self.take(n, at)?)
-            }
-            0xdc => {
-                let n = self.len16(at)?;
-                self.array(n, depth, at)?
-            }
-            0xdd => {
-                let n = self.len32(at)?;
-                self.array(n, depth, at)?
-            }
-            0xde => {
-                let n = self.len16(at)?;
-                self.map(n, depth, at)?
-            }
-            0xdf => {
-                let n = self.len32(at)?;
-                self.map(n, depth, at)?
-            }
-            0xe0..=0xff => Mp::Int(i64::from(i8::from_be_bytes([marker]))),
-        })
-    }
-
-    /// Checks that `n` values of at least `per` bytes each can still follow, before allocating.
-    fn fits(&self, n: usize, per: usize, at: usize) -> Result<(), MsgpackError> {
-        match n.checked_mul(per) {
-            Some(need) if need <= self.buf.len() - self.pos => Ok(()),
-            _ => Err(MsgpackError::Truncated { at }),
-        }
-    }
-
-    fn array(&mut self, n: usize, depth: usize, at: usize) -> Result<Mp<'a>, MsgpackError> {
-        self.fits(n, 1, at)?;
-        let mut items = Vec::with_capacity(n);
-        for _ in 0..n {
-            items.push(self.value(depth + 1)?);
-        }
-        Ok(Mp::Array(items))
-    }
-
-    fn map(&mut self, n: usize, depth: usize, at: usize) -> Result<Mp<'a>, MsgpackError> {
-        self.fits(n, 2, at)?;
-        let mut entries = Vec::with_capacity(n);
-        for _ in 0..n {
-            let k = self.value(depth + 1)?;
-            let v = self.value(depth + 1)?;
-            entries.push((k, v));
-        }
-        Ok(Mp::Map(entries))
-    }
-}
-
-/// Fuzzing oracle: whatever `rmpv` reads as exactly one msgpack value, the standard reader reads
-/// too (unless it is nested deeper than [`MAX_DEPTH`] or uses the reserved marker 0xc1), with the
-/// same value. Panics otherwise.
-#[doc(hidden)]
-pub(crate) fn check_against_rmpv(payload: &[u8]) {
-    let mut rest = payload;
-    let Ok(expected) = rmpv::decode::read_value(&mut rest) else {
-        return;
-    };
-    if !rest.is_empty() {
-        return;
-    }
-    match Reader::read_all(payload, Dialect::Standard) {
-        Ok((value, _)) => assert!(same_value(&value, &expected), "{value:?} != {expected:?}"),
-        // rmpv reads the never-used marker 0xc1 as nil; notepack (and we) refuse it.
-        Err(MsgpackError::TooDeep { .. } | MsgpackError::Reserved { .. }) => {}
-        Err(err) => panic!("rmpv reads {expected:?} but we fail: {err}"),
-    }
-}
-
-fn same_value(ours: &Mp<'_>, theirs: &rmpv::Value) -> bool {
-    use rmpv::Value as V;
-    match (ours, theirs) {
-        (Mp::Nil, V::Nil) => true,
-        (Mp::Bool(a), V::Boolean(b)) => a == b,
-        (Mp::UInt(a), V::Integer(b)) => b.as_u64() == Some(*a),
-        (Mp::Int(a), V::Integer(b)) => *a < 0 && b.as_i64() == Some(*a),
-        (Mp::Float(a), V::F32(b)) => a.to_bits() == f64::from(*b).to_bits(),
-        (Mp::Float(a), V::F64(b)) => a.to_bits() == b.to_bits(),
-        (Mp::Str(a), V::String(b)) => *a == b.as_bytes(),
-        (Mp::Bin(a), V::Binary(b)) => a == b,
-        (Mp::Ext(t, a, _), V::Ext(u, b)) => t == u && a == b,
-        (Mp::Array(a), V::Array(b)) => a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same_value(x, y)),
-        (Mp::Map(a), V::Map(b)) => {
-            a.len() == b.len() && a.iter().zip(b).all(|((k1, v1), (k2, v2))| same_value(k1, k2) && same_value(v1, v2))
-        }
-        _ => false,
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The bridge.
-
-/// Executes emitter traffic published on this node's Redis ingress on the local socket.io
-/// [`Server`]: broadcasts become `io.of(nsp).to(…).except(…).emit(…)`, requests become
-/// joins, leaves, disconnects and server-side events.
-#[derive(Debug, Clone)]
-pub(crate) struct EmitterBridge {
-    io: Server,
-    /// Channel prefix (`key` option of the emitters).
-    key: String,
-    /// This node's uid on request channels: requests carrying it are our own and ignored.
-    uid: String,
-}
-
-/// How one published message was handled (the `result` label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Outcome {
-    /// Not an emitter channel: ordinary pub/sub, nothing to do or count.
-    NotEmitter,
-    /// Decoded and executed (possibly on zero sockets).
-    Ok,
-    /// Not decodable.
-    Invalid,
-    /// Well-formed, deliberately not executed.
-    Ignored,
-}
-
-impl Outcome {
-    /// The `result` label value.
-    pub(crate) const fn as_str(self) -> &'static str {
-        match self {
-            Self::NotEmitter => "none",
-            Self::Ok => "ok",
-            Self::Invalid => "invalid",
-            Self::Ignored => "ignored",
-        }
-    }
-}
-
-impl EmitterBridge {
-    /// A bridge to `io` for emitters using the default `socket.io` key.
-    pub(crate) fn new(io: Server) -> Self {
-        Self::with_key(io, DEFAULT_KEY)
-    }
-
-    /// A bridge for emitters configured with another `key`.
-    pub(crate) fn with_key(io: Server, key: &str) -> Self {
-        let uid = format!("ioswarm-{:016x}", rand::random::<u64>());
-        Self { io, key: key.to_owned(), uid }
-    }
-
-    /// Handles one PUBLISH and says how it went (without recording the metric).
-    pub(crate) fn handle(&self, channel: &[u8], message: &Bytes) -> Outcome {
-        let result = match classify(&self.key, channel) {
-            None => return Outcome::NotEmitter,
-            Some(EmitterChannel::Broadcast { nsp, room }) => {
-                broadcast_from(nsp, room, message).map(|b| self.execute_broadcast(b))
-            }
-            Some(EmitterChannel::Request { nsp }) => request_from(nsp, message).map(|r| self.execute_request(r)),
-        };
-        match result {
-            Ok(outcome) => outcome,
-            Err(err) => {
-                tracing::debug!(
-                    channel = %String::from_utf8_lossy(channel),
-                    len = message.len(),
-                    error = %err,
-                    "emitter message not executed"
-                );
-                if err.is_ignored() { Outcome::Ignored } else { Outcome::Invalid }
-            }
-        }
-    }
-
-    fn execute_broadcast(&self, b: EmitterBroadcast) -> Outcome {
-        // Nobody is connected to a namespace that does not exist (here, or in the cluster).
-        let Some(ns) = self.io.namespace_for_broadcast(&b.nsp) else {
-            return Outcome::Ok;
-        };
-        let mut op = ns.select(&b.rooms, &b.except);
-        if b.flags.volatile {
-            op = op.volatile();
-        }
-        if b.flags.local {
-            op = op.local();
-        }
-        let recipients = op.emit(&b.event, b.payload);
-        tracing::trace!(nsp = %b.nsp, event = %b.event, recipients, "emitter broadcast");
-        Outcome::Ok
-    }
-
-    fn execute_request(&self, r: EmitterRequest) -> Outcome {
-        if r.uid.as_deref() == Some(self.uid.as_str()) {
-            return Outcome::Ignored;
-        }
-        let Some(ns) = self.io.namespace_for_broadcast(&r.nsp) else {
-            return Outcome::Ok;
-        };
-        // Each action runs here and, in order with this node's broadcasts, on every other node
-        // of the cluster (the emitter published once, to this node only).
-        match r.action {
-            RequestAction::Join { targets, rooms } => {
-                let op = ns.select(&targets.rooms, &targets.except);
-                for socket in op.sockets() {
-                    for room in &rooms {
-                        socket.join(room);
-                    }
-                }
-                op.send_ordered(|s| RemoteOp::Join(s, rooms));
-            }
-            RequestAction::Leave { targets, rooms } => {
-                let op = ns.select(&targets.rooms, &targets.except);
-                for socket in op.sockets() {
-                    for room in &rooms {
-                        socket.leave(room);
-                    }
-                }
-                op.send_ordered(|s| RemoteOp::Leave(s, rooms));
-            }
-            RequestAction::Disconnect { targets, close } => {
-                let op = ns.select(&targets.rooms, &targets.except);
-                op.disconnect(close);
-                op.send_ordered(|s| RemoteOp::Disconnect(s, close));
-            }
-            RequestAction::ServerSideEmit { event, payload } => {
-                let remote = (!payload.has_binary()).then(|| (event.clone(), payload.args.clone()));
-                ns.dispatch_server_side(&event, payload);
-                if let Some((event, args)) = remote {
-                    ns.broadcast().send_ordered(|s| RemoteOp::ServerSideEmit { nsp: s.nsp, event, args });
-                }
-            }
-        }
-        Outcome::Ok
-    }
-}
-
-impl PublishHook for EmitterBridge {
-    fn on_publish(&self, channel: &[u8], message: &Bytes) {
-        let outcome = self.handle(channel, message);
-        if outcome != Outcome::NotEmitter {
-            metrics::counter!(crate::metrics::EMITTER_MESSAGES, RESULT_LABEL => outcome.as_str()).increment(1);
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use serde_json::json;
 
-    fn hex(s: &str) -> Vec<u8> {
+    pub(crate) fn hex(s: &str) -> Vec<u8> {
         (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
     }
 
-    fn mp(v: &rmpv::Value) -> Vec<u8> {
+    pub(crate) fn mp(v: &rmpv::Value) -> Vec<u8> {
         let mut out = Vec::new();
         rmpv::encode::write_value(&mut out, v).expect("encode");
         out
     }
 
-    fn s(v: &str) -> rmpv::Value {
+    pub(crate) fn s(v: &str) -> rmpv::Value {
         rmpv::Value::from(v)
     }
 
-    fn map(entries: Vec<(&str, rmpv::Value)>) -> rmpv::Value {
+    pub(crate) fn map(entries: Vec<(&str, rmpv::Value)>) -> rmpv::Value {
         rmpv::Value::Map(entries.into_iter().map(|(k, v)| (s(k), v)).collect())
     }
 
-    fn arr(items: Vec<rmpv::Value>) -> rmpv::Value {
+    pub(crate) fn arr(items: Vec<rmpv::Value>) -> rmpv::Value {
         rmpv::Value::Array(items)
     }
 
     /// `[uid, {type, data, nsp}, {rooms, flags, except}]` built with rmpv.
-    fn message(data: Vec<rmpv::Value>, opts: rmpv::Value) -> Vec<u8> {
+    pub(crate) fn message(data: Vec<rmpv::Value>, opts: rmpv::Value) -> Vec<u8> {
         mp(&arr(vec![
             s("emitter"),
             map(vec![("type", rmpv::Value::from(2)), ("data", arr(data)), ("nsp", s("/"))]),
@@ -1182,7 +630,7 @@ mod tests {
     }
 
     // Captured from @socket.io/redis-emitter 5.1.0 + notepack.io 3.0.1 (tests/emitter/vectors.mjs).
-    const EMIT_ALL: &str = "93a7656d697474657283a47479706502a46461746198a568656c6c6fa5776f726c6401cb4004000000000000fdc0c381a1619201a178a36e7370a12f83a5726f6f6d7390a5666c61677380a665786365707490";
+    pub(crate) const EMIT_ALL: &str = "93a7656d697474657283a47479706502a46461746198a568656c6c6fa5776f726c6401cb4004000000000000fdc0c381a1619201a178a36e7370a12f83a5726f6f6d7390a5666c61677380a665786365707490";
     const EMIT_ROOM: &str = "93a7656d697474657283a47479706502a46461746192a265762aa36e7370a12f83a5726f6f6d7391a5726f6f6d31a5666c61677380a665786365707490";
     const EMIT_ROOMS_EXCEPT: &str = "93a7656d697474657283a47479706502a46461746191a26576a36e7370a12f83a5726f6f6d7392a27231a27232a5666c61677380a665786365707491a27233";
     const EMIT_NSP: &str = "93a7656d697474657283a47479706502a46461746192a26576a178a36e7370a72f637573746f6d83a5726f6f6d7390a5666c61677380a665786365707490";
@@ -1196,6 +644,11 @@ mod tests {
 
     fn decode(channel: &str, payload_hex: &str) -> EmitterBroadcast {
         decode_broadcast(channel.as_bytes(), &hex(payload_hex)).expect("decodes")
+    }
+
+    #[test]
+    fn other_channels_are_not_emitter_channels() {
+        assert_eq!(decode_broadcast(b"chat", b"\x90"), Err(EmitterError::NotEmitterChannel));
     }
 
     #[test]
@@ -1318,33 +771,6 @@ mod tests {
         // The Node adapter's msgpack requests (e.g. BROADCAST with ack) decode and are ignored.
         let msgpack = mp(&map(vec![("uid", s("abc")), ("type", rmpv::Value::from(7))]));
         assert!(decode_request(b"socket.io-request#/#", &msgpack).expect_err("ignored").is_ignored());
-    }
-
-    #[test]
-    fn channels() {
-        use EmitterChannel::*;
-        fn c(ch: &str) -> Option<EmitterChannel<'_>> {
-            classify(DEFAULT_KEY, ch.as_bytes())
-        }
-        assert_eq!(c("socket.io#/#"), Some(Broadcast { nsp: "/", room: None }));
-        assert_eq!(c("socket.io#/chat#room#"), Some(Broadcast { nsp: "/chat", room: Some("room") }));
-        assert_eq!(c("socket.io#/#a#b#"), Some(Broadcast { nsp: "/", room: Some("a#b") }));
-        assert_eq!(c("socket.io-request#/chat#"), Some(Request { nsp: "/chat" }));
-        for other in [
-            "socket.io",
-            "socket.io#",
-            "socket.io##",
-            "socket.io#/",
-            "socket.io#/#room",
-            "socket.io-response#/#",
-            "news",
-            "socket.io#chat#",
-            "socket.io-request#/#x#",
-        ] {
-            assert_eq!(c(other), None, "{other}");
-        }
-        assert_eq!(classify("myapp", b"myapp#/#"), Some(Broadcast { nsp: "/", room: None }));
-        assert_eq!(decode_broadcast(b"chat", b"\x90"), Err(EmitterError::NotEmitterChannel));
     }
 
     #[test]
@@ -1681,51 +1107,5 @@ mod tests {
         let old = Mp::Ext(0, &[0, 0, 0, 0, 0, 0, 0x03, 0xe8], true);
         let mut p = Payload::empty();
         assert_eq!(to_json(&old, &Bytes::new(), &mut p), Ok(Some(json!("1970-01-01T00:00:01.000Z"))));
-    }
-
-    #[tokio::test]
-    async fn bridge_outcomes() {
-        let io = Server::new(crate::socketio::SocketIoConfig::default());
-        io.of("/");
-        let bridge = EmitterBridge::new(io);
-        let ok = |ch: &str, payload: &[u8]| bridge.handle(ch.as_bytes(), &Bytes::copy_from_slice(payload));
-        assert_eq!(ok("news", b"hello"), Outcome::NotEmitter);
-        assert_eq!(ok("socket.io#/#", &hex(EMIT_ALL)), Outcome::Ok);
-        assert_eq!(ok("socket.io#/nowhere#", &message(vec![s("ev")], map(vec![]))), Outcome::Ignored);
-        assert_eq!(ok("socket.io#/#", b"garbage"), Outcome::Invalid);
-        assert_eq!(
-            ok("socket.io-request#/#", br#"{"type":2,"opts":{"rooms":[],"except":[]},"rooms":["a"]}"#),
-            Outcome::Ok
-        );
-        assert_eq!(ok("socket.io-request#/#", br#"{"type":1,"uid":"x"}"#), Outcome::Ignored);
-        let own = format!(r#"{{"uid":"{}","type":6,"data":["e"]}}"#, bridge.uid);
-        assert_eq!(ok("socket.io-request#/#", own.as_bytes()), Outcome::Ignored);
-        assert_eq!(ok("socket.io-request#/#", b"{nope"), Outcome::Invalid);
-    }
-
-    #[tokio::test]
-    async fn bridge_server_side_emit_reaches_handlers() {
-        {
-            let io = Server::new(crate::socketio::SocketIoConfig::default());
-            let ns = io.of("/");
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-            ns.on_server_side("hello", move |p: Payload| {
-                let tx = tx.clone();
-                async move {
-                    let _ = tx.send(p);
-                }
-            });
-            let bridge = EmitterBridge::new(io);
-            let outcome = bridge.handle(
-                b"socket.io-request#/#",
-                &Bytes::from_static(br#"{"uid":"emitter","type":6,"data":["hello","world",1]}"#),
-            );
-            assert_eq!(outcome, Outcome::Ok);
-            let got = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
-                .await
-                .expect("handler ran")
-                .expect("payload");
-            assert_eq!(got.args, vec![json!("world"), json!(1)]);
-        }
     }
 }

@@ -1,10 +1,12 @@
-//! The replicated key-value store's state machine and the backends the Redis ingress calls.
+//! The key-value store's state machine (replicated by the cluster's raft log) and the
+//! single-node backend.
 //!
 //! [`KvStore`] is pure: it applies [`KvCommand`]s (which carry the proposer's clock) and serves
 //! [`KvRead`]s (which carry the reader's clock), so every replica applying the same log ends in
 //! the same state. It never reads the system clock: `now_unix_ms` in the command or read is the
 //! only time it knows. [`KvBackend`] is what the Redis ingress executes `GET`/`SET`/`INCR`/... on:
-//! [`LocalKv`] for a single node, the raft node (see `raft/`) in a cluster.
+//! [`LocalKv`] for a single node, the raft node (the cluster's `raft/`, whose state machine is a
+//! [`KvStore`]) in a cluster.
 //!
 //! Semantics are Redis 7.0's for string values:
 //!
@@ -23,24 +25,14 @@
 //! callers that build operations by hand.)
 
 use std::collections::{BTreeSet, HashMap};
-use std::future::Future;
-use std::pin::Pin;
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use super::message::{KvCommand, KvOp, KvRead, KvReadOp, KvValue, KvWrite, SetCondition};
+use super::op::{KvCommand, KvOp, KvRead, KvReadOp, KvValue, KvWrite, SetCondition};
+use super::{KvBackend, KvFuture};
 use crate::resp::frame::string2ll;
-
-/// A boxed future answering one key-value operation.
-pub type KvFuture = Pin<Box<dyn Future<Output = KvValue> + Send + 'static>>;
-
-/// Executes key-value operations for the Redis ingress.
-pub trait KvBackend: Send + Sync + std::fmt::Debug + 'static {
-    /// Runs `op` (a write goes through the log, a read is linearizable) and answers it.
-    fn execute(&self, op: KvOp) -> KvFuture;
-}
 
 /// Redis' reply to a write refused because the store is full.
 pub const OOM_ERROR: &str = "OOM command not allowed when used memory > 'maxmemory'.";
