@@ -7,6 +7,7 @@
 //! imports it (`tests/module_graph.rs` fails when one does):
 //!
 //! ```text
+//! top        node           a running node: wires every layer below, the shutdown sequence
 //! services   admin, app     the binary's wiring and HTTP admin: use what they need below
 //!            cluster        uses resp, socketio, rooms (implements Adapter and KvBackend)
 //!            emitter        uses resp, socketio (implements PublishHook)
@@ -14,6 +15,7 @@
 //! protocol   socketio       uses rooms, engineio (owns Adapter)
 //!            rooms          uses engineio
 //! transport  engineio
+//! plumbing   net, config, shutdown, limits, metrics: used by any layer, use none of them
 //! ```
 //!
 //! - [`engineio`]: Engine.IO v4 transport (polling, WebSocket, upgrade,
@@ -40,6 +42,11 @@
 //!   and the runtime that forwards broadcasts and runs cluster-wide operations
 //!   (`socketio::adapter` is its seam with the Socket.IO server,
 //!   `resp::kv::KvBackend` with the Redis ingress).
+//! - [`node`]: [`node::Node::start`] turns a validated configuration into a serving node
+//!   (listeners, the Socket.IO server with the built-in app, the broker, the cluster) and
+//!   [`node::Node::shutdown`] runs the one shutdown sequence (drain, close clients spread out,
+//!   leave the cluster, stop) under one deadline; `main.rs` only calls these.
+//! - `net`: the accept loop the three TCP listeners share (bound, backoff, shutdown).
 //! - `http`: the listener shared by every HTTP endpoint.
 //! - `admin`: the admin listener (`/metrics`, `/healthz`, the HTTP API).
 //! - `config`, `shutdown`, `limits`, `metrics`: process plumbing for the binary.
