@@ -10,13 +10,15 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::resp::kv::{KvOp, KvValue};
-use crate::rooms::Broadcast;
+use crate::rooms::{Broadcast, Selector};
+use crate::socketio::{AckedBroadcast, Payload, RemoteSocket, SocketsOp};
 
 /// A cluster node id (the raft node id).
 pub type NodeId = u64;
 
-/// The wire protocol version this build speaks (`Envelope.protocol_version`).
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The wire protocol version this build speaks (`Envelope.protocol_version`). Version 2: a
+/// broadcast with acks travels as event and arguments, not as an encoded packet.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// One frame between two nodes: who sent it and what it says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,45 +223,16 @@ pub struct ClusterRequest {
     pub op: RequestOp,
 }
 
-/// Which sockets an operation applies to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SocketSelector {
-    /// Namespace name.
-    pub namespace: String,
-    /// Rooms; empty means the whole namespace.
-    pub rooms: Vec<String>,
-    /// Sockets in these rooms are skipped.
-    pub except: Vec<String>,
-}
-
 /// The operations of [`ClusterRequest`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RequestOp {
-    /// `socketsJoin(rooms)`.
-    SocketsJoin {
+    /// `socketsJoin`, `socketsLeave`, `disconnectSockets` or `fetchSockets` (on the wire:
+    /// `SocketsJoin`, `SocketsLeave`, `DisconnectSockets`, `FetchSockets`).
+    Sockets {
         /// Which sockets.
-        selector: SocketSelector,
-        /// Rooms to join.
-        rooms: Vec<String>,
-    },
-    /// `socketsLeave(rooms)`.
-    SocketsLeave {
-        /// Which sockets.
-        selector: SocketSelector,
-        /// Rooms to leave.
-        rooms: Vec<String>,
-    },
-    /// `disconnectSockets(close)`.
-    DisconnectSockets {
-        /// Which sockets.
-        selector: SocketSelector,
-        /// Also close the Engine.IO connection.
-        close: bool,
-    },
-    /// `fetchSockets()`.
-    FetchSockets {
-        /// Which sockets.
-        selector: SocketSelector,
+        selector: Selector,
+        /// What to do to them.
+        op: SocketsOp,
     },
     /// `serverSideEmit(event, ...args)`.
     ServerSideEmit {
@@ -271,7 +244,7 @@ pub enum RequestOp {
         want_ack: bool,
     },
     /// A broadcast whose acks are collected.
-    BroadcastWithAck(Broadcast),
+    BroadcastWithAck(AckedBroadcast),
     /// `PUBSUB NUMSUB` / `SHARDNUMSUB`: local subscriber counts.
     PubSubNumSub {
         /// The channels.
@@ -320,30 +293,13 @@ pub enum ReplyBody {
     },
 }
 
-/// A socket on another node, as returned by `fetchSockets`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RemoteSocket {
-    /// Socket id.
-    pub id: String,
-    /// Namespace name.
-    pub namespace: String,
-    /// Rooms it is in.
-    pub rooms: Vec<String>,
-    /// Handshake details as JSON.
-    pub handshake_json: Bytes,
-    /// `socket.data` as JSON.
-    pub data_json: Bytes,
-}
-
 /// One client's ack to a broadcast with acks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientAck {
     /// Who acknowledged.
     pub socket_id: String,
-    /// The ack arguments as a JSON array.
-    pub args_json: Bytes,
-    /// Binary attachments of the ack.
-    pub attachments: Vec<Bytes>,
+    /// The ack's arguments and binary attachments.
+    pub payload: Payload,
 }
 
 /// Why a [`ClusterRequest`] failed on a node.

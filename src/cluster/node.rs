@@ -27,13 +27,13 @@ use tokio_util::task::TaskTracker;
 use super::gossip::{Action, GossipConfig, GossipState};
 use super::message::{
     ClientAck, ClusterReply, ClusterRequest, ForwardedBroadcast, Goodbye, Gossip, Message, NodeId, NodeState, Publish,
-    ReplyBody, RequestErrorCode, RequestOp, SocketSelector,
+    ReplyBody, RequestErrorCode, RequestOp,
 };
 use super::raft::RaftNode;
 use super::transport::{Incoming, Transport};
 use crate::resp::{Broker, ClusterPubSub};
 use crate::rooms::Broadcast;
-use crate::socketio::{Adapter, BroadcastOperator, Payload, RemoteOp, RemoteOutcome, RemoteSocket, Server};
+use crate::socketio::{Adapter, BroadcastOperator, Payload, RemoteOp, RemoteOutcome, RemoteSocket, Server, SocketsOp};
 
 /// How long room changes are batched before a delta goes out.
 pub const FLUSH_DELAY: Duration = Duration::from_millis(5);
@@ -332,7 +332,7 @@ impl Inner {
         match message {
             Message::Broadcast(forwarded) => {
                 metrics::counter!(crate::metrics::CLUSTER_RECEIVED_BROADCASTS).increment(1);
-                if let Some(ns) = self.io.namespace(&forwarded.broadcast.nsp) {
+                if let Some(ns) = self.io.namespace(&forwarded.broadcast.selector.nsp) {
                     ns.execute_broadcast(&forwarded.broadcast);
                 }
             }
@@ -361,43 +361,15 @@ impl Inner {
     fn run_local_now(&self, op: &RequestOp) -> Option<ReplyBody> {
         let affected = |n: usize| Some(ReplyBody::Done { affected: n as u64 });
         match op {
-            RequestOp::SocketsJoin { selector, rooms } => {
-                let Some(op) = self.local_operator(selector) else { return affected(0) };
-                let sockets = op.sockets();
-                for socket in &sockets {
-                    for room in rooms {
-                        socket.join(room);
+            RequestOp::Sockets { selector, op } => {
+                let sockets =
+                    self.io.namespace(&selector.nsp).map(|ns| op.run_local(&ns, selector)).unwrap_or_default();
+                match op {
+                    SocketsOp::Fetch => {
+                        Some(ReplyBody::FetchSockets(sockets.iter().map(|s| RemoteSocket::of(s, self.id)).collect()))
                     }
+                    _ => affected(sockets.len()),
                 }
-                affected(sockets.len())
-            }
-            RequestOp::SocketsLeave { selector, rooms } => {
-                let Some(op) = self.local_operator(selector) else { return affected(0) };
-                let sockets = op.sockets();
-                for socket in &sockets {
-                    for room in rooms {
-                        socket.leave(room);
-                    }
-                }
-                affected(sockets.len())
-            }
-            RequestOp::DisconnectSockets { selector, close } => {
-                affected(self.local_operator(selector).map_or(0, |op| op.disconnect(*close)))
-            }
-            RequestOp::FetchSockets { selector } => {
-                let sockets = self.local_operator(selector).map(|op| op.sockets()).unwrap_or_default();
-                Some(ReplyBody::FetchSockets(
-                    sockets
-                        .iter()
-                        .map(|s| super::message::RemoteSocket {
-                            id: s.id().to_owned(),
-                            namespace: s.nsp().to_owned(),
-                            rooms: s.rooms().into_iter().skip(1).collect(),
-                            handshake_json: Bytes::from_static(b"{}"),
-                            data_json: Bytes::from_static(b"null"),
-                        })
-                        .collect(),
-                ))
             }
             RequestOp::ServerSideEmit { namespace, data_json, .. } => {
                 let ran = match serde_json::from_slice::<Vec<Value>>(data_json) {
@@ -429,44 +401,27 @@ impl Inner {
         }
     }
 
-    /// The operator selecting `selector`'s sockets on this node only.
-    fn local_operator(&self, selector: &SocketSelector) -> Option<BroadcastOperator> {
-        let ns = self.io.namespace(&selector.namespace)?;
-        Some(ns.select(&selector.rooms, &selector.except).local())
-    }
-
     /// Answers a request from another node.
     async fn answer(&self, request: ClusterRequest) -> ReplyBody {
         if let Some(body) = self.run_local_now(&request.op) {
             return body;
         }
-        let RequestOp::BroadcastWithAck(broadcast) = request.op else {
+        let RequestOp::BroadcastWithAck(acked) = request.op else {
             return ReplyBody::Error { code: RequestErrorCode::Unsupported, message: "unknown request".to_owned() };
         };
-        let Some((event, payload)) = decode_event(&broadcast) else {
-            return ReplyBody::Error { code: RequestErrorCode::Invalid, message: "not an event packet".to_owned() };
-        };
-        let Some(ns) = self.io.namespace(&broadcast.nsp) else {
+        let Some(ns) = self.io.namespace(&acked.selector.nsp) else {
             return ReplyBody::BroadcastAck { client_count: 0, acks: Vec::new() };
         };
-        let mut op = ns.select(&broadcast.rooms, &broadcast.except).local();
-        if broadcast.flags.volatile {
+        let mut op = BroadcastOperator::selecting(ns, acked.selector).local();
+        if acked.volatile {
             op = op.volatile();
         }
         // Answer before the requester gives up: its wait includes the link latency.
         let wait = request.timeout.saturating_sub(self.timeout.min(request.timeout / 2));
-        let results = op.emit_with_ack_here(&event, payload, wait).await;
+        let results = op.emit_with_ack_here(&acked.event, acked.payload, wait).await;
         ReplyBody::BroadcastAck {
             client_count: u32::try_from(results.recipients).unwrap_or(u32::MAX),
-            acks: results
-                .acks
-                .into_iter()
-                .map(|p| ClientAck {
-                    socket_id: String::new(),
-                    args_json: Bytes::from(serde_json::to_vec(&p.args).unwrap_or_default()),
-                    attachments: p.attachments,
-                })
-                .collect(),
+            acks: results.acks.into_iter().map(|payload| ClientAck { socket_id: String::new(), payload }).collect(),
         }
     }
 
@@ -508,7 +463,7 @@ impl Inner {
     }
 
     fn widen_joined_rooms(&self, op: &RemoteOp) {
-        if let RemoteOp::Join(selector, rooms) = op {
+        if let RemoteOp::Sockets(selector, SocketsOp::Join(rooms)) = op {
             let mut gossip = self.gossip.lock();
             for room in rooms {
                 gossip.widen(&selector.nsp, room, Instant::now());
@@ -517,28 +472,9 @@ impl Inner {
     }
 }
 
-/// The event name and payload of a broadcast's encoded EVENT packet.
-fn decode_event(broadcast: &Broadcast) -> Option<(String, Payload)> {
-    let text = std::str::from_utf8(&broadcast.packet.text).ok()?.strip_prefix('4')?;
-    let packet = crate::socketio::packet::decode(text, &crate::socketio::packet::Limits::default()).ok()?;
-    let Value::Array(mut items) = packet.data? else { return None };
-    if items.is_empty() {
-        return None;
-    }
-    let event = match items.remove(0) {
-        Value::String(s) => s,
-        _ => return None,
-    };
-    Some((event, Payload { args: items, attachments: broadcast.packet.attachments.clone() }))
-}
-
 fn to_request_op(op: RemoteOp) -> (RequestOp, Option<Duration>) {
-    let selector = |s: crate::socketio::Selector| SocketSelector { namespace: s.nsp, rooms: s.rooms, except: s.except };
     match op {
-        RemoteOp::Join(s, rooms) => (RequestOp::SocketsJoin { selector: selector(s), rooms }, None),
-        RemoteOp::Leave(s, rooms) => (RequestOp::SocketsLeave { selector: selector(s), rooms }, None),
-        RemoteOp::Disconnect(s, close) => (RequestOp::DisconnectSockets { selector: selector(s), close }, None),
-        RemoteOp::Fetch(s) => (RequestOp::FetchSockets { selector: selector(s) }, None),
+        RemoteOp::Sockets(selector, op) => (RequestOp::Sockets { selector, op }, None),
         RemoteOp::ServerSideEmit { nsp, event, args } => {
             let mut items = Vec::with_capacity(args.len() + 1);
             items.push(Value::String(event));
@@ -546,7 +482,7 @@ fn to_request_op(op: RemoteOp) -> (RequestOp, Option<Duration>) {
             let data_json = Bytes::from(serde_json::to_vec(&items).unwrap_or_default());
             (RequestOp::ServerSideEmit { namespace: nsp, data_json, want_ack: false }, None)
         }
-        RemoteOp::EmitWithAck(broadcast, timeout) => (RequestOp::BroadcastWithAck(broadcast), Some(timeout)),
+        RemoteOp::EmitWithAck(acked, timeout) => (RequestOp::BroadcastWithAck(acked), Some(timeout)),
     }
 }
 
@@ -618,14 +554,11 @@ fn outcome_of(answers: Vec<(NodeId, ReplyBody)>, missing: Vec<NodeId>) -> Remote
             ReplyBody::Done { affected } => outcome.affected += affected as usize,
             ReplyBody::FetchSockets(sockets) => {
                 outcome.affected += sockets.len();
-                outcome.sockets.extend(sockets.into_iter().map(|s| RemoteSocket { id: s.id, node, rooms: s.rooms }));
+                outcome.sockets.extend(sockets);
             }
             ReplyBody::BroadcastAck { client_count, acks } => {
                 outcome.affected += client_count as usize;
-                outcome.acks.extend(acks.into_iter().filter_map(|a| {
-                    let args = serde_json::from_slice::<Vec<Value>>(&a.args_json).ok()?;
-                    Some(Payload { args, attachments: a.attachments })
-                }));
+                outcome.acks.extend(acks.into_iter().map(|a| a.payload));
             }
             ReplyBody::ServerSideEmit(_) | ReplyBody::Counts(_) | ReplyBody::Error { .. } => {}
         }
@@ -636,7 +569,7 @@ fn outcome_of(answers: Vec<(NodeId, ReplyBody)>, missing: Vec<NodeId>) -> Remote
 
 impl Inner {
     fn forward(&self, broadcast: &Broadcast) -> Vec<u64> {
-        let targets = self.gossip.lock().targets(&broadcast.nsp, &broadcast.rooms);
+        let targets = self.gossip.lock().targets(&broadcast.selector.nsp, &broadcast.selector.rooms);
         if targets.is_empty() {
             return targets;
         }
@@ -648,7 +581,7 @@ impl Inner {
         let frame = match self.transport.encode(&message) {
             Ok(frame) => frame,
             Err(err) => {
-                tracing::warn!(%err, nsp = %broadcast.nsp, "broadcast not forwarded");
+                tracing::warn!(%err, nsp = %broadcast.selector.nsp, "broadcast not forwarded");
                 return Vec::new();
             }
         };

@@ -1071,10 +1071,9 @@ mod tests {
 
     use super::*;
     use crate::cluster::credentials::tests::cluster;
-    use crate::cluster::message::{
-        ClusterReply, ClusterRequest, ForwardedBroadcast, ReplyBody, RequestOp, SocketSelector,
-    };
-    use crate::rooms::{Broadcast, BroadcastFlags, EncodedPacket};
+    use crate::cluster::message::{ClusterReply, ClusterRequest, ForwardedBroadcast, ReplyBody, RequestOp};
+    use crate::rooms::{Broadcast, BroadcastFlags, EncodedPacket, Selector};
+    use crate::socketio::SocketsOp;
 
     const WAIT: Duration = Duration::from_secs(10);
 
@@ -1097,9 +1096,7 @@ mod tests {
             origin,
             sequence,
             broadcast: Broadcast {
-                nsp: "/".into(),
-                rooms: vec!["room".into()],
-                except: vec![],
+                selector: Selector::namespace("/").to("room"),
                 flags: BroadcastFlags::default(),
                 packet: EncodedPacket {
                     text: Bytes::from(format!("42[\"n\",{sequence}]")),
@@ -1113,9 +1110,7 @@ mod tests {
         Message::Request(ClusterRequest {
             request_id,
             timeout: Duration::from_secs(1),
-            op: RequestOp::FetchSockets {
-                selector: SocketSelector { namespace: "/".into(), rooms: vec![], except: vec![] },
-            },
+            op: RequestOp::Sockets { selector: Selector::namespace("/"), op: SocketsOp::Fetch },
         })
     }
 

@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 
+use super::Selector;
 use crate::engineio::packet::Frame;
 
 /// Flags that change how a broadcast is delivered.
@@ -48,12 +49,8 @@ impl EncodedPacket {
 /// Plain data only, so that the cluster can serialise it as it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Broadcast {
-    /// Namespace name, e.g. `/` or `/chat`.
-    pub nsp: String,
-    /// Target rooms; empty means every socket of the namespace.
-    pub rooms: Vec<String>,
-    /// Sockets in any of these rooms are skipped.
-    pub except: Vec<String>,
+    /// Namespace, target rooms and skipped rooms.
+    pub selector: Selector,
     /// Delivery flags.
     pub flags: BroadcastFlags,
     /// The packet, encoded once.

@@ -7,6 +7,8 @@
 //!   the local fan-out.
 //! - `socket`: one client's membership of one namespace: emit, acks, rooms.
 //! - `operator`: the broadcast builder (`to`, `except`, `volatile`…).
+//! - `runner`: the one local runner of join/leave/disconnect/fetch on the sockets a
+//!   [`Selector`] picks (used by the operator, the emitter bridge and the cluster runtime).
 
 pub mod adapter;
 mod config;
@@ -14,13 +16,18 @@ mod namespace;
 mod operator;
 pub(crate) mod packet;
 mod payload;
+mod runner;
 mod server;
 mod socket;
 
-pub use adapter::{Adapter, RemoteOp, RemoteOutcome, RemoteSocket, Selector};
+pub use adapter::{AckedBroadcast, Adapter, RemoteOp, RemoteOutcome, RemoteSocket};
 pub use config::{NamespacePolicy, SocketIoConfig};
 pub use namespace::{ConnectError, ConnectRequest, Event, Namespace};
 pub use operator::{AckResults, BroadcastOperator, ClusterCount, FetchedSockets};
 pub use payload::Payload;
+pub use runner::SocketsOp;
 pub use server::{ClientState, Server};
 pub use socket::{AckError, AckSender, SendError, Socket};
+
+/// The selection of sockets every broadcast and operation makes (defined with the rooms).
+pub use crate::rooms::Selector;

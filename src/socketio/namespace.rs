@@ -19,7 +19,7 @@ use super::payload::Payload;
 use super::server::{ClientState, ServerInner};
 use super::socket::{AckSender, Socket};
 use crate::engineio::{Connection, Handshake};
-use crate::rooms::{Broadcast, RoomRegistry};
+use crate::rooms::{Broadcast, RoomRegistry, Selector};
 use crate::sid::Sid;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -257,7 +257,7 @@ impl Namespace {
     /// The sockets in any of `rooms` (every socket when empty) except those in any of `except`:
     /// `broadcast().to(…).except(…)` from lists.
     pub fn select(&self, rooms: &[String], except: &[String]) -> BroadcastOperator {
-        BroadcastOperator::selecting(self.clone(), rooms.to_vec(), except.to_vec())
+        BroadcastOperator::selecting(self.clone(), Selector::new(self.name(), rooms, except))
     }
 
     /// A broadcast to every socket of the namespace.
@@ -378,7 +378,7 @@ impl Namespace {
     /// Executes a broadcast on this node's sockets; returns the number of recipients.
     pub(crate) fn execute(&self, b: &Broadcast) -> usize {
         let frames = b.packet.frames();
-        let except = self.members_of(&b.except);
+        let except = self.members_of(&b.selector.except);
         let mut recipients = 0usize;
         let mut deliver = |socket: &Socket| {
             if !except.contains(&socket.sid()) {
@@ -386,11 +386,11 @@ impl Namespace {
                 recipients += 1;
             }
         };
-        if b.rooms.is_empty() {
+        if b.selector.rooms.is_empty() {
             for entry in self.0.sockets.iter() {
                 deliver(entry.value());
             }
-        } else if let [room] = b.rooms.as_slice() {
+        } else if let [room] = b.selector.rooms.as_slice() {
             self.0.rooms.for_each_member(room, |_, socket| deliver(socket));
             // The socket this id names is never a registry member of its own
             // room, so it is reached here and only here.
@@ -398,7 +398,7 @@ impl Namespace {
                 deliver(socket.value());
             }
         } else {
-            for sid in self.members_of(&b.rooms) {
+            for sid in self.members_of(&b.selector.rooms) {
                 if let Some(socket) = self.0.sockets.get(&sid) {
                     deliver(socket.value());
                 }

@@ -2,18 +2,19 @@
 
 use std::time::Duration;
 
-use super::adapter::{RemoteOp, RemoteOutcome, RemoteSocket, Selector};
+use super::adapter::{AckedBroadcast, RemoteOp, RemoteOutcome, RemoteSocket};
 use super::namespace::Namespace;
 use super::payload::Payload;
+use super::runner::{self, SocketsOp};
 use super::socket::{Socket, encode_event};
-use crate::rooms::{Broadcast, BroadcastFlags};
+use crate::rooms::{Broadcast, BroadcastFlags, Selector};
 
 /// Targets and flags of a broadcast, and the actions on those targets.
 #[derive(Debug, Clone)]
 pub struct BroadcastOperator {
     ns: Namespace,
-    rooms: Vec<String>,
-    except: Vec<String>,
+    /// Its `nsp` is the name of `ns`.
+    selector: Selector,
     flags: BroadcastFlags,
 }
 
@@ -52,22 +53,24 @@ pub struct FetchedSockets {
 
 impl BroadcastOperator {
     pub(crate) fn new(ns: Namespace) -> Self {
-        Self::selecting(ns, Vec::new(), Vec::new())
+        let selector = Selector::namespace(ns.name());
+        Self::selecting(ns, selector)
     }
 
-    pub(crate) fn selecting(ns: Namespace, rooms: Vec<String>, except: Vec<String>) -> Self {
-        Self { ns, rooms, except, flags: BroadcastFlags::default() }
+    /// The operator for `selector`'s rooms and except in `ns` (whose name is `selector.nsp`).
+    pub(crate) fn selecting(ns: Namespace, selector: Selector) -> Self {
+        Self { ns, selector, flags: BroadcastFlags::default() }
     }
 
     /// Adds a target room (a socket id targets that socket).
     pub fn to(mut self, room: impl Into<String>) -> Self {
-        self.rooms.push(room.into());
+        self.selector.rooms.push(room.into());
         self
     }
 
     /// Skips sockets that are in `room`.
     pub fn except(mut self, room: impl Into<String>) -> Self {
-        self.except.push(room.into());
+        self.selector.except.push(room.into());
         self
     }
 
@@ -86,9 +89,7 @@ impl BroadcastOperator {
     /// The broadcast value this operator would execute for `event`.
     pub fn build(&self, event: &str, payload: &Payload) -> Broadcast {
         Broadcast {
-            nsp: self.ns.name().to_owned(),
-            rooms: self.rooms.clone(),
-            except: self.except.clone(),
+            selector: self.selector.clone(),
             flags: self.flags,
             packet: encode_event(self.ns.name(), None, event, payload),
         }
@@ -114,7 +115,7 @@ impl BroadcastOperator {
 
     /// The selection this operator makes, for other nodes.
     pub fn selector(&self) -> Selector {
-        Selector { nsp: self.ns.name().to_owned(), rooms: self.rooms.clone(), except: self.except.clone() }
+        self.selector.clone()
     }
 
     /// Runs `op` on the other nodes unless this operator is local or there is no cluster.
@@ -123,6 +124,16 @@ impl BroadcastOperator {
             Some(adapter) if !self.flags.local => adapter.request(op(self.selector())).await,
             _ => RemoteOutcome::default(),
         }
+    }
+
+    /// Runs `op` on the targeted sockets here and, without waiting, on every other node, in
+    /// order with this node's broadcasts (a join followed by a broadcast to the joined room
+    /// reaches every node in that order). For fire-and-forget operations (the Redis
+    /// emitter's). Returns the number of sockets affected on this node.
+    pub fn run_ordered(&self, op: SocketsOp) -> usize {
+        let here = op.run_local(&self.ns, &self.selector).len();
+        self.send_ordered(|s| RemoteOp::Sockets(s, op));
+        here
     }
 
     /// Like `emit`, but without waiting: other nodes apply `op` in order with this node's
@@ -135,42 +146,38 @@ impl BroadcastOperator {
         }
     }
 
+    /// Runs `op` on the targeted sockets here, then on every other node (unless local); returns
+    /// the sockets it ran on here and what the other nodes answered.
+    async fn run_everywhere(&self, op: SocketsOp) -> (Vec<Socket>, RemoteOutcome) {
+        let local = op.run_local(&self.ns, &self.selector);
+        let remote = self.remote(|s| RemoteOp::Sockets(s, op)).await;
+        (local, remote)
+    }
+
     /// `fetchSockets()`: the targeted sockets on every node.
     pub async fn fetch_sockets(&self) -> FetchedSockets {
-        let local = self.sockets();
-        let remote = self.remote(RemoteOp::Fetch).await;
+        let (local, remote) = self.run_everywhere(SocketsOp::Fetch).await;
         FetchedSockets { local, remote: remote.sockets, missing_nodes: remote.missing }
     }
 
     /// `socketsJoin(rooms)` on every node.
     pub async fn sockets_join(&self, rooms: &[String]) -> ClusterCount {
-        let local = self.sockets();
-        for socket in &local {
-            for room in rooms {
-                socket.join(room);
-            }
-        }
-        let remote = self.remote(|s| RemoteOp::Join(s, rooms.to_vec())).await;
-        ClusterCount { affected: local.len() + remote.affected, missing_nodes: remote.missing }
+        self.count_everywhere(SocketsOp::Join(rooms.to_vec())).await
     }
 
     /// `socketsLeave(rooms)` on every node.
     pub async fn sockets_leave(&self, rooms: &[String]) -> ClusterCount {
-        let local = self.sockets();
-        for socket in &local {
-            for room in rooms {
-                socket.leave(room);
-            }
-        }
-        let remote = self.remote(|s| RemoteOp::Leave(s, rooms.to_vec())).await;
-        ClusterCount { affected: local.len() + remote.affected, missing_nodes: remote.missing }
+        self.count_everywhere(SocketsOp::Leave(rooms.to_vec())).await
     }
 
     /// `disconnectSockets(close)` on every node.
     pub async fn disconnect_sockets(&self, close: bool) -> ClusterCount {
-        let local = self.disconnect(close);
-        let remote = self.remote(|s| RemoteOp::Disconnect(s, close)).await;
-        ClusterCount { affected: local + remote.affected, missing_nodes: remote.missing }
+        self.count_everywhere(SocketsOp::Disconnect { close }).await
+    }
+
+    async fn count_everywhere(&self, op: SocketsOp) -> ClusterCount {
+        let (local, remote) = self.run_everywhere(op).await;
+        ClusterCount { affected: local.len() + remote.affected, missing_nodes: remote.missing }
     }
 
     /// Emits `event` asking each recipient (on every node) for an acknowledgement, and waits
@@ -178,10 +185,15 @@ impl BroadcastOperator {
     /// `timeout` plus the cluster timeout are listed in `missing_nodes`.
     pub async fn emit_with_ack(&self, event: &str, payload: impl Into<Payload>, timeout: Duration) -> AckResults {
         let payload = payload.into();
-        let broadcast = self.build(event, &payload);
+        let acked = |selector| AckedBroadcast {
+            selector,
+            volatile: self.flags.volatile,
+            event: event.to_owned(),
+            payload: payload.clone(),
+        };
         let (mut results, remote) = tokio::join!(
-            self.emit_with_ack_here(event, payload, timeout),
-            self.remote(|_| RemoteOp::EmitWithAck(broadcast, timeout))
+            self.emit_with_ack_here(event, payload.clone(), timeout),
+            self.remote(|s| RemoteOp::EmitWithAck(acked(s), timeout))
         );
         results.recipients += remote.affected;
         results.timed_out += remote.affected.saturating_sub(remote.acks.len());
@@ -213,46 +225,24 @@ impl BroadcastOperator {
         AckResults { recipients, acks, timed_out, missing_nodes: Vec::new() }
     }
 
-    /// The sockets this operator targets.
+    /// The sockets this operator targets on this node.
     pub fn sockets(&self) -> Vec<Socket> {
-        let except = self.ns.members_of(&self.except);
-        let all = if self.rooms.is_empty() {
-            self.ns.sockets()
-        } else {
-            self.ns.members_of(&self.rooms).into_iter().filter_map(|sid| self.ns.socket(sid.as_str())).collect()
-        };
-        all.into_iter().filter(|s| !except.contains(&s.sid())).collect()
+        runner::select(&self.ns, &self.selector)
     }
 
-    /// Makes every targeted socket join `room`.
+    /// Makes every targeted socket on this node join `room`.
     pub fn join(&self, room: &str) -> usize {
-        let sockets = self.sockets();
-        for s in &sockets {
-            s.join(room);
-        }
-        sockets.len()
+        SocketsOp::Join(vec![room.to_owned()]).run_local(&self.ns, &self.selector).len()
     }
 
-    /// Makes every targeted socket leave `room`.
+    /// Makes every targeted socket on this node leave `room`.
     pub fn leave(&self, room: &str) -> usize {
-        let sockets = self.sockets();
-        for s in &sockets {
-            s.leave(room);
-        }
-        sockets.len()
+        SocketsOp::Leave(vec![room.to_owned()]).run_local(&self.ns, &self.selector).len()
     }
 
-    /// Disconnects every targeted socket from the namespace (or closes their
+    /// Disconnects every targeted socket on this node from the namespace (or closes their
     /// whole connection when `close` is true).
     pub fn disconnect(&self, close: bool) -> usize {
-        let sockets = self.sockets();
-        for s in &sockets {
-            if close {
-                s.close_connection();
-            } else {
-                s.disconnect();
-            }
-        }
-        sockets.len()
+        SocketsOp::Disconnect { close }.run_local(&self.ns, &self.selector).len()
     }
 }

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 /// Arguments of an event or an acknowledgement.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Payload {
     /// The arguments (after the event name, for events).
     pub args: Vec<Value>,
