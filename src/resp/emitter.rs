@@ -1,4 +1,4 @@
-//! Socket.IO emitter traffic on the Redis ingress (PROTOCOL.md §4).
+//! Socket.IO emitter traffic on the Redis ingress (docs/protocol.md#emitter-wire-format).
 //!
 //! Backends push events with a socket.io Redis emitter (`@socket.io/redis-emitter` and its ports
 //! in other languages): they PUBLISH msgpack broadcasts on `socket.io#<nsp>#[<room>#]` and JSON
