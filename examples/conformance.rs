@@ -1,5 +1,5 @@
 //! The server the upstream Engine.IO / Socket.IO protocol test suites expect
-//! (see `PROTOCOL.md` §3): on `localhost:3000` (IPv4 and IPv6), a raw
+//! (see `docs/conformance.md`): on `localhost:3000` (IPv4 and IPv6), a raw
 //! Engine.IO echo endpoint at `/engine.io/` and Socket.IO at `/socket.io/`
 //! with namespaces `/` and `/custom`.
 //!

@@ -1,4 +1,4 @@
-//! Engine.IO v4 / Socket.IO v5 wire conformance (PROTOCOL.md §3), raw packets over long-polling
+//! Engine.IO v4 / Socket.IO v5 wire conformance (docs/conformance.md), raw packets over long-polling
 //! and WebSocket.
 //!
 //! Runs against `$CONFORMANCE_ADDR` (`host:port`) when set, e.g. the Node reference server in

@@ -1,4 +1,4 @@
-//! Decoding emitter messages into typed operations.
+//! Decoding emitter messages into typed operations (wire format: docs/protocol.md#emitter-wire-format).
 //!
 //! [`decode_broadcast`] and [`decode_request`] take the channel and the payload and return
 //! values ([`EmitterBroadcast`], [`EmitterRequest`]); they never touch a socket or a clock. The

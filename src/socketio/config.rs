@@ -25,7 +25,7 @@ pub struct SocketIoConfig {
     pub connect_timeout: Duration,
     /// Most binary attachments in one packet.
     pub max_attachments: usize,
-    /// Most rooms one socket may be in (its own id not counted).
+    /// Most rooms one socket may join, not counting the room of its own id; `Socket::join` refuses more.
     pub max_rooms_per_socket: usize,
     /// Most server→client acks one socket may have outstanding.
     pub max_pending_acks: usize,

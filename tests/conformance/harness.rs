@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 /// Longest wait for any single network step.
 pub(crate) const STEP: Duration = Duration::from_secs(3);
 
-/// Server options every conformance server runs with (PROTOCOL.md §3).
+/// Server options every conformance server runs with (docs/conformance.md).
 pub(crate) const PING_INTERVAL: Duration = Duration::from_millis(300);
 pub(crate) const PING_TIMEOUT: Duration = Duration::from_millis(200);
 pub(crate) const MAX_PAYLOAD: usize = 1_000_000;

@@ -1,4 +1,4 @@
-// Reference conformance server for tests/conformance.rs (PROTOCOL.md §3), built on the upstream
+// Reference conformance server for tests/conformance.rs (docs/conformance.md), built on the upstream
 // Node implementations (socket.io 4.8 / engine.io 6.6), as the upstream protocol test suites use.
 //
 //   node conformance-server.mjs [PORT]     (PORT 0 or absent with $PORT unset: 3000)
