@@ -15,7 +15,7 @@
 //! - `decode`: pure decoding of a channel and a payload into a typed broadcast or request.
 //! - `execute`: running a decoded broadcast or request on the local [`Server`].
 //! - here: [`bridge`], the [`PublishHook`] the binary installs on its broker. Whatever it cannot
-//!   decode is logged at debug level and counted in [`crate::metrics::EMITTER_MESSAGES`]; it
+//!   decode is logged at debug level and counted in `ioswarm_emitter_messages_total`; it
 //!   never fails the PUBLISH and never panics.
 
 mod channel;

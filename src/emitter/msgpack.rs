@@ -347,3 +347,40 @@ fn same_value(ours: &Mp<'_>, theirs: &rmpv::Value) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_borrow_from_the_message() {
+        let buf = b"\x93\xc4\x02ab\xa1c\x81\xa1k\xd4\x00\x00";
+        let value = read_message(buf).expect("reads");
+        let Mp::Array(items) = &value else { panic!("{value:?}") };
+        assert_eq!(items[0], Mp::Bin(b"ab"));
+        assert_eq!(items[1], Mp::Str(b"c"));
+        assert_eq!(items[2], Mp::Map(vec![(Mp::Str(b"k"), Mp::Ext(0, &[0], true))]));
+        let Mp::Bin(bin) = items[0] else { unreachable!() };
+        assert!(std::ptr::eq(bin.as_ptr(), buf[3..].as_ptr()), "binary is a slice of the message");
+    }
+
+    #[test]
+    fn malformed_input_says_where() {
+        assert_eq!(read_message(b""), Err(MsgpackError::Truncated { at: 0 }));
+        assert_eq!(read_message(b"\x91\xa3ab"), Err(MsgpackError::Truncated { at: 1 }));
+        assert_eq!(read_message(b"\x92\xc0\xc1"), Err(MsgpackError::Reserved { at: 2 }));
+        assert_eq!(read_message(b"\xc0\x00\x00"), Err(MsgpackError::TrailingBytes { count: 2 }));
+        // A length larger than what is left fails before anything is allocated.
+        assert_eq!(read_message(b"\xdd\xff\xff\xff\xff\xc0"), Err(MsgpackError::Truncated { at: 0 }));
+        let nested = |arrays: usize| [vec![0x91; arrays], vec![0xc0]].concat();
+        assert!(read_message(&nested(MAX_DEPTH)).is_ok());
+        assert_eq!(read_message(&nested(MAX_DEPTH + 1)), Err(MsgpackError::TooDeep { at: MAX_DEPTH + 1 }));
+    }
+
+    #[test]
+    fn agrees_with_rmpv() {
+        for bytes in [&b"\x93\x01\xa1x\xc0"[..], b"\xcb\x3f\xf8\x00\x00\x00\x00\x00\x00", b"\xd3\x80\0\0\0\0\0\0\0"] {
+            check_against_rmpv(bytes);
+        }
+    }
+}

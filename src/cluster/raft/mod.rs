@@ -4,7 +4,8 @@
 //!
 //! - **Storage** (`store.rs`): the vote, an fsync'd log journal and the last snapshot live in
 //!   `<data_dir>/raft/`; a restarted node reloads them, so it keeps its log and never votes twice
-//!   in a term. The state machine is a [`KvStore`] in memory, restored from the snapshot at start.
+//!   in a term. The state machine is a [`KvStore`](crate::resp::kv::KvStore) in memory,
+//!   restored from the snapshot at start.
 //! - **Network** (`network.rs`): openraft's RPCs travel as [`RaftPayload`]s over
 //!   [`Transport::request`]; the node runtime hands every incoming [`Message::RaftRequest`] to
 //!   [`RaftNode::handle_rpc`] (or [`RaftNode::handle_message`]).
