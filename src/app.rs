@@ -164,7 +164,13 @@ impl AdminApi {
             op = op.volatile();
         }
         let payload = Payload::json(req.args);
-        match req.ack_timeout_ms {
+        // `ack: true` waits the server's --ack-timeout-ms; `ackTimeoutMs` sets the wait itself.
+        let wait = match (req.ack, req.ack_timeout_ms) {
+            (_, Some(ms)) => Some(Some(Duration::from_millis(ms))),
+            (true, None) => Some(None),
+            (false, None) => None,
+        };
+        match wait {
             None => {
                 let (recipients, forwarded) = op.emit_forwarded(&req.event, payload);
                 let mut body = json!({ "recipients": recipients });
@@ -173,8 +179,11 @@ impl AdminApi {
                 }
                 json_response(StatusCode::OK, &body)
             }
-            Some(ms) => {
-                let results = op.emit_with_ack(&req.event, payload, Duration::from_millis(ms)).await;
+            Some(timeout) => {
+                if let Some(timeout) = timeout {
+                    op = op.timeout(timeout);
+                }
+                let results = op.emit_with_ack(&req.event, payload).await;
                 let acks: Vec<Value> = results.acks.into_iter().map(|p| Value::Array(p.args)).collect();
                 let mut body = json!({ "recipients": results.recipients, "acks": acks, "timedOut": results.timed_out });
                 if self.cluster.is_some() {
@@ -265,6 +274,10 @@ struct EmitRequest {
     args: Vec<Value>,
     #[serde(default)]
     volatile: bool,
+    /// Ask every recipient for an acknowledgement and wait up to the server's ack timeout.
+    #[serde(default)]
+    ack: bool,
+    /// Ask for acknowledgements and wait up to this long (overrides the server's ack timeout).
     #[serde(default)]
     ack_timeout_ms: Option<u64>,
 }

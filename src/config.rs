@@ -82,7 +82,8 @@ pub struct Config {
     pub send_queue_max_bytes: usize,
     /// A volatile packet is dropped for a client whose queue holds more than this many bytes.
     pub volatile_drop_bytes: usize,
-    /// Most rooms one socket may be in (its own id room included).
+    /// Most rooms one socket may join, not counting the room of its own id; a join beyond it is
+    /// refused.
     pub max_rooms_per_socket: usize,
     /// Default ack timeout for server emits that request an ack.
     pub ack_timeout_ms: u64,

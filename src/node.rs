@@ -298,6 +298,7 @@ fn socketio_config(config: &Config, capacity: usize) -> SocketIoConfig {
             cors,
         },
         connect_timeout: config.connect_timeout(),
+        ack_timeout: config.ack_timeout(),
         max_attachments: config.max_attachments,
         max_rooms_per_socket: config.max_rooms_per_socket,
         namespaces,

@@ -29,6 +29,9 @@ pub struct SocketIoConfig {
     pub max_rooms_per_socket: usize,
     /// Most server→client acks one socket may have outstanding.
     pub max_pending_acks: usize,
+    /// How long an emit with ack waits for the answers when the caller gives no timeout
+    /// ([`super::BroadcastOperator::emit_with_ack`], [`super::Socket::emit_with_ack`]).
+    pub ack_timeout: Duration,
     /// Which namespaces are accepted.
     pub namespaces: NamespacePolicy,
     /// Most namespaces that may exist; clients asking for more get "Invalid namespace".
@@ -45,6 +48,7 @@ impl Default for SocketIoConfig {
             max_attachments: 10,
             max_rooms_per_socket: 1024,
             max_pending_acks: 1024,
+            ack_timeout: Duration::from_millis(10_000),
             namespaces: NamespacePolicy::Registered,
             max_namespaces: 1024,
             node_tag: 0,

@@ -110,6 +110,7 @@ pub(crate) struct NamespaceInner {
     adapter: Arc<OnceLock<Arc<dyn Adapter>>>,
     pub(crate) max_rooms_per_socket: usize,
     pub(crate) max_pending_acks: usize,
+    pub(crate) ack_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for Namespace {
@@ -132,6 +133,7 @@ impl Namespace {
             adapter: server.adapter.clone(),
             max_rooms_per_socket: server.config.max_rooms_per_socket,
             max_pending_acks: server.config.max_pending_acks,
+            ack_timeout: server.config.ack_timeout,
         }))
     }
 
@@ -308,6 +310,11 @@ impl Namespace {
 
     pub(crate) fn max_pending_acks(&self) -> usize {
         self.0.max_pending_acks
+    }
+
+    /// How long an emit with ack waits when the caller gives no timeout.
+    pub(crate) fn ack_timeout(&self) -> std::time::Duration {
+        self.0.ack_timeout
     }
 
     pub(crate) fn registry(&self) -> &RoomRegistry<Socket> {

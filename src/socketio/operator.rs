@@ -16,6 +16,8 @@ pub struct BroadcastOperator {
     /// Its `nsp` is the name of `ns`.
     selector: Selector,
     flags: BroadcastFlags,
+    /// How long [`Self::emit_with_ack`] waits; `None`: the server's `ack_timeout`.
+    ack_timeout: Option<Duration>,
 }
 
 /// Answers collected by [`BroadcastOperator::emit_with_ack`].
@@ -59,7 +61,7 @@ impl BroadcastOperator {
 
     /// The operator for `selector`'s rooms and except in `ns` (whose name is `selector.nsp`).
     pub(crate) fn selecting(ns: Namespace, selector: Selector) -> Self {
-        Self { ns, selector, flags: BroadcastFlags::default() }
+        Self { ns, selector, flags: BroadcastFlags::default(), ack_timeout: None }
     }
 
     /// Adds a target room (a socket id targets that socket).
@@ -77,6 +79,13 @@ impl BroadcastOperator {
     /// Drops the packet for clients that are behind instead of queueing it.
     pub fn volatile(mut self) -> Self {
         self.flags.volatile = true;
+        self
+    }
+
+    /// How long [`Self::emit_with_ack`] waits for the acknowledgements (socket.io's
+    /// `io.timeout(ms)`); without it, the server's [`super::SocketIoConfig::ack_timeout`].
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.ack_timeout = Some(timeout);
         self
     }
 
@@ -181,9 +190,11 @@ impl BroadcastOperator {
     }
 
     /// Emits `event` asking each recipient (on every node) for an acknowledgement, and waits
-    /// until every recipient answered or `timeout` passed. Nodes that do not answer within
-    /// `timeout` plus the cluster timeout are listed in `missing_nodes`.
-    pub async fn emit_with_ack(&self, event: &str, payload: impl Into<Payload>, timeout: Duration) -> AckResults {
+    /// until every recipient answered or the ack timeout passed ([`Self::timeout`], or the
+    /// server's [`super::SocketIoConfig::ack_timeout`]). Nodes that do not answer within that
+    /// plus the cluster timeout are listed in `missing_nodes`.
+    pub async fn emit_with_ack(&self, event: &str, payload: impl Into<Payload>) -> AckResults {
+        let timeout = self.ack_timeout.unwrap_or_else(|| self.ns.ack_timeout());
         let payload = payload.into();
         let acked = |selector| AckedBroadcast {
             selector,

@@ -181,8 +181,14 @@ impl Socket {
         }
     }
 
+    /// Emits `event` and waits for the client's acknowledgement up to the server's
+    /// [`super::SocketIoConfig::ack_timeout`].
+    pub async fn emit_with_ack(&self, event: &str, payload: impl Into<Payload>) -> Result<Payload, AckError> {
+        self.emit_with_ack_within(event, payload, self.0.ns.ack_timeout()).await
+    }
+
     /// Emits `event` and waits up to `timeout` for the client's acknowledgement.
-    pub async fn emit_with_ack(
+    pub async fn emit_with_ack_within(
         &self,
         event: &str,
         payload: impl Into<Payload>,

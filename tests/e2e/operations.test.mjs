@@ -177,3 +177,46 @@ ioswarmOnly("draining on SIGTERM (--drain-ms, --drain-spread-ms, --shutdown-grac
     assert.ok(took >= 450, `exited ${took} ms after SIGTERM, before --drain-ms`);
   });
 });
+
+ioswarmOnly("acknowledgement wait (--ack-timeout-ms)", () => {
+  const ctx = new Ctx();
+  afterEach(() => ctx.cleanup());
+
+  async function clients(server) {
+    const silent = await ctx.connect(server.url, { transports: ["websocket"] });
+    silent.on("ask", () => {}); // never answers
+    const polite = await ctx.connect(server.url, { transports: ["websocket"] });
+    polite.on("ask", (who, ack) => ack(`yes ${who}`));
+  }
+
+  test("an emit with ack and no timeout of its own waits --ack-timeout-ms", T, async () => {
+    const server = await ctx.server({ flags: ["--ack-timeout-ms", "700"] });
+    await clients(server);
+    const started = Date.now();
+    const res = await adminFetch(server, "POST", "/v1/emit", { body: { event: "ask", args: ["me"], ack: true } });
+    const took = Date.now() - started;
+    assert.equal(res.status, 200, res.text);
+    assert.deepEqual(JSON.parse(res.text), { recipients: 2, acks: [["yes me"]], timedOut: 1 });
+    assert.ok(took >= 650, `answered after ${took} ms, before --ack-timeout-ms`);
+    assert.ok(took < WAIT_MS, `answered after ${took} ms`);
+    // ackTimeoutMs in the request overrides the server's default.
+    const started2 = Date.now();
+    const res2 = await adminFetch(server, "POST", "/v1/emit", { body: { event: "ask", args: ["x"], ackTimeoutMs: 100 } });
+    assert.deepEqual(JSON.parse(res2.text), { recipients: 2, acks: [["yes x"]], timedOut: 1 });
+    assert.ok(Date.now() - started2 < 650, "the request's own ackTimeoutMs was used");
+  });
+
+  test("the default wait (10 s) is longer", T, async () => {
+    const server = await ctx.server();
+    await clients(server);
+    await assert.rejects(
+      fetch(`${server.adminUrl}/v1/emit`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ event: "ask", args: ["me"], ack: true }),
+        signal: AbortSignal.timeout(2000),
+      }),
+      /TimeoutError|aborted/,
+    );
+  });
+});
