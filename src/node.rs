@@ -223,8 +223,10 @@ impl Node {
         let sockets = io.namespaces().iter().map(|ns| ns.socket_count()).sum::<usize>();
         tracing::info!(sockets, spread_ms = config.drain_spread_ms, "closing client connections");
         io.close_spread(config.drain_spread()).await;
+        // A cluster node keeps a share of what is left for leaving the cluster.
         let left = deadline.saturating_duration_since(Instant::now());
-        let clients_by = Instant::now() + left.mul_f64(1.0 - LEAVE_SHARE);
+        let share = if cluster.is_some() { 1.0 - LEAVE_SHARE } else { 1.0 };
+        let clients_by = Instant::now() + left.mul_f64(share);
         let mut on_time = tokio::time::timeout_at(clients_by, io.shutdown()).await.is_ok();
         if !on_time {
             tracing::warn!("client connections still closing; going on to leave the cluster");
