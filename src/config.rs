@@ -103,6 +103,8 @@ pub struct Config {
     pub log: String,
     /// Log output format.
     pub log_format: LogFormat,
+    /// Live counts (`[[presence]]` tables; TOML only).
+    pub presence: Vec<crate::presence::PresenceConfig>,
     /// Cluster node id (the raft id; must match the node certificate). Unset runs a single node.
     pub node_id: Option<u64>,
     /// UDP address of the cluster's QUIC endpoint; required with `node_id`.
@@ -151,6 +153,7 @@ impl Default for Config {
             admin_token: None,
             log: "info".to_owned(),
             log_format: LogFormat::Text,
+            presence: Vec::new(),
             node_id: None,
             cluster_listen: None,
             advertise: None,
@@ -194,6 +197,7 @@ impl fmt::Debug for Config {
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<redacted>"))
             .field("log", &self.log)
             .field("log_format", &self.log_format)
+            .field("presence", &self.presence)
             .field("node_id", &self.node_id)
             .field("cluster_listen", &self.cluster_listen)
             .field("advertise", &self.advertise)
@@ -223,6 +227,14 @@ pub enum ConfigError {
         path: PathBuf,
         /// The TOML error, with line and column.
         source: toml::de::Error,
+    },
+    /// An entry of a table array (`[[presence]]`, ...) is invalid.
+    #[error("invalid setting `{field}`: {message}")]
+    Setting {
+        /// The setting with the entry's index, e.g. `presence[1].room`.
+        field: String,
+        /// What is wrong and what is allowed.
+        message: String,
     },
     /// A setting has a value outside its allowed range.
     #[error("invalid setting `{field}`: {message}")]
@@ -323,6 +335,9 @@ impl Config {
             ));
         }
         self.validate_cluster()?;
+        if let Err(e) = crate::presence::validate(&self.presence) {
+            return Err(ConfigError::Setting { field: e.field, message: e.message });
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
             return Err(invalid("log", format!("{:?} is not a valid filter: {e}", self.log)));
         }
@@ -870,14 +885,17 @@ mod tests {
         assert!(seen > 20);
     }
 
+    /// Settings that are tables in the TOML file, with no flag.
+    const TOML_ONLY: &[&str] = &["presence"];
+
     #[test]
     fn every_config_field_has_a_flag() {
         let value = serde_json::to_value(Config::default()).unwrap();
         let cmd = Cli::command();
         let longs: Vec<&str> = cmd.get_arguments().filter_map(|a| a.get_long()).collect();
         let keys = value.as_object().unwrap().keys();
-        assert_eq!(keys.len(), 35);
-        for key in keys {
+        assert_eq!(keys.len(), 36);
+        for key in keys.filter(|k| !TOML_ONLY.contains(&k.as_str())) {
             let flag = key.replace('_', "-");
             assert!(longs.contains(&flag.as_str()), "config field {key} has no --{flag}");
         }
@@ -925,7 +943,7 @@ mod tests {
         let c = load(&cli).unwrap();
         let defaults = serde_json::to_value(Config::default()).unwrap();
         let got = serde_json::to_value(&c).unwrap();
-        for (key, default) in defaults.as_object().unwrap() {
+        for (key, default) in defaults.as_object().unwrap().iter().filter(|(k, _)| !TOML_ONLY.contains(&k.as_str())) {
             assert_ne!(&got[key], default, "--{} was not applied", key.replace('_', "-"));
         }
     }

@@ -26,8 +26,8 @@ use tokio_util::task::TaskTracker;
 
 use super::gossip::{GossipConfig, GossipState, Outgoing};
 use super::message::{
-    ClientAck, ClusterReply, ClusterRequest, ForwardedBroadcast, Goodbye, Gossip, Message, NodeId, NodeState, Publish,
-    ReplyBody, RequestErrorCode, RequestOp,
+    ClientAck, ClusterReply, ClusterRequest, ForwardedBroadcast, Goodbye, Gossip, Message, NodeId, NodeState,
+    PresenceState, Publish, ReplyBody, RequestErrorCode, RequestOp,
 };
 use super::raft::RaftNode;
 use super::transport::{Incoming, Transport};
@@ -68,6 +68,14 @@ struct Inner {
     timeout: Duration,
     cancel: CancellationToken,
     tasks: TaskTracker,
+    /// Receives the presence states other nodes send (set by the presence service).
+    presence: std::sync::OnceLock<Arc<dyn PresenceSink>>,
+}
+
+/// What receives the presence states other nodes send; implemented by the presence service.
+pub trait PresenceSink: Send + Sync + std::fmt::Debug + 'static {
+    /// Node `from` sent its whole presence contribution.
+    fn receive(&self, from: NodeId, state: PresenceState);
 }
 
 impl ClusterNode {
@@ -101,6 +109,7 @@ impl ClusterNode {
             timeout: settings.timeout,
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            presence: std::sync::OnceLock::new(),
         });
         // Rooms that already have members (namespaces created before the cluster started).
         for ns in io.namespaces() {
@@ -122,6 +131,24 @@ impl ClusterNode {
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.inner.id
+    }
+
+    /// Routes the presence states other nodes send to `sink` (once).
+    pub fn set_presence_sink(&self, sink: Arc<dyn PresenceSink>) {
+        let _ = self.inner.presence.set(sink);
+    }
+
+    /// Sends this node's presence state to every live node, in order with its broadcasts.
+    pub fn publish_presence(&self, state: PresenceState) {
+        let peers = self.inner.live_peers();
+        if !peers.is_empty() {
+            self.inner.send_to(&peers, &Message::Presence(state));
+        }
+    }
+
+    /// The other nodes the failure detector holds alive (or suspects, not yet dead).
+    pub fn live_peers(&self) -> Vec<NodeId> {
+        self.inner.live_peers()
     }
 
     /// The raft node.
@@ -338,6 +365,11 @@ impl Inner {
                     self.broker.spublish(&publish.channel, &publish.message);
                 } else {
                     self.broker.publish(&publish.channel, &publish.message);
+                }
+            }
+            Message::Presence(state) => {
+                if let Some(sink) = self.presence.get() {
+                    sink.receive(from, state);
                 }
             }
             // A fire-and-forget operation, in order with the sender's broadcasts.

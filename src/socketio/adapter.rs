@@ -66,7 +66,7 @@ pub struct RemoteSocket {
     /// The handshake details: `address`, `query` (raw string), `issued` (ms since the epoch) and
     /// `auth` (the CONNECT packet's `auth` object).
     pub handshake: Value,
-    /// `socket.data` (`null`: ioswarm sockets carry no data yet).
+    /// `socket.data` ([`Socket::data`]).
     pub data: Value,
 }
 
@@ -90,7 +90,7 @@ impl RemoteSocket {
                 "issued": issued,
                 "auth": socket.auth(),
             }),
-            data: Value::Null,
+            data: socket.data(),
         }
     }
 }
