@@ -148,10 +148,20 @@ impl<S> Connection<S> {
     /// Queues pre-encoded frames atomically. Never blocks: a client that is
     /// too far behind is disconnected, and volatile frames are dropped for it.
     pub(crate) fn send_frames(&self, frames: &[Frame], volatile: bool) -> Enqueued {
+        self.enqueue_with(|s| s.enqueue(frames, volatile))
+    }
+
+    /// Queues `frames` so that they end a WebSocket write: what is queued
+    /// after them goes out in a later write (see [`Session::enqueue_own_write`]).
+    pub(crate) fn send_frames_own_write(&self, frames: &[Frame]) -> Enqueued {
+        self.enqueue_with(|s| s.enqueue_own_write(frames))
+    }
+
+    fn enqueue_with(&self, enqueue: impl FnOnce(&mut Session) -> Enqueued) -> Enqueued {
         let (result, transport, was_empty) = {
             let mut s = self.session.lock();
             let was_empty = s.queue_is_empty();
-            (s.enqueue(frames, volatile), s.transport(), was_empty)
+            (enqueue(&mut s), s.transport(), was_empty)
         };
         match result {
             // Only the first packet of a batch wakes the transport: whoever
@@ -627,15 +637,15 @@ async fn drive<H: Handler>(engine: Engine<H>, conn: Arc<Connection<H::State>>) {
             writer = Some(w);
         }
         let now = Instant::now();
-        let (deadline, closed) = {
+        let (deadline, closed, more) = {
             let mut s = conn.session.lock();
             match s.on_timer(now) {
                 super::session::TimerOutcome::PingQueued => conn.poll_wake.notify_one(),
                 super::session::TimerOutcome::Closed(_) => conn.poll_wake.notify_one(),
                 _ => {}
             }
-            s.drain_for_websocket(&mut batch);
-            (s.next_deadline(), s.closed())
+            let more = writer.is_some() && s.drain_for_websocket(&mut batch);
+            (s.next_deadline(), s.closed(), more)
         };
         let control: Vec<_> = std::mem::take(&mut *conn.control.lock());
         if let Some(w) = writer.as_mut() {
@@ -660,6 +670,10 @@ async fn drive<H: Handler>(engine: Engine<H>, conn: Arc<Connection<H::State>>) {
                 continue;
             }
         }
+        if more {
+            // The batch ended at a write end: the rest goes in the next write.
+            continue;
+        }
         if let Some(reason) = closed {
             break reason;
         }
@@ -679,24 +693,24 @@ async fn drive<H: Handler>(engine: Engine<H>, conn: Arc<Connection<H::State>>) {
     conn.poll_wake.notify_one();
     if let Some(mut w) = writer.take() {
         websocket::close_writer(&mut w).await;
-    } else {
-        // A polling client closed gracefully still collects its last packets
-        // with its next GET; give it a moment before forgetting the session.
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-        loop {
-            let notified = conn.driver_wake.notified();
-            if !conn.session.lock().accepts_requests() {
-                break;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                break;
-            }
-        }
     }
-    engine.inner.sessions.remove(&conn.id);
     metrics::gauge!(crate::metrics::ENGINE_CONNECTIONS).decrement(1.0);
     metrics::counter!(crate::metrics::ENGINE_CONNECTIONS_CLOSED, "reason" => reason.label()).increment(1);
     engine.inner.handler.on_close(&conn, reason.as_str());
+    // A polling client still owed a last answer (its last packets after a
+    // graceful close, a noop after its own close) gets it with its next GET;
+    // the session stays findable for a moment for that GET.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let notified = conn.driver_wake.notified();
+        if !conn.session.lock().accepts_requests() {
+            break;
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            break;
+        }
+    }
+    engine.inner.sessions.remove(&conn.id);
 }
 
 fn request_kind(req: &Request<Incoming>, query: &HashMap<String, String>, transport: Transport) -> &'static str {
@@ -771,4 +785,74 @@ fn preflight(req: &HeaderMap) -> Response<Body> {
         headers.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, requested.clone());
     }
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use super::*;
+
+    #[derive(Debug)]
+    struct Quiet;
+
+    impl Handler for Quiet {
+        type State = ();
+        fn on_open(&self, _conn: &Arc<Connection<()>>) {}
+        fn on_message(&self, _conn: &Arc<Connection<()>>, _msg: Message) {}
+        fn on_close(&self, _conn: &Arc<Connection<()>>, _reason: &'static str) {}
+    }
+
+    /// A socket that records each write it is given.
+    #[derive(Clone, Default)]
+    struct Writes(Arc<Mutex<Vec<Vec<u8>>>>);
+
+    impl tokio::io::AsyncWrite for Writes {
+        fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+            self.0.lock().push(buf.to_vec());
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A small unmasked server text frame.
+    fn text_frame(payload: &str) -> Vec<u8> {
+        let mut out = vec![0x81, u8::try_from(payload.len()).expect("short payload")];
+        out.extend_from_slice(payload.as_bytes());
+        out
+    }
+
+    #[tokio::test]
+    async fn frames_sent_for_their_own_write_leave_before_later_ones_in_a_separate_write() {
+        let engine = Engine::new(EngineConfig::default(), Quiet);
+        let handshake = Handshake {
+            remote_addr: "127.0.0.1:1".parse().expect("address"),
+            headers: HeaderMap::new(),
+            query: String::new(),
+            issued: std::time::SystemTime::now(),
+        };
+        let (conn, _open) = engine.open_session(Transport::WebSocket, handshake, None);
+        // As Socket.IO's CONNECT: the reply, then what the connection handler emits at once.
+        conn.send_frames_own_write(&[Frame::Text(Bytes::from_static(b"40{}"))]);
+        conn.send_frames(&[Frame::Text(Bytes::from_static(b"42[\"a\"]"))], false);
+        conn.send_frames(&[Frame::Text(Bytes::from_static(b"42[\"b\"]"))], false);
+        let writes = Writes::default();
+        conn.adopt_writer(WsWriter::new(Box::new(writes.clone())));
+        for _ in 0..200 {
+            if writes.0.lock().len() >= 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let second: Vec<u8> = [text_frame(r#"42["a"]"#), text_frame(r#"42["b"]"#)].concat();
+        assert_eq!(*writes.0.lock(), [text_frame("40{}"), second]);
+        conn.close();
+        engine.shutdown().await;
+    }
 }

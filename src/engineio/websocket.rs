@@ -94,6 +94,12 @@ impl std::fmt::Debug for WsWriter {
 }
 
 impl WsWriter {
+    /// A writer over any byte sink (tests record the writes).
+    #[cfg(test)]
+    pub(crate) fn new(io: Box<dyn AsyncWrite + Send + Unpin>) -> Self {
+        Self { io, closed: false }
+    }
+
     /// Writes frames as one buffer. Nothing is written after a close frame.
     async fn write_frames(&mut self, frames: &mut [WsFrame<'_>]) -> Result<(), WebSocketError> {
         if self.closed {

@@ -360,7 +360,8 @@ impl SioHandler {
         let reply = serde_json::json!({ "sid": socket.id() });
         let mut text = vec![b'4'];
         packet::encode(PacketKind::Connect, ns.name(), None, Some(&reply), 0, &mut text);
-        conn.send_frames(&[crate::engineio::packet::Frame::Text(Bytes::from(text))], false);
+        // In a write of its own, before anything the handlers emit (as socket.io does).
+        conn.send_frames_own_write(&[crate::engineio::packet::Frame::Text(Bytes::from(text))]);
         metrics::counter!(crate::metrics::SOCKETIO_CONNECTS).increment(1);
         metrics::gauge!(crate::metrics::SOCKETIO_SOCKETS).increment(1.0);
         ns.run_connect_handlers(&socket);
