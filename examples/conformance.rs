@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ioswarm::engineio::{Connection, Cors, Engine, EngineConfig, Handler, Message};
+use ioswarm::engineio::{CloseReason, Connection, Cors, Engine, EngineConfig, Handler, Message};
 use ioswarm::http::{ListenerLimits, Router};
 use ioswarm::socketio::{NamespacePolicy, Server, SocketIoConfig};
 use tokio::net::TcpListener;
@@ -43,7 +43,7 @@ impl Handler for Echo {
         }
     }
 
-    fn on_close(&self, _conn: &Arc<Connection<()>>, _reason: &'static str) {}
+    fn on_close(&self, _conn: &Arc<Connection<()>>, _reason: CloseReason) {}
 }
 
 /// The settings the test suites are written against.

@@ -13,4 +13,5 @@ mod websocket;
 
 pub use config::{Cors, EngineConfig};
 pub(crate) use server::{Body, parse_query};
-pub use server::{Connection, Engine, Handler, Handshake, Message};
+pub use server::{Connection, Engine, Handler, Handshake, Message, RequestKind};
+pub use session::CloseReason;

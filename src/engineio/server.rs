@@ -87,7 +87,7 @@ pub trait Handler: Send + Sync + 'static {
     /// A message arrived, in order.
     fn on_message(&self, conn: &Arc<Connection<Self::State>>, msg: Message);
     /// The session ended; called exactly once.
-    fn on_close(&self, conn: &Arc<Connection<Self::State>>, reason: &'static str);
+    fn on_close(&self, conn: &Arc<Connection<Self::State>>, reason: CloseReason);
 }
 
 /// One Engine.IO connection, shared by its transports and the application.
@@ -333,7 +333,7 @@ impl<H: Handler> Engine<H> {
             _ => return error_response(ErrorCode::UnknownTransport),
         };
         let is_upgrade = fastwebsockets::upgrade::is_upgrade_request(&req);
-        metrics::counter!(crate::metrics::ENGINE_HTTP_REQUESTS, "kind" => request_kind(&req, &query, transport))
+        metrics::counter!(crate::metrics::ENGINE_HTTP_REQUESTS, crate::metrics::label::KIND => RequestKind::of(&req, &query, transport).label())
             .increment(1);
 
         if let Some(sid) = query.get("sid") {
@@ -695,8 +695,9 @@ async fn drive<H: Handler>(engine: Engine<H>, conn: Arc<Connection<H::State>>) {
         websocket::close_writer(&mut w).await;
     }
     metrics::gauge!(crate::metrics::ENGINE_CONNECTIONS).decrement(1.0);
-    metrics::counter!(crate::metrics::ENGINE_CONNECTIONS_CLOSED, "reason" => reason.label()).increment(1);
-    engine.inner.handler.on_close(&conn, reason.as_str());
+    metrics::counter!(crate::metrics::ENGINE_CONNECTIONS_CLOSED, crate::metrics::label::REASON => reason.label())
+        .increment(1);
+    engine.inner.handler.on_close(&conn, reason);
     // A polling client still owed a last answer (its last packets after a
     // graceful close, a noop after its own close) gets it with its next GET;
     // the session stays findable for a moment for that GET.
@@ -713,12 +714,41 @@ async fn drive<H: Handler>(engine: Engine<H>, conn: Arc<Connection<H::State>>) {
     engine.inner.sessions.remove(&conn.id);
 }
 
-fn request_kind(req: &Request<Incoming>, query: &HashMap<String, String>, transport: Transport) -> &'static str {
-    match (query.contains_key("sid"), transport, req.method()) {
-        (false, _, _) => "handshake",
-        (true, Transport::WebSocket, _) => "websocket",
-        (true, Transport::Polling, &Method::POST) => "post",
-        (true, Transport::Polling, _) => "poll",
+/// What an HTTP request on an Engine.IO path is for: the `kind` label of
+/// `ioswarm_engine_http_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RequestKind {
+    /// No `sid`: opens a session (polling or WebSocket).
+    Handshake,
+    /// A polling GET of a session.
+    Poll,
+    /// A polling POST of a session.
+    Post,
+    /// A WebSocket joining a session (upgrade).
+    WebSocket,
+}
+
+impl RequestKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [Self; 4] = [Self::Handshake, Self::Poll, Self::Post, Self::WebSocket];
+
+    /// The `kind` label value.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Handshake => "handshake",
+            Self::Poll => "poll",
+            Self::Post => "post",
+            Self::WebSocket => "websocket",
+        }
+    }
+
+    fn of(req: &Request<Incoming>, query: &HashMap<String, String>, transport: Transport) -> Self {
+        match (query.contains_key("sid"), transport, req.method()) {
+            (false, _, _) => Self::Handshake,
+            (true, Transport::WebSocket, _) => Self::WebSocket,
+            (true, Transport::Polling, &Method::POST) => Self::Post,
+            (true, Transport::Polling, _) => Self::Poll,
+        }
     }
 }
 
@@ -801,7 +831,7 @@ mod tests {
         type State = ();
         fn on_open(&self, _conn: &Arc<Connection<()>>) {}
         fn on_message(&self, _conn: &Arc<Connection<()>>, _msg: Message) {}
-        fn on_close(&self, _conn: &Arc<Connection<()>>, _reason: &'static str) {}
+        fn on_close(&self, _conn: &Arc<Connection<()>>, _reason: CloseReason) {}
     }
 
     /// A socket that records each write it is given.

@@ -46,9 +46,11 @@ impl Transport {
     }
 }
 
-/// Why a session ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CloseReason {
+/// Why an Engine.IO session ended. [`CloseReason::as_str`] is the reason
+/// socket.io reports; [`CloseReason::label`] the `reason` label of
+/// `ioswarm_engine_connections_closed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseReason {
     /// The client sent a close packet or closed its WebSocket cleanly.
     TransportClose,
     /// The transport failed (I/O error, a second pending GET, an overlapping POST…).
@@ -66,8 +68,19 @@ pub(crate) enum CloseReason {
 }
 
 impl CloseReason {
+    /// Every reason, in declaration order.
+    pub const ALL: [Self; 7] = [
+        Self::TransportClose,
+        Self::TransportError,
+        Self::PingTimeout,
+        Self::ParseError,
+        Self::Overflow,
+        Self::ServerClose,
+        Self::Shutdown,
+    ];
+
     /// The reason string socket.io reports for this cause.
-    pub(crate) fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Self::TransportClose => "transport close",
             Self::TransportError => "transport error",
@@ -84,8 +97,8 @@ impl CloseReason {
         matches!(self, Self::ServerClose | Self::Shutdown)
     }
 
-    /// A short label for metrics.
-    pub(crate) fn label(self) -> &'static str {
+    /// The `reason` label value of `ioswarm_engine_connections_closed_total`.
+    pub const fn label(self) -> &'static str {
         match self {
             Self::TransportClose => "transport_close",
             Self::TransportError => "transport_error",

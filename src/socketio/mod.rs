@@ -7,6 +7,8 @@
 //!   the local fan-out.
 //! - `socket`: one client's membership of one namespace: emit, acks, rooms.
 //! - `operator`: the broadcast builder (`to`, `except`, `volatile`…).
+//! - `reason`: why a socket left, a CONNECT was refused, a packet was dropped
+//!   (typed down to the metrics' `reason` labels).
 
 pub mod adapter;
 mod config;
@@ -14,6 +16,7 @@ mod namespace;
 mod operator;
 pub(crate) mod packet;
 mod payload;
+pub(crate) mod reason;
 mod server;
 mod socket;
 
@@ -22,5 +25,6 @@ pub use config::{NamespacePolicy, SocketIoConfig};
 pub use namespace::{ConnectError, ConnectRequest, Event, Namespace};
 pub use operator::{AckResults, BroadcastOperator, ClusterCount, FetchedSockets};
 pub use payload::Payload;
+pub use reason::DisconnectReason;
 pub use server::{ClientState, Server};
 pub use socket::{AckError, AckSender, SendError, Socket};
