@@ -2,7 +2,8 @@
 //! long-polling request rules, the upgrade dance and the bounded send queue.
 //!
 //! Pure: every method takes `now` and returns what the caller must do. The
-//! HTTP and WebSocket drivers in [`super::server`] and [`super::websocket`]
+//! HTTP and WebSocket drivers in [`super::endpoint`], [`super::polling`],
+//! [`super::driver`] and [`super::websocket`]
 //! hold a `Session` behind a mutex and carry out its decisions, so all of the
 //! protocol's timing rules are tested here with simulated time.
 

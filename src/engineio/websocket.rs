@@ -20,8 +20,9 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::connection::Connection;
+use super::endpoint::{Engine, Handler};
 use super::packet::{self, Frame};
-use super::server::{Connection, Engine, Handler};
 use super::session::{CloseReason, Inbound, TimerOutcome, Transport};
 
 type ReadIo = Box<dyn AsyncRead + Send + Unpin>;
