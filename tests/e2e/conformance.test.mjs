@@ -1,6 +1,6 @@
 // Cases of the upstream protocol test suites that depend on how the server times its writes,
-// read the way those suites read, against the conformance server (examples/conformance.rs,
-// PROTOCOL.md §3) on a free port.
+// read the way those suites read, against the server they expect (examples/conformance.rs) on a
+// free port.
 //
 // The server under test: target/debug/examples/conformance next to $IOSWARM_BIN (build it with
 // `cargo build --example conformance`), or $CONFORMANCE_BIN; with IOSWARM_E2E_TARGET=reference
