@@ -4,15 +4,19 @@
 //! with namespaces `/` and `/custom`.
 //!
 //! ```text
-//! cargo run --example conformance
+//! cargo run --example conformance             # localhost:3000
+//! cargo run --example conformance -- 0        # a free port (printed)
 //! ```
+//!
+//! Prints `listening on <port>` once it accepts connections, like the Node
+//! reference server (`tests/reference/conformance-server.mjs`).
 //!
 //! The integration tests include this file as a module and call [`start`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use ioswarm::engineio::{Connection, Cors, Engine, EngineConfig, Handler, Message};
+use ioswarm::engineio::{CloseReason, Connection, Cors, Engine, EngineConfig, Handler, Message};
 use ioswarm::http::{ListenerLimits, Router};
 use ioswarm::socketio::{NamespacePolicy, Server, SocketIoConfig};
 use tokio::net::TcpListener;
@@ -39,7 +43,7 @@ impl Handler for Echo {
         }
     }
 
-    fn on_close(&self, _conn: &Arc<Connection<()>>, _reason: &'static str) {}
+    fn on_close(&self, _conn: &Arc<Connection<()>>, _reason: CloseReason) {}
 }
 
 /// The settings the test suites are written against.
@@ -85,12 +89,25 @@ pub async fn start(listener: TcpListener) {
         .await;
 }
 
+/// The port: the first argument, else `$PORT`, else 3000 (0 picks a free one).
+fn port() -> std::io::Result<u16> {
+    let arg = std::env::args().nth(1).or_else(|| std::env::var("PORT").ok());
+    match arg {
+        Some(p) => {
+            p.parse().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("port {p:?}: {e}")))
+        }
+        None => Ok(3000),
+    }
+}
+
 #[allow(dead_code)]
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    let v4 = TcpListener::bind("127.0.0.1:3000").await?;
-    let v6 = TcpListener::bind("[::1]:3000").await;
-    println!("conformance server on http://localhost:3000");
+    let v4 = TcpListener::bind(("127.0.0.1", port()?)).await?;
+    // IPv6 on the same port (the one picked for IPv4 when asked for 0).
+    let port = v4.local_addr()?.port();
+    let v6 = TcpListener::bind(("::1", port)).await;
+    println!("listening on {port}");
     match v6 {
         Ok(v6) => {
             tokio::join!(start(v4), start(v6));

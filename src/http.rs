@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::engineio::{Body, Engine, Handler};
-use crate::net::{Accepted, Acceptor, WhenFull};
+use crate::net::{Accepted, Acceptor, ConnPermit, WhenFull};
 use crate::socketio::Server;
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -78,12 +78,6 @@ impl Router {
         }
     }
 }
-
-/// The listener's slot for one TCP connection. It rides in each request's
-/// extensions so that a WebSocket keeps holding it after the HTTP
-/// connection task has handed the socket over.
-#[derive(Debug, Clone)]
-pub(crate) struct ConnPermit(#[allow(dead_code)] pub(crate) Arc<tokio::sync::OwnedSemaphorePermit>);
 
 /// Limits of the HTTP listener.
 #[derive(Debug, Clone)]

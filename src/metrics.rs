@@ -1,31 +1,37 @@
 //! Every metric the server records, declared in one place.
 //!
 //! Names follow `ioswarm_<thing>_<unit>[_total]`; counters end in `_total`. Label values come from
-//! the small fixed sets below (`Transport`, `EngineCloseReason`, `DisconnectReason`, ...), never
-//! from peer input, so the number of series stays bounded. To add a metric: add a
-//! `pub(crate) const`, add a `MetricDef` row to `ALL` (the tests check the naming rules), and
-//! record it with the `metrics` crate's macros, e.g.
-//! `::metrics::counter!(crate::metrics::SOCKETIO_DISCONNECTS, crate::metrics::label::REASON =>
-//! DisconnectReason::PingTimeout.as_str()).increment(1)` (write `::metrics` wherever this module
-//! is imported as `metrics`).
+//! small fixed sets, never from peer input, so the number of series stays bounded: [`LABELS`]
+//! declares every label value of every labelled metric; where the value is typed (Engine.IO close
+//! reasons, Socket.IO disconnect reasons…) the declaration is the enum's own list and the code
+//! records `reason.label()`, so what is declared and what is emitted are the same set. To add a
+//! metric: add a `pub(crate) const`, a `MetricDef` row to `ALL` and, for a label, a [`LabelDef`]
+//! row to [`LABELS`] (the tests check the naming rules and the label sets), and record it with
+//! the `metrics` crate's macros, e.g. `::metrics::counter!(crate::metrics::SOCKETIO_DISCONNECTS,
+//! crate::metrics::label::REASON => reason.label()).increment(1)` (write `::metrics` wherever this
+//! module is imported as `metrics`).
 //!
 //! The recorder is a Prometheus exporter without its own HTTP listener: [`install_recorder`]
-//! returns a handle that the admin server renders on `GET /metrics` (and runs upkeep on).
+//! returns a handle that the admin server renders on `GET /metrics` (and runs upkeep on). It
+//! registers every metric at zero ([`zero`]), so the first scrape already lists them all.
 
 use metrics::{describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::engineio::{CloseReason, RequestKind};
+use crate::socketio::reason::{ConnectErrorReason, DisconnectReason, DropReason};
+
 // ---- Engine.IO -------------------------------------------------------------------------------
 
-/// Gauge: open Engine.IO sessions, by current transport. Labels: [`label::TRANSPORT`].
+/// Gauge: open Engine.IO sessions (either transport).
 pub(crate) const ENGINE_CONNECTIONS: &str = "ioswarm_engine_connections";
 /// Counter: Engine.IO sessions opened (successful handshakes).
 pub(crate) const ENGINE_CONNECTIONS_OPENED: &str = "ioswarm_engine_connections_opened_total";
-/// Counter: Engine.IO sessions closed. Labels: [`label::REASON`] = [`EngineCloseReason`].
+/// Counter: Engine.IO sessions closed. Labels: [`label::REASON`] = [`crate::engineio::CloseReason::label`].
 pub(crate) const ENGINE_CONNECTIONS_CLOSED: &str = "ioswarm_engine_connections_closed_total";
 /// Counter: completed polling → websocket upgrades.
 pub(crate) const ENGINE_UPGRADES: &str = "ioswarm_engine_upgrades_total";
-/// Counter: HTTP requests on the Engine.IO path. Labels: [`label::KIND`] = [`HttpRequestKind`].
+/// Counter: HTTP requests on the Engine.IO path. Labels: [`label::KIND`] = [`crate::engineio::RequestKind::label`].
 pub(crate) const ENGINE_HTTP_REQUESTS: &str = "ioswarm_engine_http_requests_total";
 
 // ---- Socket.IO -------------------------------------------------------------------------------
@@ -34,7 +40,7 @@ pub(crate) const ENGINE_HTTP_REQUESTS: &str = "ioswarm_engine_http_requests_tota
 pub(crate) const SOCKETIO_SOCKETS: &str = "ioswarm_socketio_sockets";
 /// Counter: successful namespace connects.
 pub(crate) const SOCKETIO_CONNECTS: &str = "ioswarm_socketio_connects_total";
-/// Counter: refused namespace connects. Labels: [`label::REASON`] = [`ConnectErrorReason`].
+/// Counter: refused namespace connects. Labels: [`label::REASON`] = [`ConnectErrorReason::label`].
 pub(crate) const SOCKETIO_CONNECT_ERRORS: &str = "ioswarm_socketio_connect_errors_total";
 /// Counter: EVENT / BINARY_EVENT packets received from clients.
 pub(crate) const SOCKETIO_EVENTS_RECEIVED: &str = "ioswarm_socketio_events_received_total";
@@ -42,9 +48,10 @@ pub(crate) const SOCKETIO_EVENTS_RECEIVED: &str = "ioswarm_socketio_events_recei
 pub(crate) const SOCKETIO_PACKETS_SENT: &str = "ioswarm_socketio_packets_sent_total";
 /// Counter: bytes queued to clients (encoded packets including attachments).
 pub(crate) const SOCKETIO_BYTES_SENT: &str = "ioswarm_socketio_bytes_sent_total";
-/// Counter: packets not delivered to a client. Labels: [`label::REASON`] = [`DropReason`].
+/// Counter: packets not delivered to a client that stays connected. Labels: [`label::REASON`] =
+/// [`DropReason::label`].
 pub(crate) const SOCKETIO_PACKETS_DROPPED: &str = "ioswarm_socketio_packets_dropped_total";
-/// Counter: sockets disconnected. Labels: [`label::REASON`] = [`DisconnectReason`].
+/// Counter: sockets disconnected. Labels: [`label::REASON`] = [`DisconnectReason::label`].
 pub(crate) const SOCKETIO_DISCONNECTS: &str = "ioswarm_socketio_disconnects_total";
 /// Counter: Socket.IO packets from clients that could not be decoded or were not allowed.
 pub(crate) const SOCKETIO_INVALID_PACKETS: &str = "ioswarm_socketio_invalid_packets_total";
@@ -144,7 +151,7 @@ const fn def(name: &'static str, kind: MetricKind, help: &'static str) -> Metric
 pub(crate) const ALL: &[MetricDef] = {
     use MetricKind::{Counter, Gauge, Histogram};
     &[
-        def(ENGINE_CONNECTIONS, Gauge, "Open Engine.IO sessions by transport."),
+        def(ENGINE_CONNECTIONS, Gauge, "Open Engine.IO sessions."),
         def(ENGINE_CONNECTIONS_OPENED, Counter, "Engine.IO sessions opened."),
         def(ENGINE_CONNECTIONS_CLOSED, Counter, "Engine.IO sessions closed, by reason."),
         def(ENGINE_UPGRADES, Counter, "Polling to websocket upgrades completed."),
@@ -155,7 +162,7 @@ pub(crate) const ALL: &[MetricDef] = {
         def(SOCKETIO_EVENTS_RECEIVED, Counter, "Events received from clients."),
         def(SOCKETIO_PACKETS_SENT, Counter, "Socket.IO packets queued to clients."),
         def(SOCKETIO_BYTES_SENT, Counter, "Bytes queued to clients."),
-        def(SOCKETIO_PACKETS_DROPPED, Counter, "Packets not delivered to a client, by reason."),
+        def(SOCKETIO_PACKETS_DROPPED, Counter, "Packets not delivered to a connected client, by reason."),
         def(SOCKETIO_DISCONNECTS, Counter, "Sockets disconnected, by reason."),
         def(SOCKETIO_INVALID_PACKETS, Counter, "Undecodable or forbidden packets from clients."),
         def(ROOMS, Gauge, "Non-empty rooms (socket id rooms excluded)."),
@@ -191,135 +198,52 @@ pub(crate) const ALL: &[MetricDef] = {
 };
 
 /// Label keys.
-// The protocol modules record these; allowed so the vocabulary can be declared ahead of use.
-#[allow(dead_code)]
 pub(crate) mod label {
-    /// Transport of an Engine.IO session: [`super::Transport`].
-    pub(crate) const TRANSPORT: &str = "transport";
-    /// Why something ended or failed: one of the `*Reason` enums.
+    /// Why something ended or failed.
     pub(crate) const REASON: &str = "reason";
-    /// Kind of HTTP request: [`super::HttpRequestKind`].
+    /// Kind of HTTP request or key-value command.
     pub(crate) const KIND: &str = "kind";
+    /// Outcome of an emitter message or a cluster request.
+    pub(crate) const RESULT: &str = "result";
+    /// Liveness state of a cluster peer.
+    pub(crate) const STATE: &str = "state";
+    /// A cluster peer's node id (values known only once peers exist).
+    pub(crate) const PEER: &str = "peer";
 }
 
-/// Defines a label-value enum with an `as_str` and an `ALL` list.
-macro_rules! label_values {
-    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $value:literal,)* }) => {
-        $(#[$meta])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-        pub(crate) enum $name {
-            $($(#[$vmeta])* $variant,)*
-        }
-
-        impl $name {
-            /// Every value, for pre-registering series and for tests.
-            #[allow(dead_code)]
-            pub(crate) const ALL: &[Self] = &[$(Self::$variant,)*];
-
-            /// The label value.
-            #[allow(dead_code)]
-            pub(crate) const fn as_str(self) -> &'static str {
-                match self {
-                    $(Self::$variant => $value,)*
-                }
-            }
-        }
-    };
+/// The label of a labelled metric and every value it takes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LabelDef {
+    /// The metric.
+    pub(crate) metric: &'static str,
+    /// The label key.
+    pub(crate) key: &'static str,
+    /// Every value, in a fixed order; empty when values appear at run time (`peer`).
+    pub(crate) values: fn() -> Vec<&'static str>,
 }
 
-label_values! {
-    /// `transport` label of [`ENGINE_CONNECTIONS`].
-    Transport {
-        /// HTTP long-polling.
-        Polling => "polling",
-        /// WebSocket.
-        Websocket => "websocket",
-    }
+const fn labels(metric: &'static str, key: &'static str, values: fn() -> Vec<&'static str>) -> LabelDef {
+    LabelDef { metric, key, values }
 }
 
-label_values! {
-    /// `reason` label of [`ENGINE_CONNECTIONS_CLOSED`].
-    EngineCloseReason {
-        /// The client closed the transport (socket closed, polling request aborted).
-        TransportClose => "transport_close",
-        /// Reading or writing the transport failed.
-        TransportError => "transport_error",
-        /// No pong within the ping timeout.
-        PingTimeout => "ping_timeout",
-        /// The server closed the session (e.g. a namespace disconnect of the last socket).
-        ServerClose => "server_close",
-        /// The client sent an Engine.IO close packet.
-        ClientClose => "client_close",
-        /// The client sent something that is not Engine.IO / Socket.IO.
-        ParseError => "parse_error",
-        /// The client's send queue overflowed (slow consumer).
-        Overflow => "overflow",
-        /// A transport upgrade failed or timed out.
-        UpgradeFailed => "upgrade_failed",
-        /// The server is shutting down.
-        Shutdown => "shutdown",
-    }
-}
-
-label_values! {
-    /// `kind` label of [`ENGINE_HTTP_REQUESTS`].
-    HttpRequestKind {
-        /// A polling GET without `sid` (new session).
-        Handshake => "handshake",
-        /// A polling GET with `sid`.
-        Poll => "poll",
-        /// A polling POST with `sid`.
-        Post => "post",
-        /// A websocket upgrade request.
-        Websocket => "websocket",
-        /// A request answered with an error status.
-        Error => "error",
-    }
-}
-
-label_values! {
-    /// `reason` label of [`SOCKETIO_CONNECT_ERRORS`].
-    ConnectErrorReason {
-        /// The namespace is not in the allowlist.
-        InvalidNamespace => "invalid_namespace",
-        /// Refused by a connect check (auth token).
-        Middleware => "middleware",
-        /// No CONNECT within the connect timeout.
-        Timeout => "timeout",
-    }
-}
-
-label_values! {
-    /// `reason` label of [`SOCKETIO_PACKETS_DROPPED`].
-    DropReason {
-        /// A volatile packet to a client whose queue was over the volatile threshold.
-        Volatile => "volatile",
-        /// The client's queue was full.
-        Overflow => "overflow",
-    }
-}
-
-label_values! {
-    /// `reason` label of [`SOCKETIO_DISCONNECTS`].
-    DisconnectReason {
-        /// The underlying connection was closed.
-        TransportClose => "transport_close",
-        /// The underlying connection failed.
-        TransportError => "transport_error",
-        /// The client stopped answering pings.
-        PingTimeout => "ping_timeout",
-        /// The client disconnected from the namespace.
-        ClientDisconnect => "client_disconnect",
-        /// The server disconnected the socket from the namespace.
-        ServerDisconnect => "server_disconnect",
-        /// The client sent an invalid packet.
-        ParseError => "parse_error",
-        /// The client's send queue overflowed.
-        Overflow => "overflow",
-        /// The server is shutting down.
-        Shutdown => "shutdown",
-    }
-}
+/// Every labelled metric with every value of its label. Metrics not listed here have no labels.
+pub(crate) const LABELS: &[LabelDef] = &[
+    labels(ENGINE_CONNECTIONS_CLOSED, label::REASON, || CloseReason::ALL.iter().map(|r| r.label()).collect()),
+    labels(ENGINE_HTTP_REQUESTS, label::KIND, || RequestKind::ALL.iter().map(|k| k.label()).collect()),
+    labels(SOCKETIO_CONNECT_ERRORS, label::REASON, || ConnectErrorReason::ALL.iter().map(|r| r.label()).collect()),
+    labels(SOCKETIO_PACKETS_DROPPED, label::REASON, || DropReason::ALL.iter().map(|r| r.label()).collect()),
+    labels(SOCKETIO_DISCONNECTS, label::REASON, || DisconnectReason::ALL.iter().map(|r| r.label()).collect()),
+    // Recorded by modules that keep their own enums and `as_str` (resp::output::KillReason, the
+    // emitter bridge's Outcome, cluster NodeState, ...): keep these lists in step with them.
+    labels(EMITTER_MESSAGES, label::RESULT, || vec!["ok", "invalid", "ignored"]),
+    labels(REDIS_CLIENTS_KILLED, label::REASON, || vec!["output_hard_limit", "output_soft_limit"]),
+    labels(CLUSTER_PEERS, label::STATE, || vec!["alive", "suspect", "dead", "left"]),
+    labels(CLUSTER_FORWARDED_MESSAGES, label::PEER, Vec::new),
+    labels(CLUSTER_FORWARDED_BYTES, label::PEER, Vec::new),
+    labels(CLUSTER_FORWARD_DROPPED, label::PEER, Vec::new),
+    labels(CLUSTER_REQUESTS, label::RESULT, || vec!["ok", "missing"]),
+    labels(KV_COMMANDS, label::KIND, || vec!["write", "read"]),
+];
 
 /// Upper bounds for latency histograms (names ending in `_seconds`): 1 ms … 30 s.
 const LATENCY_BUCKETS_SECONDS: &[f64] =
@@ -355,13 +279,42 @@ pub(crate) fn describe() {
     }
 }
 
-/// Installs the process-wide Prometheus recorder and describes every metric.
+/// Registers every metric with the current recorder without changing its value: counters and
+/// gauges at 0 (a counter with a label once per declared value), histograms with no
+/// observations. A metric labelled by values known only at run time (`peer`) is left to its
+/// first use. Dashboards and `absent()` alerts then see every series from the first scrape.
+pub(crate) fn zero() {
+    for m in ALL {
+        let values = LABELS.iter().find(|l| l.metric == m.name).map(|l| (l.key, (l.values)()));
+        match (m.kind, values) {
+            (MetricKind::Histogram, _) => {
+                let _ = metrics::histogram!(m.name);
+            }
+            (MetricKind::Counter, None) => metrics::counter!(m.name).increment(0),
+            (MetricKind::Gauge, None) => metrics::gauge!(m.name).increment(0.0),
+            (MetricKind::Counter, Some((key, values))) => {
+                for v in values {
+                    metrics::counter!(m.name, key => v).increment(0);
+                }
+            }
+            (MetricKind::Gauge, Some((key, values))) => {
+                for v in values {
+                    metrics::gauge!(m.name, key => v).increment(0.0);
+                }
+            }
+        }
+    }
+}
+
+/// Installs the process-wide Prometheus recorder, describes every metric and registers each at
+/// zero ([`zero`]).
 ///
 /// Call once, early in `main`. Serve [`PrometheusHandle::render`] (the admin server does) and
 /// call [`PrometheusHandle::run_upkeep`] periodically (the admin server does, every 5 s).
 pub fn install_recorder() -> Result<PrometheusHandle, MetricsError> {
     let handle = builder()?.install_recorder()?;
     describe();
+    zero();
     Ok(handle)
 }
 
@@ -384,21 +337,74 @@ mod tests {
     }
 
     #[test]
-    fn label_values_are_snake_case_and_unique() {
-        fn check(values: impl IntoIterator<Item = &'static str>) {
-            let mut seen = HashSet::new();
-            for v in values {
-                assert!(seen.insert(v), "{v} twice");
-                assert!(v.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{v}");
+    fn every_labelled_metric_is_declared_once_with_snake_case_values() {
+        let mut seen = HashSet::new();
+        for l in LABELS {
+            assert!(seen.insert(l.metric), "{} labelled twice", l.metric);
+            assert!(ALL.iter().any(|m| m.name == l.metric), "{} not in ALL", l.metric);
+            let mut values = HashSet::new();
+            for v in (l.values)() {
+                assert!(values.insert(v), "{}: {v} twice", l.metric);
+                assert!(v.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{}: {v}", l.metric);
             }
         }
-        check(Transport::ALL.iter().map(|v| v.as_str()));
-        check(EngineCloseReason::ALL.iter().map(|v| v.as_str()));
-        check(HttpRequestKind::ALL.iter().map(|v| v.as_str()));
-        check(ConnectErrorReason::ALL.iter().map(|v| v.as_str()));
-        check(DropReason::ALL.iter().map(|v| v.as_str()));
-        check(DisconnectReason::ALL.iter().map(|v| v.as_str()));
-        assert_eq!(EngineCloseReason::ALL.len(), 9);
+    }
+
+    fn declared(metric: &str) -> HashSet<&'static str> {
+        let def = LABELS.iter().find(|l| l.metric == metric).unwrap();
+        (def.values)().into_iter().collect()
+    }
+
+    #[test]
+    fn typed_reasons_are_exactly_the_declared_label_values() {
+        // Engine.IO and Socket.IO record `reason.label()` of these enums, nothing else.
+        let engine: HashSet<_> = CloseReason::ALL.iter().map(|r| r.label()).collect();
+        assert_eq!(engine, declared(ENGINE_CONNECTIONS_CLOSED));
+        assert_eq!(engine.len(), CloseReason::ALL.len());
+        let kinds: HashSet<_> = RequestKind::ALL.iter().map(|k| k.label()).collect();
+        assert_eq!(kinds, declared(ENGINE_HTTP_REQUESTS));
+        let disconnects: HashSet<_> = DisconnectReason::ALL.iter().map(|r| r.label()).collect();
+        assert_eq!(disconnects, declared(SOCKETIO_DISCONNECTS));
+        assert_eq!(disconnects.len(), DisconnectReason::ALL.len());
+        let refusals: HashSet<_> = ConnectErrorReason::ALL.iter().map(|r| r.label()).collect();
+        assert_eq!(refusals, declared(SOCKETIO_CONNECT_ERRORS));
+        let drops: HashSet<_> = DropReason::ALL.iter().map(|r| r.label()).collect();
+        assert_eq!(drops, declared(SOCKETIO_PACKETS_DROPPED));
+    }
+
+    #[test]
+    fn zero_registers_every_metric_and_every_declared_label_value() {
+        let recorder = builder().unwrap().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            describe();
+            zero();
+            // Zeroing again later changes nothing that was recorded.
+            metrics::counter!(SOCKETIO_CONNECTS).increment(3);
+            zero();
+        });
+        let text = handle.render();
+        for m in ALL {
+            let declared = LABELS.iter().find(|l| l.metric == m.name).map(|l| (l.key, (l.values)()));
+            match (m.kind, declared) {
+                (_, Some((_, values))) if values.is_empty() => {
+                    assert!(!text.contains(&format!("\n{}{{", m.name)), "{} appears before a peer exists", m.name);
+                }
+                (MetricKind::Histogram, _) => {
+                    assert!(text.contains(&format!("\n{}_count 0\n", m.name)), "{}: {text}", m.name);
+                }
+                (_, None) if m.name == SOCKETIO_CONNECTS => {
+                    assert!(text.contains(&format!("\n{} 3\n", m.name)), "{text}");
+                }
+                (_, None) => assert!(text.contains(&format!("\n{} 0\n", m.name)), "{}: {text}", m.name),
+                (_, Some((key, values))) => {
+                    for v in values {
+                        let series = format!("\n{}{{{key}=\"{v}\"}} 0\n", m.name);
+                        assert!(text.contains(&series), "{}: {text}", series.trim());
+                    }
+                }
+            }
+        }
     }
 
     #[test]
@@ -407,19 +413,16 @@ mod tests {
         let handle = recorder.handle();
         metrics::with_local_recorder(&recorder, || {
             describe();
-            metrics::counter!(
-                ENGINE_CONNECTIONS_CLOSED,
-                label::REASON => EngineCloseReason::PingTimeout.as_str()
-            )
-            .increment(2);
-            metrics::gauge!(ENGINE_CONNECTIONS, label::TRANSPORT => Transport::Websocket.as_str()).set(3.0);
+            metrics::counter!(ENGINE_CONNECTIONS_CLOSED, label::REASON => CloseReason::PingTimeout.label())
+                .increment(2);
+            metrics::gauge!(ENGINE_CONNECTIONS).set(3.0);
             metrics::histogram!(BROADCAST_RECIPIENTS).record(7.0);
             metrics::histogram!("ioswarm_test_latency_seconds").record(0.003);
         });
         let text = handle.render();
         assert!(text.contains("# HELP ioswarm_engine_connections_closed_total Engine.IO sessions closed"), "{text}");
         assert!(text.contains("ioswarm_engine_connections_closed_total{reason=\"ping_timeout\"} 2"), "{text}");
-        assert!(text.contains("ioswarm_engine_connections{transport=\"websocket\"} 3"), "{text}");
+        assert!(text.contains("ioswarm_engine_connections 3"), "{text}");
         assert!(text.contains("ioswarm_broadcast_recipients_bucket{le=\"10\"} 1"), "{text}");
         assert!(text.contains("ioswarm_broadcast_recipients_bucket{le=\"5\"} 0"), "{text}");
         assert!(text.contains("ioswarm_test_latency_seconds_bucket{le=\"0.005\"} 1"), "{text}");

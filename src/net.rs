@@ -107,6 +107,12 @@ impl Acceptor {
     }
 }
 
+/// The listener's slot for one TCP connection. It rides in each HTTP request's extensions so
+/// that a WebSocket keeps holding it after the HTTP connection task has handed the socket over
+/// (the Engine.IO endpoint takes it from there).
+#[derive(Debug, Clone)]
+pub(crate) struct ConnPermit(#[allow(dead_code)] pub(crate) Arc<OwnedSemaphorePermit>);
+
 /// Binds a listener with a large accept backlog: thousands of clients connecting at once must
 /// not see SYNs dropped (tokio's default is 128).
 pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {

@@ -2,15 +2,27 @@
 //!
 //! - [`packet`]: packet and long-polling payload codec (pure).
 //! - [`session`]: the session state machine (pure, simulated time in tests).
-//! - [`server`]: HTTP routing, handshakes, polling requests, the session driver.
-//! - [`websocket`]: the WebSocket reader and batched writer.
+//! - `connection`: [`Connection`], one session as its transports and the
+//!   application share it (send queue, close, wake-ups).
+//! - `endpoint`: [`Engine`], the routing of each HTTP request: handshakes,
+//!   requests of an existing session, WebSockets joining one.
+//! - `polling`: the long-polling GET and POST of a session.
+//! - `driver`: the per-session task (timers, WebSocket writes, teardown).
+//! - `websocket`: the WebSocket reader and batched writer.
+//! - `response`: error codes, HTTP responses, CORS.
 
 mod config;
+mod connection;
+mod driver;
+mod endpoint;
 pub(crate) mod packet;
-mod server;
+mod polling;
+mod response;
 pub(crate) mod session;
 mod websocket;
 
 pub use config::{Cors, EngineConfig};
-pub(crate) use server::{Body, parse_query};
-pub use server::{Connection, Engine, Handler, Handshake, Message};
+pub use connection::{Connection, Handshake, Message};
+pub use endpoint::{Engine, Handler, RequestKind};
+pub(crate) use response::{Body, parse_query};
+pub use session::CloseReason;

@@ -2,7 +2,8 @@
 //! long-polling request rules, the upgrade dance and the bounded send queue.
 //!
 //! Pure: every method takes `now` and returns what the caller must do. The
-//! HTTP and WebSocket drivers in [`super::server`] and [`super::websocket`]
+//! HTTP and WebSocket drivers in [`super::endpoint`], [`super::polling`],
+//! [`super::driver`] and [`super::websocket`]
 //! hold a `Session` behind a mutex and carry out its decisions, so all of the
 //! protocol's timing rules are tested here with simulated time.
 
@@ -46,9 +47,11 @@ impl Transport {
     }
 }
 
-/// Why a session ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CloseReason {
+/// Why an Engine.IO session ended. [`CloseReason::as_str`] is the reason
+/// socket.io reports; [`CloseReason::label`] the `reason` label of
+/// `ioswarm_engine_connections_closed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseReason {
     /// The client sent a close packet or closed its WebSocket cleanly.
     TransportClose,
     /// The transport failed (I/O error, a second pending GET, an overlapping POST…).
@@ -66,8 +69,19 @@ pub(crate) enum CloseReason {
 }
 
 impl CloseReason {
+    /// Every reason, in declaration order.
+    pub const ALL: [Self; 7] = [
+        Self::TransportClose,
+        Self::TransportError,
+        Self::PingTimeout,
+        Self::ParseError,
+        Self::Overflow,
+        Self::ServerClose,
+        Self::Shutdown,
+    ];
+
     /// The reason string socket.io reports for this cause.
-    pub(crate) fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Self::TransportClose => "transport close",
             Self::TransportError => "transport error",
@@ -84,8 +98,8 @@ impl CloseReason {
         matches!(self, Self::ServerClose | Self::Shutdown)
     }
 
-    /// A short label for metrics.
-    pub(crate) fn label(self) -> &'static str {
+    /// The `reason` label value of `ioswarm_engine_connections_closed_total`.
+    pub const fn label(self) -> &'static str {
         match self {
             Self::TransportClose => "transport_close",
             Self::TransportError => "transport_error",
@@ -180,6 +194,9 @@ pub(crate) struct Session {
     pong_deadline: Option<Instant>,
     queue: VecDeque<Frame>,
     queued_bytes: usize,
+    /// Queue positions where a WebSocket write must end (see
+    /// [`Session::enqueue_own_write`]), ascending; rarely more than one.
+    write_ends: VecDeque<usize>,
     get_pending: bool,
     post_pending: bool,
     closed: Option<CloseReason>,
@@ -201,6 +218,7 @@ impl Session {
             pong_deadline: None,
             queue: VecDeque::new(),
             queued_bytes: 0,
+            write_ends: VecDeque::new(),
             get_pending: false,
             post_pending: false,
             closed: None,
@@ -279,7 +297,10 @@ impl Session {
             Packet::Binary(raw) => Ok(Inbound::Binary(raw)),
             Packet::Close => {
                 self.close(CloseReason::TransportClose);
-                if self.final_poll_reply.is_some() {
+                if self.transport == Transport::Polling {
+                    // The parked GET, or the one sent together with this close
+                    // and not yet arrived, gets a noop (upstream answers a
+                    // pending GET so); any later GET finds the session unknown.
                     self.final_poll_reply = Some(PollReply::Noop);
                 }
                 Err(CloseReason::TransportClose)
@@ -370,12 +391,15 @@ impl Session {
                 // handle a payload's close before its messages, as upstream's
                 // polling transport only closes once its buffer has drained.
                 self.queued_bytes = 0;
+                self.write_ends.clear();
                 PollReply::Frames(self.queue.drain(..).collect())
             } else {
                 self.final_poll_reply.take()?
             }
         } else if !self.queue.is_empty() && !self.probed() {
+            // One polling payload carries it all: its packets are separate messages anyway.
             self.queued_bytes = 0;
+            self.write_ends.clear();
             let frames = self.queue.drain(..).collect();
             self.release_burst_capacity();
             PollReply::Frames(frames)
@@ -448,6 +472,23 @@ impl Session {
         Enqueued::Queued
     }
 
+    /// Queues `frames` like [`Session::enqueue`], and makes them end a
+    /// WebSocket write: what is queued after them goes out in a later write.
+    ///
+    /// For Socket.IO's CONNECT reply, which socket.io writes before it runs
+    /// the connection handler: clients that handle one WebSocket message per
+    /// read of the socket (the npm `ws` library emits every message of one
+    /// read synchronously) lose whatever the handler emitted if it arrives in
+    /// the same write.
+    pub(crate) fn enqueue_own_write(&mut self, frames: &[Frame]) -> Enqueued {
+        let result = self.enqueue(frames, false);
+        let end = self.queue.len();
+        if result == Enqueued::Queued && self.write_ends.back().is_none_or(|&last| last < end) {
+            self.write_ends.push_back(end);
+        }
+        result
+    }
+
     /// A polling client with no GET parked cannot take a volatile packet now.
     fn queue_blocked(&self) -> bool {
         self.transport == Transport::Polling && !self.get_pending
@@ -470,13 +511,23 @@ impl Session {
         self.queue.is_empty()
     }
 
-    /// Moves every queued frame into `out` for the WebSocket writer.
-    pub(crate) fn drain_for_websocket(&mut self, out: &mut Vec<Frame>) {
-        if self.transport == Transport::WebSocket {
-            self.queued_bytes = 0;
-            out.extend(self.queue.drain(..));
-            self.release_burst_capacity();
+    /// Moves the queued frames that make one WebSocket write into `out`:
+    /// all of them, or those up to a write end (see
+    /// [`Session::enqueue_own_write`]). Returns whether frames are left for
+    /// another write.
+    pub(crate) fn drain_for_websocket(&mut self, out: &mut Vec<Frame>) -> bool {
+        if self.transport != Transport::WebSocket {
+            return false;
         }
+        let n = self.write_ends.pop_front().unwrap_or(self.queue.len()).min(self.queue.len());
+        for end in &mut self.write_ends {
+            *end -= n;
+        }
+        let bytes: usize = self.queue.iter().take(n).map(Frame::len).sum();
+        self.queued_bytes = self.queued_bytes.saturating_sub(bytes);
+        out.extend(self.queue.drain(..n));
+        self.release_burst_capacity();
+        !self.queue.is_empty()
     }
 
     /// Ends the session (idempotent). A parked GET will be answered `1`.
@@ -495,6 +546,7 @@ impl Session {
             }
             if !graceful {
                 self.queue.clear();
+                self.write_ends.clear();
                 self.queued_bytes = 0;
             }
         }
@@ -742,6 +794,48 @@ mod tests {
         let mut out = Vec::new();
         err.drain_for_websocket(&mut out);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn close_before_the_get_sent_with_it_still_answers_that_get_with_a_noop() {
+        // A GET and a POST `1` sent at the same moment may arrive in either order.
+        let t0 = Instant::now();
+        let mut s = polling(t0);
+        assert_eq!(s.post_start(), Ok(()));
+        assert_eq!(s.on_packet(t0, Packet::Close, Transport::Polling), Err(CloseReason::TransportClose));
+        s.post_end();
+        assert!(s.accepts_requests());
+        assert_eq!(s.poll_start(), Ok(PollStart::Reply(PollReply::Noop)));
+        // Any later GET finds the session gone.
+        assert!(!s.accepts_requests());
+        assert_eq!(s.poll_start(), Err(RequestError::NotPolling));
+    }
+
+    #[test]
+    fn frames_queued_for_their_own_write_end_a_websocket_batch() {
+        let t0 = Instant::now();
+        let mut s = Session::new(t0, Transport::WebSocket, TIMINGS, QueueLimits { max_packets: 16, ..LIMITS });
+        let f = |t: &str| Frame::Text(Bytes::copy_from_slice(t.as_bytes()));
+        assert_eq!(s.enqueue(&[f("a")], false), Enqueued::Queued);
+        assert_eq!(s.enqueue_own_write(&[f("reply")]), Enqueued::Queued);
+        assert_eq!(s.enqueue(&[f("b"), f("c")], false), Enqueued::Queued);
+        assert_eq!(s.enqueue_own_write(&[f("reply2")]), Enqueued::Queued);
+        assert_eq!(s.enqueue(&[f("d")], false), Enqueued::Queued);
+        let mut batch = Vec::new();
+        assert!(s.drain_for_websocket(&mut batch));
+        assert_eq!(batch, [f("a"), f("reply")]);
+        batch.clear();
+        assert!(s.drain_for_websocket(&mut batch));
+        assert_eq!(batch, [f("b"), f("c"), f("reply2")]);
+        batch.clear();
+        assert!(!s.drain_for_websocket(&mut batch));
+        assert_eq!(batch, [f("d")]);
+        assert_eq!(s.queued(), (0, 0));
+        // Without a write end, one batch takes everything.
+        s.enqueue(&[f("e"), f("g")], false);
+        batch.clear();
+        assert!(!s.drain_for_websocket(&mut batch));
+        assert_eq!(batch.len(), 2);
     }
 
     #[test]

@@ -20,8 +20,9 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::connection::Connection;
+use super::endpoint::{Engine, Handler};
 use super::packet::{self, Frame};
-use super::server::{Connection, Engine, Handler};
 use super::session::{CloseReason, Inbound, TimerOutcome, Transport};
 
 type ReadIo = Box<dyn AsyncRead + Send + Unpin>;
@@ -94,6 +95,12 @@ impl std::fmt::Debug for WsWriter {
 }
 
 impl WsWriter {
+    /// A writer over any byte sink (tests record the writes).
+    #[cfg(test)]
+    pub(crate) fn new(io: Box<dyn AsyncWrite + Send + Unpin>) -> Self {
+        Self { io, closed: false }
+    }
+
     /// Writes frames as one buffer. Nothing is written after a close frame.
     async fn write_frames(&mut self, frames: &mut [WsFrame<'_>]) -> Result<(), WebSocketError> {
         if self.closed {

@@ -9,6 +9,8 @@
 //! - `operator`: the broadcast builder (`to`, `except`, `volatile`…).
 //! - `runner`: the one local runner of join/leave/disconnect/fetch on the sockets a
 //!   [`Selector`] picks (used by the operator, the emitter bridge and the cluster runtime).
+//! - `reason`: why a socket left, a CONNECT was refused, a packet was dropped
+//!   (typed down to the metrics' `reason` labels).
 
 pub mod adapter;
 mod config;
@@ -16,6 +18,7 @@ mod namespace;
 mod operator;
 pub(crate) mod packet;
 mod payload;
+pub(crate) mod reason;
 mod runner;
 mod server;
 mod socket;
@@ -25,6 +28,7 @@ pub use config::{NamespacePolicy, SocketIoConfig};
 pub use namespace::{ConnectError, ConnectRequest, Event, Namespace};
 pub use operator::{AckResults, BroadcastOperator, ClusterCount, FetchedSockets};
 pub use payload::Payload;
+pub use reason::DisconnectReason;
 pub use runner::SocketsOp;
 pub use server::{ClientState, Server};
 pub use socket::{AckError, AckSender, SendError, Socket};

@@ -17,8 +17,9 @@ use super::adapter::Adapter;
 use super::config::{NamespacePolicy, SocketIoConfig};
 use super::namespace::Namespace;
 use super::packet::{self, BinaryCollector, Packet, PacketKind};
+use super::reason::{ConnectErrorReason, DisconnectReason};
 use super::socket::Socket;
-use crate::engineio::{Body, Connection, Engine, Handler, Message};
+use crate::engineio::{Body, CloseReason, Connection, Engine, Handler, Message};
 
 /// A Socket.IO server. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -208,7 +209,7 @@ impl Handler for SioHandler {
             if tokio::time::timeout(timeout, rx).await.is_err()
                 && let Some(conn) = weak.upgrade()
             {
-                metrics::counter!(crate::metrics::SOCKETIO_CONNECT_ERRORS, "reason" => "timeout").increment(1);
+                count_connect_error(ConnectErrorReason::Timeout);
                 conn.close();
             }
         });
@@ -227,12 +228,12 @@ impl Handler for SioHandler {
             Err(err) => {
                 tracing::debug!(sid = conn.id(), %err, "invalid socket.io packet; closing");
                 metrics::counter!(crate::metrics::SOCKETIO_INVALID_PACKETS).increment(1);
-                conn.close_with(crate::engineio::session::CloseReason::ParseError);
+                conn.close_with(CloseReason::ParseError);
             }
         }
     }
 
-    fn on_close(&self, conn: &Conn, reason: &'static str) {
+    fn on_close(&self, conn: &Conn, reason: CloseReason) {
         let Some(state) = conn.state() else { return };
         let sockets = {
             let mut inner = state.inner.lock();
@@ -242,7 +243,7 @@ impl Handler for SioHandler {
         };
         state.connect_timer.lock().take();
         for socket in sockets {
-            socket.on_disconnected(reason);
+            socket.on_disconnected(DisconnectReason::from(reason));
         }
     }
 }
@@ -286,7 +287,7 @@ impl SioHandler {
             PacketKind::Disconnect => match state.socket(&packet.nsp) {
                 Some(socket) => {
                     state.remove_socket(&socket);
-                    socket.on_disconnected("client namespace disconnect");
+                    socket.on_disconnected(DisconnectReason::ClientNamespaceDisconnect);
                 }
                 None => conn.close(),
             },
@@ -322,7 +323,7 @@ impl SioHandler {
         }
         let Some(ns) = self.server.resolve(&nsp) else {
             state.inner.lock().pending.retain(|n| n != &nsp);
-            metrics::counter!(crate::metrics::SOCKETIO_CONNECT_ERRORS, "reason" => "invalid_namespace").increment(1);
+            count_connect_error(ConnectErrorReason::InvalidNamespace);
             send_connect_error(conn, &nsp, &serde_json::json!({"message": "Invalid namespace"}));
             return;
         };
@@ -340,7 +341,7 @@ impl SioHandler {
                 Ok(()) => handler.finish_connect(&conn, state, ns, auth),
                 Err(err) => {
                     state.inner.lock().pending.retain(|n| n != ns.name());
-                    metrics::counter!(crate::metrics::SOCKETIO_CONNECT_ERRORS, "reason" => "middleware").increment(1);
+                    count_connect_error(ConnectErrorReason::Middleware);
                     send_connect_error(&conn, ns.name(), &err.to_json());
                 }
             }
@@ -366,7 +367,8 @@ impl SioHandler {
         let reply = serde_json::json!({ "sid": socket.id() });
         let mut text = vec![b'4'];
         packet::encode(PacketKind::Connect, ns.name(), None, Some(&reply), 0, &mut text);
-        conn.send_frames(&[crate::engineio::packet::Frame::Text(Bytes::from(text))], false);
+        // In a write of its own, before anything the handlers emit (as socket.io does).
+        conn.send_frames_own_write(&[crate::engineio::packet::Frame::Text(Bytes::from(text))]);
         metrics::counter!(crate::metrics::SOCKETIO_CONNECTS).increment(1);
         metrics::gauge!(crate::metrics::SOCKETIO_SOCKETS).increment(1.0);
         ns.run_connect_handlers(&socket);
@@ -407,6 +409,11 @@ fn canonical_placeholders(value: &mut Value) {
         }
         _ => {}
     }
+}
+
+fn count_connect_error(reason: ConnectErrorReason) {
+    metrics::counter!(crate::metrics::SOCKETIO_CONNECT_ERRORS, crate::metrics::label::REASON => reason.label())
+        .increment(1);
 }
 
 fn send_connect_error(conn: &Conn, nsp: &str, data: &Value) {

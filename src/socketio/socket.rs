@@ -13,6 +13,7 @@ use super::namespace::Namespace;
 use super::operator::BroadcastOperator;
 use super::packet::{self, Packet, PacketKind};
 use super::payload::Payload;
+use super::reason::{DisconnectReason, DropReason};
 use super::server::ClientState;
 use crate::engineio::packet::Frame;
 use crate::engineio::session::Enqueued;
@@ -263,7 +264,7 @@ impl Socket {
         if let Some(state) = self.0.conn.state() {
             state.remove_socket(self);
         }
-        self.on_disconnected("server namespace disconnect");
+        self.on_disconnected(DisconnectReason::ServerNamespaceDisconnect);
     }
 
     /// Closes the whole underlying connection: every namespace of this client
@@ -280,14 +281,14 @@ impl Socket {
 
     pub(crate) fn send_frames(&self, frames: &[Frame], volatile: bool) -> Enqueued {
         let result = self.0.conn.send_frames(frames, volatile);
-        match result {
-            Enqueued::DroppedVolatile => {
-                metrics::counter!(crate::metrics::SOCKETIO_PACKETS_DROPPED, "reason" => "volatile").increment(1);
-            }
-            Enqueued::TooLarge => {
-                metrics::counter!(crate::metrics::SOCKETIO_PACKETS_DROPPED, "reason" => "too_large").increment(1);
-            }
-            _ => {}
+        let dropped = match result {
+            Enqueued::DroppedVolatile => Some(DropReason::Volatile),
+            Enqueued::TooLarge => Some(DropReason::TooLarge),
+            Enqueued::Queued | Enqueued::Closed => None,
+        };
+        if let Some(reason) = dropped {
+            metrics::counter!(crate::metrics::SOCKETIO_PACKETS_DROPPED, crate::metrics::label::REASON => reason.label())
+                .increment(1);
         }
         result
     }
@@ -303,7 +304,7 @@ impl Socket {
     }
 
     /// The socket left the namespace (any cause): tidy up and tell handlers.
-    pub(crate) fn on_disconnected(&self, reason: &'static str) {
+    pub(crate) fn on_disconnected(&self, reason: DisconnectReason) {
         {
             let mut acks = self.0.acks.lock();
             if acks.closed {
@@ -314,22 +315,9 @@ impl Socket {
         }
         self.leave_all();
         self.0.ns.remove_socket(self.0.sid);
-        metrics::counter!(crate::metrics::SOCKETIO_DISCONNECTS, "reason" => reason_label(reason)).increment(1);
-        self.0.ns.run_disconnect_handlers(self, reason);
-    }
-}
-
-fn reason_label(reason: &str) -> &'static str {
-    match reason {
-        "transport close" => "transport_close",
-        "transport error" => "transport_error",
-        "ping timeout" => "ping_timeout",
-        "parse error" => "parse_error",
-        "client namespace disconnect" => "client_namespace_disconnect",
-        "server namespace disconnect" => "server_namespace_disconnect",
-        "server shutting down" => "shutdown",
-        "send buffer overflow" => "overflow",
-        _ => "forced_close",
+        metrics::counter!(crate::metrics::SOCKETIO_DISCONNECTS, crate::metrics::label::REASON => reason.label())
+            .increment(1);
+        self.0.ns.run_disconnect_handlers(self, reason.as_str());
     }
 }
 
