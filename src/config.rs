@@ -118,6 +118,8 @@ pub struct Config {
     pub cluster_credentials: Option<PathBuf>,
     /// How long cluster-wide operations (fetchSockets, acks, NUMSUB, ...) wait for other nodes.
     pub cluster_timeout_ms: u64,
+    /// `[[rooms.rule]]`: rooms clients join or leave with their own events (file only, no flag).
+    pub rooms: crate::rules::RoomsConfig,
 }
 
 impl Default for Config {
@@ -158,6 +160,7 @@ impl Default for Config {
             data_dir: PathBuf::from("ioswarm-data"),
             cluster_credentials: None,
             cluster_timeout_ms: 5_000,
+            rooms: crate::rules::RoomsConfig::default(),
         }
     }
 }
@@ -201,6 +204,7 @@ impl fmt::Debug for Config {
             .field("data_dir", &self.data_dir)
             .field("cluster_credentials", &self.cluster_credentials)
             .field("cluster_timeout_ms", &self.cluster_timeout_ms)
+            .field("rooms", &self.rooms)
             .finish()
     }
 }
@@ -224,6 +228,9 @@ pub enum ConfigError {
         /// The TOML error, with line and column.
         source: toml::de::Error,
     },
+    /// A room rule (`rooms.rule[i]...`) or room template is invalid.
+    #[error(transparent)]
+    Rules(#[from] crate::rules::RuleError),
     /// A setting has a value outside its allowed range.
     #[error("invalid setting `{field}`: {message}")]
     Invalid {
@@ -323,6 +330,7 @@ impl Config {
             ));
         }
         self.validate_cluster()?;
+        self.rooms.validate()?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
             return Err(invalid("log", format!("{:?} is not a valid filter: {e}", self.log)));
         }
@@ -744,6 +752,9 @@ mod tests {
         field_of(c.validate().unwrap_err())
     }
 
+    /// Settings that are tables in the config file and have no flag.
+    const FILE_ONLY: &[&str] = &["rooms"];
+
     fn write_temp(name: &str, text: &str) -> PathBuf {
         let path = std::env::temp_dir().join(format!("ioswarm-{}-{name}.toml", std::process::id()));
         std::fs::write(&path, text).unwrap();
@@ -875,7 +886,8 @@ mod tests {
         let value = serde_json::to_value(Config::default()).unwrap();
         let cmd = Cli::command();
         let longs: Vec<&str> = cmd.get_arguments().filter_map(|a| a.get_long()).collect();
-        let keys = value.as_object().unwrap().keys();
+        let keys: Vec<&String> =
+            value.as_object().unwrap().keys().filter(|k| !FILE_ONLY.contains(&k.as_str())).collect();
         assert_eq!(keys.len(), 35);
         for key in keys {
             let flag = key.replace('_', "-");
@@ -926,6 +938,9 @@ mod tests {
         let defaults = serde_json::to_value(Config::default()).unwrap();
         let got = serde_json::to_value(&c).unwrap();
         for (key, default) in defaults.as_object().unwrap() {
+            if FILE_ONLY.contains(&key.as_str()) {
+                continue;
+            }
             assert_ne!(&got[key], default, "--{} was not applied", key.replace('_', "-"));
         }
     }
@@ -1020,6 +1035,25 @@ mod tests {
             "invalid setting `max_payload`: 10 must be between 1024 (1 KiB) and 104857600 \
              (100 MiB) bytes"
         );
+    }
+
+    #[test]
+    fn room_rules_are_read_and_validated() {
+        let c = Config::from_toml(
+            "[[rooms.rule]]\nevent = \"AlertToggle::join\"\njoin = \"ROOM::ExtraImportantUpdates\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.rooms.rules[0].event, "AlertToggle::join");
+        let c = Config::from_toml(
+            "[[rooms.rule]]\nevent = \"a\"\njoin = \"r\"\n[[rooms.rule]]\nevent = \"b\"\njoin = \"r\"\nleave = \"r\"\n",
+        )
+        .unwrap();
+        let err = c.validate().unwrap_err();
+        assert!(matches!(err, ConfigError::Rules(_)), "{err}");
+        assert!(err.to_string().starts_with("invalid setting `rooms.rule[1]`: has both"), "{err}");
+        let err = Config::from_toml("[[rooms.rule]]\nevent = \"a\"\njoin = \"r\"\nroom = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field `room`"), "{err}");
     }
 
     #[test]
