@@ -191,9 +191,30 @@ fn client_list(arg: Option<&Value>) -> Option<Vec<String>> {
 }
 
 /// The validated rule table: at most one rule per event name.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RoomRules {
     by_event: HashMap<String, Rule>,
+}
+
+/// No configured rules, and the built-in set off (as without `--client-rooms`).
+impl Default for RoomRules {
+    fn default() -> Self {
+        Self { by_event: builtin(false).collect() }
+    }
+}
+
+/// The built-in `ioswarm:join` / `ioswarm:leave` rules, answering `forbidden` unless `enabled`.
+fn builtin(enabled: bool) -> impl Iterator<Item = (String, Rule)> {
+    [(BUILTIN_JOIN, Op::Join), (BUILTIN_LEAVE, Op::Leave)].into_iter().map(move |(event, op)| {
+        let rule = Rule {
+            setting: "client_rooms".to_owned(),
+            event: event.to_owned(),
+            op,
+            target: Target::ClientList { enabled },
+            when: None,
+        };
+        (event.to_owned(), rule)
+    })
 }
 
 impl RoomRules {
@@ -216,16 +237,7 @@ impl RoomRules {
             }
             by_event.insert(rule.event.clone(), compiled);
         }
-        for (event, op) in [(BUILTIN_JOIN, Op::Join), (BUILTIN_LEAVE, Op::Leave)] {
-            let rule = Rule {
-                setting: "client_rooms".to_owned(),
-                event: event.to_owned(),
-                op,
-                target: Target::ClientList { enabled: client_rooms },
-                when: None,
-            };
-            by_event.insert(event.to_owned(), rule);
-        }
+        by_event.extend(builtin(client_rooms));
         Ok(Self { by_event })
     }
 

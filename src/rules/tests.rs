@@ -97,11 +97,18 @@ fn builtin_set() {
         Ok(Change { op: Op::Leave, rooms: vec!["a".into()] })
     );
     for bad in [json!(""), json!(1), json!(["a", 2]), json!("abcdefghij0123456789"), json!("x".repeat(257))] {
-        assert_eq!(decide(&on, BUILTIN_JOIN, &[bad.clone()], &Value::Null), Err(Refusal::BadArguments), "{bad}");
+        assert_eq!(
+            decide(&on, BUILTIN_JOIN, std::slice::from_ref(&bad), &Value::Null),
+            Err(Refusal::BadArguments),
+            "{bad}"
+        );
     }
     assert_eq!(decide(&on, BUILTIN_JOIN, &[], &Value::Null), Err(Refusal::BadArguments));
     assert_eq!(Refusal::BadArguments.message(), "expected a room name or an array of room names");
     assert_eq!(on.rules().count(), 2);
+    let default = RoomRules::default();
+    assert_eq!(decide(&default, BUILTIN_LEAVE, &[json!("a")], &Value::Null), Err(Refusal::Disabled));
+    assert_eq!(default.rules().count(), 2);
 }
 
 #[track_caller]
