@@ -1,6 +1,7 @@
 //! The built-in application of the `ioswarm` binary (see
 //! `docs/binary-spec.md`): optional token auth on CONNECT, the `ioswarm:*`
-//! events clients may use, and the admin HTTP API backends use to emit.
+//! events clients may use, the room rules (`crate::rules`) carried out on
+//! sockets, and the admin HTTP API backends use to emit.
 
 use std::future::Future;
 use std::pin::Pin;
