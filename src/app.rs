@@ -79,17 +79,10 @@ fn reply(event: Event, value: Value) {
     }
 }
 
-/// The socket's data for room rules (`when`, `{field}` templates).
-// Placeholder until `socket.data` (JWT claims, connect-hook data) lands: no socket has data yet,
-// so `when` conditions and data templates refuse.
-fn socket_data(_socket: &Socket) -> Value {
-    Value::Null
-}
-
 /// Runs a room rule for one event: joins or leaves what the rule decides, then acks the socket's
 /// rooms (its own id left out, sorted), or the refusal; a refusal changes nothing.
 fn apply_rule(socket: &Socket, rule: &Rule, event: Event) {
-    let change = match rule.decide(&event.payload.args, &socket_data(socket)) {
+    let change = match rule.decide(&event.payload.args, &socket.data()) {
         Ok(change) => change,
         Err(refusal) => {
             tracing::debug!(
@@ -141,17 +134,24 @@ fn relay(socket: &Socket, mut event: Event, allowed: bool) {
 pub struct AdminApi {
     io: Server,
     cluster: Option<crate::cluster::node::ClusterNode>,
+    presence: Option<crate::presence::Presence>,
 }
 
 impl AdminApi {
     /// The API over `io`.
     pub fn new(io: Server) -> Self {
-        Self { io, cluster: None }
+        Self { io, cluster: None, presence: None }
+    }
+
+    /// Serves `GET /v1/presence` from `presence`.
+    pub fn with_presence(mut self, presence: crate::presence::Presence) -> Self {
+        self.presence = Some(presence);
+        self
     }
 
     /// The API over `io`, on a cluster node.
     pub fn with_cluster(io: Server, cluster: crate::cluster::node::ClusterNode) -> Self {
-        Self { io, cluster: Some(cluster) }
+        Self { io, cluster: Some(cluster), presence: None }
     }
 
     async fn emit(&self, body: &[u8]) -> Response<Bytes> {
@@ -220,6 +220,37 @@ impl AdminApi {
             .collect();
         sockets.extend(fetched.remote.iter().map(|s| json!({ "id": s.id, "rooms": s.rooms, "node": s.node })));
         json_response(StatusCode::OK, &json!({ "sockets": sockets, "missingNodes": fetched.missing_nodes }))
+    }
+
+    /// `GET /v1/presence`: every value, or with `key=K` that key's value; for a room key
+    /// (`key=users:ROOM::a`) also who is in the room (ids, data and node), cluster-wide.
+    async fn presence(&self, query: &str) -> Response<Bytes> {
+        let Some(presence) = self.presence.as_ref().filter(|p| p.is_enabled()) else {
+            return json_error(StatusCode::NOT_FOUND, "no [[presence]] is configured");
+        };
+        let mut query = crate::engineio::parse_query(query);
+        let Some(key) = query.remove("key") else {
+            return json_response(StatusCode::OK, &json!({ "values": presence.values() }));
+        };
+        let Some((entry, room)) = presence.entry_of(&key) else {
+            return json_error(StatusCode::NOT_FOUND, &format!("{key:?} is not a presence key"));
+        };
+        let value = presence.value(&key).unwrap_or(0);
+        let Some(room) = room else {
+            return json_response(StatusCode::OK, &json!({ "key": key, "value": value }));
+        };
+        let Some(ns) = self.io.namespace_for_broadcast(&entry.nsp) else {
+            return json_response(StatusCode::OK, &json!({ "key": key, "value": value, "sockets": [] }));
+        };
+        let fetched = ns.select(std::slice::from_ref(&room), &[]).fetch_sockets().await;
+        let node = self.cluster.as_ref().map(crate::cluster::node::ClusterNode::id);
+        let mut sockets: Vec<Value> =
+            fetched.local.iter().map(|s| json!({ "id": s.id(), "data": s.data(), "node": node })).collect();
+        sockets.extend(fetched.remote.iter().map(|s| json!({ "id": s.id, "data": s.data, "node": s.node })));
+        json_response(
+            StatusCode::OK,
+            &json!({ "key": key, "room": room, "value": value, "sockets": sockets, "missingNodes": fetched.missing_nodes }),
+        )
     }
 
     async fn sockets_action(&self, action: &str, body: &[u8]) -> Response<Bytes> {
@@ -312,6 +343,7 @@ impl AdminRoutes for AdminApi {
             match (req.method(), req.uri().path()) {
                 (&Method::POST, "/v1/emit") => Some(self.emit(req.body()).await),
                 (&Method::GET, "/v1/sockets") => Some(self.sockets(req.uri().query().unwrap_or("")).await),
+                (&Method::GET, "/v1/presence") => Some(self.presence(req.uri().query().unwrap_or("")).await),
                 (&Method::POST, "/v1/sockets/join") => Some(self.sockets_action("join", req.body()).await),
                 (&Method::POST, "/v1/sockets/leave") => Some(self.sockets_action("leave", req.body()).await),
                 (&Method::POST, "/v1/sockets/disconnect") => Some(self.sockets_action("disconnect", req.body()).await),
@@ -320,6 +352,7 @@ impl AdminRoutes for AdminApi {
                 (
                     _,
                     "/v1/emit"
+                    | "/v1/presence"
                     | "/v1/sockets"
                     | "/v1/sockets/join"
                     | "/v1/sockets/leave"

@@ -103,6 +103,8 @@ pub struct Config {
     pub log: String,
     /// Log output format.
     pub log_format: LogFormat,
+    /// Live counts (`[[presence]]` tables; TOML only).
+    pub presence: Vec<crate::presence::PresenceConfig>,
     /// Cluster node id (the raft id; must match the node certificate). Unset runs a single node.
     pub node_id: Option<u64>,
     /// UDP address of the cluster's QUIC endpoint; required with `node_id`.
@@ -153,6 +155,7 @@ impl Default for Config {
             admin_token: None,
             log: "info".to_owned(),
             log_format: LogFormat::Text,
+            presence: Vec::new(),
             node_id: None,
             cluster_listen: None,
             advertise: None,
@@ -197,6 +200,7 @@ impl fmt::Debug for Config {
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<redacted>"))
             .field("log", &self.log)
             .field("log_format", &self.log_format)
+            .field("presence", &self.presence)
             .field("node_id", &self.node_id)
             .field("cluster_listen", &self.cluster_listen)
             .field("advertise", &self.advertise)
@@ -228,9 +232,14 @@ pub enum ConfigError {
         /// The TOML error, with line and column.
         source: toml::de::Error,
     },
-    /// A room rule (`rooms.rule[i]...`) or room template is invalid.
-    #[error(transparent)]
-    Rules(#[from] crate::rules::RuleError),
+    /// An entry of a table array (`[[presence]]`, ...) is invalid.
+    #[error("invalid setting `{field}`: {message}")]
+    Setting {
+        /// The setting with the entry's index, e.g. `presence[1].room`.
+        field: String,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
     /// A setting has a value outside its allowed range.
     #[error("invalid setting `{field}`: {message}")]
     Invalid {
@@ -330,7 +339,12 @@ impl Config {
             ));
         }
         self.validate_cluster()?;
-        self.rooms.validate()?;
+        if let Err(e) = crate::presence::validate(&self.presence) {
+            return Err(ConfigError::Setting { field: e.field, message: e.message });
+        }
+        if let Err(e) = self.rooms.validate() {
+            return Err(ConfigError::Setting { field: e.setting, message: e.message });
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
             return Err(invalid("log", format!("{:?} is not a valid filter: {e}", self.log)));
         }
@@ -752,9 +766,6 @@ mod tests {
         field_of(c.validate().unwrap_err())
     }
 
-    /// Settings that are tables in the config file and have no flag.
-    const FILE_ONLY: &[&str] = &["rooms"];
-
     fn write_temp(name: &str, text: &str) -> PathBuf {
         let path = std::env::temp_dir().join(format!("ioswarm-{}-{name}.toml", std::process::id()));
         std::fs::write(&path, text).unwrap();
@@ -881,15 +892,17 @@ mod tests {
         assert!(seen > 20);
     }
 
+    /// Settings that are tables in the TOML file, with no flag.
+    const TOML_ONLY: &[&str] = &["presence", "rooms"];
+
     #[test]
     fn every_config_field_has_a_flag() {
         let value = serde_json::to_value(Config::default()).unwrap();
         let cmd = Cli::command();
         let longs: Vec<&str> = cmd.get_arguments().filter_map(|a| a.get_long()).collect();
-        let keys: Vec<&String> =
-            value.as_object().unwrap().keys().filter(|k| !FILE_ONLY.contains(&k.as_str())).collect();
-        assert_eq!(keys.len(), 35);
-        for key in keys {
+        let keys = value.as_object().unwrap().keys();
+        assert_eq!(keys.len(), 37);
+        for key in keys.filter(|k| !TOML_ONLY.contains(&k.as_str())) {
             let flag = key.replace('_', "-");
             assert!(longs.contains(&flag.as_str()), "config field {key} has no --{flag}");
         }
@@ -937,10 +950,7 @@ mod tests {
         let c = load(&cli).unwrap();
         let defaults = serde_json::to_value(Config::default()).unwrap();
         let got = serde_json::to_value(&c).unwrap();
-        for (key, default) in defaults.as_object().unwrap() {
-            if FILE_ONLY.contains(&key.as_str()) {
-                continue;
-            }
+        for (key, default) in defaults.as_object().unwrap().iter().filter(|(k, _)| !TOML_ONLY.contains(&k.as_str())) {
             assert_ne!(&got[key], default, "--{} was not applied", key.replace('_', "-"));
         }
     }
@@ -1050,7 +1060,7 @@ mod tests {
         )
         .unwrap();
         let err = c.validate().unwrap_err();
-        assert!(matches!(err, ConfigError::Rules(_)), "{err}");
+        assert!(matches!(&err, ConfigError::Setting { field, .. } if field == "rooms.rule[1]"), "{err}");
         assert!(err.to_string().starts_with("invalid setting `rooms.rule[1]`: has both"), "{err}");
         let err = Config::from_toml("[[rooms.rule]]\nevent = \"a\"\njoin = \"r\"\nroom = \"x\"\n").unwrap_err();
         assert!(err.to_string().contains("unknown field `room`"), "{err}");

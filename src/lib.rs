@@ -47,6 +47,8 @@
 //!   (listeners, the Socket.IO server with the built-in app, the broker, the cluster) and
 //!   [`node::Node::shutdown`] runs the one shutdown sequence (drain, close clients spread out,
 //!   leave the cluster, stop) under one deadline; `main.rs` only calls these.
+//! - [`presence`]: live counts (`[[presence]]`) derived from the sockets each node holds,
+//!   exchanged between nodes, readable with `GET` on the Redis port and `/v1/presence`.
 //! - `net`: the accept loop the three TCP listeners share (bound, backoff, shutdown).
 //! - `http`: the listener shared by every HTTP endpoint.
 //! - `admin`: the admin listener (`/metrics`, `/healthz`, the HTTP API).
@@ -69,6 +71,7 @@ pub mod limits;
 pub mod metrics;
 pub mod net;
 pub mod node;
+pub mod presence;
 pub mod resp;
 pub mod rooms;
 pub mod rules;

@@ -36,6 +36,8 @@ use crate::cluster::{NodeCredentials, Transport, TransportConfig};
 use crate::config::{Config, LogFormat};
 use crate::engineio::{Cors, EngineConfig};
 use crate::http::{ListenerLimits, Router};
+use crate::presence::{Presence, PresenceKv};
+use crate::resp::kv::{KvBackend, KvLimits, LocalKv};
 use crate::resp::{Broker, RedisConfig};
 use crate::shutdown::Shutdown;
 use crate::socketio::{NamespacePolicy, Server, SocketIoConfig};
@@ -159,11 +161,20 @@ impl Node {
 
         let shutdown = Shutdown::new();
         let draining = CancellationToken::new();
-        let redis_config = RedisConfig {
-            requirepass: config.requirepass.clone(),
-            kv: cluster.as_ref().map(|c| Arc::new(c.raft().clone()) as Arc<dyn crate::resp::kv::KvBackend>),
-            ..RedisConfig::default()
-        };
+        let presence = Presence::new(io.clone(), config.presence.clone());
+        let mut kv: Option<Arc<dyn KvBackend>> = cluster.as_ref().map(|c| Arc::new(c.raft().clone()) as _);
+        if presence.is_enabled() {
+            if let Some(node) = &cluster {
+                presence.set_cluster(node.clone());
+            }
+            let inner = kv.unwrap_or_else(|| {
+                let limits = KvLimits { max_value_bytes: RedisConfig::default().max_bulk_len, ..KvLimits::default() };
+                Arc::new(LocalKv::new(limits))
+            });
+            kv = Some(Arc::new(PresenceKv::new(inner, presence.clone())));
+            shutdown.spawn(presence.clone().run(shutdown.token().clone()));
+        }
+        let redis_config = RedisConfig { requirepass: config.requirepass.clone(), kv, ..RedisConfig::default() };
         shutdown.spawn(crate::resp::serve(
             redis,
             broker,
@@ -182,7 +193,8 @@ impl Node {
         let api = match &cluster {
             Some(node) => AdminApi::with_cluster(io.clone(), node.clone()),
             None => AdminApi::new(io.clone()),
-        };
+        }
+        .with_presence(presence);
         let options = AdminOptions { token: config.admin_token.clone(), draining: draining.clone() };
         shutdown.spawn(crate::admin::serve(admin, metrics, Arc::new(api), options, shutdown.token().clone()));
         tracing::info!(

@@ -1,7 +1,10 @@
 //! Gossip state: which nodes are alive, and which rooms each node has local members in.
 //!
 //! Pure: no sockets, no clock (every call that needs time takes `now`), so the tests simulate
-//! time. The runtime (`node.rs`) feeds it what arrives and sends what it returns.
+//! time. Like openraft's engine, it decides and the runtime (`node.rs`) carries out: the entry
+//! points ([`GossipState::on_gossip`], [`GossipState::on_link_up`], [`GossipState::flush`],
+//! [`GossipState::on_tick`]) take what arrived or what time it is and return the messages to
+//! send and to whom ([`Outgoing`]); the runtime only sends them.
 //!
 //! **Failure detection** is a gossip-style heartbeat detector: every node sends, every
 //! `interval`, its own entry (incarnation, a heartbeat counter that grows each round, its
@@ -27,7 +30,8 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use super::message::{
-    DigestEntry, InterestDelta, InterestSnapshot, NamespaceDelta, NamespaceRooms, NodeId, NodeLiveness, NodeState,
+    DigestEntry, Gossip, InterestDelta, InterestSnapshot, NamespaceDelta, NamespaceRooms, NodeId, NodeLiveness,
+    NodeState,
 };
 use crate::sid::Sid;
 
@@ -79,7 +83,16 @@ struct Peer {
     room_count: u64,
 }
 
-/// Something the runtime must do after feeding the state.
+/// A gossip message the state wants sent, and to whom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    /// The receivers.
+    pub to: Vec<NodeId>,
+    /// The message.
+    pub gossip: Gossip,
+}
+
+/// What handling a message decided (turned into [`Outgoing`] messages by the entry points).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Ask `origin` for its whole interest (send it a digest of what is held).
@@ -162,8 +175,77 @@ impl GossipState {
         self.version
     }
 
+    // -----------------------------------------------------------------------------------------
+    // Entry points: what arrived or what time it is in, the messages to send out.
+    // -----------------------------------------------------------------------------------------
+
+    /// A gossip message from `from`; returns the answers (snapshot requests, a snapshot).
+    pub fn on_gossip(&mut self, from: NodeId, gossip: &Gossip, now: Instant) -> Vec<Outgoing> {
+        let actions = match gossip {
+            Gossip::Delta(delta) => self.on_delta(delta, now).into_iter().collect(),
+            Gossip::Snapshot(snapshot) => {
+                self.on_snapshot(snapshot, now);
+                Vec::new()
+            }
+            Gossip::Digest(entries) => {
+                if entries.iter().any(|e| self.digest_is_behind(e)) {
+                    return self.snapshot_to(from);
+                }
+                Vec::new()
+            }
+            Gossip::Liveness(entries) => self.on_liveness(from, entries, now),
+        };
+        actions
+            .into_iter()
+            .map(|Action::RequestSnapshot(digest)| Outgoing {
+                to: vec![digest.origin],
+                gossip: Gossip::Digest(vec![digest]),
+            })
+            .collect()
+    }
+
+    /// A link to `node` (at `addr`, incarnation `incarnation`) came up: anti-entropy sends it
+    /// this node's whole interest.
+    pub fn on_link_up(&mut self, node: NodeId, incarnation: u64, addr: &str, now: Instant) -> Vec<Outgoing> {
+        self.peer_up(node, incarnation, addr, now);
+        self.snapshot_to(node)
+    }
+
+    /// The room changes recorded since the last flush ([`GossipState::set_local_room`]) as one
+    /// delta to every live peer; nothing when nothing changed.
+    pub fn flush(&mut self) -> Vec<Outgoing> {
+        match self.take_delta() {
+            Some(delta) => vec![Outgoing { to: self.live_peers(), gossip: Gossip::Delta(delta) }],
+            None => Vec::new(),
+        }
+    }
+
+    /// One heartbeat round at `now`, with this node's socket count: pending room changes go out
+    /// first (a delta travels before the heartbeat that announces its version), the failure
+    /// detector advances, and the liveness message goes to every `linked` peer (a node just up
+    /// included). Returns the messages and the liveness changes.
+    pub fn on_tick(&mut self, now: Instant, sockets: u64, linked: Vec<NodeId>) -> (Vec<Outgoing>, Vec<StateChange>) {
+        let mut out = self.flush();
+        self.set_sockets(sockets);
+        let changes = self.tick(now);
+        out.push(Outgoing { to: linked, gossip: Gossip::Liveness(self.heartbeat()) });
+        (out, changes)
+    }
+
+    /// This node's whole interest for `node`, after the pending changes (as a delta to every
+    /// live peer) so that the snapshot's version covers them.
+    fn snapshot_to(&mut self, node: NodeId) -> Vec<Outgoing> {
+        let mut out = self.flush();
+        out.push(Outgoing { to: vec![node], gossip: Gossip::Snapshot(self.snapshot()) });
+        out
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // State.
+    // -----------------------------------------------------------------------------------------
+
     /// Records this node's socket count for the next heartbeat.
-    pub fn set_sockets(&mut self, sockets: u64) {
+    fn set_sockets(&mut self, sockets: u64) {
         self.sockets = sockets;
     }
 
@@ -191,7 +273,7 @@ impl GossipState {
     }
 
     /// The changes since the last call, as the next version; `None` when nothing changed.
-    pub fn take_delta(&mut self) -> Option<InterestDelta> {
+    fn take_delta(&mut self) -> Option<InterestDelta> {
         let namespaces: Vec<NamespaceDelta> = self
             .pending
             .drain()
@@ -214,7 +296,7 @@ impl GossipState {
 
     /// This node's whole interest at its current version (pending changes included: call
     /// [`GossipState::take_delta`] first so that the version covers them).
-    pub fn snapshot(&self) -> InterestSnapshot {
+    fn snapshot(&self) -> InterestSnapshot {
         InterestSnapshot {
             origin: self.me,
             incarnation: self.incarnation,
@@ -228,12 +310,12 @@ impl GossipState {
     }
 
     /// Whether `digest` (what a peer holds of this node) is behind this node's interest.
-    pub fn digest_is_behind(&self, digest: &DigestEntry) -> bool {
+    fn digest_is_behind(&self, digest: &DigestEntry) -> bool {
         digest.origin == self.me && (digest.incarnation != self.incarnation || digest.version != self.version)
     }
 
     /// A link to `node` (at `addr`, incarnation `incarnation`) came up.
-    pub fn peer_up(&mut self, node: NodeId, incarnation: u64, addr: &str, now: Instant) {
+    fn peer_up(&mut self, node: NodeId, incarnation: u64, addr: &str, now: Instant) {
         if node == self.me {
             return;
         }
@@ -281,7 +363,7 @@ impl GossipState {
 
     /// The heartbeat message for this round: this node's entry (its heartbeat grows) and what it
     /// knows of the others.
-    pub fn heartbeat(&mut self) -> Vec<NodeLiveness> {
+    fn heartbeat(&mut self) -> Vec<NodeLiveness> {
         self.heartbeat += 1;
         let mut out = Vec::with_capacity(self.peers.len() + 1);
         out.push(NodeLiveness {
@@ -308,7 +390,7 @@ impl GossipState {
     }
 
     /// A heartbeat message from `from`.
-    pub fn on_liveness(&mut self, from: NodeId, entries: &[NodeLiveness], now: Instant) -> Vec<Action> {
+    fn on_liveness(&mut self, from: NodeId, entries: &[NodeLiveness], now: Instant) -> Vec<Action> {
         let mut actions = Vec::new();
         for entry in entries {
             if entry.node_id == self.me {
@@ -358,7 +440,7 @@ impl GossipState {
     }
 
     /// A delta from its origin. Returns a snapshot request when it does not apply.
-    pub fn on_delta(&mut self, delta: &InterestDelta, now: Instant) -> Option<Action> {
+    fn on_delta(&mut self, delta: &InterestDelta, now: Instant) -> Option<Action> {
         if delta.origin == self.me {
             return None;
         }
@@ -393,7 +475,7 @@ impl GossipState {
     }
 
     /// A snapshot from its origin.
-    pub fn on_snapshot(&mut self, snapshot: &InterestSnapshot, now: Instant) {
+    fn on_snapshot(&mut self, snapshot: &InterestSnapshot, now: Instant) {
         if snapshot.origin == self.me {
             return;
         }
@@ -433,7 +515,7 @@ impl GossipState {
     }
 
     /// Advances the failure detector to `now`; returns the state changes.
-    pub fn tick(&mut self, now: Instant) -> Vec<StateChange> {
+    fn tick(&mut self, now: Instant) -> Vec<StateChange> {
         let config = self.config;
         let mut changes = Vec::new();
         self.peers.retain(|&node, peer| {
@@ -728,6 +810,60 @@ mod tests {
         assert_eq!(a.targets("/", &s(&["fresh"])), vec![2, 3]);
         a.tick(now + a.config().wide_room_ttl);
         assert!(a.targets("/", &s(&["fresh"])).is_empty());
+    }
+
+    /// Delivers every message in `out` addressed to `to`'s node; returns its answers.
+    fn deliver(from: NodeId, out: &[Outgoing], to: &mut GossipState, now: Instant) -> Vec<Outgoing> {
+        let me = to.me;
+        out.iter().filter(|o| o.to.contains(&me)).flat_map(|o| to.on_gossip(from, &o.gossip, now)).collect()
+    }
+
+    #[test]
+    fn entry_points_return_what_to_send_and_to_whom() {
+        let now = Instant::now();
+        let (mut a, mut b) = (state(1), state(2));
+        b.on_link_up(3, 1, "127.0.0.1:3", now);
+        b.set_local_room("/", "r", true);
+
+        // A link up: the pending change goes out as a delta to every live peer first, then the
+        // whole interest (covering it) to the new peer.
+        let out = b.on_link_up(1, 1, "127.0.0.1:1", now);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert!(matches!(&out[0], Outgoing { to, gossip: Gossip::Delta(d) } if to == &vec![1, 3] && d.to_version == 1));
+        assert!(matches!(&out[1], Outgoing { to, gossip: Gossip::Snapshot(s) } if to == &vec![1] && s.version == 1));
+        a.on_link_up(2, 1, "", now);
+        assert!(deliver(2, &out[1..], &mut a, now).is_empty());
+        assert_eq!(a.rooms_of(2, "/"), s(&["r"]));
+        assert!(b.flush().is_empty(), "nothing left to flush");
+
+        // A delta a missed: the next one asks its origin for a snapshot (a digest to 2)...
+        b.set_local_room("/", "lost", true);
+        let _lost = b.flush();
+        b.set_local_room("/", "x", true);
+        let asks = deliver(2, &b.flush(), &mut a, now);
+        assert_eq!(
+            asks,
+            vec![Outgoing {
+                to: vec![2],
+                gossip: Gossip::Digest(vec![DigestEntry { origin: 2, incarnation: 1, version: 1 }])
+            }]
+        );
+        // ... which answers with its snapshot to the asker.
+        let answers = deliver(1, &asks, &mut b, now);
+        assert!(matches!(&answers[..], [Outgoing { to, gossip: Gossip::Snapshot(_) }] if to == &vec![1]));
+        deliver(2, &answers, &mut a, now);
+        assert_eq!(a.rooms_of(2, "/"), s(&["lost", "r", "x"]));
+
+        // A tick: pending changes before the heartbeat, the heartbeat to every linked peer.
+        b.set_local_room("/", "y", true);
+        let (out, changes) = b.on_tick(now, 5, vec![1, 3, 4]);
+        assert!(changes.is_empty());
+        assert!(matches!(&out[0].gossip, Gossip::Delta(d) if d.to_version == 4));
+        let Outgoing { to, gossip: Gossip::Liveness(entries) } = &out[1] else { panic!("{out:?}") };
+        assert_eq!(to, &vec![1, 3, 4]);
+        assert_eq!((entries[0].node_id, entries[0].interest_version, entries[0].sockets), (2, 4, 5));
+        assert!(deliver(2, &out, &mut a, now).is_empty());
+        assert!(a.converged());
     }
 
     #[test]

@@ -54,6 +54,26 @@ pub enum Message {
     KvReply(KvReply),
     /// A Redis PUBLISH / SPUBLISH for the receiver's local subscribers.
     Publish(Publish),
+    /// The sender's whole contribution to the presence counts.
+    Presence(PresenceState),
+}
+
+/// What one node counts for each presence key; replaces what it sent before.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PresenceState {
+    /// One entry per key the sender counts something under.
+    pub entries: Vec<PresenceEntry>,
+}
+
+/// One key of a [`PresenceState`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceEntry {
+    /// The presence key (`users:count`, `room-users:ROOM::a`).
+    pub key: String,
+    /// Sockets counted on the sender.
+    pub count: u64,
+    /// For a `unique` key: the distinct user values among those sockets.
+    pub values: Option<Vec<String>>,
 }
 
 /// A message a Redis client published on the sender.

@@ -24,10 +24,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::gossip::{Action, GossipConfig, GossipState};
+use super::gossip::{GossipConfig, GossipState, Outgoing};
 use super::message::{
-    ClientAck, ClusterReply, ClusterRequest, ForwardedBroadcast, Goodbye, Gossip, Message, NodeId, NodeState, Publish,
-    ReplyBody, RequestErrorCode, RequestOp,
+    ClientAck, ClusterReply, ClusterRequest, ForwardedBroadcast, Goodbye, Gossip, Message, NodeId, NodeState,
+    PresenceState, Publish, ReplyBody, RequestErrorCode, RequestOp,
 };
 use super::raft::RaftNode;
 use super::transport::{Incoming, Transport};
@@ -68,6 +68,14 @@ struct Inner {
     timeout: Duration,
     cancel: CancellationToken,
     tasks: TaskTracker,
+    /// Receives the presence states other nodes send (set by the presence service).
+    presence: std::sync::OnceLock<Arc<dyn PresenceSink>>,
+}
+
+/// What receives the presence states other nodes send; implemented by the presence service.
+pub trait PresenceSink: Send + Sync + std::fmt::Debug + 'static {
+    /// Node `from` sent its whole presence contribution.
+    fn receive(&self, from: NodeId, state: PresenceState);
 }
 
 impl ClusterNode {
@@ -101,6 +109,7 @@ impl ClusterNode {
             timeout: settings.timeout,
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            presence: std::sync::OnceLock::new(),
         });
         // Rooms that already have members (namespaces created before the cluster started).
         for ns in io.namespaces() {
@@ -122,6 +131,24 @@ impl ClusterNode {
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.inner.id
+    }
+
+    /// Routes the presence states other nodes send to `sink` (once).
+    pub fn set_presence_sink(&self, sink: Arc<dyn PresenceSink>) {
+        let _ = self.inner.presence.set(sink);
+    }
+
+    /// Sends this node's presence state to every live node, in order with its broadcasts.
+    pub fn publish_presence(&self, state: PresenceState) {
+        let peers = self.inner.live_peers();
+        if !peers.is_empty() {
+            self.inner.send_to(&peers, &Message::Presence(state));
+        }
+    }
+
+    /// The other nodes the failure detector holds alive (or suspects, not yet dead).
+    pub fn live_peers(&self) -> Vec<NodeId> {
+        self.inner.live_peers()
     }
 
     /// The raft node.
@@ -276,56 +303,45 @@ impl Inner {
         self.gossip.lock().live_peers()
     }
 
+    /// Sends what the gossip state decided, counting deltas and snapshots.
+    fn send_gossip(&self, out: Vec<Outgoing>) {
+        for Outgoing { to, gossip } in out {
+            match &gossip {
+                Gossip::Delta(delta) => {
+                    metrics::gauge!(crate::metrics::GOSSIP_INTEREST_VERSION).set(delta.to_version as f64);
+                    metrics::counter!(crate::metrics::GOSSIP_DELTAS).increment(1);
+                }
+                Gossip::Snapshot(_) => metrics::counter!(crate::metrics::GOSSIP_SNAPSHOTS).increment(1),
+                Gossip::Digest(_) | Gossip::Liveness(_) => {}
+            }
+            self.send_to(&to, &Message::Gossip(gossip));
+        }
+    }
+
+    /// The room changes reported since the last call, each with whether the room has local
+    /// members now (taken before the gossip lock: `converged` locks them in the other order).
+    fn take_room_changes(&self) -> Vec<(String, String, bool)> {
+        let dirty: Vec<(String, String)> = self.dirty.lock().drain().collect();
+        dirty
+            .into_iter()
+            .map(|(nsp, room)| {
+                let present = self.io.namespace(&nsp).is_some_and(|ns| ns.registry().len_of(&room) > 0);
+                (nsp, room, present)
+            })
+            .collect()
+    }
+
     /// Sends pending room changes as one delta to every live peer.
     fn flush_interest(&self) {
-        let dirty: Vec<(String, String)> = self.dirty.lock().drain().collect();
-        let (delta, peers) = {
+        let changes = self.take_room_changes();
+        let out = {
             let mut gossip = self.gossip.lock();
-            for (nsp, room) in &dirty {
-                let present = self.io.namespace(nsp).is_some_and(|ns| ns.registry().len_of(room) > 0);
-                gossip.set_local_room(nsp, room, present);
+            for (nsp, room, present) in &changes {
+                gossip.set_local_room(nsp, room, *present);
             }
-            (gossip.take_delta(), gossip.live_peers())
+            gossip.flush()
         };
-        if let Some(delta) = delta {
-            metrics::gauge!(crate::metrics::GOSSIP_INTEREST_VERSION).set(delta.to_version as f64);
-            metrics::counter!(crate::metrics::GOSSIP_DELTAS).increment(1);
-            self.send_to(&peers, &Message::Gossip(Gossip::Delta(delta)));
-        }
-    }
-
-    /// Sends this node's whole interest to `peer`.
-    fn send_snapshot(&self, peer: NodeId) {
-        self.flush_interest();
-        let snapshot = self.gossip.lock().snapshot();
-        metrics::counter!(crate::metrics::GOSSIP_SNAPSHOTS).increment(1);
-        self.send_to(&[peer], &Message::Gossip(Gossip::Snapshot(snapshot)));
-    }
-
-    fn on_gossip(&self, from: NodeId, gossip: Gossip) {
-        let now = Instant::now();
-        let actions = match gossip {
-            Gossip::Delta(delta) => self.gossip.lock().on_delta(&delta, now).into_iter().collect(),
-            Gossip::Snapshot(snapshot) => {
-                self.gossip.lock().on_snapshot(&snapshot, now);
-                Vec::new()
-            }
-            Gossip::Digest(entries) => {
-                let behind = {
-                    let gossip = self.gossip.lock();
-                    entries.iter().any(|e| gossip.digest_is_behind(e))
-                };
-                if behind {
-                    self.send_snapshot(from);
-                }
-                Vec::new()
-            }
-            Gossip::Liveness(entries) => self.gossip.lock().on_liveness(from, &entries, now),
-        };
-        for action in actions {
-            let Action::RequestSnapshot(digest) = action;
-            self.send_to(&[digest.origin], &Message::Gossip(Gossip::Digest(vec![digest])));
-        }
+        self.send_gossip(out);
     }
 
     fn on_message(&self, from: NodeId, message: Message) {
@@ -336,7 +352,10 @@ impl Inner {
                     ns.execute_broadcast(&forwarded.broadcast);
                 }
             }
-            Message::Gossip(gossip) => self.on_gossip(from, gossip),
+            Message::Gossip(gossip) => {
+                let out = self.gossip.lock().on_gossip(from, &gossip, Instant::now());
+                self.send_gossip(out);
+            }
             Message::Goodbye(goodbye) => {
                 tracing::info!(node = goodbye.node_id, reason = %goodbye.reason, "peer left the cluster");
                 self.gossip.lock().on_goodbye(goodbye.node_id, goodbye.incarnation, Instant::now());
@@ -346,6 +365,11 @@ impl Inner {
                     self.broker.spublish(&publish.channel, &publish.message);
                 } else {
                     self.broker.publish(&publish.channel, &publish.message);
+                }
+            }
+            Message::Presence(state) => {
+                if let Some(sink) = self.presence.get() {
+                    sink.receive(from, state);
                 }
             }
             // A fire-and-forget operation, in order with the sender's broadcasts.
@@ -624,8 +648,9 @@ async fn inbox_loop(inner: Arc<Inner>, mut incoming: mpsc::Receiver<Incoming>) {
         match next {
             Incoming::PeerUp { peer, hello } => {
                 tracing::info!(peer, addr = %hello.advertise_addr, "cluster link up");
-                inner.gossip.lock().peer_up(peer, hello.incarnation, &hello.advertise_addr, Instant::now());
-                inner.send_snapshot(peer);
+                let out =
+                    inner.gossip.lock().on_link_up(peer, hello.incarnation, &hello.advertise_addr, Instant::now());
+                inner.send_gossip(out);
             }
             Incoming::PeerDown { peer } => tracing::info!(peer, "cluster link down"),
             Incoming::Message { from, message } => inner.on_message(from, message),
@@ -672,21 +697,22 @@ async fn heartbeat_loop(inner: Arc<Inner>) {
             () = inner.cancel.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        inner.flush_interest();
+        let room_changes = inner.take_room_changes();
         let (sockets, _) = local_counts(&inner.io);
-        let now = Instant::now();
-        let (entries, changes, members, converged) = {
+        // Every linked peer hears the heartbeat (a node just up included).
+        let linked: Vec<NodeId> = inner.transport.peers().iter().filter(|p| p.connected).map(|p| p.node_id).collect();
+        let (out, changes, members, converged) = {
             let mut gossip = inner.gossip.lock();
-            gossip.set_sockets(sockets);
-            let changes = gossip.tick(now);
-            (gossip.heartbeat(), changes, gossip.members(), gossip.converged())
+            for (nsp, room, present) in &room_changes {
+                gossip.set_local_room(nsp, room, *present);
+            }
+            let (out, changes) = gossip.on_tick(Instant::now(), sockets, linked);
+            (out, changes, gossip.members(), gossip.converged())
         };
+        inner.send_gossip(out);
         for change in changes {
             tracing::info!(node = change.node, state = state_name(change.state), "cluster member state changed");
         }
-        // Every linked peer hears the heartbeat (a node just up included).
-        let linked: Vec<NodeId> = inner.transport.peers().iter().filter(|p| p.connected).map(|p| p.node_id).collect();
-        inner.send_to(&linked, &Message::Gossip(Gossip::Liveness(entries)));
 
         for state in [NodeState::Alive, NodeState::Suspect, NodeState::Dead, NodeState::Left] {
             let n = members.iter().filter(|m| m.state == state).count();

@@ -5,10 +5,11 @@
 //!   initiated by the lower node id wins; both ends reach the same decision (`prefer_new`), and
 //!   the loser is closed during the handshake, before it carries any data. A peer that restarted
 //!   (higher `Hello.incarnation`) replaces its old link at once.
-//! - **Handshake.** The dialer opens a bi stream and sends [`Hello`]; the acceptor checks the
-//!   dialer's certificate against the node id it claims and answers with its own `Hello`. The
-//!   dialer already checked the acceptor's certificate through the TLS server name
-//!   (`node-<id>.ioswarm`).
+//! - **Handshake.** One `Hello` exchange for every connection (`Inner::exchange_hello`): the
+//!   dialer opens a bi stream and sends [`Hello`]; the acceptor checks it (the certificate
+//!   against the node id it claims, the protocol versions), offers the connection as the link to
+//!   that node, and answers with its own `Hello`, which the dialer checks the same way (its TLS
+//!   server name `node-<id>.ioswarm` already named the node it expects).
 //! - **Ordered messages** ([`Transport::send`], [`Transport::try_send`]) go through a bounded
 //!   per-peer queue into one long-lived uni stream per link, so a peer receives one sender's
 //!   messages in the order they were queued. When a link fails, frames already handed to QUIC may
@@ -191,6 +192,9 @@ pub enum TransportError {
     /// The transport is shutting down.
     #[error("the transport is shut down")]
     Shutdown,
+    /// Both nodes dialed each other and this connection to node `.0` lost to the other one.
+    #[error("duplicate connection from node {0}")]
+    Duplicate(NodeId),
 }
 
 /// What the transport delivers to the node.
@@ -353,6 +357,22 @@ fn prefer_new(current: Option<LinkKey>, dialing: bool, new: LinkKey, me: NodeId)
     }
 }
 
+/// Which end of a new connection this node is in [`Inner::exchange_hello`].
+enum Side<'a> {
+    /// This node dialed; when `expected` is given, the peer must be that node.
+    Dialer {
+        /// The node dialed (none for a discovery).
+        expected: Option<NodeId>,
+    },
+    /// The peer dialed. `admit` sees its checked `Hello` before this node answers; an error
+    /// ([`TransportError::Duplicate`] when another link to that node wins) ends the exchange
+    /// unanswered.
+    Acceptor {
+        /// Decides whether the dialer's connection goes on.
+        admit: &'a (dyn Fn(&Hello) -> Result<(), TransportError> + Sync),
+    },
+}
+
 /// Exponential backoff with jitter (each delay is 50–100 % of the nominal one).
 #[derive(Debug, Clone)]
 struct Backoff {
@@ -477,26 +497,9 @@ impl Transport {
         let config = quinn::ClientConfig::new(Arc::new(tls));
         let handshake = async {
             let conn = inner.endpoint.connect_with(config, addr, &node_server_name(inner.id))?.await?;
-            let result = async {
-                let (mut send, mut recv) = conn.open_bi().await?;
-                write_frame(&mut send, &encode_message(inner.id, &Message::Hello(inner.hello.clone()))).await?;
-                let _ = send.finish();
-                let frame =
-                    read_frame(&mut recv, inner.config.max_frame_bytes).await?.ok_or(TransportError::Truncated)?;
-                let hello = expect_hello(Envelope::decode(frame)?)?;
-                let chain = conn
-                    .peer_identity()
-                    .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
-                    .ok_or_else(|| TransportError::Protocol("no server certificate".into()))?;
-                inner.credentials.verify_peer(&chain, hello.node_id)?;
-                if hello.node_id == inner.id {
-                    return Err(TransportError::SelfPeer(hello.node_id));
-                }
-                Ok(hello.node_id)
-            }
-            .await;
+            let hello = inner.exchange_hello(&conn, Side::Dialer { expected: None }).await?;
             conn.close(VarInt::from_u32(CLOSE_SHUTDOWN), b"discovered");
-            result
+            Ok(hello.node_id)
         };
         tokio::time::timeout(inner.config.connect_timeout, handshake).await.map_err(|_| TransportError::Timeout)?
     }
@@ -687,71 +690,95 @@ impl Inner {
     async fn dial(&self, addr: SocketAddr, expected: NodeId) -> Result<(quinn::Connection, Hello), TransportError> {
         let handshake = async {
             let conn = self.endpoint.connect(addr, &node_server_name(expected))?.await?;
-            let result = async {
-                let (mut send, mut recv) = conn.open_bi().await?;
-                write_frame(&mut send, &encode_message(self.id, &Message::Hello(self.hello.clone()))).await?;
-                let _ = send.finish();
-                let frame =
-                    read_frame(&mut recv, self.config.max_frame_bytes).await?.ok_or(TransportError::Truncated)?;
-                let hello = expect_hello(Envelope::decode(frame)?)?;
-                if hello.node_id != expected {
-                    return Err(TransportError::Protocol(format!(
-                        "expected node {expected}, {} answered",
-                        hello.node_id
-                    )));
-                }
-                Ok(hello)
-            }
-            .await;
-            match result {
-                Ok(hello) => Ok((conn, hello)),
-                Err(error) => {
-                    conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"handshake");
-                    Err(error)
-                }
-            }
+            let hello = self.exchange_hello(&conn, Side::Dialer { expected: Some(expected) }).await?;
+            Ok((conn, hello))
         };
         tokio::time::timeout(self.config.connect_timeout, handshake).await.map_err(|_| TransportError::Timeout)?
     }
 
-    /// Accepts one incoming connection: TLS, the dialer's `Hello`, its certificate for the id it
-    /// claims, the duplicate rule, our `Hello`.
+    /// Accepts one incoming connection: TLS, then the `Hello` exchange, in which the dialer is
+    /// offered as the link to its node (the duplicate rule) before this node answers.
     async fn handshake_incoming(self: &Arc<Self>, incoming: quinn::Incoming) -> Result<(), TransportError> {
         let conn = incoming.await?;
-        let (mut send, mut recv) = conn.accept_bi().await?;
-        let frame = read_frame(&mut recv, self.config.max_frame_bytes).await?.ok_or(TransportError::Truncated)?;
-        let checked = async {
-            let hello = expect_hello(Envelope::decode(frame)?)?;
-            let chain = conn
-                .peer_identity()
-                .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
-                .ok_or_else(|| TransportError::Protocol("no client certificate".into()))?;
-            self.credentials.verify_peer(&chain, hello.node_id)?;
-            Ok::<_, TransportError>(hello)
+        let admit = |hello: &Hello| {
+            let peer = self.peer(hello.node_id)?;
+            let link = Link { conn: conn.clone(), initiator: hello.node_id, hello: hello.clone() };
+            if self.register(&peer, link) { Ok(()) } else { Err(TransportError::Duplicate(hello.node_id)) }
+        };
+        match self.exchange_hello(&conn, Side::Acceptor { admit: &admit }).await {
+            Ok(_) | Err(TransportError::Duplicate(_)) => Ok(()),
+            Err(error) => Err(error),
         }
-        .await;
-        let hello = match checked {
-            Ok(hello) => hello,
-            Err(error) => {
-                conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"handshake");
-                return Err(error);
+    }
+
+    /// The one `Hello` exchange, the same for every new connection (a link dialed or accepted,
+    /// a discovery): the dialer opens a bi stream and sends its `Hello`; the acceptor reads and
+    /// checks it ([`Inner::read_hello`]), admits the dialer, and only then answers with its own,
+    /// which the dialer reads and checks in turn. On any failure the connection is closed
+    /// (`CLOSE_DUPLICATE` for a dialer not admitted as a duplicate, else `CLOSE_PROTOCOL`), so a
+    /// refused connection never carries data. Returns the peer's `Hello`.
+    async fn exchange_hello(&self, conn: &quinn::Connection, side: Side<'_>) -> Result<Hello, TransportError> {
+        let exchange = async {
+            match side {
+                Side::Dialer { expected } => {
+                    let (mut send, mut recv) = conn.open_bi().await?;
+                    self.write_hello(&mut send).await?;
+                    let hello = self.read_hello(conn, &mut recv).await?;
+                    if let Some(expected) = expected
+                        && hello.node_id != expected
+                    {
+                        return Err(TransportError::Protocol(format!(
+                            "expected node {expected}, {} answered",
+                            hello.node_id
+                        )));
+                    }
+                    Ok(hello)
+                }
+                Side::Acceptor { admit } => {
+                    let (mut send, mut recv) = conn.accept_bi().await?;
+                    let hello = self.read_hello(conn, &mut recv).await?;
+                    admit(&hello)?;
+                    self.write_hello(&mut send).await?;
+                    Ok(hello)
+                }
             }
         };
-        let peer = match self.peer(hello.node_id) {
-            Ok(peer) => peer,
-            Err(error) => {
-                conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"handshake");
-                return Err(error);
-            }
-        };
-        let link = Link { conn: conn.clone(), initiator: hello.node_id, hello };
-        if !self.register(&peer, link) {
-            conn.close(VarInt::from_u32(CLOSE_DUPLICATE), b"duplicate");
-            return Ok(());
+        let result = exchange.await;
+        match &result {
+            Ok(_) => {}
+            Err(TransportError::Duplicate(_)) => conn.close(VarInt::from_u32(CLOSE_DUPLICATE), b"duplicate"),
+            Err(_) => conn.close(VarInt::from_u32(CLOSE_PROTOCOL), b"handshake"),
         }
-        write_frame(&mut send, &encode_message(self.id, &Message::Hello(self.hello.clone()))).await?;
+        result
+    }
+
+    /// Sends this node's `Hello` as the only frame of the handshake stream.
+    async fn write_hello(&self, send: &mut quinn::SendStream) -> Result<(), TransportError> {
+        write_frame(send, &encode_message(self.id, &Message::Hello(self.hello.clone()))).await?;
+        // Only fails when the stream is already closed; the write above reported that.
         let _ = send.finish();
         Ok(())
+    }
+
+    /// Reads the peer's `Hello` and checks it: the first frame is a `Hello` sent by the node it
+    /// names, with a protocol version in common ([`expect_hello`]); the connection's certificate
+    /// was issued by the cluster CA to that node id; and that node is not this one.
+    async fn read_hello(
+        &self,
+        conn: &quinn::Connection,
+        recv: &mut quinn::RecvStream,
+    ) -> Result<Hello, TransportError> {
+        let frame = read_frame(recv, self.config.max_frame_bytes).await?.ok_or(TransportError::Truncated)?;
+        let hello = expect_hello(Envelope::decode(frame)?)?;
+        let chain = conn
+            .peer_identity()
+            .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
+            .ok_or_else(|| TransportError::Protocol("no peer certificate".into()))?;
+        self.credentials.verify_peer(&chain, hello.node_id)?;
+        if hello.node_id == self.id {
+            return Err(TransportError::SelfPeer(hello.node_id));
+        }
+        Ok(hello)
     }
 
     /// Hands an incoming item to the node; false when shutting down or nobody listens.

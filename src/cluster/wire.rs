@@ -13,8 +13,8 @@ use prost::Message as _;
 use super::message::{
     ClientAck, ClusterReply, ClusterRequest, DigestEntry, Envelope, ForwardedBroadcast, Goodbye, Gossip, Hello,
     InterestDelta, InterestSnapshot, KvReply, KvRequest, Message, NamespaceDelta, NamespaceRooms, NodeId, NodeLiveness,
-    NodeState, PROTOCOL_VERSION, PayloadEncoding, Publish, RaftPayload, RaftRpcKind, ReplyBody, RequestErrorCode,
-    RequestOp,
+    NodeState, PROTOCOL_VERSION, PayloadEncoding, PresenceEntry, PresenceState, Publish, RaftPayload, RaftRpcKind,
+    ReplyBody, RequestErrorCode, RequestOp,
 };
 use crate::resp::kv::{KvCommand, KvOp, KvRead, KvReadOp, KvValue, KvWrite, SetCondition};
 use crate::rooms::{Broadcast, BroadcastFlags, EncodedPacket, Selector};
@@ -134,6 +134,18 @@ fn envelope_to_pb(sender: NodeId, message: &Message) -> pb::Envelope {
             channel: publish.channel.clone(),
             message: publish.message.clone(),
             shard: publish.shard,
+        }),
+        Message::Presence(state) => Body::Presence(pb::PresenceState {
+            entries: state
+                .entries
+                .iter()
+                .map(|e| pb::PresenceEntry {
+                    key: e.key.clone(),
+                    count: e.count,
+                    unique: e.values.is_some(),
+                    values: e.values.clone().unwrap_or_default(),
+                })
+                .collect(),
         }),
     };
     pb::Envelope { protocol_version: PROTOCOL_VERSION, sender, body: Some(body) }
@@ -468,6 +480,13 @@ impl TryFrom<pb::Envelope> for Envelope {
             Body::Publish(publish) => {
                 Message::Publish(Publish { channel: publish.channel, message: publish.message, shard: publish.shard })
             }
+            Body::Presence(state) => Message::Presence(PresenceState {
+                entries: state
+                    .entries
+                    .into_iter()
+                    .map(|e| PresenceEntry { key: e.key, count: e.count, values: e.unique.then_some(e.values) })
+                    .collect(),
+            }),
         };
         Ok(Envelope { sender: envelope.sender, message })
     }
@@ -854,6 +873,13 @@ mod tests {
             max_protocol_version: 1,
         }));
         round_trip(Message::Goodbye(Goodbye { node_id: 2, incarnation: 9, reason: "shutdown".into() }));
+        round_trip(Message::Presence(PresenceState {
+            entries: vec![
+                PresenceEntry { key: "users:count".into(), count: 3, values: None },
+                PresenceEntry { key: "users".into(), count: 2, values: Some(vec!["ann".into(), "bob".into()]) },
+                PresenceEntry { key: "empty-unique".into(), count: 0, values: Some(vec![]) },
+            ],
+        }));
         round_trip(Message::Gossip(Gossip::Delta(InterestDelta {
             origin: 1,
             incarnation: 2,

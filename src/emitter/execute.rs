@@ -4,7 +4,7 @@
 
 use super::Outcome;
 use super::decode::{EmitterBroadcast, EmitterRequest, RequestAction};
-use crate::socketio::{RemoteOp, Server};
+use crate::socketio::{RemoteOp, Server, SocketsOp};
 
 /// Emits `b` on `io`.
 pub(super) fn broadcast(io: &Server, b: EmitterBroadcast) -> Outcome {
@@ -33,27 +33,13 @@ pub(super) fn request(io: &Server, r: EmitterRequest) -> Outcome {
     // of the cluster (the emitter published once, to this node only).
     match r.action {
         RequestAction::Join { targets, rooms } => {
-            let op = ns.select(&targets.rooms, &targets.except);
-            for socket in op.sockets() {
-                for room in &rooms {
-                    socket.join(room);
-                }
-            }
-            op.send_ordered(|s| RemoteOp::Join(s, rooms));
+            ns.select(&targets.rooms, &targets.except).run_ordered(SocketsOp::Join(rooms));
         }
         RequestAction::Leave { targets, rooms } => {
-            let op = ns.select(&targets.rooms, &targets.except);
-            for socket in op.sockets() {
-                for room in &rooms {
-                    socket.leave(room);
-                }
-            }
-            op.send_ordered(|s| RemoteOp::Leave(s, rooms));
+            ns.select(&targets.rooms, &targets.except).run_ordered(SocketsOp::Leave(rooms));
         }
         RequestAction::Disconnect { targets, close } => {
-            let op = ns.select(&targets.rooms, &targets.except);
-            op.disconnect(close);
-            op.send_ordered(|s| RemoteOp::Disconnect(s, close));
+            ns.select(&targets.rooms, &targets.except).run_ordered(SocketsOp::Disconnect { close });
         }
         RequestAction::ServerSideEmit { event, payload } => {
             let remote = (!payload.has_binary()).then(|| (event.clone(), payload.args.clone()));

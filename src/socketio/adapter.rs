@@ -37,28 +37,6 @@ pub enum RemoteOp {
     EmitWithAck(AckedBroadcast, Duration),
 }
 
-/// Transitional constructors under the names of the variants [`RemoteOp::Sockets`] replaced, so
-/// that the emitter bridge (`resp/emitter.rs`, being moved) builds unchanged until it runs its
-/// requests through [`BroadcastOperator::run_ordered`](super::BroadcastOperator::run_ordered).
-/// Remove them then.
-#[allow(non_snake_case)]
-impl RemoteOp {
-    /// `RemoteOp::Sockets(selector, SocketsOp::Join(rooms))`.
-    pub(crate) fn Join(selector: Selector, rooms: Vec<String>) -> Self {
-        Self::Sockets(selector, SocketsOp::Join(rooms))
-    }
-
-    /// `RemoteOp::Sockets(selector, SocketsOp::Leave(rooms))`.
-    pub(crate) fn Leave(selector: Selector, rooms: Vec<String>) -> Self {
-        Self::Sockets(selector, SocketsOp::Leave(rooms))
-    }
-
-    /// `RemoteOp::Sockets(selector, SocketsOp::Disconnect { close })`.
-    pub(crate) fn Disconnect(selector: Selector, close: bool) -> Self {
-        Self::Sockets(selector, SocketsOp::Disconnect { close })
-    }
-}
-
 /// A broadcast that asks each recipient for an acknowledgement, as it travels to other nodes:
 /// the event and its arguments, not an encoded packet, because every recipient's packet carries
 /// an ack id of its own (each node encodes it for its sockets).
@@ -88,7 +66,7 @@ pub struct RemoteSocket {
     /// The handshake details: `address`, `query` (raw string), `issued` (ms since the epoch) and
     /// `auth` (the CONNECT packet's `auth` object).
     pub handshake: Value,
-    /// `socket.data` (`null`: ioswarm sockets carry no data yet).
+    /// `socket.data` ([`Socket::data`]).
     pub data: Value,
 }
 
@@ -112,7 +90,7 @@ impl RemoteSocket {
                 "issued": issued,
                 "auth": socket.auth(),
             }),
-            data: Value::Null,
+            data: socket.data(),
         }
     }
 }

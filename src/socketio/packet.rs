@@ -23,8 +23,13 @@ use bytes::Bytes;
 use serde_json::Value;
 
 /// Event names a peer may not emit: the reference parser rejects them.
-const RESERVED_EVENTS: [&str; 6] =
+pub(crate) const RESERVED_EVENTS: [&str; 6] =
     ["connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"];
+
+/// Whether Socket.IO reserves `name` (a client may not emit it, a server should not use it).
+pub(crate) fn is_reserved_event(name: &str) -> bool {
+    RESERVED_EVENTS.contains(&name)
+}
 
 /// Longest accepted ack id, in digits (`u64::MAX` has 20).
 const MAX_ACK_ID_DIGITS: usize = 20;

@@ -57,6 +57,8 @@ struct SocketInner {
     ns: Namespace,
     conn: Arc<Connection<ClientState>>,
     auth: Value,
+    /// `socket.data`: what the application attaches (e.g. the JWT claims).
+    data: Mutex<Value>,
     rooms: Mutex<Vec<Room>>,
     acks: Mutex<AckTable>,
 }
@@ -81,9 +83,21 @@ impl Socket {
             ns: ns.clone(),
             conn,
             auth,
+            data: Mutex::new(Value::Null),
             rooms: Mutex::new(Vec::new()),
             acks: Mutex::new(AckTable::default()),
         }))
+    }
+
+    /// `socket.data`: what the application attached to this socket (`null` until then), as
+    /// Node's `socket.data`; other nodes see it through `fetchSockets`.
+    pub fn data(&self) -> Value {
+        self.0.data.lock().clone()
+    }
+
+    /// Replaces `socket.data`.
+    pub fn set_data(&self, data: Value) {
+        *self.0.data.lock() = data;
     }
 
     /// The socket id (also the name of the socket's own room).

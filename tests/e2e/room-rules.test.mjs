@@ -133,7 +133,8 @@ ioswarmOnly("room rules", () => {
   });
 
   test("`when` and data templates refuse sockets without matching data", T, async () => {
-    // Sockets have no data yet without [auth]; the positive cases are unit tests (src/rules).
+    // Nothing sets socket.data yet without [auth] (JWT / connect hook); the positive cases are
+    // unit tests in src/rules.
     const s = await ctx.connect(server.url);
     assert.deepEqual(await call(s, "follow", "bob"), [{ error: "forbidden" }]);
     assert.deepEqual(await call(s, "me"), [{ error: "forbidden" }]);
