@@ -15,15 +15,15 @@ use std::path::{Path, PathBuf};
 /// refer to.
 const RULES: &[(&str, &[&str])] = &[
     // The Redis-protocol broker: below the emitter bridge and the cluster.
-    ("resp", &["socketio", "engineio", "rooms", "cluster", "emitter", "app", "admin", "http", "node"]),
+    ("resp", &["socketio", "engineio", "rooms", "cluster", "emitter", "app", "admin", "http", "node", "presence"]),
     // Transport and protocol layers: below every service. (`engineio` still names
     // `crate::http::ConnPermit`, the listener's connection permit, so `http` is not forbidden
     // there yet.)
-    ("engineio", &["socketio", "rooms", "resp", "cluster", "emitter", "app", "admin", "node"]),
-    ("rooms", &["resp", "cluster", "emitter", "app", "admin", "http", "node"]),
-    ("socketio", &["resp", "cluster", "emitter", "app", "admin", "http", "node"]),
+    ("engineio", &["socketio", "rooms", "resp", "cluster", "emitter", "app", "admin", "node", "presence"]),
+    ("rooms", &["resp", "cluster", "emitter", "app", "admin", "http", "node", "presence"]),
+    ("socketio", &["resp", "cluster", "emitter", "app", "admin", "http", "node", "presence"]),
     // The emitter bridge sits above resp and socketio, beside the cluster.
-    ("emitter", &["cluster", "app", "admin", "node"]),
+    ("emitter", &["cluster", "app", "admin", "node", "presence"]),
     // The cluster is a service the node wires; it never reaches back into the wiring.
     ("cluster", &["app", "admin", "node", "emitter"]),
     // Room rules are pure data and decisions: no layer, no I/O.
@@ -32,7 +32,7 @@ const RULES: &[(&str, &[&str])] = &[
         &["socketio", "engineio", "rooms", "resp", "cluster", "emitter", "app", "admin", "http", "node", "config"],
     ),
     // The plumbing every layer uses.
-    ("net.rs", &["socketio", "engineio", "rooms", "resp", "cluster", "emitter", "app", "admin", "http", "node"]),
+    ("net.rs", &["socketio", "engineio", "rooms", "resp", "cluster", "emitter", "app", "admin", "http", "node", "presence"]),
 ];
 
 /// One use of a top-level module: the module's name and the 1-based line it is on.
