@@ -29,10 +29,16 @@ const RULES: &[(&str, &[&str])] = &[
     // Room rules are pure data and decisions: no layer, no I/O.
     (
         "rules",
-        &["socketio", "engineio", "rooms", "resp", "cluster", "emitter", "app", "admin", "http", "node", "config"],
+        &[
+            "socketio", "engineio", "rooms", "resp", "cluster", "emitter", "app", "admin", "http", "node", "config",
+            "presence",
+        ],
     ),
     // The plumbing every layer uses.
-    ("net.rs", &["socketio", "engineio", "rooms", "resp", "cluster", "emitter", "app", "admin", "http", "node", "presence"]),
+    (
+        "net.rs",
+        &["socketio", "engineio", "rooms", "resp", "cluster", "emitter", "app", "admin", "http", "node", "presence"],
+    ),
 ];
 
 /// One use of a top-level module: the module's name and the 1-based line it is on.
