@@ -1,6 +1,7 @@
 //! The built-in application of the `ioswarm` binary (see
 //! `docs/binary-spec.md`): optional token auth on CONNECT, the `ioswarm:*`
-//! events clients may use, and the admin HTTP API backends use to emit.
+//! events clients may use, the room rules (`crate::rules`) carried out on
+//! sockets, and the admin HTTP API backends use to emit.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,6 +14,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::admin::{AdminRoutes, json_error, json_response};
+use crate::rules::{Op, RESERVED_EVENTS, RoomRules, Rule};
 use crate::socketio::{ConnectError, Event, Namespace, Payload, Server, Socket};
 
 /// What clients are allowed to do by themselves.
@@ -20,18 +22,13 @@ use crate::socketio::{ConnectError, Event, Namespace, Payload, Server, Socket};
 pub struct AppOptions {
     /// A CONNECT must carry `{"token": …}` equal to this.
     pub auth_token: Option<String>,
-    /// Clients may join and leave rooms (`ioswarm:join`, `ioswarm:leave`).
-    pub client_rooms: bool,
+    /// The rooms clients may join and leave with events: the `[[rooms.rule]]` table and the
+    /// built-in `ioswarm:join` / `ioswarm:leave` set (`RoomRules::new(&config.rooms,
+    /// config.client_rooms)`).
+    pub rooms: RoomRules,
     /// Clients may broadcast to rooms they are in (`ioswarm:to`).
     pub client_relay: bool,
 }
-
-/// Event names Socket.IO reserves; clients may not relay them to others.
-const RESERVED_EVENTS: [&str; 6] =
-    ["connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"];
-
-/// Longest room name a client may use.
-const MAX_ROOM_NAME: usize = 256;
 
 /// Installs the built-in application on every namespace `io` accepts.
 pub fn install(io: &Server, options: AppOptions) {
@@ -55,16 +52,15 @@ fn configure(ns: &Namespace, options: Arc<AppOptions>) {
             let _ = ack.send(event.payload);
         }
     });
-    let opts = options.clone();
-    ns.on("ioswarm:join", move |socket, event| {
-        let allowed = opts.client_rooms;
-        async move { membership(&socket, event, allowed, true) }
-    });
-    let opts = options.clone();
-    ns.on("ioswarm:leave", move |socket, event| {
-        let allowed = opts.client_rooms;
-        async move { membership(&socket, event, allowed, false) }
-    });
+    // One handler per room rule (the built-in ioswarm:join / ioswarm:leave included).
+    for rule in options.rooms.rules() {
+        let name = rule.event().to_owned();
+        let rule = Arc::new(rule.clone());
+        ns.on(&name, move |socket, event| {
+            let rule = rule.clone();
+            async move { apply_rule(&socket, &rule, event) }
+        });
+    }
     let opts = options;
     ns.on("ioswarm:to", move |socket, event| {
         let allowed = opts.client_relay;
@@ -83,30 +79,30 @@ fn reply(event: Event, value: Value) {
     }
 }
 
-fn room_list(arg: Option<&Value>) -> Option<Vec<String>> {
-    let names: Vec<String> = match arg? {
-        Value::String(s) => vec![s.clone()],
-        Value::Array(items) => items.iter().map(|v| v.as_str().map(str::to_owned)).collect::<Option<_>>()?,
-        _ => return None,
+/// Runs a room rule for one event: joins or leaves what the rule decides, then acks the socket's
+/// rooms (its own id left out, sorted), or the refusal; a refusal changes nothing.
+fn apply_rule(socket: &Socket, rule: &Rule, event: Event) {
+    let change = match rule.decide(&event.payload.args, &socket.data()) {
+        Ok(change) => change,
+        Err(refusal) => {
+            tracing::debug!(
+                sid = socket.id(),
+                event = rule.event(),
+                rule = rule.setting(),
+                ?refusal,
+                "room rule refused"
+            );
+            return reply(event, json!({ "error": refusal.message() }));
+        }
     };
-    // A name that is a socket id would capture that socket's private room.
-    names.iter().all(|n| !n.is_empty() && n.len() <= MAX_ROOM_NAME && crate::Sid::parse(n).is_none()).then_some(names)
-}
-
-fn membership(socket: &Socket, event: Event, allowed: bool, join: bool) {
-    if !allowed {
-        return reply(event, json!({"error": "forbidden"}));
-    }
-    let Some(rooms) = room_list(event.payload.args.first()) else {
-        return reply(event, json!({"error": "expected a room name or an array of room names"}));
-    };
-    for room in &rooms {
-        if join {
-            if !socket.join(room) {
-                return reply(event, json!({"error": "too many rooms"}));
+    for room in &change.rooms {
+        match change.op {
+            Op::Join => {
+                if !socket.join(room) {
+                    return reply(event, json!({"error": "too many rooms"}));
+                }
             }
-        } else {
-            socket.leave(room);
+            Op::Leave => socket.leave(room),
         }
     }
     let mut current: Vec<String> = socket.rooms().into_iter().skip(1).collect();

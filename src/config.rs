@@ -120,6 +120,8 @@ pub struct Config {
     pub cluster_credentials: Option<PathBuf>,
     /// How long cluster-wide operations (fetchSockets, acks, NUMSUB, ...) wait for other nodes.
     pub cluster_timeout_ms: u64,
+    /// `[[rooms.rule]]`: rooms clients join or leave with their own events (file only, no flag).
+    pub rooms: crate::rules::RoomsConfig,
 }
 
 impl Default for Config {
@@ -161,6 +163,7 @@ impl Default for Config {
             data_dir: PathBuf::from("ioswarm-data"),
             cluster_credentials: None,
             cluster_timeout_ms: 5_000,
+            rooms: crate::rules::RoomsConfig::default(),
         }
     }
 }
@@ -205,6 +208,7 @@ impl fmt::Debug for Config {
             .field("data_dir", &self.data_dir)
             .field("cluster_credentials", &self.cluster_credentials)
             .field("cluster_timeout_ms", &self.cluster_timeout_ms)
+            .field("rooms", &self.rooms)
             .finish()
     }
 }
@@ -337,6 +341,9 @@ impl Config {
         self.validate_cluster()?;
         if let Err(e) = crate::presence::validate(&self.presence) {
             return Err(ConfigError::Setting { field: e.field, message: e.message });
+        }
+        if let Err(e) = self.rooms.validate() {
+            return Err(ConfigError::Setting { field: e.setting, message: e.message });
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
             return Err(invalid("log", format!("{:?} is not a valid filter: {e}", self.log)));
@@ -886,7 +893,7 @@ mod tests {
     }
 
     /// Settings that are tables in the TOML file, with no flag.
-    const TOML_ONLY: &[&str] = &["presence"];
+    const TOML_ONLY: &[&str] = &["presence", "rooms"];
 
     #[test]
     fn every_config_field_has_a_flag() {
@@ -894,7 +901,7 @@ mod tests {
         let cmd = Cli::command();
         let longs: Vec<&str> = cmd.get_arguments().filter_map(|a| a.get_long()).collect();
         let keys = value.as_object().unwrap().keys();
-        assert_eq!(keys.len(), 36);
+        assert_eq!(keys.len(), 37);
         for key in keys.filter(|k| !TOML_ONLY.contains(&k.as_str())) {
             let flag = key.replace('_', "-");
             assert!(longs.contains(&flag.as_str()), "config field {key} has no --{flag}");
@@ -1038,6 +1045,25 @@ mod tests {
             "invalid setting `max_payload`: 10 must be between 1024 (1 KiB) and 104857600 \
              (100 MiB) bytes"
         );
+    }
+
+    #[test]
+    fn room_rules_are_read_and_validated() {
+        let c = Config::from_toml(
+            "[[rooms.rule]]\nevent = \"AlertToggle::join\"\njoin = \"ROOM::ExtraImportantUpdates\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.rooms.rules[0].event, "AlertToggle::join");
+        let c = Config::from_toml(
+            "[[rooms.rule]]\nevent = \"a\"\njoin = \"r\"\n[[rooms.rule]]\nevent = \"b\"\njoin = \"r\"\nleave = \"r\"\n",
+        )
+        .unwrap();
+        let err = c.validate().unwrap_err();
+        assert!(matches!(&err, ConfigError::Setting { field, .. } if field == "rooms.rule[1]"), "{err}");
+        assert!(err.to_string().starts_with("invalid setting `rooms.rule[1]`: has both"), "{err}");
+        let err = Config::from_toml("[[rooms.rule]]\nevent = \"a\"\njoin = \"r\"\nroom = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field `room`"), "{err}");
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //!            rooms          uses engineio
 //! transport  engineio
 //! plumbing   net, config, shutdown, limits, metrics: used by any layer, use none of them
+//!            rules          room rules and room templates: pure data, uses none of them
 //! ```
 //!
 //! - [`engineio`]: Engine.IO v4 transport (polling, WebSocket, upgrade,
@@ -53,6 +54,9 @@
 //! - `admin`: the admin listener (`/metrics`, `/healthz`, the HTTP API).
 //! - `config`, `shutdown`, `limits`, `metrics`: process plumbing for the binary.
 //! - `app`: the built-in application the `ioswarm` binary runs.
+//! - [`rules`]: room rules (`[[rooms.rule]]`: join or leave a room on a client's own event) and
+//!   the room-name templates `rooms_on_connect` uses; a table validated once at start and pure
+//!   decisions over an event's arguments and the socket data.
 
 pub mod admin;
 pub mod app;
@@ -70,6 +74,7 @@ pub mod node;
 pub mod presence;
 pub mod resp;
 pub mod rooms;
+pub mod rules;
 pub mod shutdown;
 mod sid;
 pub mod socketio;

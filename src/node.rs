@@ -73,6 +73,9 @@ pub enum StartError {
     /// Starting or joining the cluster failed.
     #[error("{0}")]
     Cluster(String),
+    /// The room rules are invalid (a configuration that did not go through `config::load`).
+    #[error(transparent)]
+    Rules(#[from] crate::rules::RuleError),
 }
 
 /// The addresses a started node is bound to.
@@ -127,7 +130,7 @@ impl Node {
             &io,
             AppOptions {
                 auth_token: config.auth_token.clone(),
-                client_rooms: config.client_rooms,
+                rooms: crate::rules::RoomRules::new(&config.rooms, config.client_rooms)?,
                 client_relay: config.client_relay,
             },
         );

@@ -25,6 +25,14 @@ const RULES: &[(&str, &[&str])] = &[
     ("emitter", &["cluster", "app", "admin", "node", "presence"]),
     // The cluster is a service the node wires; it never reaches back into the wiring.
     ("cluster", &["app", "admin", "node", "emitter"]),
+    // Room rules are pure data and decisions: no layer, no I/O.
+    (
+        "rules",
+        &[
+            "socketio", "engineio", "rooms", "resp", "cluster", "emitter", "app", "admin", "http", "node", "config",
+            "presence",
+        ],
+    ),
     // The plumbing every layer uses.
     (
         "net.rs",
