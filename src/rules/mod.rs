@@ -9,11 +9,10 @@
 //! [[rooms.rule]]
 //! event = "chat:join"
 //! join = "{arg0}"                      # … or the event's first argument
-//! allow = ["chat:*"]                   # globs the room must match (required with {argN})
+//! allow = ["chat:*"]                   # globs the room must match (required for a bare {argN})
 //! [[rooms.rule]]
 //! event = "follow"
-//! join = "user:{arg0}:public"
-//! allow = ["user:*:public"]
+//! join = "user:{arg0}:public"          # fixed text around {argN} bounds it: user:*:public
 //! when = "claims.role == 'staff'"      # only sockets whose data match
 //! ```
 //!
@@ -287,6 +286,12 @@ fn compile(i: usize, rule: &RuleConfig) -> Result<Rule, RuleError> {
     let room = Template::parse(text, Context::Rule).map_err(|e| RuleError::new(at(key), e))?;
     let allow = match (&rule.allow, room.uses_args()) {
         (None, false) => Vec::new(),
+        // Fixed text around the arguments bounds the room by itself (`user:{arg0}:public` can
+        // only be `user:*:public`); a bare `{argN}` bounds nothing and needs `allow`.
+        (None, true) if room.own_glob().is_some() => {
+            let own = room.own_glob().unwrap_or_default();
+            vec![Glob::parse(&own).map_err(|e| RuleError::new(at(key), format!("{text:?}: {e}")))?]
+        }
         (None, true) => {
             return Err(RuleError::new(
                 at("allow"),

@@ -109,6 +109,30 @@ impl Template {
         self.parts.iter().any(|p| matches!(p, Part::Arg(_)))
     }
 
+    /// The glob of every room this template can render when its fixed text bounds what the
+    /// client chooses (`user:{arg0}:public` → `user:*:public`); `None` for a template that is
+    /// nothing but placeholders (`{arg0}`), which bounds nothing.
+    pub fn own_glob(&self) -> Option<String> {
+        if !self.parts.iter().any(|p| matches!(p, Part::Text(t) if !t.is_empty())) {
+            return None;
+        }
+        let mut glob = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Text(t) => {
+                    for c in t.chars() {
+                        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                            glob.push('\\');
+                        }
+                        glob.push(c);
+                    }
+                }
+                Part::Arg(_) | Part::Data(_) => glob.push('*'),
+            }
+        }
+        Some(glob)
+    }
+
     /// The room, when the template has no placeholder at all.
     pub fn fixed_room(&self) -> Option<String> {
         let mut out = String::new();

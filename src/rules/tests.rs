@@ -27,7 +27,6 @@ allow = ["chat:*"]
 [[rooms.rule]]
 event = "follow"
 join = "user:{arg0}:public"
-allow = ["user:*:public"]
 when = "claims.role == 'staff'"
 [[rooms.rule]]
 event = "me"
@@ -162,4 +161,23 @@ fn unknown_keys_and_too_many_rules() {
     };
     assert_eq!(many.validate().unwrap_err().setting, "rooms.rule");
     RoomsConfig::default().validate().unwrap();
+}
+
+#[test]
+fn fixed_text_around_an_argument_bounds_the_room_without_allow() {
+    let t = rules("[[rooms.rule]]\nevent = \"f\"\njoin = \"user:{arg0}:public\"\n").unwrap();
+    assert_eq!(decide(&t, "f", &[json!("bob")], &Value::Null), join(&["user:bob:public"]));
+    // Whatever the argument, the room keeps the template's shape.
+    assert_eq!(decide(&t, "f", &[json!("x:private:y")], &Value::Null), join(&["user:x:private:y:public"]));
+    let t = rules("[[rooms.rule]]\nevent = \"g\"\njoin = \"a*[{arg0}]\"\n").unwrap();
+    assert_eq!(
+        decide(&t, "g", &[json!("1")], &Value::Null),
+        join(&["a*[1]"]),
+        "glob characters in the text are literal"
+    );
+    assert_eq!(
+        crate::rules::Template::parse("{arg0}", crate::rules::template::Context::Rule).unwrap().own_glob(),
+        None,
+        "a bare argument bounds nothing"
+    );
 }
