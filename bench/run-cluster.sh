@@ -19,6 +19,11 @@
 #   incr      INCR on one key for INCR_SECS: INCR_CONNS connections to each cluster node's Redis
 #             port at once, then 3 × INCR_CONNS to redis-server and to a single ioswarm node
 #             (no cluster, local store); GET afterwards must equal the INCRs answered.
+#   presence  a fresh 3-node cluster with [[presence]] users:count; PRESENCE_CLIENTS idle
+#             WebSocket clients connect, a third to each node; GET users:count is polled on every
+#             node (every POLL_MS) until all three answer the number connected (time from the last
+#             connect); then node 3 is killed with SIGKILL and the survivors are polled until its
+#             clients left the count (time from the kill). Written to presence.md / .json.
 #
 # Environment (full / smoke defaults):
 #   SIZE              full | smoke
@@ -28,6 +33,7 @@
 #   CONVERGE_ROOMS    10000 / 1000;  CONVERGE_CLIENTS 10;  CONVERGE_BATCH 100;
 #   CONVERGE_ROUNDS   5 / 2;   POLL_MS 2
 #   INCR_SECS         5 / 2;   INCR_CONNS 16 / 4 (per cluster node);  INCR_PIPELINE 1
+#   PRESENCE_CLIENTS  10000 / 300
 #   SKIP_BUILD        set: use the binaries already built (and the node peer already installed)
 #   PROFILE           release | debug (debug: quick checks of the script only; figures meaningless)
 #   CARGO_TARGET_DIR  (target)
@@ -39,13 +45,15 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-PARTS=${*:-latency converge incr}
+PARTS=${*:-latency converge incr presence}
 SIZE=${SIZE:-full}
 case $SIZE in
     smoke)
-        d_fan=50 d_step=2 d_drain=5 d_quiet=1000 d_cv_rooms=1000 d_cv_rounds=2 d_incr_secs=2 d_incr_conns=4 ;;
+        d_fan=50 d_step=2 d_drain=5 d_quiet=1000 d_cv_rooms=1000 d_cv_rounds=2 d_incr_secs=2 d_incr_conns=4
+        d_presence=300 ;;
     full)
-        d_fan=2000 d_step=10 d_drain=15 d_quiet=2000 d_cv_rooms=10000 d_cv_rounds=5 d_incr_secs=5 d_incr_conns=16 ;;
+        d_fan=2000 d_step=10 d_drain=15 d_quiet=2000 d_cv_rooms=10000 d_cv_rounds=5 d_incr_secs=5 d_incr_conns=16
+        d_presence=10000 ;;
     *) echo "SIZE must be full or smoke" >&2; exit 2 ;;
 esac
 FANOUT_CLIENTS=${FANOUT_CLIENTS:-$d_fan}
@@ -66,6 +74,7 @@ POLL_MS=${POLL_MS:-2}
 INCR_SECS=${INCR_SECS:-$d_incr_secs}
 INCR_CONNS=${INCR_CONNS:-$d_incr_conns}
 INCR_PIPELINE=${INCR_PIPELINE:-1}
+PRESENCE_CLIENTS=${PRESENCE_CLIENTS:-$d_presence}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 export CARGO_TARGET_DIR=$TARGET_DIR
 PROFILE=${PROFILE:-release}
@@ -111,7 +120,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 for part in $PARTS; do
-    case $part in latency | converge | incr) ;; *) log "unknown part $part"; exit 2 ;; esac
+    case $part in latency | converge | incr | presence) ;; *) log "unknown part $part"; exit 2 ;; esac
 done
 want() { [[ " $PARTS " == *" $1 "* ]]; }
 mkdir -p "$LOGS"
@@ -162,17 +171,17 @@ wait_line() {
 
 field() { sed -E "s/.* $1=([^ ]+).*/\\1/" <<<" $2"; }
 
-# start_cluster: nodes 1..3 (node 1 first, the others join it). Sets N_PID N_SIO N_ADMIN N_REDIS
-# (arrays indexed by node id) and LEADER.
+# start_cluster [FLAG…]: nodes 1..3 (node 1 first, the others join it), each also given FLAGs.
+# Sets N_PID N_SIO N_ADMIN N_REDIS (arrays indexed by node id) and LEADER.
 start_cluster() {
-    local n line join=()
+    local n line join=() extra=("$@")
     "$IOSWARM" cluster init-ca --dir "$WORK/ca" >/dev/null
     N_PID=() N_SIO=() N_ADMIN=() N_REDIS=()
     for n in 1 2 3; do
         "$IOSWARM" cluster issue --ca "$WORK/ca" --node-id "$n" --out "$WORK/cred$n" >/dev/null
         "$IOSWARM" --node-id "$n" --cluster-listen 127.0.0.1:0 --data-dir "$WORK/data$n" \
             --cluster-credentials "$WORK/cred$n" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
-            --redis-listen 127.0.0.1:0 --client-rooms --client-relay "${join[@]}" \
+            --redis-listen 127.0.0.1:0 --client-rooms --client-relay "${join[@]}" "${extra[@]}" \
             >"$LOGS/ioswarm-node$n.out" 2>"$LOGS/ioswarm-node$n.err" &
         N_PID[n]=$!
         PIDS+=("${N_PID[n]}")
@@ -322,13 +331,105 @@ if want incr; then
 fi
 [ -n "${REDIS_PID:-}" ] && stop "$REDIS_PID"
 
-if [ "${#FILES[@]}" -eq 0 ]; then
+# now_ms: wall clock in milliseconds.
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+
+# users_count HOST:PORT: GET users:count on that Redis port ("" when it does not answer).
+users_count() { redis-cli -h "${1%:*}" -p "${1##*:}" --raw GET users:count 2>/dev/null || true; }
+
+# wait_count WANT TIMEOUT_S NODE…: polls until every NODE's users:count is WANT; prints the time.
+wait_count() {
+    local want=$1 limit=$(($(now_ms) + $2 * 1000)) n ok
+    shift 2
+    while [ "$(now_ms)" -lt "$limit" ]; do
+        ok=1
+        for n in "$@"; do [ "$(users_count "${N_REDIS[n]}")" = "$want" ] || { ok=""; break; }; done
+        [ -n "$ok" ] && { now_ms; return 0; }
+        sleep "$(awk "BEGIN { print $POLL_MS / 1000 }")"
+    done
+    return 1
+}
+
+if want presence; then
+    PCONF=$WORK/presence.toml
+    printf '[[presence]]\nkey = "users:count"\nevent = "users:count"\n' >"$PCONF"
+    if start_cluster --config "$PCONF"; then
+        log "presence: $PRESENCE_CLIENTS clients, a third on each node"
+        mkfifo "$WORK/hold"
+        exec 9<>"$WORK/hold"
+        W_PID=()
+        per=$((PRESENCE_CLIENTS / 3))
+        for n in 1 2 3; do
+            "$BENCH" worker --worker-id "$n" --target "${N_SIO[n]}" --clients "$per" --first-index $(((n - 1) * per)) \
+                --sources "$SOURCES" --role idle --max-hold-secs 300 <"$WORK/hold" >"$LOGS/presence-worker$n.out" \
+                2>"$LOGS/presence-worker$n.err" &
+            W_PID[n]=$!
+            PIDS+=("${W_PID[n]}")
+        done
+        started=$(now_ms)
+        connected=0 last_connect=""
+        for _ in $(seq 1 1200); do
+            done_workers=$(grep -l '"type":"connected"' "$LOGS"/presence-worker{1,2,3}.out 2>/dev/null | wc -l)
+            [ "$done_workers" = 3 ] && { last_connect=$(now_ms); break; }
+            sleep 0.05
+        done
+        if [ -n "$last_connect" ]; then
+            connected=0
+            for n in 1 2 3; do
+                ok=$(grep -m1 '"type":"connected"' "$LOGS/presence-worker$n.out" | sed -E 's/.*"ok":([0-9]+).*/\1/')
+                P_OK[n]=$ok
+                connected=$((connected + ok))
+            done
+            log "presence: $connected clients connected in $((last_connect - started)) ms"
+            if converged=$(wait_count "$connected" 60 1 2 3); then
+                conv_ms=$((converged - last_connect))
+                log "presence: every node says $connected after $conv_ms ms"
+                kill -KILL "${N_PID[3]}" 2>/dev/null || true
+                killed=$(now_ms)
+                if gone=$(wait_count $((connected - P_OK[3])) 60 1 2); then
+                    kill_ms=$((gone - killed))
+                    log "presence: node 3's ${P_OK[3]} clients left the count after $kill_ms ms"
+                    cat >"$OUT/presence.json" <<JSON
+{"clients":$connected,"connect_ms":$((last_connect - started)),"converge_ms":$conv_ms,"killed_node_clients":${P_OK[3]},"after_kill_ms":$kill_ms}
+JSON
+                    cat >"$OUT/presence.md" <<MD
+## Presence (users:count on 3 nodes)
+
+| clients | connect time | all 3 nodes agree after the last connect | killed node's clients out of the count after SIGKILL |
+|---|---|---|---|
+| $connected (a third per node) | $((last_connect - started)) ms | $conv_ms ms | ${P_OK[3]} clients, $kill_ms ms (failure detector: dead after 3 s) |
+MD
+                else
+                    FAILED+=("presence (survivors never dropped node 3's clients)")
+                fi
+            else
+                FAILED+=("presence (nodes never agreed on $connected)")
+            fi
+        else
+            FAILED+=("presence (workers did not report connected)")
+        fi
+        exec 9>&-
+        stop "${W_PID[@]}"
+        stop "${N_PID[1]}" "${N_PID[2]}"
+        kill -0 "${N_PID[3]}" 2>/dev/null && stop "${N_PID[3]}"
+    else
+        FAILED+=("presence cluster (did not start)")
+        [ "${#PIDS[@]}" -gt 0 ] && stop "${PIDS[@]}"
+    fi
+fi
+
+if [ "${#FILES[@]}" -eq 0 ] && ! [ -f "$OUT/presence.md" ]; then
     log "no part produced a result"
     exit 1
 fi
 TITLE="ioswarm cluster benchmarks ($SIZE), $(date -u +%Y-%m-%dT%H:%MZ); $(nproc) cores shared by every server and the load clients; ioswarm $BUILT_FROM; load average before: $LOAD_BEFORE"
 echo
-"$BENCH" cluster-report --title "$TITLE" --out "$OUT/cluster.json" --md "$OUT/cluster.md" "${FILES[@]}"
+if [ "${#FILES[@]}" -gt 0 ]; then
+    "$BENCH" cluster-report --title "$TITLE" --out "$OUT/cluster.json" --md "$OUT/cluster.md" "${FILES[@]}"
+fi
+if [ -f "$OUT/presence.md" ]; then
+    { echo; cat "$OUT/presence.md"; } | tee -a "$OUT/cluster.md"
+fi
 log "results in $OUT"
 if [ "${#FAILED[@]}" -gt 0 ]; then
     log "failed: ${FAILED[*]}"
