@@ -88,7 +88,7 @@ pub struct RemoteSocket {
     /// The handshake details: `address`, `query` (raw string), `issued` (ms since the epoch) and
     /// `auth` (the CONNECT packet's `auth` object).
     pub handshake: Value,
-    /// `socket.data` (`null`: ioswarm sockets carry no data yet).
+    /// `socket.data` (an object; `{}` when nothing was granted on CONNECT).
     pub data: Value,
 }
 
@@ -112,7 +112,7 @@ impl RemoteSocket {
                 "issued": issued,
                 "auth": socket.auth(),
             }),
-            data: Value::Null,
+            data: socket.data(),
         }
     }
 }
