@@ -118,6 +118,10 @@ pub struct Config {
     pub cluster_credentials: Option<PathBuf>,
     /// How long cluster-wide operations (fetchSockets, acks, NUMSUB, ...) wait for other nodes.
     pub cluster_timeout_ms: u64,
+    /// Authentication on CONNECT (JWT, connect hook, allowed origins): the `[auth]` table (no
+    /// flags).
+    #[serde(default)]
+    pub auth: crate::auth::AuthConfig,
 }
 
 impl Default for Config {
@@ -158,6 +162,7 @@ impl Default for Config {
             data_dir: PathBuf::from("ioswarm-data"),
             cluster_credentials: None,
             cluster_timeout_ms: 5_000,
+            auth: crate::auth::AuthConfig::default(),
         }
     }
 }
@@ -201,6 +206,7 @@ impl fmt::Debug for Config {
             .field("data_dir", &self.data_dir)
             .field("cluster_credentials", &self.cluster_credentials)
             .field("cluster_timeout_ms", &self.cluster_timeout_ms)
+            .field("auth", &self.auth)
             .finish()
     }
 }
@@ -323,6 +329,7 @@ impl Config {
             ));
         }
         self.validate_cluster()?;
+        self.auth.validate(self.auth_token.is_some())?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
             return Err(invalid("log", format!("{:?} is not a valid filter: {e}", self.log)));
         }
@@ -875,7 +882,8 @@ mod tests {
         let value = serde_json::to_value(Config::default()).unwrap();
         let cmd = Cli::command();
         let longs: Vec<&str> = cmd.get_arguments().filter_map(|a| a.get_long()).collect();
-        let keys = value.as_object().unwrap().keys();
+        // Tables (`[auth]`) are TOML only.
+        let keys: Vec<&String> = value.as_object().unwrap().keys().filter(|k| *k != "auth").collect();
         assert_eq!(keys.len(), 35);
         for key in keys {
             let flag = key.replace('_', "-");
@@ -925,7 +933,7 @@ mod tests {
         let c = load(&cli).unwrap();
         let defaults = serde_json::to_value(Config::default()).unwrap();
         let got = serde_json::to_value(&c).unwrap();
-        for (key, default) in defaults.as_object().unwrap() {
+        for (key, default) in defaults.as_object().unwrap().iter().filter(|(k, _)| *k != "auth") {
             assert_ne!(&got[key], default, "--{} was not applied", key.replace('_', "-"));
         }
     }
@@ -1020,6 +1028,23 @@ mod tests {
             "invalid setting `max_payload`: 10 must be between 1024 (1 KiB) and 104857600 \
              (100 MiB) bytes"
         );
+    }
+
+    #[test]
+    fn the_auth_table_is_read_and_validated() {
+        let c = Config::from_toml(
+            "[auth]\njwt_secret = \"s\"\ntoken_from = [\"cookie:session_jwt\"]\nrooms_on_connect = [\"user:{sub}\"]\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.auth.jwt_secret.as_deref(), Some("s"));
+        assert_eq!(c.auth.rooms_on_connect, ["user:{sub}"]);
+        let err = Config::from_toml("[auth]\njwt_secret = \"s\"\nbogus = 1\n").unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+        let c = Config::from_toml("[auth]\njwt_secret = \"s\"\ntoken_from = []\n").unwrap();
+        assert_eq!(field_of(c.validate().unwrap_err()), "auth.token_from");
+        let c = Config { auth_token: Some("t".into()), ..c };
+        assert!(c.validate().is_err());
     }
 
     #[test]

@@ -187,6 +187,9 @@ pub(crate) const ALL: &[MetricDef] = {
         def(RAFT_LEARNERS, Gauge, "Raft learners in the membership."),
         def(KV_COMMANDS, Counter, "Key-value commands executed, by kind (write or read)."),
         def(KV_FORWARDED, Counter, "Key-value commands forwarded to the raft leader."),
+        def(AUTH_ACCEPTED, Counter, "CONNECTs that passed the [auth] checks."),
+        def(AUTH_REJECTED, Counter, "CONNECTs and handshakes refused by [auth], by reason."),
+        def(AUTH_HOOK_REQUESTS, Counter, "Connect-hook requests, by result."),
     ]
 };
 
@@ -337,6 +340,52 @@ pub enum MetricsError {
     Install(#[from] BuildError),
 }
 
+// ---- Authentication on CONNECT ([auth]) -------------------------------------------------------
+
+/// Counter: CONNECTs that passed the `[auth]` checks (JWT and/or connect hook).
+pub(crate) const AUTH_ACCEPTED: &str = "ioswarm_auth_accepted_total";
+/// Counter: CONNECTs and handshakes refused by `[auth]`. Labels: [`label::REASON`] =
+/// [`AuthRejectReason`].
+pub(crate) const AUTH_REJECTED: &str = "ioswarm_auth_rejected_total";
+/// Counter: connect-hook requests, by `result` = [`HookResult`].
+pub(crate) const AUTH_HOOK_REQUESTS: &str = "ioswarm_auth_hook_requests_total";
+
+label_values! {
+    /// `reason` label of [`AUTH_REJECTED`].
+    AuthRejectReason {
+        /// No token in any `token_from` source.
+        MissingToken => "missing_token",
+        /// A token whose signature, algorithm, issuer, audience or `nbf` is wrong.
+        InvalidToken => "invalid_token",
+        /// A token past its `exp`.
+        ExpiredToken => "expired_token",
+        /// The connect hook answered 401/403.
+        HookRefused => "hook_refused",
+        /// The connect hook timed out, failed, gave a bad reply or had too many waiting.
+        HookUnavailable => "hook_unavailable",
+        /// A handshake from an origin that is not allowed (cross-site hijacking guard).
+        Origin => "origin",
+    }
+}
+
+label_values! {
+    /// `result` label of [`AUTH_HOOK_REQUESTS`].
+    HookResult {
+        /// 200: the client is accepted.
+        Accepted => "accepted",
+        /// 401/403: the app refused the client.
+        Refused => "refused",
+        /// No answer within `connect_hook_timeout_ms`.
+        Timeout => "timeout",
+        /// Connection refused, reset, TLS failure.
+        Unreachable => "unreachable",
+        /// Another status, or a body that is not the expected JSON.
+        BadReply => "bad_reply",
+        /// Too many checks already waiting; the hook was not called.
+        QueueFull => "queue_full",
+    }
+}
+
 /// The Prometheus builder with ioswarm's histogram buckets.
 pub(crate) fn builder() -> Result<PrometheusBuilder, BuildError> {
     PrometheusBuilder::new()
@@ -398,6 +447,8 @@ mod tests {
         check(ConnectErrorReason::ALL.iter().map(|v| v.as_str()));
         check(DropReason::ALL.iter().map(|v| v.as_str()));
         check(DisconnectReason::ALL.iter().map(|v| v.as_str()));
+        check(AuthRejectReason::ALL.iter().map(|v| v.as_str()));
+        check(HookResult::ALL.iter().map(|v| v.as_str()));
         assert_eq!(EngineCloseReason::ALL.len(), 9);
     }
 

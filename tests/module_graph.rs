@@ -26,6 +26,8 @@ const RULES: &[(&str, &[&str])] = &[
     ("emitter", &["cluster", "app", "admin", "node"]),
     // The cluster is a service the node wires; it never reaches back into the wiring.
     ("cluster", &["app", "admin", "node", "emitter"]),
+    // CONNECT authentication: a service beside the app, which installs it.
+    ("auth", &["resp", "cluster", "emitter", "app", "admin", "node"]),
     // The plumbing every layer uses.
     ("net.rs", &["socketio", "engineio", "rooms", "resp", "cluster", "emitter", "app", "admin", "http", "node"]),
 ];
