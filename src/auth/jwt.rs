@@ -216,6 +216,15 @@ mod tests {
         .unwrap();
         assert!(matches!(v.verify(&confused), Err(JwtError::Invalid(_))));
 
+        // Ed25519: EdDSA.
+        let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        std::fs::write(&path, ed.public_key_pem()).unwrap();
+        let (key, alg) = load_public_key(&path).unwrap();
+        assert_eq!(alg, Algorithm::EdDSA);
+        let signing = EncodingKey::from_ed_pem(ed.serialize_pem().as_bytes()).unwrap();
+        let token = encode(&Header::new(Algorithm::EdDSA), &claims, &signing).unwrap();
+        assert_eq!(Value::Object(JwtVerifier::new(key, alg, None, None).verify(&token).unwrap()), claims);
+
         std::fs::write(&path, "-----BEGIN PUBLIC KEY-----\nnot base64\n-----END PUBLIC KEY-----\n").unwrap();
         assert!(matches!(load_public_key(&path), Err(KeyError::Pem { .. })));
         std::fs::remove_dir_all(&dir).unwrap();
