@@ -268,7 +268,7 @@ ioswarmOnly("[auth] connect_hook", () => {
       flags: config(
         "[auth]",
         `connect_hook = "${hook.url}"`,
-        "connect_hook_timeout_ms = 1000",
+        "connect_hook_timeout_ms = 2000",
         'namespaces = ["/"]',
         `allowed_origins = ["${APP}"]`,
       ),
@@ -319,17 +319,18 @@ ioswarmOnly("[auth] connect_hook", () => {
 
   test("a hook that hangs times out with auth unavailable and delays no one else", T, async () => {
     const hanging = ctx.client(server.url, { auth: { mode: "hang" } });
-    const verdict = connectError(hanging);
+    let settled = false;
+    const verdict = connectError(hanging).finally(() => (settled = true));
     const started = Date.now();
     await waitFor(() => hook.hanging.length > 0, "the hook holds the hanging request");
-    // While it hangs: a namespace without auth and a client the hook answers at once connect.
-    const t0 = Date.now();
+    // While it hangs: a namespace without auth and a client the hook answers at once connect,
+    // before the hanging client is refused.
     await ctx.connect(`${server.url}/public`);
     await ctx.connect(server.url, { auth: { mode: "ok", user: "8" } });
-    assert.ok(Date.now() - t0 < 700, `others waited ${Date.now() - t0} ms behind the hanging hook`);
+    assert.equal(settled, false, "the other clients waited behind the hanging hook");
     assert.equal((await verdict).message, "auth unavailable");
     const waited = Date.now() - started;
-    assert.ok(waited >= 900 && waited < 4000, `timed out after ${waited} ms, connect_hook_timeout_ms is 1000`);
+    assert.ok(waited >= 1900 && waited < 6000, `timed out after ${waited} ms, connect_hook_timeout_ms is 2000`);
     assert.ok((await metric(server, 'ioswarm_auth_hook_requests_total{result="timeout"}')) >= 1);
   });
 
