@@ -2,7 +2,9 @@
 // clients (WebSocket only, C connecting at a time) against the release binary started three
 // ways — no [auth], [auth] with an HS256 JWT, and [auth] with a connect hook served by a
 // node:http server in this process (answers 200 at once) — alternating over ROUNDS rounds.
-// Prints connects/s per mode (median of the rounds) and the hook's overhead per connection.
+// Prints per mode (median of the rounds): connects/s, the median time from io() to `connect`,
+// and the server's own CPU time per CONNECT (utime + stime from /proc, so the figure does not
+// depend on how fast the clients are), and the hook's overhead per connection.
 //
 //   cargo build --release --bin ioswarm
 //   (cd tests/e2e && npm ci)     # socket.io-client and jsonwebtoken come from there
@@ -11,7 +13,7 @@
 // The clients run on the same machine and share its cores with the server: the figures compare
 // the modes with each other, they are not the server's ceiling. Timings live here, not in tests.
 import { spawn } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
@@ -43,10 +45,21 @@ async function startServer(configLines) {
   return new ServerProcess(child, [BIN, ...args].join(" ")).ready;
 }
 
-function connectOne(url, auth) {
+/** CPU seconds (user + system) process `pid` used so far (Linux; clock ticks at 100 Hz). */
+function cpuSeconds(pid) {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+function connectOne(url, auth, latencies) {
+  const t0 = process.hrtime.bigint();
   return new Promise((resolve, reject) => {
     const socket = io(url, { transports: ["websocket"], forceNew: true, reconnection: false, auth, timeout: CONNECT_TIMEOUT_MS });
-    socket.once("connect", () => resolve(socket));
+    socket.once("connect", () => {
+      latencies.push(Number(process.hrtime.bigint() - t0) / 1e6);
+      resolve(socket);
+    });
     socket.once("connect_error", (err) => {
       socket.close();
       reject(new Error(`connect_error: ${err.message}`));
@@ -54,23 +67,30 @@ function connectOne(url, auth) {
   });
 }
 
-/** Connects N clients, C at a time; returns connects per second. Every client is closed after. */
-async function measure(url, authFor) {
+/**
+ * Connects N clients, C at a time; returns {rate (connects/s), p50 (ms from io() to connect),
+ * cpuUs (server CPU µs per CONNECT)}. Every client is closed after.
+ */
+async function measure(server, authFor) {
   const sockets = [];
+  const latencies = [];
   let next = 0;
+  const cpu0 = cpuSeconds(server.child.pid);
   const started = process.hrtime.bigint();
   async function lane() {
     while (next < N) {
       const i = next++;
-      sockets.push(await connectOne(url, authFor(i)));
+      sockets.push(await connectOne(server.url, authFor(i), latencies));
     }
   }
   await Promise.all(Array.from({ length: C }, lane));
   const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+  const cpuUs = ((cpuSeconds(server.child.pid) - cpu0) * 1e6) / N;
   for (const s of sockets) s.close();
-  return N / seconds;
+  return { rate: N / seconds, p50: median(latencies), cpuUs };
 }
 
+const signed = (x, digits) => (x >= 0 ? "+" : "") + x.toFixed(digits);
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 async function main() {
@@ -94,24 +114,38 @@ async function main() {
     for (const [name, mode] of Object.entries(modes)) {
       const server = await startServer(mode.config);
       try {
-        const rate = await measure(server.url, mode.auth);
-        results[name].push(rate);
-        console.log(`round ${round} ${name.padEnd(4)} ${rate.toFixed(0)} connects/s`);
+        const r = await measure(server, mode.auth);
+        results[name].push(r);
+        console.log(
+          `round ${round} ${name.padEnd(4)} ${r.rate.toFixed(0)} connects/s, p50 ${r.p50.toFixed(1)} ms, ` +
+            `server CPU ${r.cpuUs.toFixed(0)} µs/connect`,
+        );
       } finally {
         await server.stop();
       }
     }
   }
   hook.close();
-  const none = median(results.none);
-  const withJwt = median(results.jwt);
-  const withHook = median(results.hook);
-  console.log("\nmode  connects/s (median)  vs none");
-  for (const [name, rate] of [["none", none], ["jwt", withJwt], ["hook", withHook]]) {
-    console.log(`${name.padEnd(5)} ${rate.toFixed(0).padStart(10)}  ${((rate / none) * 100).toFixed(0).padStart(8)} %`);
+  const summary = Object.fromEntries(
+    Object.entries(results).map(([name, rs]) => [
+      name,
+      { rate: median(rs.map((r) => r.rate)), p50: median(rs.map((r) => r.p50)), cpuUs: median(rs.map((r) => r.cpuUs)) },
+    ]),
+  );
+  const none = summary.none;
+  console.log("\nmode  connects/s  vs none  p50 connect ms  server CPU µs/connect  (medians of the rounds)");
+  for (const [name, r] of Object.entries(summary)) {
+    console.log(
+      `${name.padEnd(5)} ${r.rate.toFixed(0).padStart(10)} ${((r.rate / none.rate) * 100).toFixed(0).padStart(7)} %` +
+        ` ${r.p50.toFixed(1).padStart(15)} ${r.cpuUs.toFixed(0).padStart(22)}`,
+    );
   }
-  const perConnMs = (1000 * C) / withHook - (1000 * C) / none;
-  console.log(`\nconnect-hook overhead: ${perConnMs.toFixed(2)} ms per connection (at ${C} in flight)`);
+  const withHook = summary.hook;
+  console.log(
+    `\nconnect hook: ${signed(withHook.p50 - none.p50, 1)} ms p50 connect time, ` +
+      `${signed(withHook.cpuUs - none.cpuUs, 0)} µs server CPU per connection`,
+  );
+  console.log(`JWT (HS256): ${signed(summary.jwt.cpuUs - none.cpuUs, 0)} µs server CPU per connection`);
 }
 
 main()
