@@ -26,6 +26,8 @@ pub struct AppOptions {
     /// built-in `ioswarm:join` / `ioswarm:leave` set (`RoomRules::new(&config.rooms,
     /// config.client_rooms)`).
     pub rooms: RoomRules,
+    /// The `[auth]` checks (JWT, connect hook), run on the namespaces they apply to.
+    pub auth: Option<Arc<crate::auth::Authenticator>>,
     /// Clients may broadcast to rooms they are in (`ioswarm:to`).
     pub client_relay: bool,
 }
@@ -45,6 +47,12 @@ fn configure(ns: &Namespace, options: Arc<AppOptions>) {
         ns.use_middleware(move |req| {
             let ok = req.auth.get("token").and_then(Value::as_str) == Some(token.as_str());
             async move { if ok { Ok(()) } else { Err(ConnectError::new("unauthorized")) } }
+        });
+    }
+    if let Some(auth) = options.auth.clone().filter(|a| a.applies_to(ns.name())) {
+        ns.use_middleware(move |req| {
+            let auth = auth.clone();
+            async move { auth.check(&req).await }
         });
     }
     ns.on("ioswarm:echo", |_socket, event: Event| async move {
@@ -209,16 +217,20 @@ impl AdminApi {
             let sockets: Vec<Value> = fetched
                 .local
                 .iter()
-                .map(|s| json!({ "id": s.id(), "rooms": s.rooms().into_iter().skip(1).collect::<Vec<_>>() }))
+                .map(|s| json!({ "id": s.id(), "rooms": s.rooms().into_iter().skip(1).collect::<Vec<_>>(), "data": s.data() }))
                 .collect();
             return json_response(StatusCode::OK, &json!({ "sockets": sockets }));
         };
         let mut sockets: Vec<Value> = fetched
             .local
             .iter()
-            .map(|s| json!({ "id": s.id(), "rooms": s.rooms().into_iter().skip(1).collect::<Vec<_>>(), "node": node }))
+            .map(|s| {
+                json!({ "id": s.id(), "rooms": s.rooms().into_iter().skip(1).collect::<Vec<_>>(), "node": node, "data": s.data() })
+            })
             .collect();
-        sockets.extend(fetched.remote.iter().map(|s| json!({ "id": s.id, "rooms": s.rooms, "node": s.node })));
+        sockets.extend(
+            fetched.remote.iter().map(|s| json!({ "id": s.id, "rooms": s.rooms, "node": s.node, "data": s.data })),
+        );
         json_response(StatusCode::OK, &json!({ "sockets": sockets, "missingNodes": fetched.missing_nodes }))
     }
 

@@ -122,6 +122,10 @@ pub struct Config {
     pub cluster_timeout_ms: u64,
     /// `[[rooms.rule]]`: rooms clients join or leave with their own events (file only, no flag).
     pub rooms: crate::rules::RoomsConfig,
+    /// Authentication on CONNECT (JWT, connect hook, allowed origins): the `[auth]` table (no
+    /// flags).
+    #[serde(default)]
+    pub auth: crate::auth::AuthConfig,
 }
 
 impl Default for Config {
@@ -164,6 +168,7 @@ impl Default for Config {
             cluster_credentials: None,
             cluster_timeout_ms: 5_000,
             rooms: crate::rules::RoomsConfig::default(),
+            auth: crate::auth::AuthConfig::default(),
         }
     }
 }
@@ -209,6 +214,7 @@ impl fmt::Debug for Config {
             .field("cluster_credentials", &self.cluster_credentials)
             .field("cluster_timeout_ms", &self.cluster_timeout_ms)
             .field("rooms", &self.rooms)
+            .field("auth", &self.auth)
             .finish()
     }
 }
@@ -345,6 +351,7 @@ impl Config {
         if let Err(e) = self.rooms.validate() {
             return Err(ConfigError::Setting { field: e.setting, message: e.message });
         }
+        self.auth.validate(self.auth_token.is_some())?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
             return Err(invalid("log", format!("{:?} is not a valid filter: {e}", self.log)));
         }
@@ -893,7 +900,7 @@ mod tests {
     }
 
     /// Settings that are tables in the TOML file, with no flag.
-    const TOML_ONLY: &[&str] = &["presence", "rooms"];
+    const TOML_ONLY: &[&str] = &["presence", "rooms", "auth"];
 
     #[test]
     fn every_config_field_has_a_flag() {
@@ -901,7 +908,7 @@ mod tests {
         let cmd = Cli::command();
         let longs: Vec<&str> = cmd.get_arguments().filter_map(|a| a.get_long()).collect();
         let keys = value.as_object().unwrap().keys();
-        assert_eq!(keys.len(), 37);
+        assert_eq!(keys.len(), 38);
         for key in keys.filter(|k| !TOML_ONLY.contains(&k.as_str())) {
             let flag = key.replace('_', "-");
             assert!(longs.contains(&flag.as_str()), "config field {key} has no --{flag}");
@@ -1064,6 +1071,29 @@ mod tests {
         assert!(err.to_string().starts_with("invalid setting `rooms.rule[1]`: has both"), "{err}");
         let err = Config::from_toml("[[rooms.rule]]\nevent = \"a\"\njoin = \"r\"\nroom = \"x\"\n").unwrap_err();
         assert!(err.to_string().contains("unknown field `room`"), "{err}");
+    }
+
+    #[test]
+    fn the_auth_table_is_read_and_validated() {
+        let c = Config::from_toml(
+            "[auth]\njwt_secret = \"s\"\ntoken_from = [\"cookie:session_jwt\"]\nrooms_on_connect = [\"user:{sub}\"]\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.auth.jwt_secret.as_deref(), Some("s"));
+        assert_eq!(c.auth.rooms_on_connect, ["user:{sub}"]);
+        let err = Config::from_toml("[auth]\njwt_secret = \"s\"\nbogus = 1\n").unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+        let c = Config::from_toml("[auth]\njwt_secret = \"s\"\ntoken_from = []\n").unwrap();
+        assert_eq!(field_of(c.validate().unwrap_err()), "auth.token_from");
+        let c = Config { auth_token: Some("t".into()), ..c };
+        assert!(c.validate().is_err());
+        let c = Config::from_toml("[auth]\njwt_secret = \"s\"\nrooms_on_connect = [\"user:{sub}\", \"x:{arg0}\"]\n")
+            .unwrap();
+        let err = c.validate().unwrap_err();
+        assert!(matches!(&err, ConfigError::Setting { field, .. } if field == "auth.rooms_on_connect[1]"), "{err}");
+        let c = Config::from_toml("[auth]\nrooms_on_connect = [\"user:{sub}\"]\n").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("auth.rooms_on_connect"));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! ```text
 //! top        node           a running node: wires every layer below, the shutdown sequence
 //! services   admin, app     the binary's wiring and HTTP admin: use what they need below
+//!            auth           CONNECT authentication (JWT, connect hook, Origin): uses socketio, http
 //!            cluster        uses resp, socketio, rooms (implements Adapter and KvBackend)
 //!            emitter        uses resp, socketio (implements PublishHook)
 //!            resp           uses no other layer (owns PublishHook and kv::KvBackend)
@@ -52,6 +53,8 @@
 //! - `net`: the accept loop the three TCP listeners share (bound, backoff, shutdown).
 //! - `http`: the listener shared by every HTTP endpoint.
 //! - `admin`: the admin listener (`/metrics`, `/healthz`, the HTTP API).
+//! - [`auth`]: authentication on CONNECT from the `[auth]` table: token sources, JWT
+//!   verification, the connect hook, the cross-site (Origin) guard on handshakes.
 //! - `config`, `shutdown`, `limits`, `metrics`: process plumbing for the binary.
 //! - `app`: the built-in application the `ioswarm` binary runs.
 //! - [`rules`]: room rules (`[[rooms.rule]]`: join or leave a room on a client's own event) and
@@ -60,6 +63,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod emitter;

@@ -194,6 +194,9 @@ pub(crate) const ALL: &[MetricDef] = {
         def(RAFT_LEARNERS, Gauge, "Raft learners in the membership."),
         def(KV_COMMANDS, Counter, "Key-value commands executed, by kind (write or read)."),
         def(KV_FORWARDED, Counter, "Key-value commands forwarded to the raft leader."),
+        def(AUTH_ACCEPTED, Counter, "CONNECTs that passed the [auth] checks."),
+        def(AUTH_REJECTED, Counter, "CONNECTs and handshakes refused by [auth], by reason."),
+        def(AUTH_HOOK_REQUESTS, Counter, "Connect-hook requests, by result."),
     ]
 };
 
@@ -243,6 +246,8 @@ pub(crate) const LABELS: &[LabelDef] = &[
     labels(CLUSTER_FORWARD_DROPPED, label::PEER, Vec::new),
     labels(CLUSTER_REQUESTS, label::RESULT, || vec!["ok", "missing"]),
     labels(KV_COMMANDS, label::KIND, || vec!["write", "read"]),
+    labels(AUTH_REJECTED, label::REASON, || AuthRejectReason::ALL.iter().map(|r| r.as_str()).collect()),
+    labels(AUTH_HOOK_REQUESTS, label::RESULT, || HookResult::ALL.iter().map(|r| r.as_str()).collect()),
 ];
 
 /// Upper bounds for latency histograms (names ending in `_seconds`): 1 ms … 30 s.
@@ -259,6 +264,92 @@ pub enum MetricsError {
     /// The exporter rejected its configuration, or another global recorder is already installed.
     #[error("cannot install the Prometheus recorder: {0}")]
     Install(#[from] BuildError),
+}
+
+// ---- Authentication on CONNECT ([auth]) -------------------------------------------------------
+
+/// Counter: CONNECTs that passed the `[auth]` checks (JWT and/or connect hook).
+pub(crate) const AUTH_ACCEPTED: &str = "ioswarm_auth_accepted_total";
+/// Counter: CONNECTs and handshakes refused by `[auth]`. Labels: [`label::REASON`] =
+/// [`AuthRejectReason`].
+pub(crate) const AUTH_REJECTED: &str = "ioswarm_auth_rejected_total";
+/// Counter: connect-hook requests, by `result` = [`HookResult`].
+pub(crate) const AUTH_HOOK_REQUESTS: &str = "ioswarm_auth_hook_requests_total";
+
+/// `reason` label of [`AUTH_REJECTED`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AuthRejectReason {
+    /// No token in any `token_from` source.
+    MissingToken,
+    /// A token whose signature, algorithm, issuer, audience or `nbf` is wrong.
+    InvalidToken,
+    /// A token past its `exp`.
+    ExpiredToken,
+    /// The connect hook answered 401/403.
+    HookRefused,
+    /// The connect hook timed out, failed, gave a bad reply or had too many waiting.
+    HookUnavailable,
+    /// A handshake from an origin that is not allowed (cross-site hijacking guard).
+    Origin,
+}
+
+impl AuthRejectReason {
+    /// Every value, in a fixed order.
+    pub(crate) const ALL: &[Self] = &[
+        Self::MissingToken,
+        Self::InvalidToken,
+        Self::ExpiredToken,
+        Self::HookRefused,
+        Self::HookUnavailable,
+        Self::Origin,
+    ];
+
+    /// The label value.
+    pub(crate) const fn as_str(self) -> &'static str {
+        match self {
+            Self::MissingToken => "missing_token",
+            Self::InvalidToken => "invalid_token",
+            Self::ExpiredToken => "expired_token",
+            Self::HookRefused => "hook_refused",
+            Self::HookUnavailable => "hook_unavailable",
+            Self::Origin => "origin",
+        }
+    }
+}
+
+/// `result` label of [`AUTH_HOOK_REQUESTS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HookResult {
+    /// 200: the client is accepted.
+    Accepted,
+    /// 401/403: the app refused the client.
+    Refused,
+    /// No answer within `connect_hook_timeout_ms`.
+    Timeout,
+    /// Connection refused, reset, TLS failure.
+    Unreachable,
+    /// Another status, or a body that is not the expected JSON.
+    BadReply,
+    /// Too many checks already waiting; the hook was not called.
+    QueueFull,
+}
+
+impl HookResult {
+    /// Every value, in a fixed order.
+    pub(crate) const ALL: &[Self] =
+        &[Self::Accepted, Self::Refused, Self::Timeout, Self::Unreachable, Self::BadReply, Self::QueueFull];
+
+    /// The label value.
+    pub(crate) const fn as_str(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Refused => "refused",
+            Self::Timeout => "timeout",
+            Self::Unreachable => "unreachable",
+            Self::BadReply => "bad_reply",
+            Self::QueueFull => "queue_full",
+        }
+    }
 }
 
 /// The Prometheus builder with ioswarm's histogram buckets.

@@ -76,6 +76,9 @@ pub enum StartError {
     /// The room rules are invalid (a configuration that did not go through `config::load`).
     #[error(transparent)]
     Rules(#[from] crate::rules::RuleError),
+    /// The `[auth]` checks could not be set up (key file, connect hook client).
+    #[error("{0}")]
+    Auth(#[from] crate::auth::AuthError),
 }
 
 /// The addresses a started node is bound to.
@@ -126,11 +129,13 @@ impl Node {
         for name in &config.namespaces {
             io.of(name);
         }
+        let auth = crate::auth::Authenticator::from_config(&config.auth)?.map(Arc::new);
         crate::app::install(
             &io,
             AppOptions {
                 auth_token: config.auth_token.clone(),
                 rooms: crate::rules::RoomRules::new(&config.rooms, config.client_rooms)?,
+                auth,
                 client_relay: config.client_relay,
             },
         );
@@ -185,7 +190,7 @@ impl Node {
         let limits = ListenerLimits { max_connections: capacity, ..ListenerLimits::default() };
         shutdown.spawn(crate::http::serve(
             socketio,
-            Router::new().route(&config.path, io.clone()),
+            socketio_router(&config, &io),
             limits,
             shutdown.token().clone(),
             shutdown.tracker().clone(),
@@ -287,6 +292,23 @@ pub fn init_logging(config: &Config) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().with_current_span(false).init(),
     }
+}
+
+/// The router of the Socket.IO listener: the server at `config.path`, behind the cross-site
+/// (Origin) guard when a browser's cookie can authenticate a client.
+fn socketio_router(config: &Config, io: &Server) -> Router {
+    if !config.auth.cookie_can_authenticate() {
+        return Router::new().route(&config.path, io.clone());
+    }
+    let origins = config.auth.origins(&config.cors_origin);
+    if origins.is_empty() {
+        tracing::warn!(
+            "[auth] lets cookies authenticate but no origin is allowed (auth.allowed_origins, or cors_origin \
+             without \"*\"): every browser handshake, which carries an Origin, is refused"
+        );
+    }
+    let guard = crate::auth::OriginGuard::new(io.clone(), crate::auth::OriginPolicy::new(origins));
+    Router::new().route(&config.path, guard)
 }
 
 /// The Socket.IO server's settings from the node's configuration.

@@ -33,6 +33,8 @@ const RULES: &[(&str, &[&str])] = &[
             "presence",
         ],
     ),
+    // CONNECT authentication: a service beside the app, which installs it.
+    ("auth", &["resp", "cluster", "emitter", "app", "admin", "node"]),
     // The plumbing every layer uses.
     (
         "net.rs",

@@ -66,7 +66,7 @@ pub struct RemoteSocket {
     /// The handshake details: `address`, `query` (raw string), `issued` (ms since the epoch) and
     /// `auth` (the CONNECT packet's `auth` object).
     pub handshake: Value,
-    /// `socket.data` ([`Socket::data`]).
+    /// `socket.data` (an object; `{}` when nothing was granted on CONNECT).
     pub data: Value,
 }
 

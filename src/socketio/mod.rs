@@ -25,7 +25,7 @@ mod socket;
 
 pub use adapter::{AckedBroadcast, Adapter, RemoteOp, RemoteOutcome, RemoteSocket};
 pub use config::{NamespacePolicy, SocketIoConfig};
-pub use namespace::{ConnectError, ConnectRequest, Event, Namespace};
+pub use namespace::{ConnectError, ConnectGrant, ConnectRequest, Event, Namespace};
 pub use operator::{AckResults, BroadcastOperator, ClusterCount, FetchedSockets};
 pub use payload::Payload;
 pub use reason::DisconnectReason;

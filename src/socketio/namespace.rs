@@ -50,6 +50,42 @@ pub struct ConnectRequest {
     pub auth: Value,
     /// The HTTP request that opened the Engine.IO session.
     pub handshake: Handshake,
+    /// The data and rooms the middleware grant the socket to come (shared by every middleware
+    /// of this CONNECT).
+    pub grant: ConnectGrant,
+}
+
+/// What the middleware of one CONNECT give the socket to come: its `socket.data` and rooms it
+/// joins before the client sees `connect`. Cheap to clone; every clone is the same grant.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectGrant(Arc<parking_lot::Mutex<Granted>>);
+
+/// The content of a [`ConnectGrant`].
+#[derive(Debug, Default)]
+pub(crate) struct Granted {
+    pub(crate) data: serde_json::Map<String, Value>,
+    pub(crate) rooms: Vec<String>,
+}
+
+impl ConnectGrant {
+    /// Merges `data` into the socket's data (top-level keys replace earlier ones).
+    pub fn merge_data(&self, data: serde_json::Map<String, Value>) {
+        self.0.lock().data.extend(data);
+    }
+
+    /// The socket's data so far.
+    pub fn data(&self) -> serde_json::Map<String, Value> {
+        self.0.lock().data.clone()
+    }
+
+    /// The socket joins `room` on connect.
+    pub fn join(&self, room: impl Into<String>) {
+        self.0.lock().rooms.push(room.into());
+    }
+
+    pub(crate) fn take(&self) -> Granted {
+        std::mem::take(&mut *self.0.lock())
+    }
 }
 
 /// A middleware's refusal, sent to the client as CONNECT_ERROR.
@@ -329,14 +365,19 @@ impl Namespace {
         &self,
         conn: &Arc<Connection<ClientState>>,
         auth: &Value,
-    ) -> Result<(), ConnectError> {
+    ) -> Result<Granted, ConnectError> {
         let middleware = self.0.handlers.read().middleware.clone();
+        let grant = ConnectGrant::default();
         for m in middleware {
-            let req =
-                ConnectRequest { nsp: self.0.name.clone(), auth: auth.clone(), handshake: conn.handshake().clone() };
+            let req = ConnectRequest {
+                nsp: self.0.name.clone(),
+                auth: auth.clone(),
+                handshake: conn.handshake().clone(),
+                grant: grant.clone(),
+            };
             m(req).await?;
         }
-        Ok(())
+        Ok(grant.take())
     }
 
     pub(crate) fn add_socket(&self, socket: Socket) {

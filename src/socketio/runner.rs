@@ -234,7 +234,7 @@ mod tests {
         assert!(remote.handshake["query"].as_str().unwrap().contains("EIO=4"));
         assert_eq!(remote.handshake["auth"], serde_json::json!({}));
         assert!(remote.handshake["issued"].as_u64().unwrap() > 0);
-        assert_eq!(remote.data, serde_json::Value::Null);
+        assert_eq!(remote.data, serde_json::json!({}));
     }
 
     #[tokio::test]

@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use super::adapter::Adapter;
 use super::config::{NamespacePolicy, SocketIoConfig};
-use super::namespace::Namespace;
+use super::namespace::{Granted, Namespace};
 use super::packet::{self, BinaryCollector, Packet, PacketKind};
 use super::reason::{ConnectErrorReason, DisconnectReason};
 use super::socket::Socket;
@@ -329,7 +329,7 @@ impl SioHandler {
         };
         let auth = packet.data.unwrap_or_else(|| Value::Object(serde_json::Map::new()));
         if !ns.has_middleware() {
-            self.finish_connect(conn, state, ns, auth);
+            self.finish_connect(conn, state, ns, auth, Granted::default());
             return;
         }
         let handler = SioHandler { server: self.server.clone() };
@@ -338,7 +338,7 @@ impl SioHandler {
             let verdict = ns.run_middleware(&conn, &auth).await;
             let Some(state) = conn.state() else { return };
             match verdict {
-                Ok(()) => handler.finish_connect(&conn, state, ns, auth),
+                Ok(granted) => handler.finish_connect(&conn, state, ns, auth, granted),
                 Err(err) => {
                     state.inner.lock().pending.retain(|n| n != ns.name());
                     count_connect_error(ConnectErrorReason::Middleware);
@@ -348,8 +348,8 @@ impl SioHandler {
         });
     }
 
-    fn finish_connect(&self, conn: &Conn, state: &ClientState, ns: Namespace, auth: Value) {
-        let socket = Socket::new(&ns, conn.clone(), auth, self.server.config.node_tag);
+    fn finish_connect(&self, conn: &Conn, state: &ClientState, ns: Namespace, auth: Value, granted: Granted) {
+        let socket = Socket::new(&ns, conn.clone(), auth, granted.data, self.server.config.node_tag);
         {
             // Added to the namespace under the client's lock, so that a close
             // racing this connect either sees the socket or prevents it.
@@ -360,6 +360,10 @@ impl SioHandler {
             }
             inner.sockets.push(socket.clone());
             ns.add_socket(socket.clone());
+        }
+        // Rooms granted by middleware are joined before the client learns it is connected.
+        for room in &granted.rooms {
+            socket.join(room);
         }
         if let Some(timer) = state.connect_timer.lock().take() {
             let _ = timer.send(());

@@ -58,8 +58,7 @@ struct SocketInner {
     ns: Namespace,
     conn: Arc<Connection<ClientState>>,
     auth: Value,
-    /// `socket.data`: what the application attaches (e.g. the JWT claims).
-    data: Mutex<Value>,
+    data: Mutex<serde_json::Map<String, Value>>,
     rooms: Mutex<Vec<Room>>,
     acks: Mutex<AckTable>,
 }
@@ -78,27 +77,22 @@ impl std::fmt::Debug for Socket {
 }
 
 impl Socket {
-    pub(crate) fn new(ns: &Namespace, conn: Arc<Connection<ClientState>>, auth: Value, node_tag: u32) -> Self {
+    pub(crate) fn new(
+        ns: &Namespace,
+        conn: Arc<Connection<ClientState>>,
+        auth: Value,
+        data: serde_json::Map<String, Value>,
+        node_tag: u32,
+    ) -> Self {
         Self(Arc::new(SocketInner {
             sid: Sid::with_tag(node_tag),
             ns: ns.clone(),
             conn,
             auth,
-            data: Mutex::new(Value::Null),
+            data: Mutex::new(data),
             rooms: Mutex::new(Vec::new()),
             acks: Mutex::new(AckTable::default()),
         }))
-    }
-
-    /// `socket.data`: what the application attached to this socket (`null` until then), as
-    /// Node's `socket.data`; other nodes see it through `fetchSockets`.
-    pub fn data(&self) -> Value {
-        self.0.data.lock().clone()
-    }
-
-    /// Replaces `socket.data`.
-    pub fn set_data(&self, data: Value) {
-        *self.0.data.lock() = data;
     }
 
     /// The socket id (also the name of the socket's own room).
@@ -123,6 +117,22 @@ impl Socket {
     /// The `auth` object sent with CONNECT (`{}` when absent).
     pub fn auth(&self) -> &Value {
         &self.0.auth
+    }
+
+    /// `socket.data`: what the CONNECT middleware granted (e.g. a JWT's claims), `{}` when
+    /// nothing. A copy.
+    pub fn data(&self) -> Value {
+        Value::Object(self.0.data.lock().clone())
+    }
+
+    /// Replaces `socket.data`.
+    pub fn set_data(&self, data: serde_json::Map<String, Value>) {
+        *self.0.data.lock() = data;
+    }
+
+    /// Merges `data` into `socket.data` (top-level keys replace existing ones).
+    pub fn merge_data(&self, data: serde_json::Map<String, Value>) {
+        self.0.data.lock().extend(data);
     }
 
     /// The HTTP request that opened the underlying connection.

@@ -378,7 +378,7 @@ const adminServer = http.createServer((req, res) => {
         return handleEmit(req, res);
       case "GET /v1/sockets": {
         const nsp = url.searchParams.get("nsp") ?? "/";
-        const sockets = namespaceSockets(nsp).map((s) => ({ id: s.id, rooms: [...s.rooms].sort() }));
+        const sockets = namespaceSockets(nsp).map((s) => ({ id: s.id, rooms: [...s.rooms].sort(), data: s.data }));
         return sendJson(res, 200, { sockets });
       }
       default:

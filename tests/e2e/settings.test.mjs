@@ -490,7 +490,7 @@ if (TARGET === "ioswarm") {
       const [a, b] = await connectedPair(["--cluster-timeout-ms", "1500"]);
       const s = await ctx.connect(b.url, { transports: ["websocket"] });
       const before = await a.admin("GET", "/v1/sockets?nsp=/");
-      assert.deepEqual(before.json, { sockets: [{ id: s.id, rooms: [], node: 2 }], missingNodes: [] });
+      assert.deepEqual(before.json, { sockets: [{ id: s.id, rooms: [], node: 2, data: {} }], missingNodes: [] });
       // Node 2 stops answering (but stays a live member for the next second or so).
       b.child.kill("SIGSTOP");
       try {
