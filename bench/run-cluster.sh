@@ -174,18 +174,22 @@ field() { sed -E "s/.* $1=([^ ]+).*/\\1/" <<<" $2"; }
 # start_cluster [FLAG…]: nodes 1..3 (node 1 first, the others join it), each also given FLAGs.
 # Sets N_PID N_SIO N_ADMIN N_REDIS (arrays indexed by node id) and LEADER.
 start_cluster() {
-    local n line join=() extra=("$@")
-    "$IOSWARM" cluster init-ca --dir "$WORK/ca" >/dev/null
+    local n line join=() extra=("$@") dir
+    # A fresh CA and data dirs each time: a node that left a cluster will not bootstrap another.
+    CLUSTER_RUNS=$((${CLUSTER_RUNS:-0} + 1))
+    dir=$WORK/cluster$CLUSTER_RUNS
+    mkdir -p "$dir"
+    "$IOSWARM" cluster init-ca --dir "$dir/ca" >/dev/null
     N_PID=() N_SIO=() N_ADMIN=() N_REDIS=()
     for n in 1 2 3; do
-        "$IOSWARM" cluster issue --ca "$WORK/ca" --node-id "$n" --out "$WORK/cred$n" >/dev/null
-        "$IOSWARM" --node-id "$n" --cluster-listen 127.0.0.1:0 --data-dir "$WORK/data$n" \
-            --cluster-credentials "$WORK/cred$n" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
+        "$IOSWARM" cluster issue --ca "$dir/ca" --node-id "$n" --out "$dir/cred$n" >/dev/null
+        "$IOSWARM" --node-id "$n" --cluster-listen 127.0.0.1:0 --data-dir "$dir/data$n" \
+            --cluster-credentials "$dir/cred$n" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
             --redis-listen 127.0.0.1:0 --client-rooms --client-relay "${join[@]}" "${extra[@]}" \
-            >"$LOGS/ioswarm-node$n.out" 2>"$LOGS/ioswarm-node$n.err" &
+            >"$LOGS/ioswarm-run$CLUSTER_RUNS-node$n.out" 2>"$LOGS/ioswarm-run$CLUSTER_RUNS-node$n.err" &
         N_PID[n]=$!
         PIDS+=("${N_PID[n]}")
-        line=$(wait_line "$LOGS/ioswarm-node$n.out" 'ioswarm ready' "${N_PID[n]}" "ioswarm node $n") || return 1
+        line=$(wait_line "$LOGS/ioswarm-run$CLUSTER_RUNS-node$n.out" 'ioswarm ready' "${N_PID[n]}" "ioswarm node $n") || return 1
         N_SIO[n]=http://$(field socketio "$line")
         N_ADMIN[n]=$(field admin "$line")
         N_REDIS[n]=$(field redis "$line")
