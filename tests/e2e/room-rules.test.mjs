@@ -193,3 +193,39 @@ ioswarmOnly("invalid room rules stop the node at start", () => {
     });
   }
 });
+
+ioswarmOnly("room rules over JWT claims ([auth] + when + data templates)", () => {
+  const ctx = new Ctx();
+  afterEach(() => ctx.cleanup());
+
+  test("staff may follow, users may not; {sub} and rooms_on_connect come from the token", T, async () => {
+    const { default: jwt } = await import("jsonwebtoken");
+    const secret = "rules-secret";
+    const file = configFile(
+      `[auth]\njwt_secret = "${secret}"\nrooms_on_connect = ["user:{sub}", "org:{org_id}"]\n` +
+        `[[rooms.rule]]\nevent = "follow"\njoin = "user:{arg0}:public"\nwhen = "claims.role == 'staff'"\n` +
+        `[[rooms.rule]]\nevent = "me"\njoin = "inbox:{sub}"\n`,
+    );
+    const server = await ctx.server({ flags: ["--config", file] });
+    const sign = (claims) => jwt.sign(claims, secret, { algorithm: "HS256", expiresIn: 600 });
+    const staff = await ctx.connect(server.url, { auth: { token: sign({ sub: "ann", role: "staff", org_id: 7 }) } });
+    const user = await ctx.connect(server.url, { auth: { token: sign({ sub: "bob", role: "user" }) } });
+    // rooms_on_connect: org:{org_id} is skipped for bob (no such claim).
+    assert.deepEqual(await call(staff, "me"), [{ rooms: ["inbox:ann", "org:7", "user:ann"] }]);
+    assert.deepEqual(await call(user, "me"), [{ rooms: ["inbox:bob", "user:bob"] }]);
+    assert.deepEqual(await call(staff, "follow", "carl"), [{ rooms: ["inbox:ann", "org:7", "user:ann", "user:carl:public"] }]);
+    assert.deepEqual(await call(user, "follow", "carl"), [{ error: "forbidden" }]);
+    // What a backend sends to user:ann reaches ann only.
+    const annGot = record(staff, "dm");
+    const bobGot = record(user, "dm");
+    const res = await fetch(`${server.adminUrl}/v1/emit`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ rooms: ["user:ann"], event: "dm", args: ["hi ann"] }),
+    });
+    assert.equal((await res.json()).recipients, 1);
+    await waitFor(() => annGot.length === 1, "ann's message");
+    await sleep(QUIET_MS);
+    assert.deepEqual(bobGot, []);
+  });
+});
