@@ -373,7 +373,7 @@ if want presence; then
         started=$(now_ms)
         connected=0 last_connect=""
         for _ in $(seq 1 1200); do
-            done_workers=$(grep -l '"type":"connected"' "$LOGS"/presence-worker{1,2,3}.out 2>/dev/null | wc -l)
+            done_workers=$({ grep -l '"type":"connected"' "$LOGS"/presence-worker{1,2,3}.out 2>/dev/null || true; } | wc -l)
             [ "$done_workers" = 3 ] && { last_connect=$(now_ms); break; }
             sleep 0.05
         done
