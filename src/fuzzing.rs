@@ -118,13 +118,14 @@ pub fn emitter_payload(data: &[u8]) {
     let Some((selector, payload)) = data.split_first() else {
         return;
     };
-    let channel: &[u8] = match selector % 4 {
+    let channel: &[u8] = match selector % 5 {
         0 => b"socket.io#/#",
         1 => b"socket.io#/chat#room#",
         2 => b"socket.io-request#/#",
-        _ => b"socket.io#/#a#",
+        3 => b"socket.io#/#a#",
+        _ => b"socket.io#emitter",
     };
-    if selector % 4 == 2 {
+    if selector % 5 == 2 {
         if let Ok(request) = emitter::decode_request(channel, payload) {
             assert_eq!(request.nsp, "/");
         }

@@ -1,6 +1,8 @@
 //! Emitter channel names: `<key>#<nsp>#` and `<key>#<nsp>#<room>#` carry broadcasts,
 //! `<key>-request#<nsp>#` carries requests (`<key>` is the emitters' `key` option, normally
-//! [`DEFAULT_KEY`]). Pure: a channel name in, what it says out.
+//! [`DEFAULT_KEY`]), and `<any key>#emitter` carries the broadcasts of the emitters written for
+//! socket.io 1.x (docs/protocol.md#emitters-of-socketio-1x). Pure: a channel name in, what it
+//! says out.
 
 /// The channel prefix emitters use unless configured otherwise (their `key` option).
 pub(crate) const DEFAULT_KEY: &str = "socket.io";
@@ -20,11 +22,28 @@ pub(crate) enum EmitterChannel<'a> {
         /// The namespace.
         nsp: &'a str,
     },
+    /// `<key>#emitter`: a broadcast of a socket.io 1.x emitter (`[packet, opts]`, the namespace in
+    /// the packet). Any key is accepted, not only the bridge's: those emitters put no namespace
+    /// or room in the channel, and socket.io-redis 0.1.x read every `<its key>#*` channel.
+    Legacy {
+        /// The emitter's key (`socket.io` unless the application configured another).
+        key: &'a str,
+    },
 }
+
+/// The suffix socket.io 1.x emitters append to their key.
+const LEGACY_SUFFIX: &str = "#emitter";
 
 /// Classifies `channel` for emitters using the prefix `key` (normally [`DEFAULT_KEY`]); `None`
 /// for every other channel.
 pub(crate) fn classify<'a>(key: &str, channel: &'a [u8]) -> Option<EmitterChannel<'a>> {
+    if let Some(legacy) = channel.strip_suffix(LEGACY_SUFFIX.as_bytes())
+        && !legacy.is_empty()
+        && !legacy.contains(&b'#')
+        && let Ok(key) = std::str::from_utf8(legacy)
+    {
+        return Some(EmitterChannel::Legacy { key });
+    }
     let rest = channel.strip_prefix(key.as_bytes())?;
     let channel = std::str::from_utf8(rest).ok()?;
     if let Some(rest) = channel.strip_prefix("-request#") {
@@ -75,5 +94,16 @@ mod tests {
             assert_eq!(c(other), None, "{other}");
         }
         assert_eq!(classify("myapp", b"myapp#/#"), Some(Broadcast { nsp: "/", room: None }));
+        // socket.io 1.x emitters: `<key>#emitter`, whatever the key.
+        assert_eq!(c("socket.io#emitter"), Some(Legacy { key: "socket.io" }));
+        assert_eq!(c("myapp#emitter"), Some(Legacy { key: "myapp" }));
+        assert_eq!(classify("myapp", b"socket.io#emitter"), Some(Legacy { key: "socket.io" }));
+        for other in
+            ["#emitter", "emitter", "socket.io#emitter#", "socket.io#/#emitter", "a#b#emitter", "socket.io#emitters"]
+        {
+            assert!(!matches!(c(other), Some(Legacy { .. })), "{other}");
+        }
+        // A room named `emitter` is still a room.
+        assert_eq!(c("socket.io#/#emitter#"), Some(Broadcast { nsp: "/", room: Some("emitter") }));
     }
 }

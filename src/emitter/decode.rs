@@ -14,6 +14,11 @@
 //! ArrayBuffer, ext type 0 / -1 dates); one PUBLISH per room with the same payload (each socket
 //! still receives the event once); the byte rewriting of old PHP emitters (0xda → 0xd8 and
 //! 0xdb → 0xd9 in BINARY_EVENT packets, old msgpack-js' "buffer 16/32").
+//!
+//! The emitters of socket.io 1.x (docs/protocol.md#emitters-of-socketio-1x) publish
+//! `[packet, opts]` on `<key>#emitter`: no uid, and the namespace only in `packet.nsp` (missing
+//! or empty: `/`; without its leading `/`, as `of("chat")` left it: `/chat`). A Ruby port
+//! wrapped `opts` in a one-element array; that is read too.
 
 use std::fmt::Write as _;
 
@@ -161,12 +166,14 @@ pub(crate) struct EmitterRequest {
     pub(crate) action: RequestAction,
 }
 
-/// Decodes a broadcast published on `channel` (`socket.io#<nsp>#` or `socket.io#<nsp>#<room>#`).
+/// Decodes a broadcast published on `channel` (`socket.io#<nsp>#`, `socket.io#<nsp>#<room>#`, or
+/// a socket.io 1.x emitter's `<key>#emitter`).
 pub(crate) fn decode_broadcast(channel: &[u8], payload: &[u8]) -> Result<EmitterBroadcast, EmitterError> {
-    let Some(EmitterChannel::Broadcast { nsp, room }) = classify(DEFAULT_KEY, channel) else {
-        return Err(EmitterError::NotEmitterChannel);
-    };
-    broadcast_from(nsp, room, &Bytes::copy_from_slice(payload))
+    match classify(DEFAULT_KEY, channel) {
+        Some(EmitterChannel::Broadcast { nsp, room }) => broadcast_from(nsp, room, &Bytes::copy_from_slice(payload)),
+        Some(EmitterChannel::Legacy { .. }) => legacy_broadcast_from(&Bytes::copy_from_slice(payload)),
+        _ => Err(EmitterError::NotEmitterChannel),
+    }
 }
 
 /// Decodes a request published on `channel` (`socket.io-request#<nsp>#`): JSON when the payload
@@ -179,8 +186,24 @@ pub(crate) fn decode_request(channel: &[u8], payload: &[u8]) -> Result<EmitterRe
     request_from(nsp, &Bytes::copy_from_slice(payload))
 }
 
-/// [`decode_broadcast`] on a classified channel; binary values are slices of `message`.
+/// [`decode_broadcast`] on a classified `<key>#<nsp>#[<room>#]` channel.
 pub(super) fn broadcast_from(nsp: &str, room: Option<&str>, message: &Bytes) -> Result<EmitterBroadcast, EmitterError> {
+    broadcast_in(Some(nsp), room, message)
+}
+
+/// [`decode_broadcast`] on a socket.io 1.x emitter's `<key>#emitter` channel: the namespace comes
+/// from the packet.
+pub(super) fn legacy_broadcast_from(message: &Bytes) -> Result<EmitterBroadcast, EmitterError> {
+    broadcast_in(None, None, message)
+}
+
+/// Decodes a broadcast whose channel names namespace `channel_nsp` (`None`: the channel names
+/// none, the packet's is taken) and possibly one room.
+fn broadcast_in(
+    channel_nsp: Option<&str>,
+    room: Option<&str>,
+    message: &Bytes,
+) -> Result<EmitterBroadcast, EmitterError> {
     let tree = read_message(message)?;
     let raw = RawBroadcast::from_tree(&tree)?;
 
@@ -192,13 +215,23 @@ pub(super) fn broadcast_from(nsp: &str, room: Option<&str>, message: &Bytes) -> 
         Some(_) => return Err(EmitterError::Shape("packet type is not an integer")),
     }
     let packet_nsp = match raw.nsp {
-        None | Some(Mp::Nil) => nsp.to_owned(),
-        Some(Mp::Str(s)) => String::from_utf8_lossy(s).into_owned(),
+        None | Some(Mp::Nil) => None,
+        Some(Mp::Str(s)) => Some(String::from_utf8_lossy(s).into_owned()),
         Some(_) => return Err(EmitterError::Shape("packet nsp is not a string")),
     };
-    if packet_nsp != nsp {
-        return Err(EmitterError::NamespaceMismatch { channel: nsp.to_owned(), packet: packet_nsp });
-    }
+    let packet_nsp = match (channel_nsp, packet_nsp) {
+        (Some(nsp), None) => nsp.to_owned(),
+        (Some(nsp), Some(packet)) if packet != nsp => {
+            return Err(EmitterError::NamespaceMismatch { channel: nsp.to_owned(), packet });
+        }
+        (Some(_), Some(packet)) => packet,
+        // socket.io-redis 0.1.x took a missing nsp for `/`; socket.io 1.x' `of("chat")` meant
+        // `/chat`, which today's emitters send.
+        (None, None) => "/".to_owned(),
+        (None, Some(packet)) if packet.is_empty() => "/".to_owned(),
+        (None, Some(packet)) if !packet.starts_with('/') => format!("/{packet}"),
+        (None, Some(packet)) => packet,
+    };
 
     let (event, args) = raw.data.split_first().ok_or(EmitterError::Shape("packet data is empty"))?;
     let event = match event {
@@ -277,6 +310,12 @@ impl<'t, 'a> RawBroadcast<'t, 'a> {
         };
         let opts = match opts {
             Some(Mp::Map(opts)) => opts.as_slice(),
+            // A Ruby port of socket.io 1.x' emitter packed `[rooms: …, flags: …]`, which in
+            // Ruby is an array holding one hash.
+            Some(Mp::Array(items)) => match items.as_slice() {
+                [Mp::Map(opts)] => opts.as_slice(),
+                _ => &[],
+            },
             _ => &[],
         };
         Ok(Self {
@@ -967,6 +1006,158 @@ pub(super) mod tests {
         let b =
             decode_broadcast(b"socket.io#/#", &message(vec![s("ev"), s(&"y".repeat(100))], map(vec![]))).expect("str8");
         assert_eq!(b.payload.args, vec![json!("y".repeat(100))]);
+    }
+
+    /// Every 0xda byte of `packed` rewritten into 0xd8 and every 0xdb into 0xd9, as the PHP
+    /// socket.io-emitter did to a BINARY_EVENT message.
+    fn php_rewrite(packed: &[u8]) -> Vec<u8> {
+        packed
+            .iter()
+            .map(|b| match b {
+                0xda => 0xd8,
+                0xdb => 0xd9,
+                b => *b,
+            })
+            .collect()
+    }
+
+    /// `[packet, opts]` built with rmpv (a packer with str 8 and bin, like msgpack-php ≥ 2).
+    fn v1_message(packet: Vec<(&str, rmpv::Value)>, opts: rmpv::Value) -> Vec<u8> {
+        mp(&arr(vec![map(packet), opts]))
+    }
+
+    // What the PHP socket.io-emitter of socket.io 1.x publishes on `socket.io#emitter`, as
+    // msgpack-php packs it without str 8 (`msgpack.use_str8_serialization=0`, i.e. msgpack-php
+    // 0.5 of 2014): `emit('news', 'hello')` is `[{type: 2, data: ["news", "hello"], nsp: "/"},
+    // {rooms: [], flags: []}]` (empty PHP arrays are msgpack arrays).
+    pub(crate) const PHP_V1_TEXT: &str =
+        "9283a47479706502a46461746192a46e657773a568656c6c6fa36e7370a12f82a5726f6f6d7390a5666c61677390";
+    // `of('/chat')->in('r1')->emit('file', new Binary(<bytes 0x80..0xa7>), str_repeat('t', 33))`:
+    // type 5, flags {binary: true}, both 40- and 33-byte strings packed as raw 16 (0xda) and
+    // rewritten to 0xd8.
+    const PHP_V1_BINARY: &str = concat!(
+        "9283a47479706505a46461746193a466696c65d80028808182838485868788898a8b8c8d8e8f9091929394",
+        "95969798999a9b9c9d9e9fa0a1a2a3a4a5a6a7d80021747474747474747474747474747474747474747474",
+        "747474747474747474747474a36e7370a52f6368617482a5726f6f6d7391a27231a5666c61677381a6",
+        "62696e617279c3"
+    );
+
+    #[test]
+    fn socketio_1x_emitter_bytes() {
+        let b = decode_broadcast(b"socket.io#emitter", &hex(PHP_V1_TEXT)).expect("text");
+        assert_eq!((b.nsp.as_str(), b.event.as_str(), b.uid.as_str()), ("/", "news", ""));
+        assert_eq!(b.payload.args, vec![json!("hello")]);
+        assert!(b.payload.attachments.is_empty());
+        assert_eq!((b.rooms, b.except, b.flags), (vec![], vec![], EmitterFlags::default()));
+
+        let b = decode_broadcast(b"socket.io#emitter", &hex(PHP_V1_BINARY)).expect("binary");
+        assert_eq!((b.nsp.as_str(), b.event.as_str()), ("/chat", "file"));
+        assert_eq!(b.payload.args, vec![json!({"_placeholder": true, "num": 0}), json!("t".repeat(33))]);
+        assert_eq!(b.payload.attachments, vec![Bytes::from((0x80..0xa8).collect::<Vec<u8>>())]);
+        assert_eq!(b.rooms, vec!["r1".to_owned()]);
+        assert!(b.flags.binary && !b.flags.volatile);
+
+        // Any key: `'key' => 'myapp'` publishes on `myapp#emitter`.
+        let b = decode_broadcast(b"myapp#emitter", &hex(PHP_V1_TEXT)).expect("custom key");
+        assert_eq!(b.event, "news");
+    }
+
+    #[test]
+    fn socketio_1x_emitter_namespaces_rooms_flags() {
+        let ev = || arr(vec![s("ev"), rmpv::Value::from(1)]);
+        let decode = |packet, opts| decode_broadcast(b"socket.io#emitter", &v1_message(packet, opts));
+        // The first PHP emitter sent no nsp at all; `of("chat")` and `of("")`.
+        for (nsp, expected) in [(None, "/"), (Some(s("/")), "/"), (Some(s("chat")), "/chat"), (Some(s("")), "/")] {
+            let mut packet = vec![("type", rmpv::Value::from(2)), ("data", ev())];
+            if let Some(nsp) = nsp {
+                packet.push(("nsp", nsp));
+            }
+            let b = decode(packet, map(vec![])).expect("nsp");
+            assert_eq!(b.nsp, expected);
+            assert_eq!(b.payload.args, vec![json!(1)]);
+        }
+        // A namespace the channel does not name is never a mismatch.
+        let packet = || vec![("type", rmpv::Value::from(2)), ("data", ev()), ("nsp", s("/admin"))];
+        let opts = map(vec![
+            ("rooms", arr(vec![s("a"), s("b")])),
+            ("flags", map(vec![("volatile", rmpv::Value::Boolean(true)), ("broadcast", rmpv::Value::Boolean(true))])),
+        ]);
+        let b = decode(packet(), opts.clone()).expect("rooms and flags");
+        assert_eq!((b.nsp.as_str(), b.rooms.clone()), ("/admin", vec!["a".to_owned(), "b".to_owned()]));
+        assert!(b.flags.volatile && b.flags.broadcast);
+        // The Ruby port's `[packet, [{rooms, flags}]]`.
+        let b = decode(packet(), arr(vec![opts])).expect("ruby opts");
+        assert_eq!(b.rooms, vec!["a".to_owned(), "b".to_owned()]);
+        assert!(b.flags.volatile);
+        // The Java port's flags carry `nsp: nil`; PHP's rooms with holes are a map.
+        let opts = map(vec![
+            ("rooms", rmpv::Value::Map(vec![(rmpv::Value::from(1), s("x"))])),
+            ("flags", map(vec![("nsp", rmpv::Value::Nil), ("json", rmpv::Value::Boolean(true))])),
+        ]);
+        let b = decode(packet(), opts).expect("java flags");
+        assert_eq!((b.rooms, b.flags), (vec!["x".to_owned()], EmitterFlags::default()));
+        // Today's `[uid, packet, opts]` on the old channel reads too (the uid is not checked).
+        let b = decode_broadcast(b"socket.io#emitter", &hex(EMIT_NSP)).expect("current format");
+        assert_eq!((b.nsp.as_str(), b.uid.as_str()), ("/custom", "emitter"));
+        // Packet type 3 is ignored, a packet that is not a map is invalid.
+        let err = decode(vec![("type", rmpv::Value::from(3)), ("data", ev())], map(vec![])).expect_err("type 3");
+        assert!(err.is_ignored());
+        for bad in [mp(&arr(vec![s("p"), map(vec![])])), mp(&arr(vec![])), b"\xc1".to_vec(), hex(&PHP_V1_TEXT[..20])] {
+            let err = decode_broadcast(b"socket.io#emitter", &bad).expect_err("invalid");
+            assert!(!err.is_ignored(), "{err}");
+        }
+    }
+
+    /// `bytes` as a msgpack str of the smallest width (str 8 from 32 bytes, as msgpack-php ≥ 2).
+    fn str_of(bytes: &[u8]) -> Vec<u8> {
+        let n = bytes.len();
+        let header = match u32::try_from(n).expect("fits") {
+            n @ 0..=31 => vec![0xa0 | n as u8],
+            n @ 32..=255 => vec![0xd9, n as u8],
+            n @ 256..=65_535 => [&[0xda][..], &(n as u16).to_be_bytes()].concat(),
+            n => [&[0xdb][..], &n.to_be_bytes()].concat(),
+        };
+        [header, bytes.to_vec()].concat()
+    }
+
+    #[test]
+    fn socketio_1x_emitter_binary_round_trips() {
+        // Packed with str 8, then rewritten: text of every length stays text, binary of every
+        // length becomes an attachment with the same bytes (none of them 0xda/0xdb, which the
+        // emitter itself corrupts), including a real str 8 next to a rewritten raw 32.
+        let binary = |n: usize| (0..n).map(|i| 0x80 | (i % 0x50) as u8).collect::<Vec<u8>>();
+        for n in [1, 31, 32, 255, 256, 65_535, 65_536, 70_000] {
+            let text = "é".repeat(n / 2 + 1);
+            let data =
+                [&[0x94][..], &str_of(b"blob"), &str_of(text.as_bytes()), &str_of(&binary(n)), &str_of(&[b'm'; 40])]
+                    .concat();
+            let packed = [
+                &[0x92, 0x83, 0xa4][..],
+                b"type",
+                &[0x05, 0xa4],
+                b"data",
+                &data,
+                &[0xa3],
+                b"nsp",
+                &[0xa1, b'/', 0x82, 0xa5],
+                b"rooms",
+                &[0x90, 0xa5],
+                b"flags",
+                &[0x90],
+            ]
+            .concat();
+            let b =
+                decode_broadcast(b"socket.io#emitter", &php_rewrite(&packed)).unwrap_or_else(|e| panic!("{n}: {e}"));
+            assert_eq!(
+                b.payload.args,
+                vec![json!(text), json!({"_placeholder": true, "num": 0}), json!("m".repeat(40))],
+                "{n}"
+            );
+            assert_eq!(b.payload.attachments, vec![Bytes::from(binary(n))], "{n}");
+            // Not rewritten (an emitter that packs bin): the same values.
+            let b = decode_broadcast(b"socket.io#emitter", &packed).unwrap_or_else(|e| panic!("{n}: {e}"));
+            assert_eq!(b.payload.attachments, vec![Bytes::from(binary(n))], "{n}");
+        }
     }
 
     #[test]

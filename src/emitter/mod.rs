@@ -3,13 +3,15 @@
 //! Backends push events with a socket.io Redis emitter (`@socket.io/redis-emitter` and its ports
 //! in other languages): they PUBLISH msgpack broadcasts on `socket.io#<nsp>#[<room>#]` and JSON
 //! requests (socketsJoin, socketsLeave, disconnectSockets, serverSideEmit) on
-//! `socket.io-request#<nsp>#`. This module turns those messages into Socket.IO actions. It sits
+//! `socket.io-request#<nsp>#`; the emitters of socket.io 1.x PUBLISH msgpack `[packet, opts]` on
+//! `socket.io#emitter`. This module turns those messages into Socket.IO actions. It sits
 //! above both [`crate::resp`] (whose [`PublishHook`] it implements) and [`crate::socketio`]
 //! (whose [`Server`] it drives); neither of them knows it exists.
 //!
 //! Layout, one concern per file:
 //!
-//! - `channel`: what a channel name says (`<key>#<nsp>#[<room>#]`, `<key>-request#<nsp>#`).
+//! - `channel`: what a channel name says (`<key>#<nsp>#[<room>#]`, `<key>-request#<nsp>#`,
+//!   `<key>#emitter`).
 //! - `msgpack`: the tolerant msgpack reader: borrows binary values from the message, bounds its
 //!   depth and allocations, reads the dialect of old PHP emitters.
 //! - `decode`: pure decoding of a channel and a payload into a typed broadcast or request.
@@ -102,6 +104,10 @@ impl EmitterBridge {
             Some(EmitterChannel::Broadcast { nsp, room }) => {
                 decode::broadcast_from(nsp, room, message).map(|b| execute::broadcast(&self.io, b))
             }
+            Some(EmitterChannel::Legacy { key }) => decode::legacy_broadcast_from(message).map(|b| {
+                tracing::trace!(key, "socket.io 1.x emitter broadcast");
+                execute::broadcast(&self.io, b)
+            }),
             Some(EmitterChannel::Request { nsp }) => decode::request_from(nsp, message).map(|r| {
                 if r.uid.as_deref() == Some(self.uid.as_str()) {
                     return Outcome::Ignored;
@@ -137,7 +143,7 @@ impl PublishHook for EmitterBridge {
 mod tests {
     use serde_json::json;
 
-    use super::decode::tests::{EMIT_ALL, hex, map, message, s};
+    use super::decode::tests::{EMIT_ALL, PHP_V1_TEXT, hex, map, message, s};
     use super::*;
     use crate::socketio::Payload;
 
@@ -151,6 +157,11 @@ mod tests {
         assert_eq!(ok("socket.io#/#", &hex(EMIT_ALL)), Outcome::Ok);
         assert_eq!(ok("socket.io#/nowhere#", &message(vec![s("ev")], map(vec![]))), Outcome::Ignored);
         assert_eq!(ok("socket.io#/#", b"garbage"), Outcome::Invalid);
+        // socket.io 1.x emitters, whatever their key.
+        assert_eq!(ok("socket.io#emitter", &hex(PHP_V1_TEXT)), Outcome::Ok);
+        assert_eq!(ok("myapp#emitter", &hex(PHP_V1_TEXT)), Outcome::Ok);
+        assert_eq!(ok("socket.io#emitter", b"garbage"), Outcome::Invalid);
+        assert_eq!(ok("socket.io#emitter", &hex(EMIT_ALL)), Outcome::Ok);
         assert_eq!(
             ok("socket.io-request#/#", br#"{"type":2,"opts":{"rooms":[],"except":[]},"rooms":["a"]}"#),
             Outcome::Ok

@@ -4,7 +4,8 @@
 //! message ([`Mp`]), bound its depth ([`MAX_DEPTH`]) and allocations (a length is checked
 //! against the bytes left before anything is allocated), and read the dialect of old PHP
 //! emitters (0xda → 0xd8 and 0xdb → 0xd9 in BINARY_EVENT packets, old msgpack-js' "buffer
-//! 16/32"). Pure: bytes in, a value or a [`MsgpackError`] out.
+//! 16/32"; docs/protocol.md#emitters-of-socketio-1x). Pure: bytes in, a value or a
+//! [`MsgpackError`] out.
 
 /// Deepest msgpack nesting accepted (the JSON handed to clients stays well below serde's limits).
 pub(crate) const MAX_DEPTH: usize = 64;
@@ -77,15 +78,20 @@ pub(crate) enum Mp<'a> {
 enum Dialect {
     /// The msgpack spec: fixext 16 and str 8.
     Standard,
-    /// Old PHP emitters on an old (pre-str8) packer, which rewrote str16/str32 markers into
-    /// msgpack-js' "buffer 16" (0xd8) and "buffer 32" (0xd9).
-    PhpRaw,
-    /// The same rewriting on a modern packer: 0xd8 is a rewritten str16, 0xd9 a real str8.
-    PhpStr8,
+    /// The PHP socket.io-emitter of socket.io 1.x: in a BINARY_EVENT message it replaced every
+    /// byte 0xda by 0xd8 and every 0xdb by 0xd9, so that msgpack-js (socket.io-redis' decoder
+    /// then) read the raw 16 / raw 32 strings of msgpack-php as its own "buffer 16" (0xd8) and
+    /// "buffer 32" (0xd9). msgpack-js itself wrote Buffers that way, so the old Node emitter's
+    /// BINARY_EVENT messages read the same. Here 0xd8 is a raw 16. 0xd9 is a raw 32 when the
+    /// byte after it is below 32, a real str 8 otherwise: a packer with str 8 (msgpack-php ≥ 2)
+    /// uses it for 32 to 255 bytes only, and a raw 32 holds at least 65536 bytes, so its first
+    /// length byte is below 32 for anything under 512 MiB. Both read as [`Mp::Str`]: PHP strings
+    /// are bytes, UTF-8 ones stay text, the others become binary attachments.
+    Php,
 }
 
-/// Reads one whole message: the standard dialect, or one of the old PHP ones when the message
-/// is a BINARY_EVENT that only makes sense in them.
+/// Reads one whole message: the standard dialect, or the old PHP one when the message is a
+/// BINARY_EVENT that only makes sense in it.
 pub(super) fn read_message(buf: &[u8]) -> Result<Mp<'_>, MsgpackError> {
     let standard = Reader::read_all(buf, Dialect::Standard);
     let retry = match &standard {
@@ -93,19 +99,17 @@ pub(super) fn read_message(buf: &[u8]) -> Result<Mp<'_>, MsgpackError> {
         Ok((tree, true)) => packet_type(tree) == Some(BINARY_EVENT),
         Err(_) => memchr::memchr2(0xd8, 0xd9, buf).is_some(),
     };
-    if retry {
-        for dialect in [Dialect::PhpRaw, Dialect::PhpStr8] {
-            if let Ok((tree, _)) = Reader::read_all(buf, dialect)
-                && packet_type(&tree) == Some(BINARY_EVENT)
-            {
-                return Ok(tree);
-            }
-        }
+    if retry
+        && let Ok((tree, _)) = Reader::read_all(buf, Dialect::Php)
+        && packet_type(&tree) == Some(BINARY_EVENT)
+    {
+        return Ok(tree);
     }
     standard.map(|(tree, _)| tree)
 }
 
-/// The `type` of the packet in `[uid, packet, opts]`, if it is an unsigned integer.
+/// The `type` of the packet in `[uid, packet, opts]` (or socket.io 1.x' `[packet, opts]`: the
+/// first map either way), if it is an unsigned integer.
 fn packet_type(tree: &Mp<'_>) -> Option<u64> {
     let Mp::Array(items) = tree else { return None };
     let packet = items.iter().find_map(|i| match i {
@@ -232,24 +236,17 @@ impl<'a> Reader<'a> {
                 self.saw_php_markers = true;
                 match self.dialect {
                     Dialect::Standard => self.ext(16, true, at)?,
-                    Dialect::PhpRaw | Dialect::PhpStr8 => {
+                    Dialect::Php => {
                         let n = self.len16(at)?;
-                        Mp::Bin(self.take(n, at)?)
+                        Mp::Str(self.take(n, at)?)
                     }
                 }
             }
             0xd9 => {
                 self.saw_php_markers = true;
-                match self.dialect {
-                    Dialect::Standard | Dialect::PhpStr8 => {
-                        let n = self.len8(at)?;
-                        Mp::Str(self.take(n, at)?)
-                    }
-                    Dialect::PhpRaw => {
-                        let n = self.len32(at)?;
-                        Mp::Bin(self.take(n, at)?)
-                    }
-                }
+                let raw32 = self.dialect == Dialect::Php && self.buf.get(self.pos).is_some_and(|b| *b < 32);
+                let n = if raw32 { self.len32(at)? } else { self.len8(at)? };
+                Mp::Str(self.take(n, at)?)
             }
             0xda => {
                 let n = self.len16(at)?;
