@@ -104,7 +104,7 @@ for (const packer of [
   { name: "msgpack-php without str 8 (2014)", str8: false },
   { name: "msgpack-php with str 8", str8: true },
 ]) {
-  (TARGET === "ioswarm" ? describe : describe.skip)(`socket.io 1.x PHP emitter, ${packer.name}`, () => {
+  (TARGET === "ioswarm" ? describe : () => {})(`socket.io 1.x PHP emitter, ${packer.name}`, () => {
     const t = new Ctx();
     const s = setup(t);
     const emit = (...emits) => php("old-emitter.php", s.server.redis.port, emits.map((e) => ({ str8: packer.str8, ...e })));
@@ -226,7 +226,7 @@ describe("PHP emitter of today's format", () => {
 
   // msgpack-php has no `bin`: the bytes travel as a str that is not UTF-8, which ioswarm turns
   // into a binary attachment and socket.io-redis (notepack) into a mangled string.
-  (TARGET === "ioswarm" ? test : test.skip)("binary arguments arrive as Buffers with their bytes", async () => {
+  (TARGET === "ioswarm" ? test : () => {})("binary arguments arrive as Buffers with their bytes", async () => {
     const [b5, b300, b70k] = [Buffer.from([0x80, 0xff, 0x00, 0xda, 0xdb]), binary(300), binary(70_000, 1)];
     const got = once(s.a, "file");
     await emit({ event: "file", args: [bin(b5), "name.bin", bin(b300), bin(b70k)] });

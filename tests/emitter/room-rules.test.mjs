@@ -20,7 +20,7 @@ event = "AlertToggle::leave"
 leave = "${ROOM}"
 `;
 
-(TARGET === "ioswarm" ? describe : describe.skip)("room rules with a Redis emitter", () => {
+(TARGET === "ioswarm" ? describe : () => {})("room rules with a Redis emitter", () => {
   const t = new Ctx();
   const dir = mkdtempSync(path.join(tmpdir(), "ioswarm-emitter-rules-"));
   let server;
