@@ -105,6 +105,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Live counts (`[[presence]]` tables; TOML only).
     pub presence: Vec<crate::presence::PresenceConfig>,
+    /// Forwarding rules (`[[forward]]` tables; TOML only): client events to a webhook or a Redis
+    /// channel.
+    pub forward: Vec<crate::forward::ForwardConfig>,
     /// Cluster node id (the raft id; must match the node certificate). Unset runs a single node.
     pub node_id: Option<u64>,
     /// UDP address of the cluster's QUIC endpoint; required with `node_id`.
@@ -160,6 +163,7 @@ impl Default for Config {
             log: "info".to_owned(),
             log_format: LogFormat::Text,
             presence: Vec::new(),
+            forward: Vec::new(),
             node_id: None,
             cluster_listen: None,
             advertise: None,
@@ -206,6 +210,7 @@ impl fmt::Debug for Config {
             .field("log", &self.log)
             .field("log_format", &self.log_format)
             .field("presence", &self.presence)
+            .field("forward", &self.forward)
             .field("node_id", &self.node_id)
             .field("cluster_listen", &self.cluster_listen)
             .field("advertise", &self.advertise)
@@ -347,6 +352,9 @@ impl Config {
         self.validate_cluster()?;
         if let Err(e) = crate::presence::validate(&self.presence) {
             return Err(ConfigError::Setting { field: e.field, message: e.message });
+        }
+        if let Err(e) = crate::forward::validate(&self.forward) {
+            return Err(ConfigError::Setting { field: e.setting, message: e.message });
         }
         if let Err(e) = self.rooms.validate() {
             return Err(ConfigError::Setting { field: e.setting, message: e.message });
@@ -900,7 +908,7 @@ mod tests {
     }
 
     /// Settings that are tables in the TOML file, with no flag.
-    const TOML_ONLY: &[&str] = &["presence", "rooms", "auth"];
+    const TOML_ONLY: &[&str] = &["presence", "forward", "rooms", "auth"];
 
     #[test]
     fn every_config_field_has_a_flag() {
@@ -908,7 +916,7 @@ mod tests {
         let cmd = Cli::command();
         let longs: Vec<&str> = cmd.get_arguments().filter_map(|a| a.get_long()).collect();
         let keys = value.as_object().unwrap().keys();
-        assert_eq!(keys.len(), 38);
+        assert_eq!(keys.len(), 39);
         for key in keys.filter(|k| !TOML_ONLY.contains(&k.as_str())) {
             let flag = key.replace('_', "-");
             assert!(longs.contains(&flag.as_str()), "config field {key} has no --{flag}");
