@@ -233,7 +233,7 @@ mod tests {
     fn config_errors_name_the_setting() {
         let fails = |cfgs: Vec<ForwardConfig>| validate(&cfgs).unwrap_err().setting;
         let ok = webhook(&["a"]);
-        assert_eq!(validate(&[ok.clone()]), Ok(()));
+        assert_eq!(validate(std::slice::from_ref(&ok)), Ok(()));
         assert_eq!(
             fails(vec![ok.clone(), ForwardConfig { channel: Some("c".into()), ..ok.clone() }]),
             "forward[1].url"

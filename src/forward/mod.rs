@@ -79,7 +79,7 @@ struct Route {
 }
 
 enum Sink {
-    Webhook(Webhook),
+    Webhook(Box<Webhook>),
     Channel(String),
 }
 
@@ -117,13 +117,13 @@ impl Forwarder {
                     let client = JsonClient::for_url(url)
                         .map_err(|e| ForwardError::new(format!("{}.url", rule.setting()), e))?;
                     let (concurrency, queue) = rule.bounds();
-                    Sink::Webhook(Webhook {
+                    Sink::Webhook(Box::new(Webhook {
                         url: url.clone(),
                         client,
                         timeout: rule.timeout(),
                         slots: Semaphore::new(concurrency),
                         admitted: Arc::new(Semaphore::new(concurrency.saturating_add(queue))),
-                    })
+                    }))
                 }
                 Target::Channel(prefix) => {
                     if broker.is_none() {
