@@ -23,15 +23,19 @@
 //!   on the socket and as cluster-wide broadcasts.
 //!
 //! A client event goes through the first rule (in file order) that matches it; `$connect` and
-//! `$disconnect` go to every rule that names them. Ordering: admission (rate limit, queue) is
-//! decided in the order a socket's events arrive, but webhook requests run concurrently, so
-//! the app may see one socket's events out of order; a channel rule publishes in arrival order.
+//! `$disconnect` go to every rule that names them. Ordering, per socket: admission (rate limit,
+//! queue) is decided in the order its events arrive, and its webhook deliveries take turns in
+//! that order (a FIFO lock per socket, queued for when the event is dispatched): the app sees
+//! `$connect`, the events, `$disconnect`, each POST after the previous reply was carried out.
+//! Different sockets never wait on each other. A channel rule publishes at once, in arrival
+//! order (it does not wait for the socket's pending webhook deliveries).
 
 mod config;
 mod limit;
 mod matcher;
 mod message;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -70,7 +74,12 @@ struct Inner {
     routes: Vec<Arc<Route>>,
     broker: Option<Arc<Broker>>,
     node: Option<u64>,
+    /// Per socket: the turn its webhook deliveries take, in arrival order (a FIFO lock, queued
+    /// for synchronously when the event is dispatched). Dropped on `$disconnect`.
+    turns: Mutex<HashMap<String, Turn>>,
 }
+
+type Turn = Arc<tokio::sync::Mutex<()>>;
 
 struct Route {
     rule: ForwardRule,
@@ -138,7 +147,7 @@ impl Forwarder {
             let (rate, burst) = rule.rate();
             routes.push(Arc::new(Route { rule, sink, limiter: Mutex::new(RateLimiter::new(rate, burst)) }));
         }
-        Ok(Self(Arc::new(Inner { routes, broker, node })))
+        Ok(Self(Arc::new(Inner { routes, broker, node, turns: Mutex::default() })))
     }
 
     /// Whether there is no rule.
@@ -188,9 +197,17 @@ impl Forwarder {
                 };
                 let route = route.clone();
                 let body = Bytes::from(message.to_string());
+                let turn = self.turn(socket.id());
                 Box::pin(async move {
                     let Sink::Webhook(hook) = &route.sink else { return };
-                    let result = hook.call(body).await;
+                    // The socket's earlier events go first (their replies carried out too); the
+                    // wait counts against timeout_ms.
+                    let deadline = Instant::now() + hook.timeout;
+                    let guard = tokio::time::timeout_at(deadline, turn.lock_owned()).await.ok();
+                    let result = match guard {
+                        Some(_) => hook.call(body, deadline).await,
+                        None => Err(DeliveryError::Timeout),
+                    };
                     drop(admitted);
                     count(result.as_ref().map(drop));
                     match result {
@@ -200,18 +217,28 @@ impl Forwarder {
                             ack(event.ack, json!({"error": err.client_message()}));
                         }
                     }
+                    drop(guard);
                 })
             }
         }
+    }
+
+    /// The turn of socket `sid` (created on first use).
+    fn turn(&self, sid: &str) -> Turn {
+        self.0.turns.lock().entry(sid.to_owned()).or_default().clone()
     }
 
     /// Forwards `$connect` / `$disconnect` (with `reason`) of `socket` to every rule that names
     /// it; webhook calls that fail are retried with [`backoff`] for the rule's `retry_ms`. On
     /// disconnect, the socket's rate-limit buckets are dropped.
     pub fn lifecycle(&self, socket: &Socket, kind: Lifecycle, reason: Option<&'static str>) -> BoxFuture {
-        if kind == Lifecycle::Disconnect {
-            self.forget(socket);
-        }
+        let turn = match kind {
+            Lifecycle::Connect => self.turn(socket.id()),
+            Lifecycle::Disconnect => {
+                self.forget(socket);
+                self.0.turns.lock().remove(socket.id()).unwrap_or_default()
+            }
+        };
         let info = socket_info(socket);
         let args: Vec<Value> = reason.map(|r| vec![json!(r)]).unwrap_or_default();
         let mut message = event_message(socket.nsp(), kind.name(), args, &info, self.0.node);
@@ -231,6 +258,9 @@ impl Forwarder {
         let body = Bytes::from(message.to_string());
         let socket = socket.clone();
         Box::pin(async move {
+            // After the socket's pending events (for $disconnect), before its first ones (for
+            // $connect): the app sees $connect … events … $disconnect.
+            let _turn = turn.lock_owned().await;
             for route in calls {
                 let Sink::Webhook(hook) = &route.sink else { continue };
                 if let Some(reply) = hook.call_with_retries(&route.rule, &socket, kind, body.clone()).await {
@@ -262,8 +292,8 @@ impl Forwarder {
 }
 
 impl Webhook {
-    /// One POST: waits for a slot, then for the reply, all within `timeout_ms`.
-    async fn call(&self, body: Bytes) -> Result<WebhookReply, DeliveryError> {
+    /// One POST: waits for a slot, then for the reply, all before `deadline`.
+    async fn call(&self, body: Bytes, deadline: Instant) -> Result<WebhookReply, DeliveryError> {
         let call = async {
             let _slot = self.slots.acquire().await.map_err(|_| DeliveryError::Unreachable("closed".to_owned()))?;
             let (status, body) = self.client.post(&self.url, body, MAX_REPLY_BYTES).await.map_err(|e| match e {
@@ -272,7 +302,7 @@ impl Webhook {
             })?;
             parse_reply(status, &body)
         };
-        tokio::time::timeout(self.timeout, call).await.unwrap_or(Err(DeliveryError::Timeout))
+        tokio::time::timeout_at(deadline, call).await.unwrap_or(Err(DeliveryError::Timeout))
     }
 
     /// A lifecycle event: admitted like any event (a full queue is a failed try), retried with
@@ -288,7 +318,7 @@ impl Webhook {
         let mut attempt = 0u32;
         loop {
             let result = match self.admitted.clone().try_acquire_owned() {
-                Ok(_admitted) => self.call(body.clone()).await,
+                Ok(_admitted) => self.call(body.clone(), Instant::now() + self.timeout).await,
                 Err(_) => Err(DeliveryError::Busy),
             };
             count(result.as_ref().map(drop));

@@ -75,6 +75,8 @@ async function startApp() {
           return reply(500, { message: "boom" });
         case "bad":
           return reply(200, "<html>not json</html>");
+        case "delay":
+          return setTimeout(() => reply(200, { ack: ["delayed"] }), 150);
         case "slow":
           app.hanging.push(res);
           return;
@@ -162,7 +164,7 @@ ioswarmOnly("[[forward]] webhooks and channels (single node)", () => {
         `jwt_secret = "${SECRET}"`,
         "[[forward]]",
         'nsp = "/"',
-        'events = ["document::clicked", "room:*", "message", "bye", "fail", "bad", "slow", "$connect", "$disconnect"]',
+        'events = ["document::clicked", "room:*", "message", "bye", "fail", "bad", "slow", "delay", "$connect", "$disconnect"]',
         `url = "${app.url}"`,
         "timeout_ms = 500",
         "retry_ms = 10000",
@@ -214,6 +216,17 @@ ioswarmOnly("[[forward]] webhooks and channels (single node)", () => {
     const gone = once(a, "disconnect");
     assert.deepEqual(await call(a, "bye"), ["bye"]);
     assert.equal((await gone)[0], "io server disconnect");
+  });
+
+  test("one socket's events reach the webhook in the order sent, each after the previous reply", T, async () => {
+    const a = await page("u1");
+    const order = [];
+    const first = call(a, "delay").then((r) => order.push(["delay", r]));
+    const second = call(a, "document::clicked").then((r) => order.push(["click", r]));
+    await Promise.all([first, second]);
+    assert.deepEqual(order, [["delay", ["delayed"]], ["click", ["ok"]]]);
+    const mine = app.requests.filter((r) => r.socket.id === a.id && r.event !== "$connect").map((r) => r.event);
+    assert.deepEqual(mine, ["delay", "document::clicked"]);
   });
 
   test("chat: the app broadcasts to the room and acks 'Message received!'", T, async () => {
