@@ -3,6 +3,7 @@
 // disconnects) or on a Redis channel (PSUBSCRIBE socket.io-events#*); failures answer the
 // client's ack with {"error": …}; a per-client rate limit; configuration errors stop the node.
 import assert from "node:assert/strict";
+import { spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import net from "node:net";
@@ -10,7 +11,9 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { after, afterEach, before, describe, test } from "node:test";
 import jwt from "jsonwebtoken";
-import { Ctx, TARGET, call, once, record, runToExit, sleep, waitFor, QUIET_MS, WAIT_MS } from "./harness.mjs";
+import {
+  BIN, Ctx, ServerProcess, TARGET, call, cleanEnv, once, record, runToExit, sleep, waitFor, QUIET_MS,
+} from "./harness.mjs";
 
 const T = { timeout: 30_000 };
 // The reference server (Node socket.io) has no [[forward]] table.
@@ -387,4 +390,76 @@ ioswarmOnly("[[forward]] limits and failures", () => {
       assert.ok(res.stderr.includes(setting), `stderr does not name ${setting}: ${res.stderr}`);
     });
   }
+});
+
+ioswarmOnly("[[forward]] on a two-node cluster", () => {
+  const ctx = new Ctx();
+  const cdir = mkdtempSync(path.join(tmpdir(), "ioswarm-forward-cluster-"));
+  let app;
+  after(async () => {
+    await ctx.cleanup();
+    if (app) await app.close();
+    rmSync(cdir, { recursive: true, force: true });
+  });
+
+  let ca;
+  const creds = (id) => {
+    if (!ca) {
+      ca = path.join(cdir, "ca");
+      const res = spawnSync(BIN, ["cluster", "init-ca", "--dir", ca], { encoding: "utf8" });
+      assert.equal(res.status, 0, res.stderr);
+    }
+    const out = path.join(cdir, `creds${id}`);
+    const res = spawnSync(BIN, ["cluster", "issue", "--ca", ca, "--node-id", String(id), "--out", out], { encoding: "utf8" });
+    assert.equal(res.status, 0, res.stderr);
+    return out;
+  };
+  async function node(id, flags) {
+    const args = [
+      "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--redis-listen", "127.0.0.1:0",
+      "--node-id", String(id), "--cluster-credentials", creds(id), "--cluster-listen", "127.0.0.1:0",
+      "--data-dir", mkdtempSync(path.join(cdir, `data${id}-`)), ...flags,
+    ];
+    const child = spawn(BIN, args, { stdio: ["ignore", "pipe", "pipe"], env: cleanEnv() });
+    const server = new ServerProcess(child, [BIN, ...args].join(" "), { readyMs: 60_000 });
+    ctx.servers.push(server);
+    await server.ready;
+    return server;
+  }
+
+  test("a webhook's emit and a channel's PUBLISH reach the other node", { timeout: 120_000 }, async () => {
+    app = await startApp();
+    const flags = config(
+      "[[forward]]", 'events = ["document::clicked"]', `url = "${app.url}"`,
+      "[[forward]]", 'events = ["Thing::*"]', 'channel = "socket.io-events"',
+    );
+    const n1 = await node(1, flags);
+    const n2 = await node(2, [...flags, "--join", n1.addrs.cluster]);
+    await waitFor(async () => {
+      const res = await n1.admin("GET", "/cluster");
+      return res.json.members.some((m) => m.node_id === 2 && m.connected && m.liveness === "alive");
+    }, "node 2 is alive for node 1", 30_000);
+    const sub = await psubscribe(n2.redis.port, "socket.io-events#*");
+    try {
+      const clicker = await ctx.connect(n1.url);
+      const viewer = await ctx.connect(n2.url);
+      const counts = record(viewer, "Analytics::counter");
+      // A page on node 2 gets the counter the app emitted in its reply to node 1.
+      await waitFor(async () => {
+        assert.deepEqual(await call(clicker, "document::clicked"), ["ok"]);
+        return counts.length > 0;
+      }, "the emit reaches node 2", 20_000);
+      assert.equal(app.of("document::clicked").at(-1).node, 1);
+      // A worker subscribed on node 2 gets what a client of node 1 sent.
+      await waitFor(async () => {
+        await call(clicker, "Thing::update", { id: 1 });
+        return sub.messages.length > 0;
+      }, "the PUBLISH reaches node 2's subscriber", 20_000);
+      const [channel, text] = sub.messages[0];
+      assert.equal(channel, "socket.io-events#/#Thing::update");
+      assert.equal(JSON.parse(text).node, 1);
+    } finally {
+      sub.socket.destroy();
+    }
+  });
 });
