@@ -1105,6 +1105,32 @@ mod tests {
     }
 
     #[test]
+    fn the_forward_tables_are_read_with_defaults_and_validated() {
+        let c = Config::from_toml(
+            "[[forward]]\nevents = [\"document::clicked\", \"$disconnect\"]\nurl = \"http://127.0.0.1:8080/e\"\n\
+             [[forward]]\nnsp = \"/chat\"\nevents = [\"Thing::*\"]\nchannel = \"socket.io-events\"\nmax_events_per_s = 5\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.forward.len(), 2);
+        assert_eq!((c.forward[0].nsp.as_str(), c.forward[0].timeout_ms, c.forward[0].retry_ms), ("/", 5_000, 30_000));
+        assert_eq!((c.forward[1].max_events_per_s, c.forward[1].burst), (5, 40));
+        let err = Config::from_toml("[[forward]]\nevents = [\"a\"]\nchannel = \"c\"\nurls = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("urls"), "{err}");
+        for (toml, field) in [
+            ("[[forward]]\nevents = [\"a\"]\n", "forward[0].url"),
+            ("[[forward]]\nevents = [\"a\"]\nchannel = \"c\"\ntimeout_ms = 0\n", "forward[0].timeout_ms"),
+            (
+                "[[forward]]\nevents = [\"a\"]\nchannel = \"c\"\n[[forward]]\nevents = [\"\"]\nchannel = \"c\"\n",
+                "forward[1].events[0]",
+            ),
+        ] {
+            let err = Config::from_toml(toml).unwrap().validate().unwrap_err();
+            assert!(matches!(&err, ConfigError::Setting { field: f, .. } if f == field), "{toml}: {err}");
+        }
+    }
+
+    #[test]
     fn debug_redacts_auth_token() {
         let c = Config { auth_token: Some("hunter2".into()), ..Config::default() };
         let s = format!("{c:?}");
