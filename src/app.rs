@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::admin::{AdminRoutes, json_error, json_response};
+use crate::forward::Lifecycle;
 use crate::rules::{Op, RESERVED_EVENTS, RoomRules, Rule};
 use crate::socketio::{ConnectError, Event, Namespace, Payload, Server, Socket};
 
@@ -30,6 +31,9 @@ pub struct AppOptions {
     pub auth: Option<Arc<crate::auth::Authenticator>>,
     /// Clients may broadcast to rooms they are in (`ioswarm:to`).
     pub client_relay: bool,
+    /// The `[[forward]]` rules: events no other handler takes, and `$connect` / `$disconnect`,
+    /// go to the application.
+    pub forward: crate::forward::Forwarder,
 }
 
 /// Installs the built-in application on every namespace `io` accepts.
@@ -70,15 +74,24 @@ fn configure(ns: &Namespace, options: Arc<AppOptions>) {
         });
     }
     let opts = options;
+    let relay_opts = opts.clone();
     ns.on("ioswarm:to", move |socket, event| {
-        let allowed = opts.client_relay;
+        let allowed = relay_opts.client_relay;
         async move { relay(&socket, event, allowed) }
     });
-    ns.on_any(|_socket, event| async move {
-        if let Some(ack) = event.ack {
-            let _ = ack.send(Payload::empty());
-        }
-    });
+    // Events no handler above took: forwarded by the first `[[forward]]` rule that matches,
+    // otherwise acked with no arguments and dropped.
+    let forward = opts.forward.clone();
+    ns.on_any(move |socket, event| forward.event(socket, event));
+    let forward = opts.forward.clone();
+    if forward.forwards(ns.name(), Lifecycle::Connect) {
+        let forward = forward.clone();
+        ns.on_connect(move |socket| forward.lifecycle(&socket, Lifecycle::Connect, None));
+    }
+    if forward.covers(ns.name()) {
+        // Also drops the socket's rate-limit buckets where no rule forwards `$disconnect`.
+        ns.on_disconnect(move |socket, reason| forward.lifecycle(&socket, Lifecycle::Disconnect, Some(reason)));
+    }
 }
 
 fn reply(event: Event, value: Value) {

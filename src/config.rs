@@ -105,6 +105,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Live counts (`[[presence]]` tables; TOML only).
     pub presence: Vec<crate::presence::PresenceConfig>,
+    /// Forwarding rules (`[[forward]]` tables; TOML only): client events to a webhook or a Redis
+    /// channel.
+    pub forward: Vec<crate::forward::ForwardConfig>,
     /// Cluster node id (the raft id; must match the node certificate). Unset runs a single node.
     pub node_id: Option<u64>,
     /// UDP address of the cluster's QUIC endpoint; required with `node_id`.
@@ -160,6 +163,7 @@ impl Default for Config {
             log: "info".to_owned(),
             log_format: LogFormat::Text,
             presence: Vec::new(),
+            forward: Vec::new(),
             node_id: None,
             cluster_listen: None,
             advertise: None,
@@ -206,6 +210,7 @@ impl fmt::Debug for Config {
             .field("log", &self.log)
             .field("log_format", &self.log_format)
             .field("presence", &self.presence)
+            .field("forward", &self.forward)
             .field("node_id", &self.node_id)
             .field("cluster_listen", &self.cluster_listen)
             .field("advertise", &self.advertise)
@@ -347,6 +352,9 @@ impl Config {
         self.validate_cluster()?;
         if let Err(e) = crate::presence::validate(&self.presence) {
             return Err(ConfigError::Setting { field: e.field, message: e.message });
+        }
+        if let Err(e) = crate::forward::validate(&self.forward) {
+            return Err(ConfigError::Setting { field: e.setting, message: e.message });
         }
         if let Err(e) = self.rooms.validate() {
             return Err(ConfigError::Setting { field: e.setting, message: e.message });
@@ -900,7 +908,7 @@ mod tests {
     }
 
     /// Settings that are tables in the TOML file, with no flag.
-    const TOML_ONLY: &[&str] = &["presence", "rooms", "auth"];
+    const TOML_ONLY: &[&str] = &["presence", "forward", "rooms", "auth"];
 
     #[test]
     fn every_config_field_has_a_flag() {
@@ -908,7 +916,7 @@ mod tests {
         let cmd = Cli::command();
         let longs: Vec<&str> = cmd.get_arguments().filter_map(|a| a.get_long()).collect();
         let keys = value.as_object().unwrap().keys();
-        assert_eq!(keys.len(), 38);
+        assert_eq!(keys.len(), 39);
         for key in keys.filter(|k| !TOML_ONLY.contains(&k.as_str())) {
             let flag = key.replace('_', "-");
             assert!(longs.contains(&flag.as_str()), "config field {key} has no --{flag}");
@@ -1094,6 +1102,32 @@ mod tests {
         assert!(matches!(&err, ConfigError::Setting { field, .. } if field == "auth.rooms_on_connect[1]"), "{err}");
         let c = Config::from_toml("[auth]\nrooms_on_connect = [\"user:{sub}\"]\n").unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("auth.rooms_on_connect"));
+    }
+
+    #[test]
+    fn the_forward_tables_are_read_with_defaults_and_validated() {
+        let c = Config::from_toml(
+            "[[forward]]\nevents = [\"document::clicked\", \"$disconnect\"]\nurl = \"http://127.0.0.1:8080/e\"\n\
+             [[forward]]\nnsp = \"/chat\"\nevents = [\"Thing::*\"]\nchannel = \"socket.io-events\"\nmax_events_per_s = 5\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.forward.len(), 2);
+        assert_eq!((c.forward[0].nsp.as_str(), c.forward[0].timeout_ms, c.forward[0].retry_ms), ("/", 5_000, 30_000));
+        assert_eq!((c.forward[1].max_events_per_s, c.forward[1].burst), (5, 40));
+        let err = Config::from_toml("[[forward]]\nevents = [\"a\"]\nchannel = \"c\"\nurls = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("urls"), "{err}");
+        for (toml, field) in [
+            ("[[forward]]\nevents = [\"a\"]\n", "forward[0].url"),
+            ("[[forward]]\nevents = [\"a\"]\nchannel = \"c\"\ntimeout_ms = 0\n", "forward[0].timeout_ms"),
+            (
+                "[[forward]]\nevents = [\"a\"]\nchannel = \"c\"\n[[forward]]\nevents = [\"\"]\nchannel = \"c\"\n",
+                "forward[1].events[0]",
+            ),
+        ] {
+            let err = Config::from_toml(toml).unwrap().validate().unwrap_err();
+            assert!(matches!(&err, ConfigError::Setting { field: f, .. } if f == field), "{toml}: {err}");
+        }
     }
 
     #[test]

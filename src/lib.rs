@@ -10,6 +10,7 @@
 //! top        node           a running node: wires every layer below, the shutdown sequence
 //! services   admin, app     the binary's wiring and HTTP admin: use what they need below
 //!            auth           CONNECT authentication (JWT, connect hook, Origin): uses socketio, http
+//!            forward        forwarding rules (webhook, Redis channel): uses socketio, resp
 //!            cluster        uses resp, socketio, rooms (implements Adapter and KvBackend)
 //!            emitter        uses resp, socketio (implements PublishHook)
 //!            resp           uses no other layer (owns PublishHook and kv::KvBackend)
@@ -17,6 +18,7 @@
 //!            rooms          uses engineio
 //! transport  engineio
 //! plumbing   net, config, shutdown, limits, metrics: used by any layer, use none of them
+//!            httpclient     the JSON-over-HTTP client of the connect hook and the webhooks
 //!            rules          room rules and room templates: pure data, uses none of them
 //! ```
 //!
@@ -57,6 +59,9 @@
 //!   verification, the connect hook, the cross-site (Origin) guard on handshakes.
 //! - `config`, `shutdown`, `limits`, `metrics`: process plumbing for the binary.
 //! - `app`: the built-in application the `ioswarm` binary runs.
+//! - [`forward`]: forwarding rules (`[[forward]]`): client events and `$connect` /
+//!   `$disconnect` sent to the application by webhook (whose reply acks, emits, joins, leaves or
+//!   disconnects) or published on a Redis channel; per-client rate limit; validated once at start.
 //! - [`rules`]: room rules (`[[rooms.rule]]`: join or leave a room on a client's own event) and
 //!   the room-name templates `rooms_on_connect` uses; a table validated once at start and pure
 //!   decisions over an event's arguments and the socket data.
@@ -68,9 +73,11 @@ pub mod cluster;
 pub mod config;
 pub mod emitter;
 pub mod engineio;
+pub mod forward;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+mod httpclient;
 pub mod limits;
 pub mod metrics;
 pub mod net;

@@ -197,6 +197,11 @@ pub(crate) const ALL: &[MetricDef] = {
         def(AUTH_ACCEPTED, Counter, "CONNECTs that passed the [auth] checks."),
         def(AUTH_REJECTED, Counter, "CONNECTs and handshakes refused by [auth], by reason."),
         def(AUTH_HOOK_REQUESTS, Counter, "Connect-hook requests, by result."),
+        def(FORWARD_REQUESTS, Counter, "Forwarding webhook requests ([[forward]] url), by result."),
+        def(FORWARD_PUBLISHED, Counter, "Events published on a forwarding channel ([[forward]] channel)."),
+        def(FORWARD_RATE_LIMITED, Counter, "Client events refused by a forwarding rule's per-client rate limit."),
+        def(FORWARD_RETRIES, Counter, "Retries of $connect / $disconnect webhook requests."),
+        def(FORWARD_LIFECYCLE_DROPPED, Counter, "$connect / $disconnect events given up after retry_ms."),
     ]
 };
 
@@ -248,6 +253,8 @@ pub(crate) const LABELS: &[LabelDef] = &[
     labels(KV_COMMANDS, label::KIND, || vec!["write", "read"]),
     labels(AUTH_REJECTED, label::REASON, || AuthRejectReason::ALL.iter().map(|r| r.as_str()).collect()),
     labels(AUTH_HOOK_REQUESTS, label::RESULT, || HookResult::ALL.iter().map(|r| r.as_str()).collect()),
+    // "ok" and forward::DeliveryError::label: keep in step with it.
+    labels(FORWARD_REQUESTS, label::RESULT, || vec!["ok", "timeout", "unreachable", "bad_status", "bad_reply", "busy"]),
 ];
 
 /// Upper bounds for latency histograms (names ending in `_seconds`): 1 ms … 30 s.
@@ -275,6 +282,20 @@ pub(crate) const AUTH_ACCEPTED: &str = "ioswarm_auth_accepted_total";
 pub(crate) const AUTH_REJECTED: &str = "ioswarm_auth_rejected_total";
 /// Counter: connect-hook requests, by `result` = [`HookResult`].
 pub(crate) const AUTH_HOOK_REQUESTS: &str = "ioswarm_auth_hook_requests_total";
+
+// ---- Forwarding rules ([[forward]]) ------------------------------------------------------------
+
+/// Counter: webhook requests of forwarding rules (client events and lifecycle tries), by
+/// `result` (ok, timeout, unreachable, bad_status, bad_reply, busy: refused, the queue was full).
+pub(crate) const FORWARD_REQUESTS: &str = "ioswarm_forward_requests_total";
+/// Counter: events published on a forwarding rule's Redis channel.
+pub(crate) const FORWARD_PUBLISHED: &str = "ioswarm_forward_published_total";
+/// Counter: client events refused by the per-client rate limit (`max_events_per_s`, `burst`).
+pub(crate) const FORWARD_RATE_LIMITED: &str = "ioswarm_forward_rate_limited_total";
+/// Counter: retries of `$connect` / `$disconnect` webhook requests.
+pub(crate) const FORWARD_RETRIES: &str = "ioswarm_forward_retries_total";
+/// Counter: `$connect` / `$disconnect` events given up once `retry_ms` had passed.
+pub(crate) const FORWARD_LIFECYCLE_DROPPED: &str = "ioswarm_forward_lifecycle_dropped_total";
 
 /// `reason` label of [`AUTH_REJECTED`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -76,6 +76,10 @@ pub enum StartError {
     /// The room rules are invalid (a configuration that did not go through `config::load`).
     #[error(transparent)]
     Rules(#[from] crate::rules::RuleError),
+    /// The `[[forward]]` rules are invalid (a configuration that did not go through
+    /// `config::load`) or a webhook client could not be built.
+    #[error(transparent)]
+    Forward(#[from] crate::forward::ForwardError),
     /// The `[auth]` checks could not be set up (key file, connect hook client).
     #[error("{0}")]
     Auth(#[from] crate::auth::AuthError),
@@ -130,6 +134,8 @@ impl Node {
             io.of(name);
         }
         let auth = crate::auth::Authenticator::from_config(&config.auth)?.map(Arc::new);
+        let broker = Arc::new(Broker::new());
+        let forward = crate::forward::Forwarder::new(&config.forward, Some(broker.clone()), config.node_id)?;
         crate::app::install(
             &io,
             AppOptions {
@@ -137,9 +143,9 @@ impl Node {
                 rooms: crate::rules::RoomRules::new(&config.rooms, config.client_rooms)?,
                 auth,
                 client_relay: config.client_relay,
+                forward,
             },
         );
-        let broker = Arc::new(Broker::new());
         broker.set_publish_hook(crate::emitter::bridge(io.clone()));
 
         let bind_err = |listener, addr| move |source| StartError::Bind { listener, addr, source };

@@ -35,6 +35,8 @@ const RULES: &[(&str, &[&str])] = &[
     ),
     // CONNECT authentication: a service beside the app, which installs it.
     ("auth", &["resp", "cluster", "emitter", "app", "admin", "node"]),
+    // Forwarding rules: a service beside the app, which installs it.
+    ("forward", &["cluster", "emitter", "app", "admin", "node", "presence", "auth"]),
     // The plumbing every layer uses.
     (
         "net.rs",

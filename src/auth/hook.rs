@@ -11,31 +11,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http::{StatusCode, Uri};
 use serde_json::{Map, Value};
 use tokio::sync::Semaphore;
 
 use super::config::AuthConfig;
+pub use crate::httpclient::parse_url;
+use crate::httpclient::{JsonClient, PostError};
 
 /// Waiting requests allowed per slot of `connect_hook_concurrency`.
 pub const QUEUE_PER_SLOT: usize = 16;
 /// Largest hook reply read, in bytes.
 const MAX_REPLY_BYTES: usize = 64 * 1024;
-/// How long an idle connection to the hook is kept for the next request.
-const POOL_IDLE: Duration = Duration::from_secs(30);
-
-/// Checks a `connect_hook` URL: absolute, `http` or `https`, with a host.
-pub fn parse_url(url: &str) -> Result<Uri, String> {
-    let uri: Uri = url.parse().map_err(|e| format!("{url:?} is not a URL: {e}"))?;
-    match uri.scheme_str() {
-        Some("http" | "https") if uri.host().is_some_and(|h| !h.is_empty()) => Ok(uri),
-        _ => Err(format!("{url:?} must be an http:// or https:// URL with a host")),
-    }
-}
 
 /// What the hook said yes with.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -119,8 +106,6 @@ pub fn parse_reply(status: StatusCode, body: &[u8]) -> Result<HookGrant, HookErr
     }
 }
 
-type HttpsConnector = hyper_rustls::HttpsConnector<HttpConnector>;
-
 /// The client of the connect hook. Cheap to clone.
 #[derive(Clone)]
 pub struct ConnectHook(Arc<HookInner>);
@@ -128,7 +113,7 @@ pub struct ConnectHook(Arc<HookInner>);
 struct HookInner {
     url: Uri,
     timeout: Duration,
-    client: Client<HttpsConnector, Full<Bytes>>,
+    client: JsonClient,
     /// Requests in flight.
     slots: Semaphore,
     /// Requests in flight or waiting for a slot.
@@ -149,27 +134,7 @@ impl ConnectHook {
     pub fn from_config(config: &AuthConfig) -> Result<Option<Self>, String> {
         let Some(url) = &config.connect_hook else { return Ok(None) };
         let url = parse_url(url)?;
-        let connector = if url.scheme_str() == Some("https") {
-            hyper_rustls::HttpsConnectorBuilder::new()
-                .with_native_roots()
-                .map_err(|e| format!("loading the system's root certificates for {url}: {e}"))?
-                .https_or_http()
-                .enable_http1()
-                .build()
-        } else {
-            hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(
-                    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                        .with_safe_default_protocol_versions()
-                        .map_err(|e| e.to_string())?
-                        .with_root_certificates(rustls::RootCertStore::empty())
-                        .with_no_client_auth(),
-                )
-                .https_or_http()
-                .enable_http1()
-                .build()
-        };
-        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(POOL_IDLE).build(connector);
+        let client = JsonClient::for_url(&url)?;
         let n = config.connect_hook_concurrency;
         Ok(Some(Self(Arc::new(HookInner {
             url,
@@ -189,34 +154,14 @@ impl ConnectHook {
         let body = Bytes::from(request.to_string());
         let call = async {
             let _slot = inner.slots.acquire().await.map_err(|_| HookError::Unreachable("closed".to_owned()))?;
-            let req = Request::post(inner.url.clone())
-                .header(header::CONTENT_TYPE, "application/json")
-                .header(header::USER_AGENT, concat!("ioswarm/", env!("CARGO_PKG_VERSION")))
-                .body(Full::new(body))
-                .map_err(|e| HookError::Unreachable(e.to_string()))?;
-            let res = inner.client.request(req).await.map_err(|e| HookError::Unreachable(error_chain(&e)))?;
-            let status = res.status();
-            let body = Limited::new(res.into_body(), MAX_REPLY_BYTES)
-                .collect()
-                .await
-                .map_err(|e| HookError::BadReply(format!("reading the body: {e}")))?
-                .to_bytes();
+            let (status, body) = inner.client.post(&inner.url, body, MAX_REPLY_BYTES).await.map_err(|e| match e {
+                PostError::Unreachable(e) => HookError::Unreachable(e),
+                PostError::Body(e) => HookError::BadReply(format!("reading the body: {e}")),
+            })?;
             parse_reply(status, &body)
         };
         tokio::time::timeout(inner.timeout, call).await.unwrap_or(Err(HookError::Timeout))
     }
-}
-
-/// An error with its causes, `a: b: c`.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
@@ -225,15 +170,6 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-
-    #[test]
-    fn urls_must_be_http_or_https_with_a_host() {
-        parse_url("http://127.0.0.1:8080/socket-auth").unwrap();
-        parse_url("https://app.example/auth").unwrap();
-        for bad in ["ftp://x/", "127.0.0.1:8080/x", "/socket-auth", "http://", "not a url", ""] {
-            assert!(parse_url(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn ok_replies_give_data_and_rooms() {
