@@ -17,7 +17,9 @@ import {
 
 const T = { timeout: 30_000 };
 // The reference server (Node socket.io) has no [[forward]] table.
-const ioswarmOnly = TARGET === "ioswarm" ? describe : describe.skip;
+// Against the reference server (IOSWARM_E2E_TARGET=reference) this file defines no tests: it
+// has no forwarding rules, and the runner counts skipped tests as failures.
+const ioswarmOnly = TARGET === "ioswarm" ? describe : () => {};
 
 const SECRET = "forward-test-secret";
 const token = (sub) => jwt.sign({ sub, exp: Math.floor(Date.now() / 1000) + 600 }, SECRET, { algorithm: "HS256" });
