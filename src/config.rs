@@ -129,6 +129,13 @@ pub struct Config {
     /// flags).
     #[serde(default)]
     pub auth: crate::auth::AuthConfig,
+    /// Folder whose files (index.html, assets) are served under `/` on the Socket.IO listener
+    /// (TOML key `static`, flag `--static`); unset serves no pages.
+    #[serde(rename = "static")]
+    pub static_dir: Option<PathBuf>,
+    /// The socket.io-client browser bundle (`dist/socket.io.js`), served at
+    /// `<path>socket.io.js` (and its `.map` next to it when present); unset serves none.
+    pub client_bundle: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -173,6 +180,8 @@ impl Default for Config {
             cluster_timeout_ms: 5_000,
             rooms: crate::rules::RoomsConfig::default(),
             auth: crate::auth::AuthConfig::default(),
+            static_dir: None,
+            client_bundle: None,
         }
     }
 }
@@ -220,6 +229,8 @@ impl fmt::Debug for Config {
             .field("cluster_timeout_ms", &self.cluster_timeout_ms)
             .field("rooms", &self.rooms)
             .field("auth", &self.auth)
+            .field("static_dir", &self.static_dir)
+            .field("client_bundle", &self.client_bundle)
             .finish()
     }
 }
@@ -360,6 +371,7 @@ impl Config {
             return Err(ConfigError::Setting { field: e.setting, message: e.message });
         }
         self.auth.validate(self.auth_token.is_some())?;
+        self.validate_pages()?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
             return Err(invalid("log", format!("{:?} is not a valid filter: {e}", self.log)));
         }
@@ -379,6 +391,19 @@ impl Config {
                     self.drain_ms, self.drain_spread_ms, self.shutdown_grace_ms
                 ),
             ));
+        }
+        Ok(())
+    }
+
+    /// The folder and the bundle served as pages exist (checked once, at start).
+    fn validate_pages(&self) -> Result<(), ConfigError> {
+        if let Some(dir) = &self.static_dir {
+            crate::statics::check_dir(dir).map_err(|m| invalid("static", format!("{m} (--static / IOSWARM_STATIC)")))?;
+        }
+        if let Some(file) = &self.client_bundle {
+            crate::statics::check_file(file).map_err(|m| {
+                invalid("client_bundle", format!("{m} (--client-bundle / IOSWARM_CLIENT_BUNDLE)"))
+            })?;
         }
         Ok(())
     }
@@ -578,6 +603,12 @@ impl Config {
         if let Some(v) = &cli.admin_token {
             self.admin_token = Some(v.clone());
         }
+        if let Some(v) = &cli.static_dir {
+            self.static_dir = Some(v.clone());
+        }
+        if let Some(v) = &cli.client_bundle {
+            self.client_bundle = Some(v.clone());
+        }
     }
 }
 
@@ -737,6 +768,13 @@ pub struct Cli {
     /// How long cluster-wide operations wait for other nodes, in ms [default: 5000].
     #[arg(long, env = "IOSWARM_CLUSTER_TIMEOUT_MS", value_name = "MS")]
     pub cluster_timeout_ms: Option<u64>,
+    /// Serve the files of this folder under `/` (index.html, assets) [default: none].
+    #[arg(long = "static", env = "IOSWARM_STATIC", value_name = "DIR")]
+    pub static_dir: Option<PathBuf>,
+    /// Serve this socket.io-client bundle (`dist/socket.io.js`) at `<path>socket.io.js`
+    /// [default: none].
+    #[arg(long, env = "IOSWARM_CLIENT_BUNDLE", value_name = "FILE")]
+    pub client_bundle: Option<PathBuf>,
 }
 
 /// Builds the configuration: defaults, then the `--config` file, then environment and flags;
@@ -916,7 +954,7 @@ mod tests {
         let cmd = Cli::command();
         let longs: Vec<&str> = cmd.get_arguments().filter_map(|a| a.get_long()).collect();
         let keys = value.as_object().unwrap().keys();
-        assert_eq!(keys.len(), 39);
+        assert_eq!(keys.len(), 41);
         for key in keys.filter(|k| !TOML_ONLY.contains(&k.as_str())) {
             let flag = key.replace('_', "-");
             assert!(longs.contains(&flag.as_str()), "config field {key} has no --{flag}");
@@ -925,7 +963,12 @@ mod tests {
 
     #[test]
     fn every_flag_is_applied() {
+        let bundle = write_temp("bundle", "io()");
+        let bundle_flag = format!("--client-bundle={}", bundle.display());
+        let static_flag = format!("--static={}", std::env::temp_dir().display());
         let cli = parse(&[
+            &static_flag,
+            &bundle_flag,
             "--listen=127.0.0.1:1",
             "--admin-listen=127.0.0.1:2",
             "--redis-listen=127.0.0.1:3",
@@ -963,6 +1006,7 @@ mod tests {
             "--cluster-timeout-ms=12",
         ]);
         let c = load(&cli).unwrap();
+        std::fs::remove_file(&bundle).unwrap();
         let defaults = serde_json::to_value(Config::default()).unwrap();
         let got = serde_json::to_value(&c).unwrap();
         for (key, default) in defaults.as_object().unwrap().iter().filter(|(k, _)| !TOML_ONLY.contains(&k.as_str())) {
@@ -1128,6 +1172,22 @@ mod tests {
             let err = Config::from_toml(toml).unwrap().validate().unwrap_err();
             assert!(matches!(&err, ConfigError::Setting { field: f, .. } if f == field), "{toml}: {err}");
         }
+    }
+
+    #[test]
+    fn pages_must_exist_and_be_of_the_right_kind() {
+        let file = write_temp("pages", "x");
+        let dir = Some(std::env::temp_dir());
+        Config { static_dir: dir.clone(), client_bundle: Some(file.clone()), ..Config::default() }.validate().unwrap();
+        assert_eq!(invalid_field(|c| c.static_dir = Some("/nonexistent/ioswarm-pages".into())), "static");
+        assert_eq!(invalid_field(|c| c.static_dir = Some(file.clone())), "static");
+        assert_eq!(invalid_field(|c| c.client_bundle = dir.clone()), "client_bundle");
+        assert_eq!(invalid_field(|c| c.client_bundle = Some("/nonexistent/socket.io.js".into())), "client_bundle");
+        let c = Config::from_toml(&format!("static = {:?}\n", std::env::temp_dir().display().to_string())).unwrap();
+        assert_eq!(c.static_dir, dir);
+        let err = Config { client_bundle: Some("/nonexistent/b.js".into()), ..Config::default() }.validate().unwrap_err();
+        assert!(err.to_string().contains("--client-bundle"), "{err}");
+        std::fs::remove_file(&file).unwrap();
     }
 
     #[test]

@@ -42,15 +42,20 @@ impl Endpoint for Server {
     }
 }
 
-/// Path → endpoint. Paths match with or without their trailing slash.
+/// Path → endpoint. Paths match with or without their trailing slash; a request no path matches
+/// goes to the fallback (static pages), or gets 404.
 #[derive(Default, Clone)]
 pub struct Router {
     routes: Vec<(String, Arc<dyn Endpoint>)>,
+    fallback: Option<Arc<dyn Endpoint>>,
 }
 
 impl std::fmt::Debug for Router {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.routes.iter().map(|(p, _)| p)).finish()
+        f.debug_struct("Router")
+            .field("routes", &self.routes.iter().map(|(p, _)| p).collect::<Vec<_>>())
+            .field("fallback", &self.fallback.is_some())
+            .finish()
     }
 }
 
@@ -66,10 +71,16 @@ impl Router {
         self
     }
 
+    /// Serves `endpoint` for every request no route matches (routes keep precedence).
+    pub fn fallback(mut self, endpoint: impl Endpoint) -> Self {
+        self.fallback = Some(Arc::new(endpoint));
+        self
+    }
+
     async fn dispatch(&self, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
         let path = req.uri().path().trim_end_matches('/');
-        match self.routes.iter().find(|(p, _)| p == path) {
-            Some((_, endpoint)) => endpoint.call(req, remote).await,
+        match self.routes.iter().find(|(p, _)| p == path).map(|(_, e)| e).or(self.fallback.as_ref()) {
+            Some(endpoint) => endpoint.call(req, remote).await,
             None => {
                 let mut res = Response::new(Full::new(Bytes::from_static(b"not found")));
                 *res.status_mut() = StatusCode::NOT_FOUND;

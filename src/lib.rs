@@ -18,6 +18,7 @@
 //!            rooms          uses engineio
 //! transport  engineio
 //! plumbing   net, config, shutdown, limits, metrics: used by any layer, use none of them
+//!            statics        pages on the Socket.IO listener (--static, --client-bundle): uses http
 //!            httpclient     the JSON-over-HTTP client of the connect hook and the webhooks
 //!            rules          room rules and room templates: pure data, uses none of them
 //! ```
@@ -54,6 +55,8 @@
 //!   exchanged between nodes, readable with `GET` on the Redis port and `/v1/presence`.
 //! - `net`: the accept loop the three TCP listeners share (bound, backoff, shutdown).
 //! - `http`: the listener shared by every HTTP endpoint.
+//! - [`statics`]: pages served on the Socket.IO listener (`--static DIR`, `--client-bundle FILE`):
+//!   path checks, content types, ETag/304; uses `http` and `engineio::Body` only.
 //! - `admin`: the admin listener (`/metrics`, `/healthz`, the HTTP API).
 //! - [`auth`]: authentication on CONNECT from the `[auth]` table: token sources, JWT
 //!   verification, the connect hook, the cross-site (Origin) guard on handshakes.
@@ -89,5 +92,6 @@ pub mod rules;
 pub mod shutdown;
 mod sid;
 pub mod socketio;
+pub mod statics;
 
 pub use sid::Sid;

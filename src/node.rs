@@ -83,6 +83,14 @@ pub enum StartError {
     /// The `[auth]` checks could not be set up (key file, connect hook client).
     #[error("{0}")]
     Auth(#[from] crate::auth::AuthError),
+    /// The `--static` folder could not be opened (removed since the configuration was checked).
+    #[error("serving --static {dir}: {source}")]
+    Static {
+        /// The configured folder.
+        dir: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
 }
 
 /// The addresses a started node is bound to.
@@ -147,6 +155,7 @@ impl Node {
             },
         );
         broker.set_publish_hook(crate::emitter::bridge(io.clone()));
+        let router = with_pages(socketio_router(&config, &io), &config)?;
 
         let bind_err = |listener, addr| move |source| StartError::Bind { listener, addr, source };
         let socketio =
@@ -196,7 +205,7 @@ impl Node {
         let limits = ListenerLimits { max_connections: capacity, ..ListenerLimits::default() };
         shutdown.spawn(crate::http::serve(
             socketio,
-            socketio_router(&config, &io),
+            router,
             limits,
             shutdown.token().clone(),
             shutdown.tracker().clone(),
@@ -315,6 +324,26 @@ fn socketio_router(config: &Config, io: &Server) -> Router {
     }
     let guard = crate::auth::OriginGuard::new(io.clone(), crate::auth::OriginPolicy::new(origins));
     Router::new().route(&config.path, guard)
+}
+
+/// Adds the pages to the Socket.IO router: the client bundle at `<path>socket.io.js` (and its
+/// `.map`), exact routes next to the Socket.IO path, and the `--static` folder for every other
+/// path. The Socket.IO path keeps precedence.
+fn with_pages(mut router: Router, config: &Config) -> Result<Router, StartError> {
+    if let Some(bundle) = &config.client_bundle {
+        let mut map = bundle.clone().into_os_string();
+        map.push(".map");
+        let path = format!("{}socket.io.js", config.path);
+        router = router
+            .route(&path, crate::statics::StaticFile::new(bundle))
+            .route(&format!("{path}.map"), crate::statics::StaticFile::new(std::path::Path::new(&map)));
+    }
+    if let Some(dir) = &config.static_dir {
+        let pages = crate::statics::StaticDir::new(dir)
+            .map_err(|source| StartError::Static { dir: dir.clone(), source })?;
+        router = router.fallback(pages);
+    }
+    Ok(router)
 }
 
 /// The Socket.IO server's settings from the node's configuration.

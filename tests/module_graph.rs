@@ -37,6 +37,11 @@ const RULES: &[(&str, &[&str])] = &[
     ("auth", &["resp", "cluster", "emitter", "app", "admin", "node"]),
     // Forwarding rules: a service beside the app, which installs it.
     ("forward", &["cluster", "emitter", "app", "admin", "node", "presence", "auth"]),
+    // Pages on the Socket.IO listener: files and the HTTP answer, no service.
+    (
+        "statics.rs",
+        &["socketio", "rooms", "resp", "cluster", "emitter", "app", "admin", "node", "presence", "auth", "forward"],
+    ),
     // The plumbing every layer uses.
     (
         "net.rs",
