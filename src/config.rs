@@ -398,12 +398,12 @@ impl Config {
     /// The folder and the bundle served as pages exist (checked once, at start).
     fn validate_pages(&self) -> Result<(), ConfigError> {
         if let Some(dir) = &self.static_dir {
-            crate::statics::check_dir(dir).map_err(|m| invalid("static", format!("{m} (--static / IOSWARM_STATIC)")))?;
+            crate::statics::check_dir(dir)
+                .map_err(|m| invalid("static", format!("{m} (--static / IOSWARM_STATIC)")))?;
         }
         if let Some(file) = &self.client_bundle {
-            crate::statics::check_file(file).map_err(|m| {
-                invalid("client_bundle", format!("{m} (--client-bundle / IOSWARM_CLIENT_BUNDLE)"))
-            })?;
+            crate::statics::check_file(file)
+                .map_err(|m| invalid("client_bundle", format!("{m} (--client-bundle / IOSWARM_CLIENT_BUNDLE)")))?;
         }
         Ok(())
     }
@@ -1185,7 +1185,8 @@ mod tests {
         assert_eq!(invalid_field(|c| c.client_bundle = Some("/nonexistent/socket.io.js".into())), "client_bundle");
         let c = Config::from_toml(&format!("static = {:?}\n", std::env::temp_dir().display().to_string())).unwrap();
         assert_eq!(c.static_dir, dir);
-        let err = Config { client_bundle: Some("/nonexistent/b.js".into()), ..Config::default() }.validate().unwrap_err();
+        let err =
+            Config { client_bundle: Some("/nonexistent/b.js".into()), ..Config::default() }.validate().unwrap_err();
         assert!(err.to_string().contains("--client-bundle"), "{err}");
         std::fs::remove_file(&file).unwrap();
     }

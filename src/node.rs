@@ -339,8 +339,8 @@ fn with_pages(mut router: Router, config: &Config) -> Result<Router, StartError>
             .route(&format!("{path}.map"), crate::statics::StaticFile::new(std::path::Path::new(&map)));
     }
     if let Some(dir) = &config.static_dir {
-        let pages = crate::statics::StaticDir::new(dir)
-            .map_err(|source| StartError::Static { dir: dir.clone(), source })?;
+        let pages =
+            crate::statics::StaticDir::new(dir).map_err(|source| StartError::Static { dir: dir.clone(), source })?;
         router = router.fallback(pages);
     }
     Ok(router)

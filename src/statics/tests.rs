@@ -139,7 +139,8 @@ async fn serves_files_indexes_and_refuses_the_rest() {
     assert_eq!(get(&dir, Method::GET, "/up/root/app.js", none()).await.0, StatusCode::OK);
     assert_eq!(get(&dir, Method::GET, "/alias.js", none()).await.0, StatusCode::OK);
 
-    for path in ["/empty/", "/missing.js", "/app.js/", "/leak.txt", "/up", "/up/", "/up/secret.txt", "/%2e%2e/secret.txt"]
+    for path in
+        ["/empty/", "/missing.js", "/app.js/", "/leak.txt", "/up", "/up/", "/up/secret.txt", "/%2e%2e/secret.txt"]
     {
         let (status, _, body) = get(&dir, Method::GET, path, none()).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
@@ -148,7 +149,10 @@ async fn serves_files_indexes_and_refuses_the_rest() {
     assert_eq!(get(&dir, Method::GET, "/%zz", none()).await.0, StatusCode::BAD_REQUEST);
     // `//host` never becomes a protocol-relative redirect.
     let (status, headers, _) = get(&dir, Method::GET, "//sub", none()).await;
-    assert_eq!((status, &headers[header::LOCATION]), (StatusCode::MOVED_PERMANENTLY, &HeaderValue::from_static("/sub/")));
+    assert_eq!(
+        (status, &headers[header::LOCATION]),
+        (StatusCode::MOVED_PERMANENTLY, &HeaderValue::from_static("/sub/"))
+    );
 
     let (status, headers, _) = get(&dir, Method::POST, "/app.js", none()).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
