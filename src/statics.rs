@@ -127,7 +127,7 @@ pub(crate) fn etag_matches(if_none_match: &str, etag: &str) -> bool {
 
 /// What a lookup found (the blocking part of a request).
 #[derive(Debug)]
-enum Found {
+enum Lookup {
     /// No such file, a directory without index, or a path leaving the root.
     NotFound,
     /// A directory named without its trailing slash: redirect so relative links resolve.
@@ -142,29 +142,29 @@ enum Found {
 
 /// Opens `file`, checks it stays under `root` (canonical, when given) and reads it unless the
 /// client's `If-None-Match` matches or `head`.
-fn read(file: &Path, root: Option<&Path>, if_none_match: Option<&str>, head: bool) -> std::io::Result<Found> {
+fn read(file: &Path, root: Option<&Path>, if_none_match: Option<&str>, head: bool) -> std::io::Result<Lookup> {
     use std::io::Read as _;
     let real = match std::fs::canonicalize(file) {
         Ok(real) => real,
-        Err(e) if is_missing(&e) => return Ok(Found::NotFound),
+        Err(e) if is_missing(&e) => return Ok(Lookup::NotFound),
         Err(e) => return Err(e),
     };
     if root.is_some_and(|root| !real.starts_with(root)) {
-        return Ok(Found::NotFound);
+        return Ok(Lookup::NotFound);
     }
     let mut handle = std::fs::File::open(&real)?;
     let meta = handle.metadata()?;
     if !meta.is_file() {
-        return Ok(Found::NotFound);
+        return Ok(Lookup::NotFound);
     }
     let len = meta.len();
     let mtime = meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
     let etag = etag(len, mtime);
     if if_none_match.is_some_and(|v| etag_matches(v, &etag)) {
-        return Ok(Found::NotModified { etag });
+        return Ok(Lookup::NotModified { etag });
     }
     if len > MAX_FILE_BYTES {
-        return Ok(Found::TooLarge(real));
+        return Ok(Lookup::TooLarge(real));
     }
     let body = if head {
         None
@@ -175,7 +175,7 @@ fn read(file: &Path, root: Option<&Path>, if_none_match: Option<&str>, head: boo
         Some(Bytes::from(buf))
     };
     let len = body.as_ref().map_or(len, |b| b.len() as u64);
-    Ok(Found::File { etag, content_type: content_type(&real), len, body })
+    Ok(Lookup::File { etag, content_type: content_type(&real), len, body })
 }
 
 fn is_missing(e: &std::io::Error) -> bool {
@@ -189,28 +189,28 @@ fn lookup(
     cleaned: &Cleaned,
     if_none_match: Option<&str>,
     head: bool,
-) -> std::io::Result<Found> {
+) -> std::io::Result<Lookup> {
     let mut file = root.to_path_buf();
     file.extend(&cleaned.segments);
     let meta = match std::fs::metadata(&file) {
         Ok(meta) => meta,
-        Err(e) if is_missing(&e) => return Ok(Found::NotFound),
+        Err(e) if is_missing(&e) => return Ok(Lookup::NotFound),
         Err(e) => return Err(e),
     };
     if meta.is_dir() {
         // A folder reached through a symlink out of the root does not exist here.
         if !std::fs::canonicalize(&file)?.starts_with(root) {
-            return Ok(Found::NotFound);
+            return Ok(Lookup::NotFound);
         }
         if !cleaned.dir && !cleaned.segments.is_empty() {
             // Built from the raw segments joined by single slashes, so never `//host`.
             let raw: Vec<&str> = raw_path.split('/').filter(|s| !s.is_empty()).collect();
-            return Ok(Found::Redirect(format!("/{}/", raw.join("/"))));
+            return Ok(Lookup::Redirect(format!("/{}/", raw.join("/"))));
         }
         file.push(INDEX);
     } else if cleaned.dir {
         // `file.txt/` names a directory that is not one.
-        return Ok(Found::NotFound);
+        return Ok(Lookup::NotFound);
     }
     read(&file, Some(root), if_none_match, head)
 }
@@ -229,8 +229,8 @@ fn method_not_allowed() -> Response<Body> {
 }
 
 /// The response to what a lookup found.
-fn respond(found: std::io::Result<Found>) -> Response<Body> {
-    let found = match found {
+fn respond(lookup: std::io::Result<Lookup>) -> Response<Body> {
+    let found = match lookup {
         Ok(found) => found,
         Err(error) => {
             tracing::warn!(%error, "serving a static file failed");
@@ -244,25 +244,25 @@ fn respond(found: std::io::Result<Found>) -> Response<Body> {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     };
     match found {
-        Found::NotFound => text(StatusCode::NOT_FOUND, "not found"),
-        Found::Redirect(location) => {
+        Lookup::NotFound => text(StatusCode::NOT_FOUND, "not found"),
+        Lookup::Redirect(location) => {
             let mut res = text(StatusCode::MOVED_PERMANENTLY, "moved");
             if let Ok(v) = HeaderValue::from_str(&location) {
                 res.headers_mut().insert(header::LOCATION, v);
             }
             res
         }
-        Found::TooLarge(path) => {
+        Lookup::TooLarge(path) => {
             tracing::warn!(path = %path.display(), max = MAX_FILE_BYTES, "static file too large to serve");
             text(StatusCode::INTERNAL_SERVER_ERROR, "file too large")
         }
-        Found::NotModified { etag } => {
+        Lookup::NotModified { etag } => {
             let mut res = Response::new(Full::new(Bytes::new()));
             *res.status_mut() = StatusCode::NOT_MODIFIED;
             cache_headers(res.headers_mut(), &etag);
             res
         }
-        Found::File { etag, content_type, len, body } => {
+        Lookup::File { etag, content_type, len, body } => {
             let mut res = Response::new(Full::new(body.unwrap_or_default()));
             let headers = res.headers_mut();
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -293,7 +293,7 @@ fn ask(method: &Method, headers: &HeaderMap) -> Option<Ask> {
 /// Runs a blocking lookup under the read limit.
 async fn blocking(
     permits: &Arc<Semaphore>,
-    work: impl FnOnce() -> std::io::Result<Found> + Send + 'static,
+    work: impl FnOnce() -> std::io::Result<Lookup> + Send + 'static,
 ) -> Response<Body> {
     let Ok(_permit) = permits.acquire().await else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
@@ -370,8 +370,8 @@ impl StaticFile {
             let found = read(&file, None, ask.if_none_match.as_deref(), ask.head)?;
             // The bundle is JavaScript whatever its file is called.
             Ok(match found {
-                Found::File { etag, len, body, .. } if file.extension().is_none_or(|e| e != "map") => {
-                    Found::File { etag, content_type: "application/javascript; charset=utf-8", len, body }
+                Lookup::File { etag, len, body, .. } if file.extension().is_none_or(|e| e != "map") => {
+                    Lookup::File { etag, content_type: "application/javascript; charset=utf-8", len, body }
                 }
                 other => other,
             })
