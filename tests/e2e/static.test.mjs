@@ -202,6 +202,16 @@ suite("without --static and --client-bundle", () => {
     assert.equal((await request(server.url, "GET", "/socket.io/socket.io.js")).status, 200);
     assert.equal((await request(server.url, "GET", "/")).status, 404);
   });
+
+  test("the bundle follows --path: /rt/socket.io.js", T, async () => {
+    const server = await ctx.server({ flags: ["--path", "/rt/", "--client-bundle", BUNDLE] });
+    const res = await request(server.url, "GET", "/rt/socket.io.js");
+    assert.equal(res.status, 200);
+    assert.ok(res.body.equals(readFileSync(BUNDLE)));
+    assert.equal((await request(server.url, "GET", "/socket.io/socket.io.js")).status, 404);
+    const socket = await ctx.connect(server.url, { path: "/rt/" });
+    assert.deepEqual(await call(socket, "ioswarm:echo", "rt"), ["rt"]);
+  });
 });
 
 suite("bad page settings stop the node naming them", () => {
