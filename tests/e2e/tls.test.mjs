@@ -159,8 +159,10 @@ suite("TLS on the Socket.IO listener", () => {
 
 suite("TLS on the Redis-protocol port", () => {
   let A;
+  let B;
   before(() => {
     A = makePki("redis");
+    B = makePki("redis-b");
   });
   const t = new Ctx();
   afterEach(() => t.cleanup());
@@ -184,6 +186,24 @@ suite("TLS on the Redis-protocol port", () => {
       socket.write(request);
     });
   }
+
+  async function securePing(host, port, ca) {
+    const secure = tls.connect({ host, port, ca, servername: "localhost" });
+    await new Promise((resolve, reject) => secure.once("secureConnect", resolve).once("error", reject));
+    return exchange(secure, "PING\r\n");
+  }
+
+  test("SIGHUP reloads the Redis port's certificate too", T, async () => {
+    const live = install(A, "redis-reload");
+    const server = await t.server({ flags: ["--redis-tls-cert", live.cert, "--redis-tls-key", live.key] });
+    const { host, port } = server.redis;
+    assert.equal(await securePing(host, port, A.ca), "+PONG\r\n");
+    install(B, "redis-reload");
+    server.child.kill("SIGHUP");
+    await waitFor(async () => (await metric(server, 'ioswarm_tls_reloads_total{result="ok"}')) === 1, "reload counted");
+    assert.equal(await securePing(host, port, B.ca), "+PONG\r\n");
+    await assert.rejects(securePing(host, port, A.ca));
+  });
 
   test("PING over TLS gets +PONG; a plain TCP client gets no Redis reply", T, async () => {
     const live = install(A, "redis-live");
