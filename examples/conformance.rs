@@ -85,8 +85,15 @@ pub fn router() -> Router {
 
 /// Serves the conformance endpoints on `listener` until the process ends.
 pub async fn start(listener: TcpListener) {
-    ioswarm::http::serve(listener, router(), ListenerLimits::default(), CancellationToken::new(), TaskTracker::new())
-        .await;
+    ioswarm::http::serve(
+        listener,
+        router(),
+        ListenerLimits::default(),
+        None,
+        CancellationToken::new(),
+        TaskTracker::new(),
+    )
+    .await;
 }
 
 /// The port: the first argument, else `$PORT`, else 3000 (0 picks a free one).

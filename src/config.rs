@@ -50,6 +50,16 @@ pub struct Config {
     pub redis_listen: SocketAddr,
     /// When set, Redis clients must AUTH with this password (Redis `requirepass`).
     pub requirepass: Option<String>,
+    /// PEM certificate chain of the Socket.IO listener; with `tls_key` it serves only `https://`
+    /// and `wss://`. Reloaded on SIGHUP.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// PEM certificate chain of the Redis-protocol listener; with `redis_tls_key` that port
+    /// speaks only TLS (like Redis' `tls-port`). Reloaded on SIGHUP.
+    pub redis_tls_cert: Option<PathBuf>,
+    /// PEM private key of `redis_tls_cert`.
+    pub redis_tls_key: Option<PathBuf>,
     /// HTTP path Engine.IO is served under; starts and ends with `/`.
     pub path: String,
     /// Interval between server pings.
@@ -145,6 +155,10 @@ impl Default for Config {
             admin_listen: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9464)),
             redis_listen: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 6379)),
             requirepass: None,
+            tls_cert: None,
+            tls_key: None,
+            redis_tls_cert: None,
+            redis_tls_key: None,
             path: "/socket.io/".to_owned(),
             ping_interval_ms: 25_000,
             ping_timeout_ms: 20_000,
@@ -194,6 +208,10 @@ impl fmt::Debug for Config {
             .field("admin_listen", &self.admin_listen)
             .field("redis_listen", &self.redis_listen)
             .field("requirepass", &self.requirepass.as_ref().map(|_| "<redacted>"))
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("redis_tls_cert", &self.redis_tls_cert)
+            .field("redis_tls_key", &self.redis_tls_key)
             .field("path", &self.path)
             .field("ping_interval_ms", &self.ping_interval_ms)
             .field("ping_timeout_ms", &self.ping_timeout_ms)
@@ -361,6 +379,7 @@ impl Config {
             ));
         }
         self.validate_cluster()?;
+        self.validate_tls()?;
         if let Err(e) = crate::presence::validate(&self.presence) {
             return Err(ConfigError::Setting { field: e.field, message: e.message });
         }
@@ -406,6 +425,49 @@ impl Config {
                 .map_err(|m| invalid("client_bundle", format!("{m} (--client-bundle / IOSWARM_CLIENT_BUNDLE)")))?;
         }
         Ok(())
+    }
+
+    /// A certificate needs its key and the other way round; an empty path is refused here (the
+    /// files themselves are read once at start, by [`crate::tls::ServerTls::load`]).
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        for (cert, key, cert_field, key_field) in [
+            (&self.tls_cert, &self.tls_key, "tls_cert", "tls_key"),
+            (&self.redis_tls_cert, &self.redis_tls_key, "redis_tls_cert", "redis_tls_key"),
+        ] {
+            match (cert, key) {
+                (Some(_), None) => {
+                    return Err(invalid(
+                        key_field,
+                        format!("--{} needs --{} (both or neither)", dash(cert_field), dash(key_field)),
+                    ));
+                }
+                (None, Some(_)) => {
+                    return Err(invalid(
+                        cert_field,
+                        format!("--{} needs --{} (both or neither)", dash(key_field), dash(cert_field)),
+                    ));
+                }
+                _ => {}
+            }
+            for (field, path) in [(cert_field, cert), (key_field, key)] {
+                if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                    return Err(invalid(field, "must not be empty when set"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The Socket.IO listener's certificate files, when TLS is on.
+    pub fn tls_files(&self) -> Option<crate::tls::CertFiles> {
+        let (cert, key) = (self.tls_cert.clone()?, self.tls_key.clone()?);
+        Some(crate::tls::CertFiles { cert, key, cert_setting: "tls_cert", key_setting: "tls_key" })
+    }
+
+    /// The Redis-protocol listener's certificate files, when TLS is on.
+    pub fn redis_tls_files(&self) -> Option<crate::tls::CertFiles> {
+        let (cert, key) = (self.redis_tls_cert.clone()?, self.redis_tls_key.clone()?);
+        Some(crate::tls::CertFiles { cert, key, cert_setting: "redis_tls_cert", key_setting: "redis_tls_key" })
     }
 
     /// An admin listener reachable from other hosts needs a token.
@@ -600,6 +662,16 @@ impl Config {
         if let Some(v) = &cli.requirepass {
             self.requirepass = Some(v.clone());
         }
+        for (flag, field) in [
+            (&cli.tls_cert, &mut self.tls_cert),
+            (&cli.tls_key, &mut self.tls_key),
+            (&cli.redis_tls_cert, &mut self.redis_tls_cert),
+            (&cli.redis_tls_key, &mut self.redis_tls_key),
+        ] {
+            if let Some(v) = flag {
+                *field = Some(v.clone());
+            }
+        }
         if let Some(v) = &cli.admin_token {
             self.admin_token = Some(v.clone());
         }
@@ -610,6 +682,11 @@ impl Config {
             self.client_bundle = Some(v.clone());
         }
     }
+}
+
+/// A setting's flag name: `tls_cert` → `tls-cert`.
+fn dash(field: &str) -> String {
+    field.replace('_', "-")
 }
 
 fn non_empty(items: &[String]) -> Vec<String> {
@@ -657,6 +734,20 @@ pub struct Cli {
     /// Password Redis clients must AUTH with (Redis `requirepass`) [default: none].
     #[arg(long, env = "IOSWARM_REQUIREPASS", value_name = "PASSWORD", hide_env_values = true)]
     pub requirepass: Option<String>,
+    /// PEM certificate (chain) of the Socket.IO listener: serve https:// and wss:// only; needs
+    /// --tls-key; reloaded on SIGHUP [default: none, plain HTTP].
+    #[arg(long, env = "IOSWARM_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert [default: none].
+    #[arg(long, env = "IOSWARM_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM certificate (chain) of the Redis-protocol listener: that port speaks only TLS; needs
+    /// --redis-tls-key; reloaded on SIGHUP [default: none, plain TCP].
+    #[arg(long, env = "IOSWARM_REDIS_TLS_CERT", value_name = "FILE")]
+    pub redis_tls_cert: Option<PathBuf>,
+    /// PEM private key of --redis-tls-cert [default: none].
+    #[arg(long, env = "IOSWARM_REDIS_TLS_KEY", value_name = "FILE")]
+    pub redis_tls_key: Option<PathBuf>,
     /// HTTP path of the Engine.IO endpoint [default: /socket.io/].
     #[arg(long, env = "IOSWARM_PATH")]
     pub path: Option<String>,
@@ -954,7 +1045,7 @@ mod tests {
         let cmd = Cli::command();
         let longs: Vec<&str> = cmd.get_arguments().filter_map(|a| a.get_long()).collect();
         let keys = value.as_object().unwrap().keys();
-        assert_eq!(keys.len(), 41);
+        assert_eq!(keys.len(), 45);
         for key in keys.filter(|k| !TOML_ONLY.contains(&k.as_str())) {
             let flag = key.replace('_', "-");
             assert!(longs.contains(&flag.as_str()), "config field {key} has no --{flag}");
@@ -973,6 +1064,10 @@ mod tests {
             "--admin-listen=127.0.0.1:2",
             "--redis-listen=127.0.0.1:3",
             "--requirepass=p",
+            "--tls-cert=/tmp/c.pem",
+            "--tls-key=/tmp/c.key",
+            "--redis-tls-cert=/tmp/r.pem",
+            "--redis-tls-key=/tmp/r.key",
             "--path=/io/",
             "--ping-interval-ms=1",
             "--ping-timeout-ms=2",
@@ -1069,6 +1164,11 @@ mod tests {
         assert_eq!(invalid_field(|c| c.volatile_drop_bytes = c.send_queue_max_bytes + 1), "volatile_drop_bytes");
         assert_eq!(invalid_field(|c| c.log = "ioswarm=notalevel".into()), "log");
         assert_eq!(invalid_field(|c| c.admin_listen = c.listen), "admin_listen");
+        assert_eq!(invalid_field(|c| c.tls_cert = Some("c.pem".into())), "tls_key");
+        assert_eq!(invalid_field(|c| c.tls_key = Some("c.key".into())), "tls_cert");
+        assert_eq!(invalid_field(|c| c.redis_tls_cert = Some("c.pem".into())), "redis_tls_key");
+        assert_eq!(invalid_field(|c| c.redis_tls_key = Some("c.key".into())), "redis_tls_cert");
+        assert_eq!(invalid_field(|c| (c.tls_cert, c.tls_key) = (Some("".into()), Some("k".into()))), "tls_cert");
         for bad in ["example.com", "https://", "https://a.example/", "*x", "://x"] {
             assert_eq!(invalid_field(|c| c.cors_origin = vec![bad.into()]), "cors_origin", "{bad}");
         }

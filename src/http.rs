@@ -1,6 +1,7 @@
 //! The HTTP listener shared by the Socket.IO and raw Engine.IO endpoints:
 //! accepts connections (bounded by a semaphore so the node never runs out
-//! of file descriptors), serves HTTP/1.1 with upgrades, and routes by path.
+//! of file descriptors), optionally runs a TLS handshake on each ([`crate::tls`]: `https://`
+//! and `wss://` on the same port), serves HTTP/1.1 with upgrades, and routes by path.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,6 +15,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -95,7 +97,8 @@ impl Router {
 pub struct ListenerLimits {
     /// Most TCP connections held at once; further clients wait in the backlog.
     pub max_connections: usize,
-    /// How long a client may take to send request headers.
+    /// How long a client may take to send request headers (and, with TLS, to complete the
+    /// handshake).
     pub header_read_timeout: Duration,
 }
 
@@ -110,13 +113,15 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     crate::net::bind(addr, backlog)
 }
 
-/// Accepts connections on `listener` until `shutdown` is cancelled. Every
-/// connection task is tracked by `tasks`; on shutdown, idle keep-alive
-/// connections are closed and WebSockets are left to the endpoints.
+/// Accepts connections on `listener` until `shutdown` is cancelled, over TLS when `tls` is
+/// given (the handshake bounded by `header_read_timeout`). Every connection task is tracked by
+/// `tasks`; on shutdown, idle keep-alive connections are closed and WebSockets are left to the
+/// endpoints.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ListenerLimits,
+    tls: Option<crate::tls::ServerTls>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
@@ -124,29 +129,67 @@ pub async fn serve(
     let acceptor = Acceptor::new(listener, limits.max_connections, WhenFull::Wait, shutdown.clone(), "socketio");
     while let Some(Accepted { stream, remote, permit }) = acceptor.next().await {
         let Some(permit) = permit else { continue };
-        let router = router.clone();
-        let shutdown = shutdown.clone();
-        let timeout = limits.header_read_timeout;
-        let permit = ConnPermit(Arc::new(permit));
+        let conn = Conn {
+            router: router.clone(),
+            remote,
+            permit: ConnPermit(Arc::new(permit)),
+            timeout: limits.header_read_timeout,
+            shutdown: shutdown.clone(),
+        };
+        let tls = tls.clone();
         tasks.spawn(async move {
-            let service = service_fn(move |mut req: Request<Incoming>| {
-                let router = router.clone();
-                req.extensions_mut().insert(permit.clone());
-                async move { Ok::<_, std::convert::Infallible>(router.dispatch(req, remote).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(timeout)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                () = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+            match tls {
+                None => conn.serve(stream).await,
+                Some(tls) => {
+                    // The handshake runs in the connection's task, holding its slot, so a slow
+                    // client never stalls the accept loop.
+                    let handshake = tokio::select! {
+                        tls_stream = tls.accept(stream, conn.timeout) => tls_stream,
+                        () = conn.shutdown.cancelled() => None,
+                    };
+                    if let Some(tls_stream) = handshake {
+                        conn.serve(tls_stream).await;
+                    }
                 }
             }
         });
+    }
+}
+
+/// One accepted connection: what its HTTP/1.1 task needs.
+struct Conn {
+    router: Arc<Router>,
+    remote: SocketAddr,
+    permit: ConnPermit,
+    timeout: Duration,
+    shutdown: CancellationToken,
+}
+
+impl Conn {
+    /// Serves HTTP/1.1 (with upgrades) on `io`, a TCP or TLS stream, until the client leaves or
+    /// shutdown closes an idle connection.
+    async fn serve<IO>(self, io: IO)
+    where
+        IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let Conn { router, remote, permit, timeout, shutdown } = self;
+        let service = service_fn(move |mut req: Request<Incoming>| {
+            let router = router.clone();
+            req.extensions_mut().insert(permit.clone());
+            async move { Ok::<_, std::convert::Infallible>(router.dispatch(req, remote).await) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(timeout)
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            () = shutdown.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+            }
+        }
     }
 }

@@ -17,7 +17,7 @@
 //! protocol   socketio       uses rooms, engineio (owns Adapter)
 //!            rooms          uses engineio
 //! transport  engineio
-//! plumbing   net, config, shutdown, limits, metrics: used by any layer, use none of them
+//! plumbing   net, tls, config, shutdown, limits, metrics: used by any layer, use none of them
 //!            statics        pages on the Socket.IO listener (--static, --client-bundle): uses http
 //!            httpclient     the JSON-over-HTTP client of the connect hook and the webhooks
 //!            rules          room rules and room templates: pure data, uses none of them
@@ -54,6 +54,8 @@
 //! - [`presence`]: live counts (`[[presence]]`) derived from the sockets each node holds,
 //!   exchanged between nodes, readable with `GET` on the Redis port and `/v1/presence`.
 //! - `net`: the accept loop the three TCP listeners share (bound, backoff, shutdown).
+//! - [`tls`]: TLS on the Socket.IO and Redis-protocol listeners (rustls), the certificate
+//!   reloaded on SIGHUP.
 //! - `http`: the listener shared by every HTTP endpoint.
 //! - [`statics`]: pages served on the Socket.IO listener (`--static DIR`, `--client-bundle FILE`):
 //!   path checks, content types, ETag/304; uses `http` and `engineio::Body` only.
@@ -93,5 +95,6 @@ pub mod shutdown;
 mod sid;
 pub mod socketio;
 pub mod statics;
+pub mod tls;
 
 pub use sid::Sid;

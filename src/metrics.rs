@@ -202,6 +202,8 @@ pub(crate) const ALL: &[MetricDef] = {
         def(FORWARD_RATE_LIMITED, Counter, "Client events refused by a forwarding rule's per-client rate limit."),
         def(FORWARD_RETRIES, Counter, "Retries of $connect / $disconnect webhook requests."),
         def(FORWARD_LIFECYCLE_DROPPED, Counter, "$connect / $disconnect events given up after retry_ms."),
+        def(TLS_HANDSHAKE_ERRORS, Counter, "TLS handshakes that failed or timed out, by listener."),
+        def(TLS_RELOADS, Counter, "TLS certificate reloads on SIGHUP, by result."),
     ]
 };
 
@@ -217,6 +219,8 @@ pub(crate) mod label {
     pub(crate) const STATE: &str = "state";
     /// A cluster peer's node id (values known only once peers exist).
     pub(crate) const PEER: &str = "peer";
+    /// Which TCP listener (`socketio`, `redis`).
+    pub(crate) const LISTENER: &str = "listener";
 }
 
 /// The label of a labelled metric and every value it takes.
@@ -255,6 +259,8 @@ pub(crate) const LABELS: &[LabelDef] = &[
     labels(AUTH_HOOK_REQUESTS, label::RESULT, || HookResult::ALL.iter().map(|r| r.as_str()).collect()),
     // "ok" and forward::DeliveryError::label: keep in step with it.
     labels(FORWARD_REQUESTS, label::RESULT, || vec!["ok", "timeout", "unreachable", "bad_status", "bad_reply", "busy"]),
+    labels(TLS_HANDSHAKE_ERRORS, label::LISTENER, || vec!["socketio", "redis"]),
+    labels(TLS_RELOADS, label::RESULT, || vec!["ok", "error"]),
 ];
 
 /// Upper bounds for latency histograms (names ending in `_seconds`): 1 ms … 30 s.
@@ -296,6 +302,14 @@ pub(crate) const FORWARD_RATE_LIMITED: &str = "ioswarm_forward_rate_limited_tota
 pub(crate) const FORWARD_RETRIES: &str = "ioswarm_forward_retries_total";
 /// Counter: `$connect` / `$disconnect` events given up once `retry_ms` had passed.
 pub(crate) const FORWARD_LIFECYCLE_DROPPED: &str = "ioswarm_forward_lifecycle_dropped_total";
+
+// ---- TLS (--tls-cert, --redis-tls-cert) -------------------------------------------------------
+
+/// Counter: TLS handshakes that failed or timed out. Labels: [`label::LISTENER`] = `socketio` |
+/// `redis`.
+pub(crate) const TLS_HANDSHAKE_ERRORS: &str = "ioswarm_tls_handshake_errors_total";
+/// Counter: certificate reloads on SIGHUP, by `result` (ok, error: the old certificate stays).
+pub(crate) const TLS_RELOADS: &str = "ioswarm_tls_reloads_total";
 
 /// `reason` label of [`AUTH_REJECTED`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

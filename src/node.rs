@@ -1,9 +1,9 @@
 //! A running ioswarm node: what the `ioswarm` binary starts and stops.
 //!
 //! [`Node::start`] turns a validated [`Config`] into a serving node: it raises the open-file
-//! limit, installs the metrics recorder, builds the Socket.IO server with the built-in
-//! application, binds the Socket.IO, admin and Redis-protocol listeners, and starts or joins the
-//! cluster. [`Node::shutdown`] is the one shutdown sequence, bounded by `shutdown_grace_ms` from
+//! limit, installs the metrics recorder, loads the TLS certificates (reloaded on SIGHUP),
+//! builds the Socket.IO server with the built-in application, binds the Socket.IO, admin and
+//! Redis-protocol listeners, and starts or joins the cluster. [`Node::shutdown`] is the one shutdown sequence, bounded by `shutdown_grace_ms` from
 //! the moment it is called:
 //!
 //! 1. **drain**: `/healthz` answers 503 at once while everything else keeps serving for
@@ -91,6 +91,12 @@ pub enum StartError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// A TLS certificate or key (`tls_cert`, `redis_tls_key`, ...) is unreadable or invalid.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// The SIGHUP handler (certificate reload) could not be installed.
+    #[error("installing the SIGHUP handler (TLS certificate reload): {0}")]
+    Signal(std::io::Error),
 }
 
 /// The addresses a started node is bound to.
@@ -131,6 +137,13 @@ impl Node {
         );
         let capacity = usize::try_from(capacity).unwrap_or(usize::MAX);
         let metrics = metrics_handle()?;
+        // The certificate files are read and checked before anything is bound.
+        let socketio_tls = config
+            .tls_files()
+            .map(|files| crate::tls::ServerTls::load(files, &[b"http/1.1"], "socketio"))
+            .transpose()?;
+        let redis_tls =
+            config.redis_tls_files().map(|files| crate::tls::ServerTls::load(files, &[], "redis")).transpose()?;
 
         let io = Server::new(socketio_config(&config, capacity));
         // Namespaces known up front exist (fully configured) before any client connects;
@@ -194,7 +207,15 @@ impl Node {
             kv = Some(Arc::new(PresenceKv::new(inner, presence.clone())));
             shutdown.spawn(presence.clone().run(shutdown.token().clone()));
         }
-        let redis_config = RedisConfig { requirepass: config.requirepass.clone(), kv, ..RedisConfig::default() };
+        let tls_certs: Vec<_> = socketio_tls.iter().chain(&redis_tls).cloned().collect();
+        if !tls_certs.is_empty() {
+            // Installed now, before the ready line, so that no SIGHUP ends the process.
+            let hangup =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(StartError::Signal)?;
+            shutdown.spawn(crate::tls::reload_on_sighup(hangup, tls_certs, shutdown.token().clone()));
+        }
+        let redis_config =
+            RedisConfig { requirepass: config.requirepass.clone(), kv, tls: redis_tls, ..RedisConfig::default() };
         shutdown.spawn(crate::resp::serve(
             redis,
             broker,
@@ -207,6 +228,7 @@ impl Node {
             socketio,
             router,
             limits,
+            socketio_tls,
             shutdown.token().clone(),
             shutdown.tracker().clone(),
         ));

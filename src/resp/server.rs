@@ -16,9 +16,8 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::{Bytes, BytesMut};
 use dashmap::DashMap;
 use parking_lot::Mutex;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -55,6 +54,9 @@ pub struct RedisConfig {
     /// Where GET/SET/INCR/... run: the raft node in a cluster. `None`: a [`LocalKv`] of this
     /// listener's own, with default [`KvLimits`] except values bounded by `max_bulk_len`.
     pub kv: Option<Arc<dyn KvBackend>>,
+    /// TLS on every connection (Redis' `tls-port`: this port then speaks only TLS). `None`:
+    /// plain TCP.
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 impl PartialEq for RedisConfig {
@@ -65,7 +67,13 @@ impl PartialEq for RedisConfig {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b),
             _ => false,
         };
+        let same_tls = match (&self.tls, &other.tls) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.same(b),
+            _ => false,
+        };
         same_kv
+            && same_tls
             && self.requirepass == other.requirepass
             && self.max_clients == other.max_clients
             && self.pubsub_output_limit_hard == other.pubsub_output_limit_hard
@@ -89,6 +97,7 @@ impl Default for RedisConfig {
             max_bulk_len: DEFAULT_MAX_BULK_LEN,
             protected_mode: true,
             kv: None,
+            tls: None,
         }
     }
 }
@@ -215,38 +224,87 @@ pub async fn serve(
         } else {
             None
         };
-        if let Some(refusal) = refusal {
+        if refusal.is_some() {
             shared.stats.rejected_connections.fetch_add(1, Ordering::Relaxed);
             ::metrics::counter!(crate::metrics::REDIS_CONNECTIONS_REJECTED).increment(1);
-            tasks.spawn(async move {
-                let mut stream = stream;
-                let refuse = stream.write_all(refusal);
-                let _ = tokio::time::timeout(Duration::from_secs(1), refuse).await;
-            });
-            continue;
+        } else {
+            shared.connected.fetch_add(1, Ordering::Relaxed);
         }
-        shared.connected.fetch_add(1, Ordering::Relaxed);
-        let conn_shared = shared.clone();
-        let conn_shutdown = shutdown.clone();
-        let conn_tasks = tasks.clone();
+        let accepted = Conn { addr, refusal, shared: shared.clone(), shutdown: shutdown.clone(), tasks: tasks.clone() };
         tasks.spawn(async move {
-            connection(stream, addr, conn_shared.clone(), conn_shutdown, conn_tasks).await;
-            conn_shared.connected.fetch_sub(1, Ordering::Relaxed);
+            let laddr = stream.local_addr().unwrap_or(addr);
+            match accepted.shared.config.tls.clone() {
+                None => {
+                    let (reader, writer) = stream.into_split();
+                    accepted.run(reader, writer, laddr).await;
+                }
+                Some(tls) => {
+                    // A refused client is told why over TLS too, so it gets the handshake first.
+                    let handshake = tokio::select! {
+                        tls_stream = tls.accept(stream, crate::tls::HANDSHAKE_TIMEOUT) => tls_stream,
+                        () = accepted.shutdown.cancelled() => None,
+                    };
+                    match handshake {
+                        Some(tls_stream) => {
+                            let (reader, writer) = tokio::io::split(tls_stream);
+                            accepted.run(reader, writer, laddr).await;
+                        }
+                        None if accepted.refusal.is_none() => {
+                            accepted.shared.connected.fetch_sub(1, Ordering::Relaxed);
+                        }
+                        None => {}
+                    }
+                }
+            }
             drop(permit);
         });
     }
     tracing::info!(port, "redis protocol listener stopped accepting");
 }
 
-async fn connection(
-    stream: TcpStream,
+/// One accepted connection, before its stream is split (and, with TLS, before the handshake).
+struct Conn {
     addr: SocketAddr,
+    /// The error to answer with instead of serving (protected mode, max clients).
+    refusal: Option<&'static [u8]>,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
-) {
-    let _ = stream.set_nodelay(true);
-    let laddr = stream.local_addr().unwrap_or(addr);
+}
+
+impl Conn {
+    /// Serves the connection (or writes its refusal) on a TCP or TLS stream's halves.
+    async fn run<R, W>(self, reader: R, mut writer: W, laddr: SocketAddr)
+    where
+        R: AsyncRead + Send + Unpin + 'static,
+        W: AsyncWrite + Send + Unpin + 'static,
+    {
+        let Conn { addr, refusal, shared, shutdown, tasks } = self;
+        if let Some(refusal) = refusal {
+            let refuse = async {
+                writer.write_all(refusal).await?;
+                writer.shutdown().await
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), refuse).await;
+            return;
+        }
+        connection(reader, writer, addr, laddr, shared.clone(), shutdown, tasks).await;
+        shared.connected.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn connection<R, W>(
+    reader: R,
+    writer: W,
+    addr: SocketAddr,
+    laddr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) where
+    R: AsyncRead + Send + Unpin + 'static,
+    W: AsyncWrite + Send + Unpin + 'static,
+{
     let id = shared.broker.next_client_id();
     let now = Instant::now();
     let out = Arc::new(ClientOutput::new(id, shared.output_limits()));
@@ -255,7 +313,6 @@ async fn connection(
     ::metrics::gauge!(crate::metrics::REDIS_CONNECTIONS).increment(1.0);
     ::metrics::counter!(crate::metrics::REDIS_CONNECTIONS_OPENED).increment(1);
 
-    let (reader, writer) = stream.into_split();
     let writer_task = tasks.spawn(write_loop(writer, out.clone()));
     let mut client = Client::new(Subscriber { out: out.clone() }, meta, !shared.auth_required());
     let span = tracing::debug_span!("redis_conn", client = id, %addr);
@@ -290,8 +347,8 @@ async fn wait_writer(task: &tokio::task::JoinHandle<()>) {
 /// Reads, parses and executes until the connection should close. Returns `true` when the
 /// queued output should still be flushed (QUIT, protocol error, shutdown), `false` when the
 /// peer is gone or the client was killed.
-async fn read_loop(
-    mut reader: tokio::net::tcp::OwnedReadHalf,
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut reader: R,
     client: &mut Client,
     shared: &Shared,
     shutdown: &CancellationToken,
@@ -385,7 +442,7 @@ async fn read_loop(
     }
 }
 
-async fn write_loop(mut writer: OwnedWriteHalf, out: Arc<ClientOutput>) {
+async fn write_loop<W: AsyncWrite + Unpin>(mut writer: W, out: Arc<ClientOutput>) {
     let killed = out.killed_token().clone();
     let mut coalesce = BytesMut::new();
     loop {
@@ -411,7 +468,11 @@ async fn write_loop(mut writer: OwnedWriteHalf, out: Arc<ClientOutput>) {
     }
 }
 
-async fn write_frames(writer: &mut OwnedWriteHalf, frames: &[Bytes], coalesce: &mut BytesMut) -> std::io::Result<()> {
+async fn write_frames<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    frames: &[Bytes],
+    coalesce: &mut BytesMut,
+) -> std::io::Result<()> {
     if let [only] = frames {
         return writer.write_all(only).await;
     }
