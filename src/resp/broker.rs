@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
 use parking_lot::RwLock;
 
 use super::frame::{self, Proto};
@@ -54,15 +55,42 @@ impl Subscriber {
     }
 }
 
+/// The publish hook and the cluster as one connection last saw them ([`Broker::refresh`]).
+///
+/// A connection publishes with its own copy: it reads one counter that changes only when
+/// [`Broker::set_publish_hook`] or [`Broker::set_cluster`] runs, where taking the broker's locks
+/// and reference counts on every PUBLISH would move their cache lines between the cores of every
+/// publishing connection.
+#[derive(Default)]
+pub(crate) struct Handlers {
+    generation: u64,
+    pub(crate) hook: Option<Arc<dyn PublishHook>>,
+    pub(crate) cluster: Option<Arc<dyn ClusterPubSub>>,
+}
+
+impl fmt::Debug for Handlers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handlers")
+            .field("generation", &self.generation)
+            .field("hook", &self.hook.is_some())
+            .field("cluster", &self.cluster)
+            .finish()
+    }
+}
+
 /// The pub/sub registry shared by every connection of a node.
 pub struct Broker {
     next_client_id: AtomicU64,
     channels: DashMap<Bytes, Vec<Subscriber>>,
+    /// Entries of `channels`: a publish to a node without channel subscribers skips the map.
+    channel_count: AtomicUsize,
     shard_channels: DashMap<Bytes, Vec<Subscriber>>,
     patterns: RwLock<Vec<(Bytes, Vec<Subscriber>)>>,
     pattern_count: AtomicUsize,
     hook: RwLock<Option<Arc<dyn PublishHook>>>,
     cluster: RwLock<Option<Arc<dyn ClusterPubSub>>>,
+    /// Bumped after `hook` or `cluster` changed (starts at 1: a fresh [`Handlers`] is stale).
+    handlers_generation: AtomicU64,
     messages_delivered: AtomicU64,
     clients_killed: AtomicU64,
 }
@@ -125,11 +153,13 @@ impl Broker {
         Self {
             next_client_id: AtomicU64::new(1),
             channels: DashMap::new(),
+            channel_count: AtomicUsize::new(0),
             shard_channels: DashMap::new(),
             patterns: RwLock::new(Vec::new()),
             pattern_count: AtomicUsize::new(0),
             hook: RwLock::new(None),
             cluster: RwLock::new(None),
+            handlers_generation: AtomicU64::new(1),
             messages_delivered: AtomicU64::new(0),
             clients_killed: AtomicU64::new(0),
         }
@@ -138,11 +168,23 @@ impl Broker {
     /// Installs the hook called for every client PUBLISH / SPUBLISH (replacing any earlier one).
     pub fn set_publish_hook(&self, hook: Arc<dyn PublishHook>) {
         *self.hook.write() = Some(hook);
+        self.handlers_generation.fetch_add(1, Ordering::Release);
     }
 
     /// Connects the broker to a cluster (replacing any earlier one).
     pub fn set_cluster(&self, cluster: Arc<dyn ClusterPubSub>) {
         *self.cluster.write() = Some(cluster);
+        self.handlers_generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Brings a connection's copy of the publish hook and cluster up to date.
+    pub(crate) fn refresh(&self, handlers: &mut Handlers) {
+        let generation = self.handlers_generation.load(Ordering::Acquire);
+        if handlers.generation != generation {
+            handlers.hook = self.hook.read().clone();
+            handlers.cluster = self.cluster.read().clone();
+            handlers.generation = generation;
+        }
     }
 
     /// The cluster, if this node is part of one.
@@ -154,12 +196,14 @@ impl Broker {
     /// node. Returns the number of deliveries (a client subscribed to the channel and to a
     /// matching pattern counts twice, like Redis). Does not call the publish hook.
     pub fn publish(&self, channel: &[u8], message: &Bytes) -> usize {
-        let now = Instant::now();
+        // Read the clock only for a delivery (a publish nobody receives is the common case).
+        let mut now = None;
         let mut receivers = 0;
-        if let Some(subs) = self.channels.get(channel) {
+        let subs = if self.channel_count.load(Ordering::Acquire) > 0 { self.channels.get(channel) } else { None };
+        if let Some(subs) = subs {
             let mut frames = Frames::new(b"message", None, channel, message);
             for sub in subs.iter() {
-                self.deliver(sub, frames.get(sub.out.proto()), now);
+                self.deliver(sub, frames.get(sub.out.proto()), *now.get_or_insert_with(Instant::now));
             }
             receivers += subs.len();
         }
@@ -171,7 +215,7 @@ impl Broker {
                 }
                 let mut frames = Frames::new(b"pmessage", Some(pattern), channel, message);
                 for sub in subs {
-                    self.deliver(sub, frames.get(sub.out.proto()), now);
+                    self.deliver(sub, frames.get(sub.out.proto()), *now.get_or_insert_with(Instant::now));
                 }
                 receivers += subs.len();
             }
@@ -189,14 +233,6 @@ impl Broker {
             self.deliver(sub, frames.get(sub.out.proto()), now);
         }
         subs.len()
-    }
-
-    /// Runs the publish hook (if any) for a message a client published.
-    pub(crate) fn run_hook(&self, channel: &[u8], message: &Bytes) {
-        let hook = self.hook.read().clone();
-        if let Some(hook) = hook {
-            hook.on_publish(channel, message);
-        }
     }
 
     fn deliver(&self, sub: &Subscriber, frame: Bytes, now: Instant) {
@@ -254,12 +290,20 @@ impl Broker {
 
     /// Adds `sub` to `channel` (the caller knows it is not subscribed yet).
     pub(crate) fn subscribe(&self, channel: Bytes, sub: &Subscriber) {
-        self.channels.entry(channel).or_default().push(sub.clone());
+        match self.channels.entry(channel) {
+            Entry::Occupied(mut subs) => subs.get_mut().push(sub.clone()),
+            Entry::Vacant(entry) => {
+                entry.insert(vec![sub.clone()]);
+                self.channel_count.fetch_add(1, Ordering::Release);
+            }
+        }
     }
 
     /// Removes client `id` from `channel`.
     pub(crate) fn unsubscribe(&self, channel: &[u8], id: u64) {
-        Self::remove(&self.channels, channel, id);
+        if Self::remove(&self.channels, channel, id) {
+            self.channel_count.fetch_sub(1, Ordering::Release);
+        }
     }
 
     /// Adds `sub` to shard channel `channel`.
@@ -272,11 +316,13 @@ impl Broker {
         Self::remove(&self.shard_channels, channel, id);
     }
 
-    fn remove(map: &DashMap<Bytes, Vec<Subscriber>>, channel: &[u8], id: u64) {
+    /// Removes client `id` from `channel`; `true` when that left the channel without subscribers
+    /// (its entry is gone).
+    fn remove(map: &DashMap<Bytes, Vec<Subscriber>>, channel: &[u8], id: u64) -> bool {
         if let Some(mut subs) = map.get_mut(channel) {
             subs.retain(|s| s.id() != id);
         }
-        map.remove_if(channel, |_, subs| subs.is_empty());
+        map.remove_if(channel, |_, subs| subs.is_empty()).is_some()
     }
 
     /// Adds `sub` to `pattern`.
@@ -370,11 +416,36 @@ mod tests {
     #[test]
     fn hook_runs_only_for_client_publishes() {
         let broker = Broker::new();
+        let mut handlers = Handlers::default();
+        broker.refresh(&mut handlers);
+        assert!(handlers.hook.is_none());
         let rec = Arc::new(Recorder(parking_lot::Mutex::new(Vec::new())));
         broker.set_publish_hook(rec.clone());
         broker.publish(b"a", &Bytes::from_static(b"1"));
         assert!(rec.0.lock().is_empty());
-        broker.run_hook(b"a", &Bytes::from_static(b"2"));
+        // A connection's copy follows a replaced hook.
+        broker.refresh(&mut handlers);
+        let hook = handlers.hook.as_ref().expect("hook installed");
+        hook.on_publish(b"a", &Bytes::from_static(b"2"));
         assert_eq!(rec.0.lock().as_slice(), &[(b"a".to_vec(), Bytes::from_static(b"2"))]);
+    }
+
+    #[tokio::test]
+    async fn channel_count_follows_subscriptions() {
+        let broker = Broker::new();
+        let (a, b) = (sub(&broker), sub(&broker));
+        broker.subscribe(Bytes::from_static(b"x"), &a);
+        broker.subscribe(Bytes::from_static(b"x"), &b);
+        broker.subscribe(Bytes::from_static(b"y"), &a);
+        assert_eq!(broker.channel_count.load(Ordering::Relaxed), 2);
+        broker.unsubscribe(b"x", a.out.id());
+        assert_eq!(broker.channel_count.load(Ordering::Relaxed), 2);
+        broker.unsubscribe(b"x", b.out.id());
+        broker.unsubscribe(b"y", a.out.id());
+        assert_eq!(broker.channel_count.load(Ordering::Relaxed), 0);
+        assert_eq!(broker.publish(b"x", &Bytes::from_static(b"m")), 0);
+        broker.subscribe(Bytes::from_static(b"x"), &b);
+        assert_eq!(broker.publish(b"x", &Bytes::from_static(b"m")), 1);
+        assert_eq!(frames(&b).await, b"*3\r\n$7\r\nmessage\r\n$1\r\nx\r\n$1\r\nm\r\n");
     }
 }

@@ -9,7 +9,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use super::broker::Subscriber;
+use super::broker::{Handlers, Subscriber};
 use super::frame::{ParseLimits, Proto};
 
 /// A client's subscriptions of one kind, remembering subscription order (Redis answers
@@ -125,6 +125,10 @@ pub(crate) struct Client {
     pub(crate) close_after_reply: bool,
     pub(crate) sub: Subscriber,
     pub(crate) meta: Arc<ClientMeta>,
+    /// This connection's copy of the broker's publish hook and cluster.
+    pub(crate) handlers: Handlers,
+    /// PUBLISH / SPUBLISH run since the reader last added them to the metric.
+    pub(crate) publishes: u64,
 }
 
 impl Client {
@@ -145,6 +149,8 @@ impl Client {
             close_after_reply: false,
             sub,
             meta,
+            handlers: Handlers::default(),
+            publishes: 0,
         }
     }
 

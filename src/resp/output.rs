@@ -7,7 +7,7 @@
 //! killed: the writer stops at once and the reader drops the connection.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -100,6 +100,9 @@ pub(crate) struct ClientOutput {
     proto: AtomicU8,
     limits: OutputLimits,
     state: Mutex<State>,
+    /// `State::pending` as of the last change, readable without the lock: the reader checks it
+    /// after every pipelined command.
+    pending: AtomicUsize,
     /// Wakes the writer.
     ready: Notify,
     /// Wakes the reader waiting for the queue to drain.
@@ -116,6 +119,7 @@ impl ClientOutput {
             proto: AtomicU8::new(2),
             limits,
             state: Mutex::new(State::default()),
+            pending: AtomicUsize::new(0),
             ready: Notify::new(),
             drained: Notify::new(),
             killed: CancellationToken::new(),
@@ -158,6 +162,7 @@ impl ClientOutput {
             return;
         }
         state.pending += frame.len();
+        self.pending.store(state.pending, Ordering::Relaxed);
         state.queue.push_back(frame);
         drop(state);
         self.ready.notify_one();
@@ -171,6 +176,7 @@ impl ClientOutput {
             return None;
         }
         state.pending += frame.len();
+        self.pending.store(state.pending, Ordering::Relaxed);
         state.queue.push_back(frame);
         let pending = state.pending;
         if self.limits.exceeded(pending, &mut state.soft_since, now) {
@@ -232,6 +238,7 @@ impl ClientOutput {
     pub(crate) fn written(&self, n: usize) {
         let mut state = self.state.lock();
         state.pending = state.pending.saturating_sub(n);
+        self.pending.store(state.pending, Ordering::Relaxed);
         if self.limits.soft == 0 || state.pending < self.limits.soft {
             state.soft_since = None;
         }
@@ -241,7 +248,7 @@ impl ClientOutput {
 
     /// Bytes queued or being written.
     pub(crate) fn pending(&self) -> usize {
-        self.state.lock().pending
+        self.pending.load(Ordering::Relaxed)
     }
 
     /// Waits until fewer than `limit` bytes are pending (or the client was killed).

@@ -317,6 +317,7 @@ async fn connection<R, W>(
     let mut client = Client::new(Subscriber { out: out.clone() }, meta, !shared.auth_required());
     let span = tracing::debug_span!("redis_conn", client = id, %addr);
     let clean_eof = read_loop(reader, &mut client, &shared, &shutdown).instrument(span).await;
+    count_publishes(&mut client);
 
     // Leave the broker before anything else so publishers stop queuing to us.
     cmd::pubsub::unsubscribe_all_silently(&mut client, &shared.broker);
@@ -434,11 +435,21 @@ async fn read_loop<R: AsyncRead + Unpin>(
         if commands > 0 {
             shared.stats.total_commands.fetch_add(commands, Ordering::Relaxed);
             ::metrics::counter!(crate::metrics::REDIS_COMMANDS).increment(commands);
+            count_publishes(client);
         }
         out.push_reply(replies.split().freeze());
         if client.close_after_reply {
             return true;
         }
+    }
+}
+
+/// Adds the client's PUBLISH / SPUBLISH since the last call to the metric (once per read, not
+/// once per pipelined command: the metric's counter is shared by every connection).
+fn count_publishes(client: &mut Client) {
+    if client.publishes > 0 {
+        ::metrics::counter!(crate::metrics::REDIS_PUBLISHES).increment(client.publishes);
+        client.publishes = 0;
     }
 }
 

@@ -191,33 +191,34 @@ pub(crate) fn sunsubscribe(ctx: &mut Ctx<'_>, args: &[Bytes]) {
 /// `PUBLISH channel message`: runs the publish hook, delivers locally, replies with the number
 /// of local receivers.
 pub(crate) fn publish(ctx: &mut Ctx<'_>, args: &[Bytes]) {
-    let (channel, message) = (&args[1], &args[2]);
-    ::metrics::counter!(crate::metrics::REDIS_PUBLISHES).increment(1);
-    ctx.shared.broker.run_hook(channel, message);
-    if ctx.client.pubsub {
-        // The client may receive its own message: it must come after earlier replies.
-        ctx.flush();
-    }
-    let receivers = ctx.shared.broker.publish(channel, message);
-    if let Some(cluster) = ctx.shared.broker.cluster() {
-        cluster.publish(channel, message, false);
-    }
-    // Like Redis Cluster, the reply counts this node's receivers only.
-    ctx.integer(i64::try_from(receivers).unwrap_or(i64::MAX));
+    publish_to(ctx, args, false);
 }
 
 /// `SPUBLISH shardchannel message`.
 pub(crate) fn spublish(ctx: &mut Ctx<'_>, args: &[Bytes]) {
+    publish_to(ctx, args, true);
+}
+
+/// PUBLISH (or SPUBLISH when `shard`). The connection's reader adds `client.publishes` to the
+/// metric once per read, and the hook and cluster come from the connection's own copy
+/// ([`Broker::refresh`]): a pipelined PUBLISH touches no state that other connections write.
+fn publish_to(ctx: &mut Ctx<'_>, args: &[Bytes], shard: bool) {
     let (channel, message) = (&args[1], &args[2]);
-    ::metrics::counter!(crate::metrics::REDIS_PUBLISHES).increment(1);
-    ctx.shared.broker.run_hook(channel, message);
+    let broker = &ctx.shared.broker;
+    ctx.client.publishes += 1;
+    broker.refresh(&mut ctx.client.handlers);
+    if let Some(hook) = &ctx.client.handlers.hook {
+        hook.on_publish(channel, message);
+    }
     if ctx.client.pubsub {
+        // The client may receive its own message: it must come after earlier replies.
         ctx.flush();
     }
-    let receivers = ctx.shared.broker.spublish(channel, message);
-    if let Some(cluster) = ctx.shared.broker.cluster() {
-        cluster.publish(channel, message, true);
+    let receivers = if shard { broker.spublish(channel, message) } else { broker.publish(channel, message) };
+    if let Some(cluster) = &ctx.client.handlers.cluster {
+        cluster.publish(channel, message, shard);
     }
+    // Like Redis Cluster, the reply counts this node's receivers only.
     ctx.integer(i64::try_from(receivers).unwrap_or(i64::MAX));
 }
 
