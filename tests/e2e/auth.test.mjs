@@ -11,13 +11,10 @@ import path from "node:path";
 import { after, afterEach, before, describe, test } from "node:test";
 import jwt from "jsonwebtoken";
 import WebSocket from "ws";
-import { Ctx, TARGET, connectError, once, runToExit, waitFor } from "./harness.mjs";
+import { Ctx, TARGET, connectError, once, runToExit, waitFor, configFiles, ioswarmOnly } from "./harness.mjs";
 
 const T = { timeout: 30_000 };
 // The reference server (Node socket.io) has no [auth] table.
-// Against the reference server (IOSWARM_E2E_TARGET=reference) this file defines no tests: it
-// has none of these settings, and the runner counts skipped tests as failures.
-const ioswarmOnly = TARGET === "ioswarm" ? describe : () => {};
 
 const SECRET = "s3cret-shared-with-the-app";
 const APP = "https://app.example";
@@ -26,16 +23,8 @@ const now = () => Math.floor(Date.now() / 1000);
 const sign = (claims, key = SECRET, options = {}) =>
   jwt.sign({ exp: now() + 600, ...claims }, key, { algorithm: "HS256", ...options });
 
-const dir = mkdtempSync(path.join(tmpdir(), "ioswarm-auth-"));
-after(() => rmSync(dir, { recursive: true, force: true }));
-let files = 0;
-
-/** Writes `lines` (TOML) to a fresh file; returns the --config flags. */
-function config(...lines) {
-  const file = path.join(dir, `config-${++files}.toml`);
-  writeFileSync(file, lines.join("\n") + "\n");
-  return ["--config", file];
-}
+/** `config(...lines)` writes the TOML lines to a fresh file and returns the --config flags. */
+const { dir, flags: config } = configFiles("auth");
 
 /** `GET /v1/sockets` of namespace `nsp`. */
 async function sockets(server, nsp = "/") {

@@ -12,28 +12,30 @@ import path from "node:path";
 import { after, afterEach, before, describe, test } from "node:test";
 import jwt from "jsonwebtoken";
 import {
-  BIN, Ctx, ServerProcess, TARGET, call, cleanEnv, once, record, runToExit, sleep, waitFor, QUIET_MS,
+  BIN,
+  Ctx,
+  QUIET_MS,
+  ServerProcess,
+  TARGET,
+  call,
+  cleanEnv,
+  configFiles,
+  ioswarmOnly,
+  once,
+  record,
+  runToExit,
+  sleep,
+  waitFor,
 } from "./harness.mjs";
 
 const T = { timeout: 30_000 };
 // The reference server (Node socket.io) has no [[forward]] table.
-// Against the reference server (IOSWARM_E2E_TARGET=reference) this file defines no tests: it
-// has no forwarding rules, and the runner counts skipped tests as failures.
-const ioswarmOnly = TARGET === "ioswarm" ? describe : () => {};
 
 const SECRET = "forward-test-secret";
 const token = (sub) => jwt.sign({ sub, exp: Math.floor(Date.now() / 1000) + 600 }, SECRET, { algorithm: "HS256" });
 
-const dir = mkdtempSync(path.join(tmpdir(), "ioswarm-forward-"));
-after(() => rmSync(dir, { recursive: true, force: true }));
-let files = 0;
-
-/** Writes `lines` (TOML) to a fresh file; returns the --config flags. */
-function config(...lines) {
-  const file = path.join(dir, `config-${++files}.toml`);
-  writeFileSync(file, lines.join("\n") + "\n");
-  return ["--config", file];
-}
+/** `config(...lines)` writes the TOML lines to a fresh file and returns the --config flags. */
+const { flags: config } = configFiles("forward");
 
 /** The value of `series` in `/metrics` (0 when absent). */
 async function metric(server, series) {

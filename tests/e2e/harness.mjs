@@ -8,14 +8,41 @@
 // ready once it printed `ioswarm ready socketio=IP:PORT admin=IP:PORT` on stdout.
 
 import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import path from "node:path";
+import { after, describe } from "node:test";
 import { fileURLToPath } from "node:url";
 import { io } from "socket.io-client";
-import { LIVE, ServerProcess as BaseProcess, command as targetCommand } from "../server-process.mjs";
+import { LIVE, ServerProcess as BaseProcess, TARGET as TARGET_NAME, command as targetCommand } from "../server-process.mjs";
 
 export { BIN, TARGET } from "../server-process.mjs";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
+
+/**
+ * `describe` for suites of ioswarm-only settings. Against the reference server
+ * (IOSWARM_E2E_TARGET=reference) they define no tests at all: the reference has none of those
+ * settings, and the runner counts skipped tests as failures.
+ */
+export const ioswarmOnly = TARGET_NAME === "ioswarm" ? describe : () => {};
+
+/**
+ * Temporary `--config` files for one test file, removed when it ends: `file(text)` writes one
+ * and returns its path, `flags(...lines)` writes the TOML lines and returns `["--config", path]`;
+ * `dir` is the folder (for keys and other files the configs name).
+ */
+export function configFiles(name) {
+  const dir = mkdtempSync(path.join(tmpdir(), `ioswarm-${name}-`));
+  after(() => rmSync(dir, { recursive: true, force: true }));
+  let count = 0;
+  const file = (text) => {
+    const f = path.join(dir, `config-${++count}.toml`);
+    writeFileSync(f, text);
+    return f;
+  };
+  return { dir, file, flags: (...lines) => ["--config", file(lines.join("\n") + "\n")] };
+}
 
 /** Default time to wait for anything a test expects to observe. */
 export const WAIT_MS = 5000;

@@ -2,13 +2,10 @@
 // --drain-spread-ms) and the one shutdown deadline (--shutdown-grace-ms).
 import assert from "node:assert/strict";
 import { after, afterEach, describe, test } from "node:test";
-import { Ctx, TARGET, call, once, record, runToExit, waitFor, WAIT_MS } from "./harness.mjs";
+import { Ctx, TARGET, call, once, record, runToExit, waitFor, WAIT_MS, ioswarmOnly } from "./harness.mjs";
 
 const T = { timeout: 30_000 };
 // The reference server (Node socket.io) does not implement these operational settings.
-// Against the reference server (IOSWARM_E2E_TARGET=reference) this file defines no tests: it
-// has none of these settings, and the runner counts skipped tests as failures.
-const ioswarmOnly = TARGET === "ioswarm" ? describe : () => {};
 
 async function adminFetch(server, method, pathname, { token, body } = {}) {
   const headers = {};

@@ -8,12 +8,9 @@ import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { after, afterEach, describe, test } from "node:test";
-import { Ctx, TARGET, call, record, runToExit, waitFor, WAIT_MS } from "./harness.mjs";
+import { Ctx, TARGET, call, record, runToExit, waitFor, WAIT_MS, ioswarmOnly } from "./harness.mjs";
 
 const T = { timeout: 30_000 };
-// Against the reference server (IOSWARM_E2E_TARGET=reference) this file defines no tests: it
-// has none of these settings, and the runner counts skipped tests as failures.
-const ioswarmOnly = TARGET === "ioswarm" ? describe : () => {};
 
 /** Sends one command over RESP2 on a fresh connection and returns the raw reply. */
 export function redisRaw(port, args, host = "127.0.0.1") {

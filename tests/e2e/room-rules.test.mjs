@@ -7,21 +7,10 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { after, afterEach, before, describe, test } from "node:test";
-import { Ctx, QUIET_MS, TARGET, call, record, runToExit, sleep, waitFor } from "./harness.mjs";
+import { Ctx, QUIET_MS, TARGET, call, record, runToExit, sleep, waitFor, configFiles, ioswarmOnly } from "./harness.mjs";
 
 const T = { timeout: 20_000 };
-// Against the reference server (IOSWARM_E2E_TARGET=reference) this file defines no tests: it
-// has none of these settings, and the runner counts skipped tests as failures.
-const ioswarmOnly = TARGET === "ioswarm" ? describe : () => {};
-const dir = mkdtempSync(path.join(tmpdir(), "ioswarm-room-rules-"));
-after(() => rmSync(dir, { recursive: true, force: true }));
-
-let files = 0;
-function configFile(text) {
-  const file = path.join(dir, `rules-${files++}.toml`);
-  writeFileSync(file, text);
-  return file;
-}
+const { file: configFile } = configFiles("room-rules");
 
 const RULES = `
 [[rooms.rule]]
