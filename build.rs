@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "proto/ioswarm/cluster/v1/gossip.proto",
     "proto/ioswarm/cluster/v1/request.proto",
     "proto/ioswarm/cluster/v1/raft.proto",
+    "proto/ioswarm/cluster/v1/relay.proto",
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {

@@ -23,6 +23,8 @@ const MIN_PAYLOAD: usize = 1024;
 const MAX_PAYLOAD: usize = 100 * 1024 * 1024;
 /// Largest accepted `max_attachments`.
 const MAX_ATTACHMENTS: usize = 10_000;
+/// Largest accepted `cluster_relay_max_in_flight` (QUIC streams one link admits).
+const MAX_RELAY_IN_FLIGHT: usize = 1_000_000;
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -133,6 +135,11 @@ pub struct Config {
     pub cluster_credentials: Option<PathBuf>,
     /// How long cluster-wide operations (fetchSockets, acks, NUMSUB, ...) wait for other nodes.
     pub cluster_timeout_ms: u64,
+    /// Most Engine.IO requests (long-polls, POSTs) and WebSocket tunnels this node relays to one
+    /// other node at a time, for sessions that node holds (load balancers need no sticky
+    /// sessions); beyond it a request gets 503. 0 relays nothing: a request of a session held
+    /// elsewhere gets `400 Session ID unknown` (the load balancer must be sticky).
+    pub cluster_relay_max_in_flight: usize,
     /// `[[rooms.rule]]`: rooms clients join or leave with their own events (file only, no flag).
     pub rooms: crate::rules::RoomsConfig,
     /// Authentication on CONNECT (JWT, connect hook, allowed origins): the `[auth]` table (no
@@ -192,6 +199,7 @@ impl Default for Config {
             data_dir: PathBuf::from("ioswarm-data"),
             cluster_credentials: None,
             cluster_timeout_ms: 5_000,
+            cluster_relay_max_in_flight: 10_000,
             rooms: crate::rules::RoomsConfig::default(),
             auth: crate::auth::AuthConfig::default(),
             static_dir: None,
@@ -245,6 +253,7 @@ impl fmt::Debug for Config {
             .field("data_dir", &self.data_dir)
             .field("cluster_credentials", &self.cluster_credentials)
             .field("cluster_timeout_ms", &self.cluster_timeout_ms)
+            .field("cluster_relay_max_in_flight", &self.cluster_relay_max_in_flight)
             .field("rooms", &self.rooms)
             .field("auth", &self.auth)
             .field("static_dir", &self.static_dir)
@@ -515,6 +524,15 @@ impl Config {
         if self.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));
         }
+        if self.cluster_relay_max_in_flight > MAX_RELAY_IN_FLIGHT {
+            return Err(invalid(
+                "cluster_relay_max_in_flight",
+                format!(
+                    "{} must be at most {MAX_RELAY_IN_FLIGHT} (0 relays nothing)",
+                    self.cluster_relay_max_in_flight
+                ),
+            ));
+        }
         Ok(())
     }
 
@@ -633,6 +651,7 @@ impl Config {
             log_format,
             data_dir,
             cluster_timeout_ms,
+            cluster_relay_max_in_flight,
         );
         if let Some(v) = cli.node_id {
             self.node_id = Some(v);
@@ -859,6 +878,10 @@ pub struct Cli {
     /// How long cluster-wide operations wait for other nodes, in ms [default: 5000].
     #[arg(long, env = "IOSWARM_CLUSTER_TIMEOUT_MS", value_name = "MS")]
     pub cluster_timeout_ms: Option<u64>,
+    /// Most requests and WebSocket tunnels relayed to one other node at a time, for the
+    /// sessions it holds; 0 relays none (the load balancer must be sticky) [default: 10000].
+    #[arg(long, env = "IOSWARM_CLUSTER_RELAY_MAX_IN_FLIGHT", value_name = "N")]
+    pub cluster_relay_max_in_flight: Option<usize>,
     /// Serve the files of this folder under `/` (index.html, assets) [default: none].
     #[arg(long = "static", env = "IOSWARM_STATIC", value_name = "DIR")]
     pub static_dir: Option<PathBuf>,
@@ -1045,7 +1068,7 @@ mod tests {
         let cmd = Cli::command();
         let longs: Vec<&str> = cmd.get_arguments().filter_map(|a| a.get_long()).collect();
         let keys = value.as_object().unwrap().keys();
-        assert_eq!(keys.len(), 45);
+        assert_eq!(keys.len(), 46);
         for key in keys.filter(|k| !TOML_ONLY.contains(&k.as_str())) {
             let flag = key.replace('_', "-");
             assert!(longs.contains(&flag.as_str()), "config field {key} has no --{flag}");
@@ -1099,6 +1122,7 @@ mod tests {
             "--data-dir=/tmp/d",
             "--cluster-credentials=/tmp/c",
             "--cluster-timeout-ms=12",
+            "--cluster-relay-max-in-flight=13",
         ]);
         let c = load(&cli).unwrap();
         std::fs::remove_file(&bundle).unwrap();
@@ -1149,6 +1173,10 @@ mod tests {
         assert_eq!(invalid_field(|c| c.max_payload = 1023), "max_payload");
         assert_eq!(invalid_field(|c| c.max_payload = MAX_PAYLOAD + 1), "max_payload");
         assert_eq!(invalid_field(|c| c.max_attachments = 1_000_000), "max_attachments");
+        assert_eq!(
+            invalid_field(|c| c.cluster_relay_max_in_flight = MAX_RELAY_IN_FLIGHT + 1),
+            "cluster_relay_max_in_flight"
+        );
         assert_eq!(invalid_field(|c| c.path = "socket.io/".into()), "path");
         assert_eq!(invalid_field(|c| c.path = "/socket.io".into()), "path");
         assert_eq!(invalid_field(|c| c.path = "/a b/".into()), "path");
@@ -1188,6 +1216,7 @@ mod tests {
             listen: any_port,
             admin_listen: any_port,
             log: "warn,ioswarm=trace".into(),
+            cluster_relay_max_in_flight: 0,
             ..Config::default()
         };
         c.validate().unwrap();

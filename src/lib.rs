@@ -11,7 +11,8 @@
 //! services   admin, app     the binary's wiring and HTTP admin: use what they need below
 //!            auth           CONNECT authentication (JWT, connect hook, Origin): uses socketio, http
 //!            forward        forwarding rules (webhook, Redis channel): uses socketio, resp
-//!            cluster        uses resp, socketio, rooms (implements Adapter and KvBackend)
+//!            cluster        uses resp, socketio, rooms, engineio (implements Adapter, KvBackend
+//!                           and engineio::Relay)
 //!            emitter        uses resp, socketio (implements PublishHook)
 //!            resp           uses no other layer (owns PublishHook and kv::KvBackend)
 //! protocol   socketio       uses rooms, engineio (owns Adapter)
@@ -25,7 +26,9 @@
 //!
 //! - [`engineio`]: Engine.IO v4 transport (polling, WebSocket, upgrade,
 //!   heartbeat). Pure packet codec and session state machine, plus the HTTP
-//!   and WebSocket drivers that carry out the state machine's decisions.
+//!   and WebSocket drivers that carry out the state machine's decisions. Its
+//!   [`engineio::Relay`] is the seam through which the cluster carries the
+//!   requests of sessions other nodes hold (no sticky sessions needed).
 //! - [`socketio`]: Socket.IO v5 on top: packet codec, namespaces, sockets,
 //!   acks, binary attachments, middleware, the public API. Its
 //!   [`socketio::Adapter`] is the seam the cluster implements.
@@ -46,7 +49,8 @@
 //!   room interest), openraft membership and the replicated key-value store,
 //!   and the runtime that forwards broadcasts and runs cluster-wide operations
 //!   (`socketio::adapter` is its seam with the Socket.IO server,
-//!   `resp::kv::KvBackend` with the Redis ingress).
+//!   `resp::kv::KvBackend` with the Redis ingress), and relays Engine.IO
+//!   requests to the node holding their session (`engineio::Relay`).
 //! - [`node`]: [`node::Node::start`] turns a validated configuration into a serving node
 //!   (listeners, the Socket.IO server with the built-in app, the broker, the cluster) and
 //!   [`node::Node::shutdown`] runs the one shutdown sequence (drain, close clients spread out,

@@ -98,6 +98,16 @@ pub(crate) const CLUSTER_FORWARD_DROPPED: &str = "ioswarm_cluster_forward_droppe
 pub(crate) const CLUSTER_RECEIVED_BROADCASTS: &str = "ioswarm_cluster_received_broadcasts_total";
 /// Counter: cluster-wide requests sent, by result. Labels: `result` = `ok` | `missing`.
 pub(crate) const CLUSTER_REQUESTS: &str = "ioswarm_cluster_requests_total";
+/// Counter: Engine.IO requests (polling GET/POST, WebSocket upgrades) of sessions held by another
+/// node that this node relayed there, by `result`: `ok` (the owner answered), `owner_gone` (not
+/// a live member, no link, or it went away: the client got `400 Session ID unknown`), `busy`
+/// (`cluster_relay_max_in_flight` reached: `503`), `timeout`.
+pub(crate) const CLUSTER_RELAYED_REQUESTS: &str = "ioswarm_cluster_relayed_requests_total";
+/// Gauge: relayed requests waiting for their owner and WebSocket tunnels open, on this node.
+pub(crate) const CLUSTER_RELAY_IN_FLIGHT: &str = "ioswarm_cluster_relay_in_flight";
+/// Counter: requests other nodes relayed to this node for its sessions, by `kind` (poll, post,
+/// websocket).
+pub(crate) const CLUSTER_RELAY_SERVED: &str = "ioswarm_cluster_relay_served_total";
 /// Gauge: 1 when this node holds the latest room interest of every live node.
 pub(crate) const GOSSIP_CONVERGED: &str = "ioswarm_gossip_converged";
 /// Gauge: this node's room-interest version.
@@ -183,6 +193,9 @@ pub(crate) const ALL: &[MetricDef] = {
         def(CLUSTER_FORWARD_DROPPED, Counter, "Broadcasts not forwarded because a peer's queue was full, by peer."),
         def(CLUSTER_RECEIVED_BROADCASTS, Counter, "Broadcasts received from other nodes."),
         def(CLUSTER_REQUESTS, Counter, "Cluster-wide requests sent to peers, by result."),
+        def(CLUSTER_RELAYED_REQUESTS, Counter, "Requests of sessions held by another node relayed there, by result."),
+        def(CLUSTER_RELAY_IN_FLIGHT, Gauge, "Relayed requests waiting for their node and WebSocket tunnels open."),
+        def(CLUSTER_RELAY_SERVED, Counter, "Requests relayed here by other nodes for this node's sessions, by kind."),
         def(GOSSIP_CONVERGED, Gauge, "1 when this node holds the latest room interest of every live node."),
         def(GOSSIP_INTEREST_VERSION, Gauge, "This node's room-interest version."),
         def(GOSSIP_DELTAS, Counter, "Room-interest deltas sent."),
@@ -254,6 +267,9 @@ pub(crate) const LABELS: &[LabelDef] = &[
     labels(CLUSTER_FORWARDED_BYTES, label::PEER, Vec::new),
     labels(CLUSTER_FORWARD_DROPPED, label::PEER, Vec::new),
     labels(CLUSTER_REQUESTS, label::RESULT, || vec!["ok", "missing"]),
+    // cluster::relay's `count` and `serve`: keep in step with them.
+    labels(CLUSTER_RELAYED_REQUESTS, label::RESULT, || vec!["ok", "owner_gone", "busy", "timeout"]),
+    labels(CLUSTER_RELAY_SERVED, label::KIND, || vec!["poll", "post", "websocket"]),
     labels(KV_COMMANDS, label::KIND, || vec!["write", "read"]),
     labels(AUTH_REJECTED, label::REASON, || AuthRejectReason::ALL.iter().map(|r| r.as_str()).collect()),
     labels(AUTH_HOOK_REQUESTS, label::RESULT, || HookResult::ALL.iter().map(|r| r.as_str()).collect()),

@@ -380,6 +380,9 @@ fn socketio_config(config: &Config, capacity: usize) -> SocketIoConfig {
     } else {
         NamespacePolicy::Allow(config.namespaces.clone())
     };
+    // Socket and session ids carry the node id, so other nodes route a socket's own room and a
+    // session's requests to it.
+    let node_tag = config.node_id.map_or(0, |id| u32::try_from(id & 0x00ff_ffff).unwrap_or(0));
     SocketIoConfig {
         engine: EngineConfig {
             ping_interval: config.ping_interval(),
@@ -392,14 +395,14 @@ fn socketio_config(config: &Config, capacity: usize) -> SocketIoConfig {
             max_sessions: capacity,
             allow_upgrades: true,
             cors,
+            node_tag,
         },
         connect_timeout: config.connect_timeout(),
         ack_timeout: config.ack_timeout(),
         max_attachments: config.max_attachments,
         max_rooms_per_socket: config.max_rooms_per_socket,
         namespaces,
-        // Socket ids carry the node id, so other nodes route a socket's own room to it.
-        node_tag: config.node_id.map_or(0, |id| u32::try_from(id & 0x00ff_ffff).unwrap_or(0)),
+        node_tag,
         ..SocketIoConfig::default()
     }
 }
@@ -421,6 +424,15 @@ async fn start_cluster(
     let mut transport_config = TransportConfig::new(listen);
     transport_config.advertise.clone_from(&config.advertise);
     transport_config.peer_queue_capacity = 16 * 1024;
+    // Relayed Engine.IO requests and tunnels get their own streams on top of the other requests'.
+    let relay = u32::try_from(config.cluster_relay_max_in_flight).unwrap_or(u32::MAX);
+    transport_config.max_concurrent_requests = transport_config.max_concurrent_requests.saturating_add(relay);
+    // A relayed poll answer carries a client's whole send queue (binary as base64); a relayed
+    // POST, up to max_payload.
+    let relayed =
+        config.send_queue_max_bytes.saturating_mul(2).saturating_add(config.max_payload).saturating_add(64 << 10);
+    transport_config.max_frame_bytes =
+        transport_config.max_frame_bytes.max(relayed).min(usize::try_from(u32::MAX).unwrap_or(usize::MAX));
     let (transport, incoming) = Transport::bind(transport_config, credentials)
         .map_err(|e| fail(format!("binding the cluster endpoint {listen}"))(&e))?;
     let advertise = transport.hello().advertise_addr.clone();
@@ -439,7 +451,11 @@ async fn start_cluster(
         RaftNode::start(RaftSettings::new(node_id, advertise.clone(), config.data_dir.clone()), transport.clone())
             .await
             .map_err(|e| fail(format!("starting raft with data dir {}", config.data_dir.display()))(&e))?;
-    let settings = NodeSettings { timeout: config.cluster_timeout(), gossip: GossipConfig::default() };
+    let settings = NodeSettings {
+        timeout: config.cluster_timeout(),
+        gossip: GossipConfig::default(),
+        relay_max_in_flight: config.cluster_relay_max_in_flight,
+    };
     let node = ClusterNode::start(settings, transport.clone(), incoming, raft.clone(), io.clone(), broker.clone());
     if config.join.is_empty() {
         let created = raft.initialize().await.map_err(|e| fail("bootstrapping a new cluster".to_owned())(&e))?;

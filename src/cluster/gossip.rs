@@ -560,6 +560,11 @@ impl GossipState {
         out
     }
 
+    /// Whether `node` is a peer the failure detector holds alive (or suspects, not yet dead).
+    pub fn is_live(&self, node: NodeId) -> bool {
+        self.peers.get(&node).is_some_and(|p| matches!(p.state, NodeState::Alive | NodeState::Suspect))
+    }
+
     /// The nodes a broadcast to `rooms` of `nsp` must be forwarded to: every live node for a
     /// namespace-wide one; else the node a socket-id room names, and the nodes with interest in
     /// any other room.
@@ -742,11 +747,13 @@ mod tests {
         beat(&mut b, &mut a, t0);
         assert!(a.tick(t0 + config.suspect_after / 2).is_empty());
         assert_eq!(a.tick(t0 + config.suspect_after), vec![StateChange { node: 2, state: NodeState::Suspect }]);
-        // A suspect node still gets its broadcasts.
+        // A suspect node still gets its broadcasts (and the requests of its sessions).
         assert_eq!(a.targets("/", &s(&["r"])), vec![2]);
+        assert!(a.is_live(2));
         assert_eq!(a.tick(t0 + config.dead_after), vec![StateChange { node: 2, state: NodeState::Dead }]);
         assert_eq!(a.targets("/", &s(&["r"])), Vec::<NodeId>::new());
         assert!(a.live_peers().is_empty());
+        assert!(!a.is_live(2) && !a.is_live(9));
         // It comes back (a healed partition): alive again, and its interest is fetched anew.
         let later = t0 + config.dead_after + Duration::from_millis(10);
         let actions = beat(&mut b, &mut a, later);

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use crate::engineio::{RelayRequest, RelayResponse};
 use crate::resp::kv::{KvOp, KvValue};
 use crate::rooms::{Broadcast, Selector};
 use crate::socketio::{AckedBroadcast, Payload, RemoteSocket, SocketsOp};
@@ -56,6 +57,11 @@ pub enum Message {
     Publish(Publish),
     /// The sender's whole contribution to the presence counts.
     Presence(PresenceState),
+    /// An Engine.IO request of a session the receiver holds, relayed by the node the client
+    /// reached (its own bi stream; a WebSocket's stream then becomes its tunnel).
+    RelayRequest(RelayRequest),
+    /// The answer to a [`Message::RelayRequest`].
+    RelayResponse(RelayResponse),
 }
 
 /// What one node counts for each presence key; replaces what it sent before.

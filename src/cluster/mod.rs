@@ -19,12 +19,16 @@
 //!   raft node implements `resp::kv::KvBackend`; its state machine is `resp::kv::KvStore`).
 //! - [`node`]: the runtime: the transport's inbox, interest flushing, heartbeats, forwarding,
 //!   cluster-wide operations with partial results, cluster pub/sub, `GET /cluster`.
+//! - `relay`: Engine.IO requests relayed to the node holding the session (polling GET/POST on a
+//!   bi stream each, WebSockets tunnelled), so load balancers need no sticky sessions; it
+//!   implements `engineio::Relay`.
 
 pub mod credentials;
 pub mod gossip;
 pub mod message;
 pub mod node;
 pub mod raft;
+mod relay;
 pub mod transport;
 mod wire;
 

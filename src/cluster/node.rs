@@ -30,6 +30,7 @@ use super::message::{
     PresenceState, Publish, ReplyBody, RequestErrorCode, RequestOp,
 };
 use super::raft::RaftNode;
+use super::relay::SessionRelay;
 use super::transport::{Incoming, Transport};
 use crate::resp::{Broker, ClusterPubSub};
 use crate::rooms::Broadcast;
@@ -45,6 +46,9 @@ pub struct NodeSettings {
     pub timeout: Duration,
     /// Failure-detector and gossip timing.
     pub gossip: GossipConfig,
+    /// Most Engine.IO requests and WebSocket tunnels relayed to one peer at a time; 0 relays
+    /// none (requests of sessions held elsewhere get `400 Session ID unknown`).
+    pub relay_max_in_flight: usize,
 }
 
 /// One node's cluster runtime. Cheap to clone.
@@ -125,6 +129,16 @@ impl ClusterNode {
             tracing::warn!("the Socket.IO server already had a cluster adapter");
         }
         broker.set_cluster(handle);
+        if settings.relay_max_in_flight > 0 {
+            let weak = Arc::downgrade(&inner);
+            let live: super::relay::Liveness =
+                Box::new(move |id| weak.upgrade().is_some_and(|inner| inner.gossip.lock().is_live(id)));
+            let relay =
+                SessionRelay::new(inner.transport.clone(), settings.relay_max_in_flight, settings.timeout, live);
+            if io.engine().set_relay(Arc::new(relay)).is_err() {
+                tracing::warn!("the Engine.IO endpoint already had a session relay");
+            }
+        }
         Self { inner }
     }
 
@@ -658,6 +672,10 @@ async fn inbox_loop(inner: Arc<Inner>, mut incoming: mpsc::Receiver<Incoming>) {
                 let inner = inner.clone();
                 inner.tasks.clone().spawn(async move {
                     let reply = match message {
+                        Message::RelayRequest(request) => {
+                            super::relay::serve(&inner.io, from, request, responder).await;
+                            return;
+                        }
                         Message::RaftRequest(payload) => Message::RaftReply(inner.raft.handle_rpc(from, payload).await),
                         Message::KvRequest(request) => {
                             Message::KvReply(inner.raft.handle_kv_request(from, request).await)
@@ -781,7 +799,11 @@ mod tests {
                 .unwrap();
             let io = Server::new(SocketIoConfig::default());
             io.of("/");
-            let settings = NodeSettings { timeout: Duration::from_secs(2), gossip: GossipConfig::default() };
+            let settings = NodeSettings {
+                timeout: Duration::from_secs(2),
+                gossip: GossipConfig::default(),
+                relay_max_in_flight: 16,
+            };
             let node = ClusterNode::start(settings, transport, incoming, raft, io.clone(), Arc::new(Broker::new()));
             nodes.push((node, io));
         }

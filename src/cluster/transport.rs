@@ -156,6 +156,9 @@ pub enum TransportError {
     /// The operation did not finish in time.
     #[error("timed out")]
     Timeout,
+    /// No link to the node is up at the moment.
+    #[error("no link to node {0}")]
+    NotConnected(NodeId),
     /// A frame exceeds the size limit.
     #[error("frame of {len} bytes exceeds the {max}-byte limit")]
     FrameTooLarge {
@@ -234,6 +237,8 @@ pub enum Incoming {
 #[derive(Debug)]
 pub struct Responder {
     stream: quinn::SendStream,
+    /// The rest of the request stream, after the request frame (a tunnel's bytes).
+    recv: quinn::RecvStream,
     node_id: NodeId,
     max_frame_bytes: usize,
 }
@@ -241,12 +246,36 @@ pub struct Responder {
 impl Responder {
     /// Sends the reply and closes the stream.
     pub async fn reply(mut self, message: &Message) -> Result<(), TransportError> {
-        let frame = encode_message(self.node_id, message);
-        check_len(frame.len(), self.max_frame_bytes)?;
-        write_frame(&mut self.stream, &frame).await?;
+        self.write_reply(message).await?;
         // Only fails when the stream is already closed; the write above reported that.
         let _ = self.stream.finish();
         Ok(())
+    }
+
+    /// Sends the reply and keeps both directions of the stream open for raw bytes (a tunnel);
+    /// returns them.
+    pub async fn reply_open(
+        mut self,
+        message: &Message,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), TransportError> {
+        self.write_reply(message).await?;
+        Ok((self.stream, self.recv))
+    }
+
+    async fn write_reply(&mut self, message: &Message) -> Result<(), TransportError> {
+        let frame = encode_message(self.node_id, message);
+        check_len(frame.len(), self.max_frame_bytes)?;
+        write_frame(&mut self.stream, &frame).await?;
+        Ok(())
+    }
+
+    /// Resolves when the requester no longer wants the reply (it gave up and dropped its end,
+    /// or the link failed).
+    pub fn abandoned(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let stopped = self.stream.stopped();
+        async move {
+            let _ = stopped.await;
+        }
     }
 }
 
@@ -583,6 +612,35 @@ impl Transport {
         tokio::time::timeout(timeout, exchange).await.map_err(|_| TransportError::Timeout)?
     }
 
+    /// Opens a stream to `peer` over the link that is up now (none: [`TransportError::NotConnected`]
+    /// at once), sends `message` as its first frame and reads one reply frame. The stream stays
+    /// open after the reply, for raw bytes both ways (a tunnel); with `finish`, nothing more is
+    /// sent after the request. Dropping the returned future or streams tells the peer the
+    /// requester gave up ([`Responder::abandoned`]). Not bounded in time: the caller bounds it.
+    pub async fn open_stream(
+        &self,
+        peer: NodeId,
+        message: &Message,
+        finish: bool,
+    ) -> Result<(Message, quinn::SendStream, quinn::RecvStream), TransportError> {
+        let known = self.inner.known_peer(peer)?;
+        let frame = encode_message(self.inner.id, message);
+        let max = self.inner.config.max_frame_bytes;
+        check_len(frame.len(), max)?;
+        let link = known.state.borrow().link.clone().filter(Link::alive).ok_or(TransportError::NotConnected(peer))?;
+        let (mut send, mut recv) = link.conn.open_bi().await?;
+        write_frame(&mut send, &frame).await?;
+        if finish {
+            let _ = send.finish();
+        }
+        let reply = read_frame(&mut recv, max).await?.ok_or(TransportError::NoReply)?;
+        let envelope = Envelope::decode(reply)?;
+        if envelope.sender != peer {
+            return Err(TransportError::Protocol(format!("reply from {} on {peer}'s link", envelope.sender)));
+        }
+        Ok((envelope.message, send, recv))
+    }
+
     /// Closes the transport: stops accepting and dialing, flushes every peer's ordered queue
     /// (finish, then wait for the peer's acknowledgement), closes the endpoint and waits for it
     /// to go idle, all within `grace`.
@@ -887,7 +945,7 @@ async fn read_request(inner: Arc<Inner>, from: NodeId, send: quinn::SendStream, 
     match Envelope::decode(frame) {
         Ok(envelope) if envelope.sender == from => {
             let responder =
-                Responder { stream: send, node_id: inner.id, max_frame_bytes: inner.config.max_frame_bytes };
+                Responder { stream: send, recv, node_id: inner.id, max_frame_bytes: inner.config.max_frame_bytes };
             inner.deliver(Incoming::Request { from, message: envelope.message, responder }).await;
         }
         Ok(_) => tracing::warn!(node_id = inner.id, peer = from, "request with a forged sender dropped"),

@@ -16,6 +16,7 @@ use super::message::{
     NodeState, PROTOCOL_VERSION, PayloadEncoding, PresenceEntry, PresenceState, Publish, RaftPayload, RaftRpcKind,
     ReplyBody, RequestErrorCode, RequestOp,
 };
+use crate::engineio::{RelayKind, RelayRequest, RelayResponse};
 use crate::resp::kv::{KvCommand, KvOp, KvRead, KvReadOp, KvValue, KvWrite, SetCondition};
 use crate::rooms::{Broadcast, BroadcastFlags, EncodedPacket, Selector};
 use crate::socketio::{AckedBroadcast, Payload, RemoteSocket, SocketsOp};
@@ -147,6 +148,8 @@ fn envelope_to_pb(sender: NodeId, message: &Message) -> pb::Envelope {
                 })
                 .collect(),
         }),
+        Message::RelayRequest(request) => Body::RelayRequest(relay_request_to_pb(request)),
+        Message::RelayResponse(response) => Body::RelayResponse(relay_response_to_pb(response)),
     };
     pb::Envelope { protocol_version: PROTOCOL_VERSION, sender, body: Some(body) }
 }
@@ -487,6 +490,8 @@ impl TryFrom<pb::Envelope> for Envelope {
                     .map(|e| PresenceEntry { key: e.key, count: e.count, values: e.unique.then_some(e.values) })
                     .collect(),
             }),
+            Body::RelayRequest(request) => Message::RelayRequest(relay_request_from_pb(request)?),
+            Body::RelayResponse(response) => Message::RelayResponse(relay_response_from_pb(response)?),
         };
         Ok(Envelope { sender: envelope.sender, message })
     }
@@ -786,6 +791,53 @@ fn encoding_from_pb(encoding: i32) -> Result<PayloadEncoding, WireError> {
         pb::PayloadEncoding::Json => PayloadEncoding::Json,
         pb::PayloadEncoding::Msgpack => PayloadEncoding::Msgpack,
         pb::PayloadEncoding::Unspecified => return Err(WireError::UnknownEnum { field: "PayloadEncoding", value: 0 }),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Relayed Engine.IO requests, both ways.
+// ---------------------------------------------------------------------------------------------
+
+fn relay_request_to_pb(request: &RelayRequest) -> pb::RelayRequest {
+    let kind = match request.kind {
+        RelayKind::Poll => pb::RelayKind::Poll,
+        RelayKind::Post => pb::RelayKind::Post,
+        RelayKind::WebSocket => pb::RelayKind::Websocket,
+    };
+    pb::RelayRequest { kind: kind as i32, sid: request.sid.clone(), body: request.body.clone() }
+}
+
+fn relay_request_from_pb(request: pb::RelayRequest) -> Result<RelayRequest, WireError> {
+    let kind = match known::<pb::RelayKind>("RelayKind", request.kind)? {
+        pb::RelayKind::Poll => RelayKind::Poll,
+        pb::RelayKind::Post => RelayKind::Post,
+        pb::RelayKind::Websocket => RelayKind::WebSocket,
+        pb::RelayKind::Unspecified => return Err(WireError::UnknownEnum { field: "RelayKind", value: 0 }),
+    };
+    Ok(RelayRequest { kind, sid: request.sid, body: request.body })
+}
+
+fn relay_response_to_pb(response: &RelayResponse) -> pb::RelayResponse {
+    pb::RelayResponse {
+        status: u32::from(response.status),
+        headers: response
+            .headers
+            .iter()
+            .map(|(name, value)| pb::RelayHeader { name: name.clone(), value: value.clone() })
+            .collect(),
+        body: response.body.clone(),
+    }
+}
+
+fn relay_response_from_pb(response: pb::RelayResponse) -> Result<RelayResponse, WireError> {
+    let status = u16::try_from(response.status)
+        .ok()
+        .filter(|s| (100..1000).contains(s))
+        .ok_or(WireError::Invalid("RelayResponse.status"))?;
+    Ok(RelayResponse {
+        status,
+        headers: response.headers.into_iter().map(|h| (h.name, h.value)).collect(),
+        body: response.body,
     })
 }
 
@@ -1192,6 +1244,52 @@ mod tests {
             };
             let decoded = Envelope::decode(envelope.encode_to_vec().into());
             assert!(matches!(decoded, Err(WireError::UnknownEnum { field: "RaftRpcKind", .. })), "{value}");
+        }
+    }
+
+    #[test]
+    fn relayed_requests_and_responses_round_trip() {
+        for kind in [RelayKind::Poll, RelayKind::Post, RelayKind::WebSocket] {
+            round_trip(Message::RelayRequest(RelayRequest {
+                kind,
+                sid: "AAAC0123456789abcdef".into(),
+                body: Bytes::from_static(b"4hello\x1e4world"),
+            }));
+        }
+        round_trip(Message::RelayResponse(RelayResponse {
+            status: 200,
+            headers: vec![
+                ("content-type".into(), Bytes::from_static(b"text/plain; charset=UTF-8")),
+                ("cache-control".into(), Bytes::from_static(b"no-store")),
+            ],
+            body: Bytes::from_static(b"2\x1e4x"),
+        }));
+        round_trip(Message::RelayResponse(RelayResponse::switching_protocols()));
+    }
+
+    #[test]
+    fn relayed_requests_without_a_kind_and_statuses_out_of_range_are_refused() {
+        let request = pb::RelayRequest { kind: 0, sid: "x".into(), body: Bytes::new() };
+        let envelope = pb::Envelope {
+            protocol_version: PROTOCOL_VERSION,
+            sender: 1,
+            body: Some(pb::envelope::Body::RelayRequest(request)),
+        };
+        assert!(matches!(
+            Envelope::decode(envelope.encode_to_vec().into()),
+            Err(WireError::UnknownEnum { field: "RelayKind", value: 0 })
+        ));
+        for status in [0, 99, 1000, u32::MAX] {
+            let response = pb::RelayResponse { status, headers: Vec::new(), body: Bytes::new() };
+            let envelope = pb::Envelope {
+                protocol_version: PROTOCOL_VERSION,
+                sender: 1,
+                body: Some(pb::envelope::Body::RelayResponse(response)),
+            };
+            assert!(
+                matches!(Envelope::decode(envelope.encode_to_vec().into()), Err(WireError::Invalid(_))),
+                "{status}"
+            );
         }
     }
 

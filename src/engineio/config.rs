@@ -39,6 +39,9 @@ pub struct EngineConfig {
     pub allow_upgrades: bool,
     /// CORS headers for polling requests.
     pub cors: Cors,
+    /// The tag session ids carry ([`crate::Sid::with_tag`]): the node id on a cluster node, so
+    /// that other nodes relay the session's requests here; 0 on a node without a cluster.
+    pub node_tag: u32,
 }
 
 impl Default for EngineConfig {
@@ -54,6 +57,7 @@ impl Default for EngineConfig {
             max_sessions: 0,
             allow_upgrades: true,
             cors: Cors::Disabled,
+            node_tag: 0,
         }
     }
 }

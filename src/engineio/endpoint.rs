@@ -24,6 +24,7 @@ use super::config::EngineConfig;
 use super::connection::{Connection, Handshake, Message};
 use super::driver::drive;
 use super::packet::{self, Frame, PacketType};
+use super::relay::{self, Relay, Route};
 use super::response::{
     Body, ErrorCode, cors_headers, error_response, json_response, parse_query, preflight, text_response,
     upgrade_response,
@@ -67,7 +68,11 @@ pub(crate) struct EngineInner<H: Handler> {
     pub(super) sessions: DashMap<sid::Sid, Arc<Connection<H::State>>>,
     capacity: Option<Arc<Semaphore>>,
     shutdown: CancellationToken,
-    tasks: TaskTracker,
+    /// Cancelled by [`Engine::shutdown`]: ends the WebSockets relayed to other nodes.
+    pub(super) closing: CancellationToken,
+    pub(super) tasks: TaskTracker,
+    /// Carries requests of sessions other nodes hold (set once by the cluster).
+    relay: std::sync::OnceLock<Arc<dyn Relay>>,
 }
 
 impl<H: Handler> Engine<H> {
@@ -81,7 +86,9 @@ impl<H: Handler> Engine<H> {
                 sessions: DashMap::new(),
                 capacity,
                 shutdown: CancellationToken::new(),
+                closing: CancellationToken::new(),
                 tasks: TaskTracker::new(),
+                relay: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -89,6 +96,13 @@ impl<H: Handler> Engine<H> {
     /// The application handler.
     pub fn handler(&self) -> &H {
         &self.inner.handler
+    }
+
+    /// Sends the requests of sessions held by other nodes (their ids carry another node's tag)
+    /// through `relay`; without one they get `400 Session ID unknown`. Set once; a second call
+    /// returns its argument.
+    pub fn set_relay(&self, relay: Arc<dyn Relay>) -> Result<(), Arc<dyn Relay>> {
+        self.inner.relay.set(relay)
     }
 
     /// Number of open sessions.
@@ -124,6 +138,7 @@ impl<H: Handler> Engine<H> {
     /// elsewhere) and waits for their tasks to end.
     pub async fn shutdown(&self) {
         self.inner.shutdown.cancel();
+        self.inner.closing.cancel();
         for entry in self.inner.sessions.iter() {
             entry.value().close_with(CloseReason::Shutdown);
         }
@@ -164,7 +179,16 @@ impl<H: Handler> Engine<H> {
         transport: Transport,
         is_upgrade: bool,
     ) -> Response<Body> {
-        let conn = sid::Sid::parse(sid).and_then(|sid| self.inner.sessions.get(&sid).map(|c| c.clone()));
+        let Some(sid) = sid::Sid::parse(sid) else {
+            return error_response(ErrorCode::UnknownSid);
+        };
+        let conn = self.inner.sessions.get(&sid).map(|c| c.clone());
+        if conn.is_none()
+            && let Some(relay) = self.inner.relay.get()
+            && let Route::Remote(owner) = relay::route(&sid, self.inner.config.node_tag)
+        {
+            return self.relay(relay.clone(), owner, req, sid, transport, is_upgrade).await;
+        }
         // A session that has just ended is unknown, even before its driver has removed it.
         let Some(conn) = conn.filter(|c| c.session.lock().accepts_requests()) else {
             return error_response(ErrorCode::UnknownSid);
@@ -279,7 +303,8 @@ impl<H: Handler> Engine<H> {
         permit: Option<OwnedSemaphorePermit>,
     ) -> (Arc<Connection<H::State>>, Frame) {
         let config = &self.inner.config;
-        let id = sid::Sid::random();
+        // The id names this node, so that any other node can send the session's requests here.
+        let id = sid::Sid::with_tag(config.node_tag);
         let session = Session::new(Instant::now(), transport, config.timings(), config.queue_limits());
         let conn = Arc::new(Connection::new(id, session, handshake));
         self.inner.sessions.insert(id, conn.clone());

@@ -10,6 +10,8 @@
 //! - `driver`: the per-session task (timers, WebSocket writes, teardown).
 //! - `websocket`: the WebSocket reader and batched writer.
 //! - `response`: error codes, HTTP responses, CORS.
+//! - [`relay`]: requests of sessions another node holds (no sticky sessions needed): the
+//!   [`Relay`] seam the cluster implements, and the owner's side of relayed requests.
 
 mod config;
 mod connection;
@@ -17,6 +19,7 @@ mod driver;
 mod endpoint;
 pub(crate) mod packet;
 mod polling;
+pub mod relay;
 mod response;
 pub(crate) mod session;
 mod websocket;
@@ -24,5 +27,8 @@ mod websocket;
 pub use config::{Cors, EngineConfig};
 pub use connection::{Connection, Handshake, Message};
 pub use endpoint::{Engine, Handler, RequestKind};
+pub use relay::{
+    Relay, RelayError, RelayFuture, RelayKind, RelayRequest, RelayResponse, RelayedUpgrade, Tunnel, Tunnelled,
+};
 pub(crate) use response::{Body, parse_query};
 pub use session::CloseReason;

@@ -76,17 +76,41 @@ impl<H: Handler> Engine<H> {
                 return error_response(ErrorCode::BadRequest);
             }
         };
+        self.deliver_payload(&conn, body);
+        text_response(Bytes::from_static(b"ok"))
+    }
+
+    /// A polling POST whose body another node read (bounded there by `maxPayload`) and relayed
+    /// here: delivered as [`Self::post`] delivers one.
+    pub(super) async fn post_body(&self, conn: Arc<Connection<H::State>>, body: Bytes) -> Response<Body> {
+        if body.len() > self.inner.config.max_payload {
+            return payload_too_large();
+        }
+        let started = conn.session.lock().post_start();
+        if let Err(err) = started {
+            if err == RequestError::DuplicatePost {
+                conn.wake_all();
+            }
+            return error_response(ErrorCode::BadRequest);
+        }
+        let _post = PostGuard(&conn);
+        self.deliver_payload(&conn, body);
+        text_response(Bytes::from_static(b"ok"))
+    }
+
+    /// Decodes a POST's payload and delivers its packets in order; a payload that does not
+    /// decode closes the session.
+    fn deliver_payload(&self, conn: &Arc<Connection<H::State>>, body: Bytes) {
         match packet::decode_payload(body) {
             Ok(packets) => {
                 for p in packets {
-                    if !self.deliver(&conn, p, Transport::Polling) {
+                    if !self.deliver(conn, p, Transport::Polling) {
                         break;
                     }
                 }
             }
             Err(_) => conn.close_with(CloseReason::ParseError),
         }
-        text_response(Bytes::from_static(b"ok"))
     }
 }
 

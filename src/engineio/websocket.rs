@@ -25,7 +25,7 @@ use super::endpoint::{Engine, Handler};
 use super::packet::{self, Frame};
 use super::session::{CloseReason, Inbound, TimerOutcome, Transport};
 
-type ReadIo = Box<dyn AsyncRead + Send + Unpin>;
+pub(crate) type ReadIo = Box<dyn AsyncRead + Send + Unpin>;
 /// The read half plus our own reassembly of fragmented messages, so that a
 /// message's total size (not only each frame's) is bounded by `max_payload`.
 struct WsReader {
@@ -141,10 +141,19 @@ impl AsyncRead for Prefixed {
     }
 }
 
+pub(crate) type WriteIo = Box<dyn AsyncWrite + Send + Unpin>;
+
 /// Takes the stream back from hyper and fastwebsockets and splits it.
 fn split(ws: WebSocket<TokioIo<Upgraded>>, max_payload: usize) -> (WsReader, WsWriter) {
+    let (read, write) = raw_halves(ws);
+    halves(read, write, max_payload)
+}
+
+/// The upgraded connection's byte halves, taken back from hyper and fastwebsockets (the TCP
+/// stream itself when there is no TLS, so hyper's read buffer is freed).
+pub(crate) fn raw_halves(ws: WebSocket<TokioIo<Upgraded>>) -> (ReadIo, WriteIo) {
     let upgraded = ws.into_inner().into_inner();
-    let (read, write): (ReadIo, Box<dyn AsyncWrite + Send + Unpin>) = match upgraded.downcast::<TokioIo<TcpStream>>() {
+    match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => {
             let (r, w) = parts.io.into_inner().into_split();
             if parts.read_buf.is_empty() {
@@ -158,7 +167,11 @@ fn split(ws: WebSocket<TokioIo<Upgraded>>, max_payload: usize) -> (WsReader, WsW
             let (r, w) = tokio::io::split(TokioIo::new(upgraded));
             (Box::new(r), Box::new(w))
         }
-    };
+    }
+}
+
+/// The reader and the writer of a WebSocket whose handshake is done, over its two byte halves.
+fn halves(read: ReadIo, write: WriteIo, max_payload: usize) -> (WsReader, WsWriter) {
     let (mut reader, _unused_writer) = fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
     reader.set_max_message_size(max_payload);
     reader.set_auto_close(true);
@@ -184,7 +197,28 @@ pub(crate) async fn run_probe<H: Handler>(
     conn: Arc<Connection<H::State>>,
     ws: WebSocket<TokioIo<Upgraded>>,
 ) {
-    let (mut reader, mut writer) = split(ws, engine.max_payload());
+    let (reader, writer) = split(ws, engine.max_payload());
+    probe(engine, conn, reader, writer).await;
+}
+
+/// [`run_probe`] for a WebSocket whose bytes another node relays (see `super::relay`): the
+/// client's handshake was answered there, its frames arrive through `read`.
+pub(crate) async fn run_probe_io<H: Handler>(
+    engine: Engine<H>,
+    conn: Arc<Connection<H::State>>,
+    read: ReadIo,
+    write: WriteIo,
+) {
+    let (reader, writer) = halves(read, write, engine.max_payload());
+    probe(engine, conn, reader, writer).await;
+}
+
+async fn probe<H: Handler>(
+    engine: Engine<H>,
+    conn: Arc<Connection<H::State>>,
+    mut reader: WsReader,
+    mut writer: WsWriter,
+) {
     let deadline = tokio::time::Instant::now() + engine.upgrade_timeout();
     let mut ignore_control = |_frame: WsFrame<'_>| async { Ok::<_, WebSocketError>(()) };
     loop {
@@ -344,5 +378,11 @@ pub(crate) async fn close_writer(writer: &mut WsWriter) {
 /// Closes a WebSocket that may not join the session.
 pub(crate) async fn close_now(ws: WebSocket<TokioIo<Upgraded>>) {
     let (_reader, mut writer) = split(ws, 1024);
+    close_writer(&mut writer).await;
+}
+
+/// [`close_now`] for a WebSocket whose bytes another node relays.
+pub(crate) async fn close_now_io(read: ReadIo, write: WriteIo) {
+    let (_reader, mut writer) = halves(read, write, 1024);
     close_writer(&mut writer).await;
 }
