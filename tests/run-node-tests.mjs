@@ -9,8 +9,11 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 
 
-/** Runs the suite in folder `HERE`, labelled `label` in the summary line; exits 1 on failure. */
-export function runSuite(HERE, label, extra = process.argv.slice(2)) {
+/**
+ * Runs the suite in folder `HERE`, labelled `label` in the summary line; exits 1 on failure.
+ * `testTimeoutMs` bounds each test file (node --test applies it to a file as a whole).
+ */
+export function runSuite(HERE, label, extra = process.argv.slice(2), { testTimeoutMs = 60_000 } = {}) {
   const files = readdirSync(HERE)
     .filter((f) => f.endsWith(".test.mjs"))
     .sort();
@@ -22,7 +25,7 @@ export function runSuite(HERE, label, extra = process.argv.slice(2)) {
     [
       "--test",
       "--test-concurrency=1",
-      "--test-timeout=60000",
+      `--test-timeout=${testTimeoutMs}`,
       "--test-reporter=spec",
       "--test-reporter-destination=stdout",
       "--test-reporter=tap",

@@ -13,10 +13,13 @@ import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
+import { createRequire } from "node:module";
 import { after, before, test } from "node:test";
-import { io } from "socket.io-client";
 import { startCluster } from "../cluster-process.mjs";
-import { ServerProcess, WAIT_MS, call, ioswarmOnly, sleep, waitFor } from "./harness.mjs";
+import { ServerProcess, WAIT_MS, call, ioswarmOnly, sleep, waitFor } from "../e2e/harness.mjs";
+
+// socket.io-client from tests/e2e's dependencies (this suite has none of its own).
+const { io } = createRequire(new URL("../e2e/package.json", import.meta.url))("socket.io-client");
 
 const SECONDS = Number(process.env.LB_TEST_SECONDS ?? 45);
 // Debian installs it in /usr/sbin, which is not on every user's PATH.
@@ -187,7 +190,7 @@ ioswarmOnly("behind HAProxy (round robin, no sticky sessions)", () => {
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
-  test(`polling-only and default clients exchange messages for ${SECONDS} s: no session error, nothing lost, order kept`, { timeout: (SECONDS + 180) * 1000 }, async () => {
+  test(`polling-only and default clients exchange messages for ${SECONDS} s: no session error, nothing lost, order kept`, { timeout: (SECONDS + 180) * 1000 }, async (t) => {
     const clients = [];
     for (let i = 0; i < 2 * PER_KIND; i++) {
       clients.push(new Client(i, lb.url, i < PER_KIND ? { transports: ["polling"] } : {}));
@@ -249,6 +252,13 @@ ioswarmOnly("behind HAProxy (round robin, no sticky sessions)", () => {
     }
     const tunnels = await Promise.all(cluster.nodes.map((n) => metric(n, 'ioswarm_cluster_relay_served_total{kind="websocket"}')));
     assert.ok(tunnels.reduce((a, b) => a + b) > 0, `WebSockets tunnelled to their node: ${tunnels}`);
+
+    const relayed = await Promise.all(cluster.nodes.map((n) => metric(n, 'ioswarm_cluster_relayed_requests_total{result="ok"}')));
+    const delivered = clients.reduce((sum, c) => sum + [...c.ticks.values(), ...c.chats.values()].reduce((n, l) => n + l.length, 0), 0);
+    t.diagnostic(
+      `${SECONDS} s: ${ticks.reduce((a, b) => a + b)} server emits and ${clients.reduce((n, c) => n + c.sent, 0)} client ` +
+        `messages, ${delivered} deliveries; requests relayed per node ${relayed.join("/")}, WebSockets tunnelled ${tunnels.join("/")}`,
+    );
 
     for (const c of clients) c.socket.disconnect();
   });
