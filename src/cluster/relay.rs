@@ -201,3 +201,44 @@ pub(super) async fn serve(io: &Server, from: NodeId, request: RelayRequest, resp
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::cluster::credentials::tests::cluster;
+    use crate::cluster::transport::TransportConfig;
+
+    #[tokio::test]
+    async fn slots_are_bounded_per_live_peer_and_come_back() {
+        let (_dir, creds) = cluster("relay-slots", &[1]);
+        let (transport, _incoming) =
+            Transport::bind(TransportConfig::new("127.0.0.1:0".parse().unwrap()), creds[0].clone()).unwrap();
+        let relay = SessionRelay::new(transport.clone(), 1, Duration::from_secs(1), Box::new(|id| id == 2 || id == 3));
+        // Dead or unknown nodes, and this node itself, are never relayed to.
+        assert_eq!(relay.slot(4).err(), Some(RelayError::OwnerGone));
+        assert_eq!(relay.slot(1).err(), Some(RelayError::OwnerGone));
+        // One in flight per peer: the second waits for nobody, it is refused.
+        let first = relay.slot(2).unwrap();
+        assert_eq!(relay.slot(2).err(), Some(RelayError::Busy));
+        let other_peer = relay.slot(3).unwrap();
+        drop(first);
+        let again = relay.slot(2).unwrap();
+        drop((again, other_peer));
+        // A live member whose link is down (it is being dialed, in vain) is answered at once:
+        // no wait for the link to come up.
+        let dialing = transport.clone();
+        tokio::spawn(async move { dialing.connect("127.0.0.1:9".parse().unwrap(), 2).await });
+        while transport.peers().is_empty() {
+            tokio::task::yield_now().await;
+        }
+        assert!(!transport.peers()[0].connected);
+        let answer = relay.forward(
+            2,
+            RelayRequest { kind: RelayKind::Poll, sid: String::new(), body: Default::default() },
+            Duration::from_secs(30),
+        );
+        assert_eq!(tokio::time::timeout(Duration::from_secs(5), answer).await.unwrap(), Err(RelayError::OwnerGone));
+        transport.shutdown(Duration::from_millis(100)).await;
+    }
+}
