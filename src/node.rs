@@ -338,13 +338,15 @@ fn socketio_router(config: &Config, io: &Server) -> Router {
         return Router::new().route(&config.path, io.clone());
     }
     let origins = config.auth.origins(&config.cors_origin);
-    if origins.is_empty() {
+    if origins.is_empty() && config.static_dir.is_none() {
         tracing::warn!(
             "[auth] lets cookies authenticate but no origin is allowed (auth.allowed_origins, or cors_origin \
-             without \"*\"): every browser handshake, which carries an Origin, is refused"
+             without \"*\"): every browser handshake from a page this node does not serve is refused"
         );
     }
-    let guard = crate::auth::OriginGuard::new(io.clone(), crate::auth::OriginPolicy::new(origins));
+    // The pages this listener serves itself (`--static`) have its own origin.
+    let scheme = if config.tls_cert.is_some() { "https" } else { "http" };
+    let guard = crate::auth::OriginGuard::new(io.clone(), crate::auth::OriginPolicy::new(origins, scheme));
     Router::new().route(&config.path, guard)
 }
 
