@@ -394,6 +394,9 @@ fn socketio_config(config: &Config, capacity: usize) -> SocketIoConfig {
             max_sessions: capacity,
             allow_upgrades: true,
             cors,
+            allow_eio3: config.allow_eio3,
+            // Set by `Server::new` from `node_tag` below.
+            node_tag: 0,
         },
         connect_timeout: config.connect_timeout(),
         ack_timeout: config.ack_timeout(),
