@@ -13,13 +13,14 @@
 // The clients run on the same machine and share its cores with the server: the figures compare
 // the modes with each other, they are not the server's ceiling. Timings live here, not in tests.
 import { spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { ServerProcess } from "../tests/server-process.mjs";
+import { cpuSeconds, median } from "./lib.mjs";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const require = createRequire(path.join(ROOT, "tests/e2e/package.json"));
@@ -43,13 +44,6 @@ async function startServer(configLines) {
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("IOSWARM_")));
   const child = spawn(BIN, args, { stdio: ["ignore", "pipe", "pipe"], env });
   return new ServerProcess(child, [BIN, ...args].join(" ")).ready;
-}
-
-/** CPU seconds (user + system) process `pid` used so far (Linux; clock ticks at 100 Hz). */
-function cpuSeconds(pid) {
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(fields[11]) + Number(fields[12])) / 100;
 }
 
 function connectOne(url, auth, latencies) {
@@ -91,7 +85,6 @@ async function measure(server, authFor) {
 }
 
 const signed = (x, digits) => (x >= 0 ? "+" : "") + x.toFixed(digits);
-const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 async function main() {
   const exp = Math.floor(Date.now() / 1000) + 3600;

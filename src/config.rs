@@ -80,6 +80,10 @@ pub struct Config {
     pub max_connections: u64,
     /// Allowed CORS origins; empty sends no CORS headers, `["*"]` allows any origin.
     pub cors_origin: Vec<String>,
+    /// Accept Engine.IO protocol 3 clients (socket.io 1.x / 2.x, `EIO=3`) next to protocol 4
+    /// ones; when off their handshake gets 400 `{"code":5,"message":"Unsupported protocol
+    /// version"}`.
+    pub allow_eio3: bool,
     /// Namespace allowlist; empty accepts every namespace.
     pub namespaces: Vec<String>,
     /// When set, a CONNECT must carry auth `{"token": <this>}`.
@@ -175,6 +179,7 @@ impl Default for Config {
             max_attachments: 10,
             max_connections: 0,
             cors_origin: Vec::new(),
+            allow_eio3: true,
             namespaces: Vec::new(),
             auth_token: None,
             client_rooms: false,
@@ -229,6 +234,7 @@ impl fmt::Debug for Config {
             .field("max_attachments", &self.max_attachments)
             .field("max_connections", &self.max_connections)
             .field("cors_origin", &self.cors_origin)
+            .field("allow_eio3", &self.allow_eio3)
             .field("namespaces", &self.namespaces)
             .field("auth_token", &self.auth_token.as_ref().map(|_| "<redacted>"))
             .field("client_rooms", &self.client_rooms)
@@ -637,6 +643,7 @@ impl Config {
             max_payload,
             max_attachments,
             max_connections,
+            allow_eio3,
             client_rooms,
             client_relay,
             send_queue_max_packets,
@@ -800,6 +807,17 @@ pub struct Cli {
     /// Require CONNECT auth `{"token": TOKEN}` [default: none].
     #[arg(long, env = "IOSWARM_AUTH_TOKEN", value_name = "TOKEN", hide_env_values = true)]
     pub auth_token: Option<String>,
+    /// Accept socket.io 1.x/2.x clients (Engine.IO 3, `EIO=3`) [default: true].
+    #[arg(
+        long,
+        env = "IOSWARM_ALLOW_EIO3",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new()
+    )]
+    pub allow_eio3: Option<bool>,
     /// Allow clients to join/leave rooms (`ioswarm:join`, `ioswarm:leave`).
     #[arg(
         long,
@@ -970,6 +988,7 @@ mod tests {
             client_rooms = true
             auth_token = "s3cret"
             log_format = "json"
+            allow_eio3 = false
             "#,
         )
         .unwrap();
@@ -980,6 +999,8 @@ mod tests {
         assert!(c.client_rooms);
         assert_eq!(c.auth_token.as_deref(), Some("s3cret"));
         assert_eq!(c.log_format, LogFormat::Json);
+        assert!(!c.allow_eio3);
+        assert!(Config::default().allow_eio3, "socket.io 1.x/2.x clients are accepted by default");
         // Keys left out keep their defaults.
         assert_eq!(c.ping_timeout_ms, 20_000);
         assert_eq!(c.path, "/socket.io/");
@@ -1068,7 +1089,7 @@ mod tests {
         let cmd = Cli::command();
         let longs: Vec<&str> = cmd.get_arguments().filter_map(|a| a.get_long()).collect();
         let keys = value.as_object().unwrap().keys();
-        assert_eq!(keys.len(), 46);
+        assert_eq!(keys.len(), 47);
         for key in keys.filter(|k| !TOML_ONLY.contains(&k.as_str())) {
             let flag = key.replace('_', "-");
             assert!(longs.contains(&flag.as_str()), "config field {key} has no --{flag}");
@@ -1104,6 +1125,7 @@ mod tests {
             "--auth-token=t",
             "--client-rooms",
             "--client-relay",
+            "--allow-eio3=false",
             "--send-queue-max-packets=7",
             "--send-queue-max-bytes=8",
             "--volatile-drop-bytes=8",

@@ -25,12 +25,13 @@
 //! ```
 //!
 //! - [`engineio`]: Engine.IO v4 transport (polling, WebSocket, upgrade,
-//!   heartbeat). Pure packet codec and session state machine, plus the HTTP
-//!   and WebSocket drivers that carry out the state machine's decisions. Its
-//!   [`engineio::Relay`] is the seam through which the cluster carries the
-//!   requests of sessions other nodes hold (no sticky sessions needed).
+//!   heartbeat), and v3 for socket.io 1.x/2.x clients (`packet_v3`, `--allow-eio3`). Pure
+//!   packet codecs and session state machine, plus the HTTP and WebSocket drivers that carry
+//!   out the state machine's decisions. Its [`engineio::Relay`] is the seam through which the
+//!   cluster carries the requests of sessions other nodes hold (no sticky sessions needed).
 //! - [`socketio`]: Socket.IO v5 on top: packet codec, namespaces, sockets,
-//!   acks, binary attachments, middleware, the public API. Its
+//!   acks, binary attachments, middleware, the public API; `socketio::eio3` holds what differs
+//!   for 2.x clients (Socket.IO protocol 4). Its
 //!   [`socketio::Adapter`] is the seam the cluster implements.
 //! - [`rooms`]: the per-namespace room registry (dashmap) and the
 //!   [`rooms::Broadcast`] value executed by the local fan-out and forwarded

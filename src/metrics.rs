@@ -25,6 +25,9 @@ use crate::socketio::reason::{ConnectErrorReason, DisconnectReason, DropReason};
 
 /// Gauge: open Engine.IO sessions (either transport).
 pub(crate) const ENGINE_CONNECTIONS: &str = "ioswarm_engine_connections";
+/// Gauge: open Engine.IO sessions of protocol 3 (socket.io 1.x / 2.x clients), also counted in
+/// [`ENGINE_CONNECTIONS`].
+pub(crate) const ENGINE_EIO3_CONNECTIONS: &str = "ioswarm_engine_eio3_connections";
 /// Counter: Engine.IO sessions opened (successful handshakes).
 pub(crate) const ENGINE_CONNECTIONS_OPENED: &str = "ioswarm_engine_connections_opened_total";
 /// Counter: Engine.IO sessions closed. Labels: [`label::REASON`] = [`crate::engineio::CloseReason::label`].
@@ -162,6 +165,7 @@ pub(crate) const ALL: &[MetricDef] = {
     use MetricKind::{Counter, Gauge, Histogram};
     &[
         def(ENGINE_CONNECTIONS, Gauge, "Open Engine.IO sessions."),
+        def(ENGINE_EIO3_CONNECTIONS, Gauge, "Open Engine.IO 3 sessions (socket.io 1.x/2.x clients)."),
         def(ENGINE_CONNECTIONS_OPENED, Counter, "Engine.IO sessions opened."),
         def(ENGINE_CONNECTIONS_CLOSED, Counter, "Engine.IO sessions closed, by reason."),
         def(ENGINE_UPGRADES, Counter, "Polling to websocket upgrades completed."),

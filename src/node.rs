@@ -338,13 +338,15 @@ fn socketio_router(config: &Config, io: &Server) -> Router {
         return Router::new().route(&config.path, io.clone());
     }
     let origins = config.auth.origins(&config.cors_origin);
-    if origins.is_empty() {
+    if origins.is_empty() && config.static_dir.is_none() {
         tracing::warn!(
             "[auth] lets cookies authenticate but no origin is allowed (auth.allowed_origins, or cors_origin \
-             without \"*\"): every browser handshake, which carries an Origin, is refused"
+             without \"*\"): every browser handshake from a page this node does not serve is refused"
         );
     }
-    let guard = crate::auth::OriginGuard::new(io.clone(), crate::auth::OriginPolicy::new(origins));
+    // The pages this listener serves itself (`--static`) have its own origin.
+    let scheme = if config.tls_cert.is_some() { "https" } else { "http" };
+    let guard = crate::auth::OriginGuard::new(io.clone(), crate::auth::OriginPolicy::new(origins, scheme));
     Router::new().route(&config.path, guard)
 }
 
@@ -380,9 +382,6 @@ fn socketio_config(config: &Config, capacity: usize) -> SocketIoConfig {
     } else {
         NamespacePolicy::Allow(config.namespaces.clone())
     };
-    // Socket and session ids carry the node id, so other nodes route a socket's own room and a
-    // session's requests to it.
-    let node_tag = config.node_id.map_or(0, |id| u32::try_from(id & 0x00ff_ffff).unwrap_or(0));
     SocketIoConfig {
         engine: EngineConfig {
             ping_interval: config.ping_interval(),
@@ -395,14 +394,18 @@ fn socketio_config(config: &Config, capacity: usize) -> SocketIoConfig {
             max_sessions: capacity,
             allow_upgrades: true,
             cors,
-            node_tag,
+            allow_eio3: config.allow_eio3,
+            // Set by `Server::new` from `node_tag` below.
+            node_tag: 0,
         },
         connect_timeout: config.connect_timeout(),
         ack_timeout: config.ack_timeout(),
         max_attachments: config.max_attachments,
         max_rooms_per_socket: config.max_rooms_per_socket,
         namespaces,
-        node_tag,
+        // Socket and session ids carry the node id, so other nodes route a socket's own room and
+        // a session's requests to it.
+        node_tag: config.node_id.map_or(0, |id| u32::try_from(id & 0x00ff_ffff).unwrap_or(0)),
         ..SocketIoConfig::default()
     }
 }

@@ -3,7 +3,9 @@
 //! Such a handshake (a request without `sid`, polling or WebSocket) whose `Origin` is present
 //! and not allowed is refused with 403 before it reaches Engine.IO, so before any connect hook
 //! call. Requests without `Origin` (non-browser clients) pass: they carry only the cookies their
-//! owner gave them.
+//! owner gave them. So do pages the node serves itself (`--static`): their `Origin` is the
+//! node's own, `<scheme>://<Host>`, and the browser sends such a request only the cookies of
+//! that host (a DNS-rebound name is another host to the browser: none of the victim's cookies).
 
 use std::net::SocketAddr;
 
@@ -35,23 +37,42 @@ pub(crate) fn is_origin(text: &str) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OriginPolicy {
     allowed: Vec<String>,
+    scheme: &'static str,
 }
 
 impl OriginPolicy {
-    /// A policy that lets handshakes from `allowed` origins (exact, ASCII case-insensitive) in.
-    pub fn new(allowed: Vec<String>) -> Self {
-        Self { allowed }
+    /// A policy that lets handshakes from `allowed` origins (exact, ASCII case-insensitive) in,
+    /// and those from the node's own origin: `scheme` (`http`, or `https` on a TLS listener)
+    /// and the request's `Host`.
+    pub fn new(allowed: Vec<String>, scheme: &'static str) -> Self {
+        Self { allowed, scheme }
     }
 
     /// Whether a request may go on: one with a `sid` (an existing session), an `OPTIONS`
-    /// preflight, one without `Origin`, or one from an allowed origin.
-    pub fn allows(&self, method: &Method, query: &str, origin: Option<&HeaderValue>) -> bool {
+    /// preflight, one without `Origin`, one from an allowed origin, or one from a page the node
+    /// served (`Origin` is `<scheme>://<Host>`).
+    pub fn allows(
+        &self,
+        method: &Method,
+        query: &str,
+        origin: Option<&HeaderValue>,
+        host: Option<&HeaderValue>,
+    ) -> bool {
         if method == Method::OPTIONS || form_urlencoded::parse(query.as_bytes()).any(|(k, _)| k == "sid") {
             return true;
         }
         let Some(origin) = origin else { return true };
         let origin = origin.as_bytes();
-        self.allowed.iter().any(|a| a.as_bytes().eq_ignore_ascii_case(origin))
+        self.allowed.iter().any(|a| a.as_bytes().eq_ignore_ascii_case(origin)) || self.is_own(origin, host)
+    }
+
+    /// Whether `origin` is `<scheme>://<host>` (the page came from this listener), ASCII
+    /// case-insensitive like the allowed origins.
+    fn is_own(&self, origin: &[u8], host: Option<&HeaderValue>) -> bool {
+        let Some(host) = host.map(HeaderValue::as_bytes).filter(|h| !h.is_empty()) else { return false };
+        let (scheme, rest) = origin.split_at(self.scheme.len().min(origin.len()));
+        scheme.eq_ignore_ascii_case(self.scheme.as_bytes())
+            && rest.strip_prefix(b"://").is_some_and(|authority| authority.eq_ignore_ascii_case(host))
     }
 }
 
@@ -76,7 +97,8 @@ impl<E: Endpoint> Endpoint for OriginGuard<E> {
         remote: SocketAddr,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send + '_>> {
         let origin = req.headers().get(header::ORIGIN);
-        if self.policy.allows(req.method(), req.uri().query().unwrap_or(""), origin) {
+        let host = req.headers().get(header::HOST);
+        if self.policy.allows(req.method(), req.uri().query().unwrap_or(""), origin, host) {
             return self.inner.call(req, remote);
         }
         tracing::debug!(%remote, origin = ?origin, "handshake from a foreign origin refused");
@@ -98,24 +120,48 @@ mod tests {
 
     #[test]
     fn only_handshakes_from_foreign_origins_are_refused() {
-        let policy = OriginPolicy::new(vec!["https://app.example".to_owned()]);
-        let app = HeaderValue::from_static("https://app.example");
-        let evil = HeaderValue::from_static("https://evil.example");
+        let policy = OriginPolicy::new(vec!["https://app.example".to_owned()], "http");
+        let allows = |query: &str, origin: Option<&'static str>| {
+            policy.allows(&Method::GET, query, origin.map(HeaderValue::from_static).as_ref(), None)
+        };
         let handshake = "EIO=4&transport=websocket";
-        assert!(policy.allows(&Method::GET, handshake, Some(&app)));
-        assert!(policy.allows(&Method::GET, handshake, Some(&HeaderValue::from_static("HTTPS://APP.example"))));
-        assert!(!policy.allows(&Method::GET, handshake, Some(&evil)));
-        assert!(!policy.allows(&Method::GET, "EIO=4&transport=polling", Some(&evil)));
+        assert!(allows(handshake, Some("https://app.example")));
+        assert!(allows(handshake, Some("HTTPS://APP.example")));
+        assert!(!allows(handshake, Some("https://evil.example")));
+        assert!(!allows("EIO=4&transport=polling", Some("https://evil.example")));
         // A look-alike is not the origin.
-        let like = HeaderValue::from_static("https://app.example.evil.example");
-        assert!(!policy.allows(&Method::GET, handshake, Some(&like)));
-        assert!(!policy.allows(&Method::GET, handshake, Some(&HeaderValue::from_static("null"))));
+        assert!(!allows(handshake, Some("https://app.example.evil.example")));
+        assert!(!allows(handshake, Some("null")));
         // No Origin: not a browser; an existing session; a preflight.
-        assert!(policy.allows(&Method::GET, handshake, None));
-        assert!(policy.allows(&Method::POST, "EIO=4&transport=polling&sid=abc", Some(&evil)));
-        assert!(policy.allows(&Method::OPTIONS, handshake, Some(&evil)));
+        assert!(allows(handshake, None));
+        let evil = HeaderValue::from_static("https://evil.example");
+        assert!(policy.allows(&Method::POST, "EIO=4&transport=polling&sid=abc", Some(&evil), None));
+        assert!(policy.allows(&Method::OPTIONS, handshake, Some(&evil), None));
         // Nothing allowed: every browser handshake is refused.
-        assert!(!OriginPolicy::new(Vec::new()).allows(&Method::GET, handshake, Some(&app)));
+        let app = HeaderValue::from_static("https://app.example");
+        assert!(!OriginPolicy::new(Vec::new(), "http").allows(&Method::GET, handshake, Some(&app), None));
+    }
+
+    #[test]
+    fn pages_the_node_served_are_its_own_origin() {
+        let host = HeaderValue::from_static("127.0.0.1:3001");
+        let allows = |policy: &OriginPolicy, origin: &'static str, host: Option<&HeaderValue>| {
+            policy.allows(&Method::GET, "EIO=4&transport=websocket", Some(&HeaderValue::from_static(origin)), host)
+        };
+        let plain = OriginPolicy::new(Vec::new(), "http");
+        assert!(allows(&plain, "http://127.0.0.1:3001", Some(&host)));
+        assert!(allows(&plain, "HTTP://127.0.0.1:3001", Some(&host)));
+        // Another port, another host, another scheme, a path, no Host: not this node's page.
+        assert!(!allows(&plain, "http://127.0.0.1:3002", Some(&host)));
+        assert!(!allows(&plain, "http://evil.example", Some(&host)));
+        assert!(!allows(&plain, "https://127.0.0.1:3001", Some(&host)));
+        assert!(!allows(&plain, "http://127.0.0.1:3001/", Some(&host)));
+        assert!(!allows(&plain, "http://127.0.0.1:3001", None));
+        assert!(!allows(&plain, "http://", Some(&HeaderValue::from_static(""))));
+        // On a TLS listener the page's origin is https.
+        let tls = OriginPolicy::new(Vec::new(), "https");
+        assert!(allows(&tls, "https://127.0.0.1:3001", Some(&host)));
+        assert!(!allows(&tls, "http://127.0.0.1:3001", Some(&host)));
     }
 
     #[test]

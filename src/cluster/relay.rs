@@ -177,7 +177,7 @@ pub(super) async fn serve(io: &Server, from: NodeId, request: RelayRequest, resp
     metrics::counter!(crate::metrics::CLUSTER_RELAY_SERVED, crate::metrics::label::KIND => kind).increment(1);
     let engine = io.engine();
     match request.kind {
-        RelayKind::WebSocket => match engine.relayed_upgrade(&request.sid).await {
+        RelayKind::WebSocket => match engine.relayed_upgrade(&request).await {
             Err(response) => {
                 let _ = responder.reply(&Message::RelayResponse(response)).await;
             }
@@ -235,7 +235,12 @@ mod tests {
         assert!(!transport.peers()[0].connected);
         let answer = relay.forward(
             2,
-            RelayRequest { kind: RelayKind::Poll, sid: String::new(), body: Default::default() },
+            RelayRequest {
+                kind: RelayKind::Poll,
+                sid: String::new(),
+                protocol: crate::engineio::Protocol::V4,
+                body: Default::default(),
+            },
             Duration::from_secs(30),
         );
         assert_eq!(tokio::time::timeout(Duration::from_secs(5), answer).await.unwrap(), Err(RelayError::OwnerGone));

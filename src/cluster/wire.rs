@@ -16,7 +16,7 @@ use super::message::{
     NodeState, PROTOCOL_VERSION, PayloadEncoding, PresenceEntry, PresenceState, Publish, RaftPayload, RaftRpcKind,
     ReplyBody, RequestErrorCode, RequestOp,
 };
-use crate::engineio::{RelayKind, RelayRequest, RelayResponse};
+use crate::engineio::{Protocol, RelayKind, RelayRequest, RelayResponse};
 use crate::resp::kv::{KvCommand, KvOp, KvRead, KvReadOp, KvValue, KvWrite, SetCondition};
 use crate::rooms::{Broadcast, BroadcastFlags, EncodedPacket, Selector};
 use crate::socketio::{AckedBroadcast, Payload, RemoteSocket, SocketsOp};
@@ -804,7 +804,12 @@ fn relay_request_to_pb(request: &RelayRequest) -> pb::RelayRequest {
         RelayKind::Post => pb::RelayKind::Post,
         RelayKind::WebSocket => pb::RelayKind::Websocket,
     };
-    pb::RelayRequest { kind: kind as i32, sid: request.sid.clone(), body: request.body.clone() }
+    pb::RelayRequest {
+        kind: kind as i32,
+        sid: request.sid.clone(),
+        body: request.body.clone(),
+        eio: u32::from(request.protocol.revision()),
+    }
 }
 
 fn relay_request_from_pb(request: pb::RelayRequest) -> Result<RelayRequest, WireError> {
@@ -814,7 +819,12 @@ fn relay_request_from_pb(request: pb::RelayRequest) -> Result<RelayRequest, Wire
         pb::RelayKind::Websocket => RelayKind::WebSocket,
         pb::RelayKind::Unspecified => return Err(WireError::UnknownEnum { field: "RelayKind", value: 0 }),
     };
-    Ok(RelayRequest { kind, sid: request.sid, body: request.body })
+    let protocol = match request.eio {
+        3 => Protocol::V3,
+        4 => Protocol::V4,
+        _ => return Err(WireError::Invalid("RelayRequest.eio")),
+    };
+    Ok(RelayRequest { kind, sid: request.sid, protocol, body: request.body })
 }
 
 fn relay_response_to_pb(response: &RelayResponse) -> pb::RelayResponse {
@@ -1250,11 +1260,14 @@ mod tests {
     #[test]
     fn relayed_requests_and_responses_round_trip() {
         for kind in [RelayKind::Poll, RelayKind::Post, RelayKind::WebSocket] {
-            round_trip(Message::RelayRequest(RelayRequest {
-                kind,
-                sid: "AAAC0123456789abcdef".into(),
-                body: Bytes::from_static(b"4hello\x1e4world"),
-            }));
+            for protocol in [Protocol::V3, Protocol::V4] {
+                round_trip(Message::RelayRequest(RelayRequest {
+                    kind,
+                    sid: "AAAC0123456789abcdef".into(),
+                    protocol,
+                    body: Bytes::from_static(b"4hello\x1e4world"),
+                }));
+            }
         }
         round_trip(Message::RelayResponse(RelayResponse {
             status: 200,
@@ -1268,8 +1281,8 @@ mod tests {
     }
 
     #[test]
-    fn relayed_requests_without_a_kind_and_statuses_out_of_range_are_refused() {
-        let request = pb::RelayRequest { kind: 0, sid: "x".into(), body: Bytes::new() };
+    fn relayed_requests_without_a_kind_or_revision_and_statuses_out_of_range_are_refused() {
+        let request = pb::RelayRequest { kind: 0, sid: "x".into(), body: Bytes::new(), eio: 4 };
         let envelope = pb::Envelope {
             protocol_version: PROTOCOL_VERSION,
             sender: 1,
@@ -1279,6 +1292,22 @@ mod tests {
             Envelope::decode(envelope.encode_to_vec().into()),
             Err(WireError::UnknownEnum { field: "RelayKind", value: 0 })
         ));
+        for eio in [0, 2, 5] {
+            let request =
+                pb::RelayRequest { kind: pb::RelayKind::Poll as i32, sid: "x".into(), body: Bytes::new(), eio };
+            let envelope = pb::Envelope {
+                protocol_version: PROTOCOL_VERSION,
+                sender: 1,
+                body: Some(pb::envelope::Body::RelayRequest(request)),
+            };
+            assert!(
+                matches!(
+                    Envelope::decode(envelope.encode_to_vec().into()),
+                    Err(WireError::Invalid("RelayRequest.eio"))
+                ),
+                "{eio}"
+            );
+        }
         for status in [0, 99, 1000, u32::MAX] {
             let response = pb::RelayResponse { status, headers: Vec::new(), body: Bytes::new() };
             let envelope = pb::Envelope {

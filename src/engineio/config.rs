@@ -39,8 +39,13 @@ pub struct EngineConfig {
     pub allow_upgrades: bool,
     /// CORS headers for polling requests.
     pub cors: Cors,
-    /// The tag session ids carry ([`crate::Sid::with_tag`]): the node id on a cluster node, so
-    /// that other nodes relay the session's requests here; 0 on a node without a cluster.
+    /// Whether Engine.IO protocol 3 clients (socket.io 1.x / 2.x, `EIO=3`) may connect;
+    /// otherwise their handshake gets error 5 `Unsupported protocol version` (engine.io's
+    /// `allowEIO3`, off by default there too).
+    pub allow_eio3: bool,
+    /// 24-bit tag written into every session id, telling which node holds the session (a
+    /// protocol 3 socket of `/` takes the session id as its own id; other nodes relay the
+    /// session's requests there). The Socket.IO server sets it from its own node tag.
     pub node_tag: u32,
 }
 
@@ -57,6 +62,7 @@ impl Default for EngineConfig {
             max_sessions: 0,
             allow_upgrades: true,
             cors: Cors::Disabled,
+            allow_eio3: false,
             node_tag: 0,
         }
     }

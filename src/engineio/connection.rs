@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::packet::Frame;
+use super::protocol::{Framing, Protocol};
 use super::session::{CloseReason, Enqueued, Session, Transport};
 use super::websocket::WsWriter;
 use crate::sid;
@@ -40,6 +41,8 @@ pub struct Handshake {
 /// One Engine.IO connection, shared by its transports and the application.
 pub struct Connection<S> {
     pub(super) id: sid::Sid,
+    /// The protocol the client speaks and how its packets are framed (fixed at the handshake).
+    pub(super) framing: Framing,
     pub(super) session: Mutex<Session>,
     /// Wakes the driver: frames queued for a WebSocket, timers moved, closed.
     pub(super) driver_wake: Notify,
@@ -63,9 +66,10 @@ impl<S> std::fmt::Debug for Connection<S> {
 
 impl<S> Connection<S> {
     /// A connection for a session that has just opened.
-    pub(super) fn new(id: sid::Sid, session: Session, handshake: Handshake) -> Self {
+    pub(super) fn new(id: sid::Sid, framing: Framing, session: Session, handshake: Handshake) -> Self {
         Self {
             id,
+            framing,
             session: Mutex::new(session),
             driver_wake: Notify::new(),
             poll_wake: Notify::new(),
@@ -80,6 +84,16 @@ impl<S> Connection<S> {
     /// The Engine.IO session id.
     pub fn id(&self) -> &str {
         self.id.as_str()
+    }
+
+    /// The Engine.IO session id, as the typed id.
+    pub(crate) fn sid(&self) -> sid::Sid {
+        self.id
+    }
+
+    /// The Engine.IO protocol revision the client speaks (3: socket.io 1.x / 2.x clients).
+    pub fn protocol(&self) -> Protocol {
+        self.framing.protocol
     }
 
     /// The request that opened the session.

@@ -111,6 +111,9 @@ impl<S> Driver<S> {
             websocket::close_writer(&mut w).await;
         }
         metrics::gauge!(crate::metrics::ENGINE_CONNECTIONS).decrement(1.0);
+        if self.conn.protocol() == super::protocol::Protocol::V3 {
+            metrics::gauge!(crate::metrics::ENGINE_EIO3_CONNECTIONS).decrement(1.0);
+        }
         metrics::counter!(crate::metrics::ENGINE_CONNECTIONS_CLOSED, crate::metrics::label::REASON => reason.label())
             .increment(1);
         engine.handler().on_close(&self.conn, reason);
@@ -159,6 +162,7 @@ mod tests {
     use parking_lot::Mutex;
 
     use super::*;
+    use crate::engineio::protocol::Framing;
     use crate::engineio::session::Transport;
     use crate::engineio::{EngineConfig, Handshake, Message};
 
@@ -205,7 +209,7 @@ mod tests {
             query: String::new(),
             issued: std::time::SystemTime::now(),
         };
-        let (conn, _open) = engine.open_session(Transport::WebSocket, handshake, None);
+        let (conn, _open) = engine.open_session(Transport::WebSocket, Framing::V4, handshake, None);
         // As Socket.IO's CONNECT: the reply, then what the connection handler emits at once.
         conn.send_frames_own_write(&[Frame::Text(Bytes::from_static(b"40{}"))]);
         conn.send_frames(&[Frame::Text(Bytes::from_static(b"42[\"a\"]"))], false);

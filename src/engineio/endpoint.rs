@@ -24,9 +24,10 @@ use super::config::EngineConfig;
 use super::connection::{Connection, Handshake, Message};
 use super::driver::drive;
 use super::packet::{self, Frame, PacketType};
+use super::protocol::{Framing, Protocol};
 use super::relay::{self, Relay, Route};
 use super::response::{
-    Body, ErrorCode, cors_headers, error_response, json_response, parse_query, preflight, text_response,
+    Body, ErrorCode, cors_headers, error_response, json_response, parse_query, payload_response, preflight,
     upgrade_response,
 };
 use super::session::{CloseReason, Inbound, Session, Transport};
@@ -39,6 +40,12 @@ pub trait Handler: Send + Sync + 'static {
     type State: Send + Sync + 'static;
     /// A session opened; returns its state. Called before any message.
     fn on_open(&self, conn: &Arc<Connection<Self::State>>) -> Self::State;
+    /// The session's open packet is on its way (in the polling handshake's answer, or queued
+    /// first on the WebSocket): what the application sends from now on follows it. Called once,
+    /// after [`Handler::on_open`] and before any message.
+    fn on_ready(&self, conn: &Arc<Connection<Self::State>>) {
+        let _ = conn;
+    }
     /// A message arrived, in order.
     fn on_message(&self, conn: &Arc<Connection<Self::State>>, msg: Message);
     /// The session ended; called exactly once.
@@ -166,7 +173,7 @@ impl<H: Handler> Engine<H> {
         metrics::counter!(crate::metrics::ENGINE_HTTP_REQUESTS, crate::metrics::label::KIND => kind.label())
             .increment(1);
         match query.get("sid") {
-            Some(sid) => self.route_to_session(req, sid, transport, is_upgrade).await,
+            Some(sid) => self.route_to_session(req, sid, transport, is_upgrade, Protocol::of_query(&query)).await,
             None => self.handshake(req, &query, transport, is_upgrade, remote_addr),
         }
     }
@@ -178,6 +185,7 @@ impl<H: Handler> Engine<H> {
         sid: &str,
         transport: Transport,
         is_upgrade: bool,
+        protocol: Protocol,
     ) -> Response<Body> {
         let Some(sid) = sid::Sid::parse(sid) else {
             return error_response(ErrorCode::UnknownSid);
@@ -187,12 +195,16 @@ impl<H: Handler> Engine<H> {
             && let Some(relay) = self.inner.relay.get()
             && let Route::Remote(owner) = relay::route(&sid, self.inner.config.node_tag)
         {
-            return self.relay(relay.clone(), owner, req, sid, transport, is_upgrade).await;
+            return self.relay(relay.clone(), owner, req, sid, transport, is_upgrade, protocol).await;
         }
         // A session that has just ended is unknown, even before its driver has removed it.
         let Some(conn) = conn.filter(|c| c.session.lock().accepts_requests()) else {
             return error_response(ErrorCode::UnknownSid);
         };
+        // Every request of a session speaks the protocol of its handshake (as engine.io checks).
+        if conn.protocol() != protocol {
+            return error_response(ErrorCode::BadRequest);
+        }
         match transport {
             Transport::WebSocket if is_upgrade => self.upgrade_existing(&mut req, conn),
             Transport::WebSocket => error_response(ErrorCode::BadRequest),
@@ -212,7 +224,8 @@ impl<H: Handler> Engine<H> {
         is_upgrade: bool,
         remote_addr: SocketAddr,
     ) -> Response<Body> {
-        let permit = match self.admit(&req, query, transport, is_upgrade) {
+        let framing = Framing::of_query(query);
+        let permit = match self.admit(&req, framing.protocol, transport, is_upgrade) {
             Ok(permit) => permit,
             Err(Refusal::Error(code)) => return error_response(code),
             Err(Refusal::AtCapacity) => {
@@ -225,12 +238,13 @@ impl<H: Handler> Engine<H> {
             query: req.uri().query().unwrap_or("").to_owned(),
             issued: std::time::SystemTime::now(),
         };
-        let (conn, open) = self.open_session(transport, handshake, permit);
+        let (conn, open) = self.open_session(transport, framing, handshake, permit);
         match transport {
             Transport::Polling => {
                 let mut body = BytesMut::new();
-                packet::encode_payload([&open], &mut body);
-                text_response(body.freeze())
+                let kind = framing.encode_payload(&[open], &mut body);
+                self.inner.handler.on_ready(&conn);
+                payload_response(kind, body.freeze())
             }
             Transport::WebSocket => self.accept_websocket(req, conn, open),
         }
@@ -242,7 +256,7 @@ impl<H: Handler> Engine<H> {
     fn admit(
         &self,
         req: &Request<Incoming>,
-        query: &HashMap<String, String>,
+        protocol: Protocol,
         transport: Transport,
         is_upgrade: bool,
     ) -> Result<Option<OwnedSemaphorePermit>, Refusal> {
@@ -252,7 +266,7 @@ impl<H: Handler> Engine<H> {
         if transport == Transport::WebSocket && !is_upgrade {
             return Err(Refusal::Error(ErrorCode::BadRequest));
         }
-        if query.get("EIO").map(String::as_str) != Some("4") {
+        if protocol == Protocol::V3 && !self.inner.config.allow_eio3 {
             return Err(Refusal::Error(ErrorCode::UnsupportedProtocolVersion));
         }
         if self.inner.shutdown.is_cancelled() {
@@ -273,6 +287,7 @@ impl<H: Handler> Engine<H> {
         open: Frame,
     ) -> Response<Body> {
         conn.send_frames(&[open], false);
+        self.inner.handler.on_ready(&conn);
         let permit = req.extensions().get::<crate::net::ConnPermit>().cloned();
         match fastwebsockets::upgrade::upgrade(&mut req) {
             Ok((response, fut)) => {
@@ -299,14 +314,21 @@ impl<H: Handler> Engine<H> {
     pub(super) fn open_session(
         &self,
         transport: Transport,
+        framing: Framing,
         handshake: Handshake,
         permit: Option<OwnedSemaphorePermit>,
     ) -> (Arc<Connection<H::State>>, Frame) {
         let config = &self.inner.config;
         // The id names this node, so that any other node can send the session's requests here.
         let id = sid::Sid::with_tag(config.node_tag);
-        let session = Session::new(Instant::now(), transport, config.timings(), config.queue_limits());
-        let conn = Arc::new(Connection::new(id, session, handshake));
+        let session = Session::with_protocol(
+            Instant::now(),
+            transport,
+            config.timings(),
+            config.queue_limits(),
+            framing.protocol,
+        );
+        let conn = Arc::new(Connection::new(id, framing, session, handshake));
         self.inner.sessions.insert(id, conn.clone());
         let upgrades = if transport == Transport::Polling && config.allow_upgrades { r#"["websocket"]"# } else { "[]" };
         let open = format!(
@@ -321,6 +343,9 @@ impl<H: Handler> Engine<H> {
         let _ = conn.state.set(state);
         metrics::counter!(crate::metrics::ENGINE_CONNECTIONS_OPENED).increment(1);
         metrics::gauge!(crate::metrics::ENGINE_CONNECTIONS).increment(1.0);
+        if framing.protocol == Protocol::V3 {
+            metrics::gauge!(crate::metrics::ENGINE_EIO3_CONNECTIONS).increment(1.0);
+        }
         let engine = self.clone();
         let driver_conn = conn.clone();
         self.inner.tasks.spawn(async move {
@@ -355,6 +380,12 @@ impl<H: Handler> Engine<H> {
             }
             Ok(Inbound::ProbeReply) => {
                 // Both the parked GET (answer noop) and the driver must know.
+                conn.wake_all();
+                true
+            }
+            Ok(Inbound::PongQueued) => {
+                // The pong goes out by whichever transport carries the session, and the driver
+                // recomputes the heartbeat deadline.
                 conn.wake_all();
                 true
             }

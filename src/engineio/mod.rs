@@ -1,6 +1,8 @@
-//! Engine.IO v4: the transport layer under Socket.IO.
+//! Engine.IO v4 (and v3, for socket.io 1.x / 2.x clients): the transport layer under Socket.IO.
 //!
 //! - [`packet`]: packet and long-polling payload codec (pure).
+//! - `packet_v3`: the framing of Engine.IO protocol 3 (socket.io 1.x / 2.x clients; pure).
+//! - `protocol`: [`Protocol`], the revision a session speaks, and the framing its transports use.
 //! - [`session`]: the session state machine (pure, simulated time in tests).
 //! - `connection`: [`Connection`], one session as its transports and the
 //!   application share it (send queue, close, wake-ups).
@@ -18,7 +20,9 @@ mod connection;
 mod driver;
 mod endpoint;
 pub(crate) mod packet;
+pub(crate) mod packet_v3;
 mod polling;
+mod protocol;
 pub mod relay;
 mod response;
 pub(crate) mod session;
@@ -27,6 +31,7 @@ mod websocket;
 pub use config::{Cors, EngineConfig};
 pub use connection::{Connection, Handshake, Message};
 pub use endpoint::{Engine, Handler, RequestKind};
+pub use protocol::Protocol;
 pub use relay::{
     Relay, RelayError, RelayFuture, RelayKind, RelayRequest, RelayResponse, RelayedUpgrade, Tunnel, Tunnelled,
 };

@@ -79,6 +79,12 @@ pub(crate) enum DecodeError {
     /// Text that is not UTF-8.
     #[error("text packet is not UTF-8")]
     Utf8,
+    /// A protocol 3 payload whose length prefixes do not match its packets.
+    #[error("bad packet length in payload")]
+    Length,
+    /// Protocol 3 binary data in a packet other than a message.
+    #[error("binary data in a packet that is not a message")]
+    BinaryNotMessage,
 }
 
 /// Decodes one text packet (`<type><data>`), as carried by a WebSocket text
@@ -88,8 +94,7 @@ pub(crate) fn decode_text(bytes: Bytes) -> Result<Packet, DecodeError> {
         return Err(DecodeError::Empty);
     };
     if first == b'b' {
-        let raw = BASE64.decode(&bytes[1..]).map_err(|_| DecodeError::Base64)?;
-        return Ok(Packet::Binary(Bytes::from(raw)));
+        return decode_base64(&bytes[1..]).map(Packet::Binary);
     }
     if std::str::from_utf8(&bytes).is_err() {
         return Err(DecodeError::Utf8);
@@ -104,6 +109,11 @@ pub(crate) fn decode_text(bytes: Bytes) -> Result<Packet, DecodeError> {
         PacketType::Upgrade => Packet::Upgrade,
         PacketType::Noop => Packet::Noop,
     })
+}
+
+/// Decodes the standard base64 of a binary packet.
+pub(super) fn decode_base64(encoded: &[u8]) -> Result<Bytes, DecodeError> {
+    BASE64.decode(encoded).map(Bytes::from).map_err(|_| DecodeError::Base64)
 }
 
 /// Decodes a long-polling payload: packets separated by `\x1e`.
@@ -174,14 +184,19 @@ pub(crate) fn encode_payload<'a>(frames: impl IntoIterator<Item = &'a Frame>, ou
             Frame::Text(text) => out.put_slice(text),
             Frame::Binary(raw) => {
                 out.put_u8(b'b');
-                let start = out.len();
-                let encoded_len = base64::encoded_len(raw.len(), true).unwrap_or(0);
-                out.resize(start + encoded_len, 0);
-                let written = BASE64.encode_slice(raw, &mut out[start..]).unwrap_or(0);
-                out.truncate(start + written);
+                put_base64(raw, out);
             }
         }
     }
+}
+
+/// Appends `raw` as standard base64 (with padding).
+pub(super) fn put_base64(raw: &[u8], out: &mut BytesMut) {
+    let start = out.len();
+    let encoded_len = base64::encoded_len(raw.len(), true).unwrap_or(0);
+    out.resize(start + encoded_len, 0);
+    let written = BASE64.encode_slice(raw, &mut out[start..]).unwrap_or(0);
+    out.truncate(start + written);
 }
 
 #[cfg(test)]

@@ -11,8 +11,8 @@ use hyper::body::Incoming;
 
 use super::connection::Connection;
 use super::endpoint::{Engine, Handler};
-use super::packet::{self, Frame, PacketType};
-use super::response::{Body, ErrorCode, error_response, payload_too_large, text_response};
+use super::packet::{Frame, PacketType};
+use super::response::{Body, ErrorCode, error_response, payload_response, payload_too_large, text_response};
 use super::session::{CloseReason, PollReply, PollStart, RequestError, Transport};
 
 impl<H: Handler> Engine<H> {
@@ -34,15 +34,15 @@ impl<H: Handler> Engine<H> {
         // A closed session's driver lingers until its last reply is taken.
         conn.driver_wake.notify_one();
         let mut body = BytesMut::new();
-        match reply {
+        let kind = match reply {
             PollReply::Frames(frames) => {
                 metrics::counter!(crate::metrics::SOCKETIO_PACKETS_SENT).increment(frames.len() as u64);
-                packet::encode_payload(&frames, &mut body);
+                conn.framing.encode_payload(&frames, &mut body)
             }
-            PollReply::Noop => packet::encode_payload([&Frame::control(PacketType::Noop)], &mut body),
-            PollReply::Close => packet::encode_payload([&Frame::control(PacketType::Close)], &mut body),
-        }
-        text_response(body.freeze())
+            PollReply::Noop => conn.framing.encode_payload(&[Frame::control(PacketType::Noop)], &mut body),
+            PollReply::Close => conn.framing.encode_payload(&[Frame::control(PacketType::Close)], &mut body),
+        };
+        payload_response(kind, body.freeze())
     }
 
     /// A polling POST: reads the body (bounded) and delivers its packets in order.
@@ -101,7 +101,7 @@ impl<H: Handler> Engine<H> {
     /// Decodes a POST's payload and delivers its packets in order; a payload that does not
     /// decode closes the session.
     fn deliver_payload(&self, conn: &Arc<Connection<H::State>>, body: Bytes) {
-        match packet::decode_payload(body) {
+        match conn.framing.decode_payload(body) {
             Ok(packets) => {
                 for p in packets {
                     if !self.deliver(conn, p, Transport::Polling) {

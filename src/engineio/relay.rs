@@ -37,9 +37,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::connection::Connection;
 use super::endpoint::{Engine, Handler};
-use super::packet;
+use super::packet::{Frame, PacketType};
+use super::protocol::{Framing, Protocol};
 use super::response::{
-    Body, ErrorCode, error_response, json_response, payload_too_large, text_response, upgrade_response,
+    Body, ErrorCode, error_response, json_response, payload_response, payload_too_large, upgrade_response,
 };
 use super::session::Transport;
 use super::websocket;
@@ -67,6 +68,9 @@ pub struct RelayRequest {
     pub kind: RelayKind,
     /// The session id (the query's `sid`).
     pub sid: String,
+    /// The Engine.IO revision the request speaks (its `EIO`): the owner refuses one that is not
+    /// its session's, as for a local request.
+    pub protocol: Protocol,
     /// The body of a POST (at most `maxPayload` bytes); empty otherwise.
     pub body: Bytes,
 }
@@ -214,6 +218,7 @@ pub(super) fn route(sid: &Sid, own: u32) -> Route {
 impl<H: Handler> Engine<H> {
     /// A request of a session the node tagged `owner` holds: carried there by `relay`, answered
     /// with what the owner answers.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn relay(
         &self,
         relay: Arc<dyn Relay>,
@@ -222,10 +227,13 @@ impl<H: Handler> Engine<H> {
         sid: Sid,
         transport: Transport,
         is_upgrade: bool,
+        protocol: Protocol,
     ) -> Response<Body> {
         let sid = sid.as_str().to_owned();
         let (kind, body) = match transport {
-            Transport::WebSocket if is_upgrade => return self.relay_websocket(relay, owner, &mut req, sid).await,
+            Transport::WebSocket if is_upgrade => {
+                return self.relay_websocket(relay, owner, &mut req, sid, protocol).await;
+            }
             Transport::Polling if req.method() == Method::GET => (RelayKind::Poll, Bytes::new()),
             Transport::Polling if req.method() == Method::POST => match self.read_post_body(req).await {
                 Ok(body) => (RelayKind::Post, body),
@@ -237,14 +245,14 @@ impl<H: Handler> Engine<H> {
         // pingInterval + pingTimeout without one.
         let config = &self.inner.config;
         let timeout = config.ping_interval + config.ping_timeout;
-        let forward = relay.forward(owner, RelayRequest { kind, sid, body }, timeout);
+        let forward = relay.forward(owner, RelayRequest { kind, sid, protocol, body }, timeout);
         let closing = self.inner.closing.clone();
         let answer = if kind == RelayKind::Poll && !closing.is_cancelled() {
             tokio::select! {
                 answer = forward => answer,
                 // This node shuts down while the GET is parked on the owner: the client polls
                 // again, through another node, and keeps its session.
-                () = closing.cancelled() => return noop_response(),
+                () = closing.cancelled() => return noop_response(protocol),
             }
         } else {
             forward.await
@@ -283,17 +291,20 @@ impl<H: Handler> Engine<H> {
         owner: u32,
         req: &mut Request<Incoming>,
         sid: String,
+        protocol: Protocol,
     ) -> Response<Body> {
         let permit = req.extensions().get::<crate::net::ConnPermit>().cloned();
         let Ok((response, upgrade)) = fastwebsockets::upgrade::upgrade(&mut *req) else {
             return error_response(ErrorCode::BadRequest);
         };
-        let tunnel =
-            match relay.tunnel(owner, RelayRequest { kind: RelayKind::WebSocket, sid, body: Bytes::new() }).await {
-                Ok(Tunnelled::Open(tunnel)) => tunnel,
-                Ok(Tunnelled::Refused(res)) => return res.into_http(),
-                Err(err) => return relay_error(err),
-            };
+        let tunnel = match relay
+            .tunnel(owner, RelayRequest { kind: RelayKind::WebSocket, sid, protocol, body: Bytes::new() })
+            .await
+        {
+            Ok(Tunnelled::Open(tunnel)) => tunnel,
+            Ok(Tunnelled::Refused(res)) => return res.into_http(),
+            Err(err) => return relay_error(err),
+        };
         let closing = self.inner.closing.clone();
         self.inner.tasks.spawn(async move {
             let _permit = permit;
@@ -314,9 +325,9 @@ impl<H: Handler> Engine<H> {
     /// the same code as for a local request, so the same answer. Dropping the future (the other
     /// node gave up: its client went away) abandons a parked GET as a local client leaving does.
     pub async fn serve_relayed(&self, request: RelayRequest) -> RelayResponse {
-        let res = match self.relayed_session(&request.sid) {
-            None => error_response(ErrorCode::UnknownSid),
-            Some(conn) => match request.kind {
+        let res = match self.relayed_session(&request.sid, request.protocol) {
+            Err(code) => error_response(code),
+            Ok(conn) => match request.kind {
                 RelayKind::Poll => self.poll(conn).await,
                 RelayKind::Post => self.post_body(conn, request.body).await,
                 RelayKind::WebSocket => error_response(ErrorCode::BadRequest),
@@ -328,27 +339,32 @@ impl<H: Handler> Engine<H> {
     /// A WebSocket for one of this node's sessions that reached another node: `Ok` once the
     /// session takes it (start it with [`RelayedUpgrade::start`] after answering `101`), else
     /// the client's answer.
-    pub async fn relayed_upgrade(&self, sid: &str) -> Result<RelayedUpgrade<H>, RelayResponse> {
-        let Some(conn) = self.relayed_session(sid) else {
-            return Err(RelayResponse::from_http(error_response(ErrorCode::UnknownSid)).await);
+    pub async fn relayed_upgrade(&self, request: &RelayRequest) -> Result<RelayedUpgrade<H>, RelayResponse> {
+        let conn = match self.relayed_session(&request.sid, request.protocol) {
+            Ok(conn) => conn,
+            Err(code) => return Err(RelayResponse::from_http(error_response(code)).await),
         };
         let allowed = self.inner.config.allow_upgrades && conn.session.lock().begin_upgrade(Instant::now()).is_ok();
         Ok(RelayedUpgrade { engine: self.clone(), conn: Some(conn), allowed })
     }
 
-    /// The open session `sid` names, if any (a session that has just ended is unknown, as for a
-    /// local request).
-    fn relayed_session(&self, sid: &str) -> Option<Arc<Connection<H::State>>> {
+    /// The open session `sid` names, or the error a local request of it gets: unknown (a session
+    /// that has just ended included), or a request in another revision than its handshake's.
+    fn relayed_session(&self, sid: &str, protocol: Protocol) -> Result<Arc<Connection<H::State>>, ErrorCode> {
         let conn = Sid::parse(sid).and_then(|sid| self.inner.sessions.get(&sid).map(|c| c.clone()));
-        conn.filter(|c| c.session.lock().accepts_requests())
+        let conn = conn.filter(|c| c.session.lock().accepts_requests()).ok_or(ErrorCode::UnknownSid)?;
+        if conn.protocol() != protocol {
+            return Err(ErrorCode::BadRequest);
+        }
+        Ok(conn)
     }
 }
 
-/// A polling answer with one noop packet: the client simply polls again.
-fn noop_response() -> Response<Body> {
+/// A polling answer with one noop packet in `protocol`'s framing: the client polls again.
+fn noop_response(protocol: Protocol) -> Response<Body> {
     let mut body = bytes::BytesMut::new();
-    packet::encode_payload([&packet::Frame::control(packet::PacketType::Noop)], &mut body);
-    text_response(body.freeze())
+    let kind = Framing { protocol, base64: true }.encode_payload(&[Frame::control(PacketType::Noop)], &mut body);
+    payload_response(kind, body.freeze())
 }
 
 /// The client's answer when the relay got none from the owner.
@@ -409,6 +425,8 @@ impl<H: Handler> Drop for RelayedUpgrade<H> {
 mod tests {
     use bytes::BytesMut;
 
+    use super::super::packet;
+    use super::super::response::text_response;
     use super::*;
 
     #[test]
@@ -457,6 +475,15 @@ mod tests {
         .into_http();
         assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
         assert!(res.headers().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_shutdown_noop_speaks_the_request_revision() {
+        for (protocol, body) in [(Protocol::V4, &b"6"[..]), (Protocol::V3, &b"1:6"[..])] {
+            let res = noop_response(protocol);
+            assert_eq!(res.headers()[header::CONTENT_TYPE], "text/plain; charset=UTF-8");
+            assert_eq!(&res.into_body().collect().await.unwrap().to_bytes()[..], body);
+        }
     }
 
     #[test]

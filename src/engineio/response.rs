@@ -8,6 +8,7 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 
 use super::config::Cors;
+use super::packet_v3::PayloadKind;
 
 /// Engine.IO error codes and their messages, as engine.io sends them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +72,18 @@ pub(super) fn text_response(body: Bytes) -> Response<Body> {
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=UTF-8"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res
+}
+
+/// The answer of a polling GET (or a polling handshake): text, or a protocol 3 binary payload.
+pub(super) fn payload_response(kind: PayloadKind, body: Bytes) -> Response<Body> {
+    match kind {
+        PayloadKind::Text => text_response(body),
+        PayloadKind::Binary => {
+            let mut res = text_response(body);
+            res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            res
+        }
+    }
 }
 
 pub(super) fn upgrade_response(response: Response<http_body_util::Empty<Bytes>>) -> Response<Body> {

@@ -11,6 +11,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::packet::{Frame, Packet, PacketType};
+use super::protocol::Protocol;
 
 /// Timing settings of a session.
 #[derive(Debug, Clone, Copy)]
@@ -168,6 +169,8 @@ pub(crate) enum Inbound {
     Binary(bytes::Bytes),
     /// The WebSocket must answer `3probe` right away (not through the queue).
     ProbeReply,
+    /// Protocol 3: a client ping was answered with a pong, queued: wake the transport.
+    PongQueued,
 }
 
 /// The result of queueing packets.
@@ -188,9 +191,13 @@ pub(crate) enum Enqueued {
 pub(crate) struct Session {
     timings: Timings,
     limits: QueueLimits,
+    protocol: Protocol,
     transport: Transport,
     upgrade: Upgrade,
+    /// Protocol 4: when the server sends its next ping.
     next_ping: Option<Instant>,
+    /// When the session ends for want of a heartbeat: a pong to the server's ping is due
+    /// (protocol 4), or the client's next ping (protocol 3).
     pong_deadline: Option<Instant>,
     queue: VecDeque<Frame>,
     queued_bytes: usize,
@@ -207,15 +214,34 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    /// A session opened at `now` (timers start before the handshake reply is sent).
+    /// A protocol 4 session opened at `now` (timers start before the handshake reply is sent).
+    #[cfg(test)]
     pub(crate) fn new(now: Instant, transport: Transport, timings: Timings, limits: QueueLimits) -> Self {
+        Self::with_protocol(now, transport, timings, limits, Protocol::V4)
+    }
+
+    /// A session of `protocol` opened at `now`. Protocol 4: the server pings `ping_interval`
+    /// after the handshake and waits `ping_timeout` for the pong. Protocol 3: the client pings;
+    /// the session ends when no ping arrived for `ping_interval + ping_timeout`.
+    pub(crate) fn with_protocol(
+        now: Instant,
+        transport: Transport,
+        timings: Timings,
+        limits: QueueLimits,
+        protocol: Protocol,
+    ) -> Self {
+        let (next_ping, pong_deadline) = match protocol {
+            Protocol::V4 => (Some(now + timings.ping_interval), None),
+            Protocol::V3 => (None, Some(now + timings.ping_interval + timings.ping_timeout)),
+        };
         Self {
             timings,
             limits,
+            protocol,
             transport,
             upgrade: Upgrade::None,
-            next_ping: Some(now + timings.ping_interval),
-            pong_deadline: None,
+            next_ping,
+            pong_deadline,
             queue: VecDeque::new(),
             queued_bytes: 0,
             write_ends: VecDeque::new(),
@@ -287,11 +313,23 @@ impl Session {
             return self.on_probe_packet(packet);
         }
         match packet {
-            Packet::Pong(_) => {
+            Packet::Pong(_) if self.protocol == Protocol::V4 => {
                 if self.pong_deadline.take().is_some() {
                     self.next_ping = Some(now + self.timings.ping_interval);
                 }
                 Ok(Inbound::None)
+            }
+            Packet::Ping(_) if self.protocol == Protocol::V3 => {
+                // Answered at once, whatever is queued; the next ping is due within
+                // ping_interval + ping_timeout (as engine.io re-arms its timer).
+                self.pong_deadline = Some(now + self.timings.ping_interval + self.timings.ping_timeout);
+                let pong = Frame::control(PacketType::Pong);
+                // A pong still waiting in the queue answers this ping too, so a client cannot
+                // grow the queue with pings.
+                if self.queue.back() != Some(&pong) {
+                    self.push(pong);
+                }
+                Ok(Inbound::PongQueued)
             }
             Packet::Message(text) => Ok(Inbound::Message(text)),
             Packet::Binary(raw) => Ok(Inbound::Binary(raw)),
@@ -306,9 +344,9 @@ impl Session {
                 Err(CloseReason::TransportClose)
             }
             Packet::Noop => Ok(Inbound::None),
-            // A v4 client never pings (heartbeats go server to client), never
-            // opens, and upgrades only on the probing WebSocket.
-            Packet::Ping(_) | Packet::Open | Packet::Upgrade => {
+            // A v4 client never pings (heartbeats go server to client) and a v3 client never
+            // pongs; no client opens, and one upgrades only on the probing WebSocket.
+            Packet::Ping(_) | Packet::Pong(_) | Packet::Open | Packet::Upgrade => {
                 self.close(CloseReason::ParseError);
                 Err(CloseReason::ParseError)
             }
@@ -631,6 +669,69 @@ mod tests {
         let mut s = polling(t0);
         assert_eq!(s.on_packet(t0, Packet::Ping(Bytes::new()), Transport::Polling), Err(CloseReason::ParseError));
         assert_eq!(s.closed(), Some(CloseReason::ParseError));
+    }
+
+    fn polling_v3(t0: Instant) -> Session {
+        Session::with_protocol(t0, Transport::Polling, TIMINGS, LIMITS, Protocol::V3)
+    }
+
+    fn ping() -> Packet {
+        Packet::Ping(Bytes::new())
+    }
+
+    #[test]
+    fn v3_client_pings_are_answered_and_keep_the_session() {
+        let t0 = Instant::now();
+        let mut s = polling_v3(t0);
+        // The server never pings: the only deadline is interval + timeout after the handshake.
+        assert_eq!(s.next_deadline(), Some(ms(t0, 500)));
+        assert_eq!(s.on_timer(ms(t0, 300)), TimerOutcome::Idle);
+        assert_eq!(s.queued(), (0, 0));
+        assert_eq!(s.on_packet(ms(t0, 400), ping(), Transport::Polling), Ok(Inbound::PongQueued));
+        assert_eq!(s.next_deadline(), Some(ms(t0, 900)));
+        assert_eq!(s.poll_start(), Ok(PollStart::Reply(PollReply::Frames(vec![Frame::control(PacketType::Pong)]))));
+        assert_eq!(s.on_timer(ms(t0, 799)), TimerOutcome::Idle);
+        assert_eq!(s.on_packet(ms(t0, 800), ping(), Transport::Polling), Ok(Inbound::PongQueued));
+        assert_eq!(s.on_timer(ms(t0, 1200)), TimerOutcome::Idle);
+        assert_eq!(s.on_timer(ms(t0, 1300)), TimerOutcome::Closed(CloseReason::PingTimeout));
+    }
+
+    #[test]
+    fn v3_session_without_pings_closes_after_interval_plus_timeout() {
+        let t0 = Instant::now();
+        let mut s = Session::with_protocol(t0, Transport::WebSocket, TIMINGS, LIMITS, Protocol::V3);
+        assert_eq!(s.on_timer(ms(t0, 499)), TimerOutcome::Idle);
+        assert_eq!(s.on_timer(ms(t0, 500)), TimerOutcome::Closed(CloseReason::PingTimeout));
+    }
+
+    #[test]
+    fn v3_pongs_coalesce_and_a_client_pong_is_an_error() {
+        let t0 = Instant::now();
+        let mut s = polling_v3(t0);
+        for _ in 0..100 {
+            assert_eq!(s.on_packet(t0, ping(), Transport::Polling), Ok(Inbound::PongQueued));
+        }
+        assert_eq!(s.queued(), (1, 1));
+        assert_eq!(s.on_packet(t0, Packet::Pong(Bytes::new()), Transport::Polling), Err(CloseReason::ParseError));
+        // And a protocol 4 client may not ping.
+        let mut v4 = polling(t0);
+        assert_eq!(v4.on_packet(t0, ping(), Transport::Polling), Err(CloseReason::ParseError));
+    }
+
+    #[test]
+    fn v3_upgrade_probe_is_the_same_dance() {
+        let t0 = Instant::now();
+        let mut s = polling_v3(t0);
+        s.begin_upgrade(t0).expect("upgrade starts");
+        let probe = Packet::Ping(Bytes::from_static(b"probe"));
+        assert_eq!(s.on_packet(t0, probe, Transport::WebSocket), Ok(Inbound::ProbeReply));
+        // A heartbeat ping still arriving by polling is answered once the upgrade is done.
+        assert_eq!(s.on_packet(t0, ping(), Transport::Polling), Ok(Inbound::PongQueued));
+        assert_eq!(s.poll_start(), Ok(PollStart::Reply(PollReply::Noop)));
+        assert_eq!(s.on_packet(t0, Packet::Upgrade, Transport::WebSocket), Ok(Inbound::None));
+        let mut out = Vec::new();
+        s.drain_for_websocket(&mut out);
+        assert_eq!(out, vec![Frame::control(PacketType::Pong)]);
     }
 
     #[test]

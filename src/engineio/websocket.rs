@@ -22,7 +22,9 @@ use tokio::net::TcpStream;
 
 use super::connection::Connection;
 use super::endpoint::{Engine, Handler};
-use super::packet::{self, Frame};
+use super::packet::Frame;
+use super::packet_v3;
+use super::protocol::{Framing, Protocol};
 use super::session::{CloseReason, Inbound, TimerOutcome, Transport};
 
 pub(crate) type ReadIo = Box<dyn AsyncRead + Send + Unpin>;
@@ -229,7 +231,7 @@ async fn probe<H: Handler>(
             return;
         };
         let parsed = match message {
-            WsMessage::Text(text) => packet::decode_text(text).ok(),
+            WsMessage::Text(text) => conn.framing.decode_ws_text(text).ok(),
             _ => None,
         };
         let outcome = match parsed {
@@ -275,15 +277,9 @@ async fn read_loop<H: Handler>(engine: &Engine<H>, conn: &Arc<Connection<H::Stat
             message = reader.read_message(&mut send_fn) => message,
             () = conn.wait_closed() => return,
         };
-        let packet = match message {
-            Ok(WsMessage::Text(text)) => match packet::decode_text(text) {
-                Ok(p) => p,
-                Err(_) => {
-                    conn.close_with(CloseReason::ParseError);
-                    return;
-                }
-            },
-            Ok(WsMessage::Binary(data)) => packet::Packet::Binary(data),
+        let decoded = match message {
+            Ok(WsMessage::Text(text)) => conn.framing.decode_ws_text(text),
+            Ok(WsMessage::Binary(data)) => conn.framing.decode_ws_binary(data),
             Ok(WsMessage::Close) => {
                 conn.close_with(CloseReason::TransportClose);
                 return;
@@ -300,6 +296,10 @@ async fn read_loop<H: Handler>(engine: &Engine<H>, conn: &Arc<Connection<H::Stat
                 conn.close_with(CloseReason::TransportError);
                 return;
             }
+        };
+        let Ok(packet) = decoded else {
+            conn.close_with(CloseReason::ParseError);
+            return;
         };
         if !engine.deliver(conn, packet, Transport::WebSocket) {
             return;
@@ -322,10 +322,7 @@ pub(crate) async fn write_batch<S>(
     let mut bytes = 0u64;
     for frame in batch {
         bytes += frame.len() as u64;
-        frames.push(match frame {
-            Frame::Text(b) => WsFrame::text(Payload::Borrowed(b)),
-            Frame::Binary(b) => WsFrame::binary(Payload::Borrowed(b)),
-        });
+        frames.push(ws_frame(conn.framing, frame));
     }
     let write = writer.write_frames(&mut frames);
     tokio::pin!(write);
@@ -360,6 +357,18 @@ pub(crate) async fn write_batch<S>(
                 deadline = s.next_deadline();
             }
         }
+    }
+}
+
+/// The WebSocket frame of one queued packet. The queue holds the same frames for every client;
+/// a protocol 3 client gets binary data with its type byte first (a copy, the only one), or as
+/// `b4<base64>` text when it asked for base64.
+fn ws_frame(framing: Framing, frame: &Frame) -> WsFrame<'_> {
+    match (frame, framing.protocol) {
+        (Frame::Text(b), _) => WsFrame::text(Payload::Borrowed(b)),
+        (Frame::Binary(b), Protocol::V4) => WsFrame::binary(Payload::Borrowed(b)),
+        (Frame::Binary(b), Protocol::V3) if framing.base64 => WsFrame::text(Payload::Owned(packet_v3::ws_base64(b))),
+        (Frame::Binary(b), Protocol::V3) => WsFrame::binary(Payload::Owned(packet_v3::ws_binary(b))),
     }
 }
 

@@ -6,13 +6,14 @@
 //! sockets it holds. [`table`] is the pure core; the [`Presence`] task recomputes this node's
 //! contribution every [`TICK`], sends it whole to the other nodes when it changed (and every
 //! [`REFRESH`] anyway), drops the contribution of nodes the failure detector declares dead, and
-//! announces changed values to the pages (`event`, at most `max_rate_per_s`). The values are
+//! announces changed values to the pages (`event`, at most `max_rate_per_s`; a page that
+//! arrives later is told the current value, [`Told`]). The values are
 //! readable with `GET` on every node's Redis port ([`PresenceKv`]) and on
 //! `GET /v1/presence` (admin API).
 
 pub mod table;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -25,7 +26,7 @@ use crate::cluster::message::{PresenceEntry, PresenceState};
 use crate::cluster::node::{ClusterNode, PresenceSink};
 use crate::resp::kv::{KvBackend, KvFuture, KvOp, KvReadOp, KvValue, KvWrite};
 use crate::socketio::{Namespace, Server, Socket};
-pub use table::{Contribution, Contributions, PresenceTable, RateGate};
+pub use table::{Contribution, Contributions, PresenceTable, RateGate, Told};
 
 /// How often a node recomputes its contribution.
 pub const TICK: Duration = Duration::from_millis(100);
@@ -132,6 +133,8 @@ struct Inner {
     io: Server,
     table: Mutex<PresenceTable>,
     gates: Mutex<HashMap<String, RateGate>>,
+    /// Per announced key, the local sockets that hold its last announced value.
+    told: Mutex<HashMap<String, Told>>,
     cluster: OnceLock<ClusterNode>,
 }
 
@@ -149,6 +152,7 @@ impl Presence {
             io,
             table: Mutex::new(PresenceTable::new()),
             gates: Mutex::new(HashMap::new()),
+            told: Mutex::new(HashMap::new()),
             cluster: OnceLock::new(),
         }))
     }
@@ -264,19 +268,35 @@ impl Presence {
     }
 
     /// Emits each changed value to the local sockets it concerns (every node announces to its
-    /// own sockets, so each page gets each announcement once).
+    /// own sockets, so each page gets each announcement once), and the last announced value to
+    /// the sockets that arrived since (a page that opened, a socket that joined the room).
     fn announce(&self, now_ms: u64) {
         let values = self.0.table.lock().values();
         let mut gates = self.0.gates.lock();
+        let mut told = self.0.told.lock();
+        let mut announced = HashSet::new();
         for e in &self.0.entries {
             let Some(event) = &e.event else { continue };
             let Some(ns) = self.0.io.namespace_for_broadcast(&e.nsp) else { continue };
             let interval_ms = 1000 / u64::from(e.max_rate_per_s.max(1));
             let mut announce = |key: &str, room: Option<&str>, value: u64| {
                 let gate = gates.entry(key.to_owned()).or_default();
+                let rooms: Vec<String> = room.map(str::to_owned).into_iter().collect();
+                let audience = ns.select(&rooms, &[]).local().sockets();
+                let ids: Vec<&str> = audience.iter().map(Socket::id).collect();
+                let told = told.entry(key.to_owned()).or_default();
+                announced.insert(key.to_owned());
                 if gate.should_send(value, now_ms, interval_ms) {
                     emit_local(&ns, room, event, value);
+                    told.all(&ids);
+                } else if gate.last_value() == Some(value) {
+                    for i in told.newcomers(&ids) {
+                        // A socket that closed meanwhile needs nothing.
+                        let _ = audience[i].emit(event, crate::socketio::Payload::json(vec![value.into()]));
+                    }
                 }
+                // Otherwise a change is held back by the rate: it goes to every socket here,
+                // newcomers included, once the interval ends.
             };
             match &e.room {
                 None => announce(&e.key, None, values.get(&e.key).copied().unwrap_or(0)),
@@ -292,6 +312,8 @@ impl Presence {
                 }
             }
         }
+        // Rooms without local members any more have nobody to remember.
+        told.retain(|key, _| announced.contains(key));
     }
 }
 

@@ -9,7 +9,7 @@
 //! sockets leave the counts; a client that reconnects elsewhere is counted by its new node only.
 //! Nothing here reads a clock or touches a socket.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// A node's contribution to one key.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -116,6 +116,40 @@ impl RateGate {
     }
 }
 
+impl RateGate {
+    /// The value announced last, if any.
+    pub fn last_value(&self) -> Option<u64> {
+        self.last_value
+    }
+}
+
+/// The local sockets that hold a key's last announced value. A socket that arrives later (a
+/// page that connects, a socket that joins the room) must be told the value even when its
+/// arrival changed nothing (a second tab of a user already counted by a `unique` key), or it
+/// would wait for the next change.
+#[derive(Debug, Clone, Default)]
+pub struct Told(HashSet<String>);
+
+impl Told {
+    /// After an announcement to the sockets `present`: each of them holds the value.
+    pub fn all(&mut self, present: &[&str]) {
+        self.0 = present.iter().map(|id| (*id).to_owned()).collect();
+    }
+
+    /// The positions in `present` of the sockets not told yet, which count as told from now on;
+    /// sockets gone since are forgotten.
+    pub fn newcomers(&mut self, present: &[&str]) -> Vec<usize> {
+        let new: Vec<usize> = (0..present.len()).filter(|&i| !self.0.contains(present[i])).collect();
+        if self.0.len() + new.len() == present.len() {
+            // Everyone told before is still here: add the newcomers.
+            self.0.extend(new.iter().map(|&i| present[i].to_owned()));
+        } else {
+            self.all(present);
+        }
+        new
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -179,5 +213,28 @@ mod tests {
         assert!(g.should_send(3, 100, 100), "the latest value once the interval passed");
         assert!(!g.should_send(3, 500, 100));
         assert!(g.should_send(2, 500, 100));
+    }
+
+    #[test]
+    fn sockets_arriving_after_an_announcement_are_told_once() {
+        let mut told = Told::default();
+        told.all(&["a", "b"]);
+        assert_eq!(told.newcomers(&["a", "b"]), Vec::<usize>::new());
+        assert_eq!(told.newcomers(&["a", "b", "c"]), vec![2], "c arrived");
+        assert_eq!(told.newcomers(&["c", "a", "b"]), Vec::<usize>::new(), "told once");
+        // b left and d arrived (same number of sockets): d is new, b forgotten.
+        assert_eq!(told.newcomers(&["a", "c", "d"]), vec![2]);
+        assert_eq!(told.newcomers(&["a", "b", "c", "d"]), vec![1], "b is a newcomer again after it left");
+        told.all(&[]);
+        assert_eq!(told.newcomers(&["a"]), vec![0]);
+    }
+
+    #[test]
+    fn the_gate_remembers_the_value_it_let_out() {
+        let mut g = RateGate::default();
+        assert_eq!(g.last_value(), None);
+        assert!(g.should_send(4, 0, 100));
+        assert!(!g.should_send(5, 10, 100));
+        assert_eq!(g.last_value(), Some(4), "the held back value is not out yet");
     }
 }

@@ -9,11 +9,14 @@
 //! - `operator`: the broadcast builder (`to`, `except`, `volatile`…).
 //! - `runner`: the one local runner of join/leave/disconnect/fetch on the sockets a
 //!   [`Selector`] picks (used by the operator, the emitter bridge and the cluster runtime).
+//! - `eio3`: what differs for socket.io 1.x / 2.x clients (Engine.IO 3): the implicit connect
+//!   to `/`, auth from a query string, CONNECT replies and refusals without `{sid}` / objects.
 //! - `reason`: why a socket left, a CONNECT was refused, a packet was dropped
 //!   (typed down to the metrics' `reason` labels).
 
 pub mod adapter;
 mod config;
+mod eio3;
 mod namespace;
 mod operator;
 pub(crate) mod packet;

@@ -15,11 +15,13 @@ use tokio_util::task::TaskTracker;
 
 use super::adapter::Adapter;
 use super::config::{NamespacePolicy, SocketIoConfig};
+use super::eio3;
 use super::namespace::{Granted, Namespace};
 use super::packet::{self, BinaryCollector, Packet, PacketKind};
 use super::reason::{ConnectErrorReason, DisconnectReason};
 use super::socket::Socket;
-use crate::engineio::{Body, CloseReason, Connection, Engine, Handler, Message};
+use crate::engineio::{Body, CloseReason, Connection, Engine, Handler, Message, Protocol};
+use crate::sid::Sid;
 
 /// A Socket.IO server. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -48,7 +50,9 @@ impl std::fmt::Debug for ServerInner {
 impl Server {
     /// A server with `config`. Register namespaces with [`Server::of`].
     pub fn new(config: SocketIoConfig) -> Self {
-        let engine_config = config.engine.clone();
+        let mut engine_config = config.engine.clone();
+        // Session ids carry the node too: a protocol 3 socket of `/` takes its session's id.
+        engine_config.node_tag = config.node_tag;
         let inner = Arc::new(ServerInner {
             config,
             namespaces: DashMap::new(),
@@ -216,6 +220,19 @@ impl Handler for SioHandler {
         ClientState { inner: Mutex::new(ClientInner::default()), connect_timer: Mutex::new(Some(tx)) }
     }
 
+    fn on_ready(&self, conn: &Conn) {
+        // A socket.io 1.x / 2.x client is connected to `/` by the server, right after the open
+        // packet. Where `/` is not accepted nothing is sent: an error for `/` would reach the
+        // client's sockets of every namespace.
+        if conn.protocol() == Protocol::V3
+            && let Some(state) = conn.state()
+            && self.server.resolve("/").is_some()
+        {
+            let auth = eio3::handshake_auth(&conn.handshake().query);
+            self.connect(conn, state, "/".to_owned(), auth);
+        }
+    }
+
     fn on_message(&self, conn: &Conn, msg: Message) {
         let Some(state) = conn.state() else { return };
         let decoded = match msg {
@@ -306,8 +323,18 @@ impl SioHandler {
         }
     }
 
+    /// A CONNECT from the client: the namespace and auth, as its protocol carries them.
     fn on_connect(&self, conn: &Conn, state: &ClientState, packet: Packet) {
-        let nsp = packet.nsp;
+        let (nsp, auth) = match conn.protocol() {
+            Protocol::V4 => (packet.nsp, packet.data.unwrap_or_else(|| Value::Object(serde_json::Map::new()))),
+            Protocol::V3 => eio3::namespace_and_auth(&packet.nsp),
+        };
+        self.connect(conn, state, nsp, auth);
+    }
+
+    /// Joins namespace `nsp` with `auth`: refused at once for an unknown namespace, else after
+    /// the namespace's middleware.
+    fn connect(&self, conn: &Conn, state: &ClientState, nsp: String, auth: Value) {
         {
             let mut inner = state.inner.lock();
             if inner.closed {
@@ -327,7 +354,6 @@ impl SioHandler {
             send_connect_error(conn, &nsp, &serde_json::json!({"message": "Invalid namespace"}));
             return;
         };
-        let auth = packet.data.unwrap_or_else(|| Value::Object(serde_json::Map::new()));
         if !ns.has_middleware() {
             self.finish_connect(conn, state, ns, auth, Granted::default());
             return;
@@ -342,14 +368,22 @@ impl SioHandler {
                 Err(err) => {
                     state.inner.lock().pending.retain(|n| n != ns.name());
                     count_connect_error(ConnectErrorReason::Middleware);
-                    send_connect_error(&conn, ns.name(), &err.to_json());
+                    let data = match conn.protocol() {
+                        Protocol::V4 => err.to_json(),
+                        Protocol::V3 => eio3::refusal_data(&err),
+                    };
+                    send_connect_error(&conn, ns.name(), &data);
                 }
             }
         });
     }
 
     fn finish_connect(&self, conn: &Conn, state: &ClientState, ns: Namespace, auth: Value, granted: Granted) {
-        let socket = Socket::new(&ns, conn.clone(), auth, granted.data, self.server.config.node_tag);
+        // A 2.x client takes its session id as the id of its socket of `/` (and says so to its
+        // app), so that socket gets it; the session id carries the node tag too.
+        let v3 = conn.protocol() == Protocol::V3;
+        let sid = if v3 && ns.name() == "/" { conn.sid() } else { Sid::with_tag(self.server.config.node_tag) };
+        let socket = Socket::new(&ns, conn.clone(), auth, granted.data, sid);
         {
             // Added to the namespace under the client's lock, so that a close
             // racing this connect either sees the socket or prevents it.
@@ -370,7 +404,9 @@ impl SioHandler {
         }
         let reply = serde_json::json!({ "sid": socket.id() });
         let mut text = vec![b'4'];
-        packet::encode(PacketKind::Connect, ns.name(), None, Some(&reply), 0, &mut text);
+        // Protocol 4 (2.x clients): no payload.
+        let reply = (!v3).then_some(&reply);
+        packet::encode(PacketKind::Connect, ns.name(), None, reply, 0, &mut text);
         // In a write of its own, before anything the handlers emit (as socket.io does).
         conn.send_frames_own_write(&[crate::engineio::packet::Frame::Text(Bytes::from(text))]);
         metrics::counter!(crate::metrics::SOCKETIO_CONNECTS).increment(1);

@@ -82,10 +82,10 @@ impl Socket {
         conn: Arc<Connection<ClientState>>,
         auth: Value,
         data: serde_json::Map<String, Value>,
-        node_tag: u32,
+        sid: Sid,
     ) -> Self {
         Self(Arc::new(SocketInner {
-            sid: Sid::with_tag(node_tag),
+            sid,
             ns: ns.clone(),
             conn,
             auth,

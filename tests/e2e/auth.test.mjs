@@ -333,6 +333,17 @@ ioswarmOnly("[auth] connect_hook", () => {
     assert.equal(await rawWebSocket(server, { Origin: APP, Cookie: "PHPSESSID=victim" }), "open");
     assert.equal(hook.requests.length, before, "the hook was called for a refused handshake");
   });
+
+  test("a page the node served itself (its Origin is the node's own) passes without allowed_origins", T, async () => {
+    // What a browser sends from a page of --static: Origin http://<the Host it asked>.
+    const own = `http://${server.addr}`;
+    assert.equal(await rawWebSocket(server, { Origin: own }), "open");
+    assert.equal((await pollingHandshake(server, { Origin: own })).status, 200);
+    // The same host on another port, or https on this plain listener, is another origin.
+    const otherPort = `http://127.0.0.1:${server.port === 1 ? 2 : 1}`;
+    assert.equal((await rawWebSocket(server, { Origin: otherPort })).status, 403);
+    assert.equal((await rawWebSocket(server, { Origin: `https://${server.addr}` })).status, 403);
+  });
 });
 
 ioswarmOnly("[auth] connect_hook: down, after a JWT, bounded concurrency", () => {

@@ -270,6 +270,8 @@ ioswarmOnly("[[forward]] webhooks and channels (single node)", () => {
 
   test("events no rule matches are acked with nothing and not forwarded", T, async () => {
     const a = await page("u1");
+    // The page's own $connect is on its way too: count from after it.
+    await waitFor(() => app.of("$connect").some((r) => r.socket.id === a.id), "$connect arrives");
     const n = app.requests.length;
     assert.deepEqual(await call(a, "not:forwarded", 1), []);
     assert.deepEqual(await call(a, "ioswarm:echo", 1), [1], "built-in events keep precedence");

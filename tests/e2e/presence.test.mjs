@@ -8,7 +8,8 @@ import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { after, afterEach, describe, test } from "node:test";
-import { Ctx, TARGET, call, record, runToExit, waitFor, WAIT_MS, ioswarmOnly } from "./harness.mjs";
+import jwt from "jsonwebtoken";
+import { Ctx, TARGET, call, connected, record, runToExit, waitFor, WAIT_MS, ioswarmOnly } from "./harness.mjs";
 
 const T = { timeout: 30_000 };
 
@@ -113,6 +114,51 @@ ioswarmOnly("presence (single node)", () => {
     assert.deepEqual(toldOutside, [], "a socket in no counted room is told nothing");
     const all = await (await fetch(`${server.adminUrl}/v1/presence`)).json();
     assert.deepEqual(all.values, { "room-users:ROOM::a": 2, "room-users:ROOM::b": 1 });
+  });
+
+  test("a page whose arrival leaves the value unchanged is told it too (a second tab of one user)", T, async () => {
+    const secret = "presence-test-secret";
+    const file = config(
+      "unique.toml",
+      [
+        "[auth]",
+        `jwt_secret = "${secret}"`,
+        "[[presence]]",
+        'key = "users:online"',
+        'unique = "sub"',
+        'event = "users:online"',
+        "[[presence]]",
+        'key = "watching"',
+        'room = "doc:*"',
+        'unique = "sub"',
+        'event = "watching"',
+        "",
+      ].join("\n"),
+    );
+    const server = await ctx.server({ flags: ["--config", file, "--client-rooms"] });
+    const as = (sub) => ({ auth: { token: jwt.sign({ sub, exp: Math.floor(Date.now() / 1000) + 600 }, secret) } });
+    /** A client that records `event` from its first packet on. */
+    async function tab(sub, event) {
+      const socket = ctx.client(server.url, as(sub));
+      const seen = record(socket, event);
+      await connected(socket);
+      return { socket, seen };
+    }
+    const first = await tab("42", "users:online");
+    await waitFor(() => first.seen.at(-1)?.[0] === 1, "the first tab was told 1");
+    // The same user in a second tab: still one user online, and the new tab is told so.
+    const second = await tab("42", "users:online");
+    await waitFor(() => second.seen.length > 0, "the second tab was told the count");
+    assert.deepEqual(second.seen, [[1]]);
+    assert.deepEqual(first.seen, [[1]], "the first tab is not told again");
+
+    // Rooms alike: the user joins doc:1 in both tabs; the second join changes nothing.
+    const watching = [record(first.socket, "watching"), record(second.socket, "watching")];
+    await call(first.socket, "ioswarm:join", "doc:1");
+    await waitFor(() => watching[0].length > 0, "the first tab was told who watches doc:1");
+    await call(second.socket, "ioswarm:join", "doc:1");
+    await waitFor(() => watching[1].length > 0, "the second tab was told who watches doc:1");
+    assert.deepEqual(watching, [[[1]], [[1]]]);
   });
 
   test("without [[presence]] the keys are ordinary and /v1/presence is 404", T, async () => {

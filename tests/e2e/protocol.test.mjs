@@ -110,7 +110,8 @@ describe("Engine.IO handshake and errors", () => {
   const ctx = new Ctx();
   let server;
   before(async () => {
-    server = await ctx.server({ flags: ["--max-payload", "2000"] });
+    // Without Engine.IO 3 (accepted by default: eio3.test.mjs), so that EIO=3 gets code 5.
+    server = await ctx.server({ flags: ["--max-payload", "2000", "--allow-eio3=false"] });
   });
   after(() => ctx.cleanup());
 

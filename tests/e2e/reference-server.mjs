@@ -10,7 +10,7 @@
 // Usage: node reference-server.mjs [--config FILE] [--listen ADDR] [--admin-listen ADDR] [--ping-interval-ms N]
 //        [--ping-timeout-ms N] [--max-payload N] [--connect-timeout-ms N] [--upgrade-timeout-ms N]
 //        [--cors-origin ORIGINS] [--namespaces /,/chat] [--auth-token TOKEN] [--client-rooms]
-//        [--client-relay]
+//        [--client-relay] [--allow-eio3[=BOOL]]
 
 import { readFileSync } from "node:fs";
 import http from "node:http";
@@ -28,7 +28,7 @@ const VALUE_FLAGS = new Set([
   "namespaces",
   "auth-token",
 ]);
-const BOOL_FLAGS = new Set(["client-rooms", "client-relay"]);
+const BOOL_FLAGS = new Set(["client-rooms", "client-relay", "allow-eio3"]);
 
 const DEFAULTS = {
   listen: "0.0.0.0:3000",
@@ -43,6 +43,8 @@ const DEFAULTS = {
   "auth-token": "",
   "client-rooms": false,
   "client-relay": false,
+  // socket.io 1.x/2.x clients (Engine.IO 3) are accepted unless --allow-eio3=false.
+  "allow-eio3": true,
 };
 const NUMERIC = ["ping-interval-ms", "ping-timeout-ms", "max-payload", "connect-timeout-ms", "upgrade-timeout-ms"];
 
@@ -166,6 +168,7 @@ const io = new Server(httpServer, {
   maxHttpBufferSize: Number(cfg["max-payload"]),
   connectTimeout: Number(cfg["connect-timeout-ms"]),
   upgradeTimeout: Number(cfg["upgrade-timeout-ms"]),
+  allowEIO3: cfg["allow-eio3"],
   cors:
     corsOrigins.length === 0
       ? undefined
@@ -194,7 +197,11 @@ const BUILTIN = new Set(["ioswarm:echo", "ioswarm:join", "ioswarm:leave", "ioswa
 function setupNamespace(nsp) {
   if (cfg["auth-token"]) {
     nsp.use((socket, next) => {
-      const auth = socket.handshake.auth;
+      // A 2.x client (Engine.IO 3) is connected to "/" by the server with no auth of its own:
+      // ioswarm's contract takes the handshake's query (`io(url, {query: {token}})`) as its auth.
+      // For other namespaces socket.io already reads its auth from the CONNECT's query string.
+      const root = socket.conn.protocol === 3 && nsp.name === "/";
+      const auth = root ? socket.handshake.query : socket.handshake.auth;
       if (auth && auth.token === cfg["auth-token"]) return next();
       metrics.rejectedTotal++;
       next(new Error("unauthorized"));

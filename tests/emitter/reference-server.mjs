@@ -125,7 +125,12 @@ const httpServer = http.createServer((req, res) => {
   res.writeHead(404);
   res.end();
 });
-const io = new Server(httpServer, { serveClient: false, adapter: createAdapter(pubClient, subClient, { parser }) });
+// allowEIO3: socket.io 1.x/2.x clients (Engine.IO 3) are accepted, as ioswarm does by default.
+const io = new Server(httpServer, {
+  serveClient: false,
+  allowEIO3: true,
+  adapter: createAdapter(pubClient, subClient, { parser }),
+});
 
 function splitAck(args) {
   if (args.length > 0 && typeof args[args.length - 1] === "function") return [args.slice(0, -1), args.at(-1)];

@@ -370,6 +370,35 @@ ioswarmOnly("relayed requests get the owner's answers (3 nodes, no balancer)", (
     assert.deepEqual(await poll(n1, "AAAJ" + "x".repeat(16)), UNKNOWN);
   });
 
+  test("an Engine.IO 3 session (socket.io 2.x) through another node; a request in the other revision is refused as on the owner", async () => {
+    const [n1, n2] = cluster.nodes;
+    const v3 = (node, sid) => `${node.url}/socket.io/?EIO=3&transport=polling&b64=1${sid ? `&sid=${sid}` : ""}`;
+    /** The packets of a protocol 3 text payload (`<length>:<packet>`, JavaScript string lengths). */
+    const packets = (text) => {
+      const out = [];
+      for (let i = 0; i < text.length; ) {
+        const colon = text.indexOf(":", i);
+        const len = Number(text.slice(i, colon));
+        out.push(text.slice(colon + 1, colon + 1 + len));
+        i = colon + 1 + len;
+      }
+      return out;
+    };
+    const open = packets(await (await fetch(v3(n2))).text());
+    const sid = JSON.parse(open[0].slice(1)).sid;
+    assert.equal(tagOf(sid), n2.nodeId);
+    const message = '421["ioswarm:echo","a"]';
+    const post = await fetch(v3(n1, sid), { method: "POST", body: `${message.length}:${message}` });
+    assert.deepEqual([post.status, await post.text()], [200, "ok"]);
+    const seen = [...open.slice(1)];
+    while (!seen.includes('431["a"]')) {
+      const res = await fetch(v3(n1, sid), { signal: AbortSignal.timeout(WAIT_MS) });
+      assert.equal(res.status, 200);
+      seen.push(...packets(await res.text()));
+    }
+    assert.deepEqual(await poll(n1, sid), { status: 400, text: JSON.stringify({ code: 3, message: "Bad request" }) });
+  });
+
   test("a GET whose client goes away is abandoned on the owner: the next GET is served", async () => {
     const [n1, n2] = cluster.nodes;
     const sid = await session(n2);
