@@ -19,12 +19,16 @@
 //!   raft node implements `resp::kv::KvBackend`; its state machine is `resp::kv::KvStore`).
 //! - [`node`]: the runtime: the transport's inbox, interest flushing, heartbeats, forwarding,
 //!   cluster-wide operations with partial results, cluster pub/sub, `GET /cluster`.
+//! - `recovery` (private): connection state recovery across nodes: a session taken from the
+//!   node that holds it for a client reconnecting elsewhere, sessions handed over by a draining
+//!   node.
 
 pub mod credentials;
 pub mod gossip;
 pub mod message;
 pub mod node;
 pub mod raft;
+mod recovery;
 pub mod transport;
 mod wire;
 

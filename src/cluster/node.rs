@@ -325,7 +325,7 @@ impl Inner {
         dirty
             .into_iter()
             .map(|(nsp, room)| {
-                let present = self.io.namespace(&nsp).is_some_and(|ns| ns.registry().len_of(&room) > 0);
+                let present = self.io.namespace(&nsp).is_some_and(|ns| ns.has_local_interest(&room));
                 (nsp, room, present)
             })
             .collect()
@@ -421,6 +421,12 @@ impl Inner {
                     .map(|c| if *shard { self.broker.shard_numsub(c) } else { self.broker.numsub(c) } as u64)
                     .collect(),
             )),
+            RequestOp::RecoverSession { namespace, pid, offset } => {
+                Some(ReplyBody::RecoverSession(self.io.recover_for_peer(namespace, pid, offset.as_deref())))
+            }
+            RequestOp::HandOffSessions(records) => {
+                Some(ReplyBody::Done { affected: self.io.import_recovery(records.clone()) as u64 })
+            }
             RequestOp::BroadcastWithAck(_) => None,
         }
     }
@@ -507,6 +513,7 @@ fn to_request_op(op: RemoteOp) -> (RequestOp, Option<Duration>) {
             (RequestOp::ServerSideEmit { namespace: nsp, data_json, want_ack: false }, None)
         }
         RemoteOp::EmitWithAck(acked, timeout) => (RequestOp::BroadcastWithAck(acked), Some(timeout)),
+        RemoteOp::Recover { nsp, pid, offset } => (RequestOp::RecoverSession { namespace: nsp, pid, offset }, None),
     }
 }
 
@@ -584,6 +591,7 @@ fn outcome_of(answers: Vec<(NodeId, ReplyBody)>, missing: Vec<NodeId>) -> Remote
                 outcome.affected += client_count as usize;
                 outcome.acks.extend(acks.into_iter().map(|a| a.payload));
             }
+            ReplyBody::RecoverSession(result) => super::recovery::merge(&mut outcome.recovered, result),
             ReplyBody::ServerSideEmit(_) | ReplyBody::Counts(_) | ReplyBody::Error { .. } => {}
         }
     }

@@ -11,6 +11,8 @@
 //!   [`Selector`] picks (used by the operator, the emitter bridge and the cluster runtime).
 //! - `reason`: why a socket left, a CONNECT was refused, a packet was dropped
 //!   (typed down to the metrics' `reason` labels).
+//! - `recovery`: connection state recovery: the log of recoverable broadcasts and the
+//!   disconnected sessions (a pure core in `recovery/state.rs`), private ids, offsets.
 
 pub mod adapter;
 mod config;
@@ -19,6 +21,7 @@ mod operator;
 pub(crate) mod packet;
 mod payload;
 pub(crate) mod reason;
+pub(crate) mod recovery;
 mod runner;
 mod server;
 mod socket;
@@ -29,6 +32,7 @@ pub use namespace::{ConnectError, ConnectGrant, ConnectRequest, Event, Namespace
 pub use operator::{AckResults, BroadcastOperator, ClusterCount, FetchedSockets};
 pub use payload::Payload;
 pub use reason::DisconnectReason;
+pub use recovery::{MissedPacket, RecoveredSession, RecoveryConfig, Refusal, SessionRecord};
 pub use runner::SocketsOp;
 pub use server::{ClientState, Server};
 pub use socket::{AckError, AckSender, SendError, Socket};

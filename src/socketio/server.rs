@@ -18,8 +18,10 @@ use super::config::{NamespacePolicy, SocketIoConfig};
 use super::namespace::{Granted, Namespace};
 use super::packet::{self, BinaryCollector, Packet, PacketKind};
 use super::reason::{ConnectErrorReason, DisconnectReason};
+use super::recovery::{self, Attempt, RecoveredSession, Recovery, Refusal, SessionRecord, SocketRecovery, Tracking};
 use super::socket::Socket;
 use crate::engineio::{Body, CloseReason, Connection, Engine, Handler, Message};
+use crate::sid::Sid;
 
 /// A Socket.IO server. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -37,6 +39,8 @@ pub(crate) struct ServerInner {
     template: Mutex<Option<Template>>,
     pub(crate) adapter: Arc<OnceLock<Arc<dyn Adapter>>>,
     pub(crate) tasks: TaskTracker,
+    /// Connection state recovery, when on.
+    pub(crate) recovery: Option<Arc<Recovery>>,
 }
 
 impl std::fmt::Debug for ServerInner {
@@ -49,12 +53,19 @@ impl Server {
     /// A server with `config`. Register namespaces with [`Server::of`].
     pub fn new(config: SocketIoConfig) -> Self {
         let engine_config = config.engine.clone();
+        let adapter = Arc::new(OnceLock::new());
+        // A dead connection goes unnoticed for up to a ping interval and timeout, during which
+        // broadcasts are still queued to it: the log keeps them that much longer.
+        let unnoticed = engine_config.ping_interval + engine_config.ping_timeout;
+        let recovery =
+            config.recovery.map(|r| Arc::new(Recovery::new(&r, unnoticed, config.node_tag, adapter.clone())));
         let inner = Arc::new(ServerInner {
             config,
             namespaces: DashMap::new(),
             template: Mutex::new(None),
-            adapter: Arc::new(OnceLock::new()),
+            adapter,
             tasks: TaskTracker::new(),
+            recovery,
         });
         let engine = Engine::new(engine_config, SioHandler { server: inner.clone() });
         Self { inner, engine }
@@ -117,6 +128,65 @@ impl Server {
     /// [`crate::engineio::Engine::close_spread`]). Call [`Self::shutdown`] afterwards.
     pub async fn close_spread(&self, spread: std::time::Duration) {
         self.engine.close_spread(spread).await;
+    }
+
+    /// Takes the disconnected session `pid` of namespace `nsp` for a client reconnecting to
+    /// another node with `offset` (the cluster asks every node; the one holding it answers). A
+    /// socket still connected here under that private id is ended first: its client, which
+    /// alone holds the private id, has reconnected elsewhere.
+    pub fn recover_for_peer(&self, nsp: &str, pid: &str, offset: Option<&str>) -> Result<RecoveredSession, Refusal> {
+        let (Some(recovery), Some((sid, secret))) = (&self.inner.recovery, recovery::parse_pid(pid)) else {
+            return Err(Refusal::NotFound);
+        };
+        let Some(ns) = self.namespace(nsp) else { return Err(Refusal::NotFound) };
+        let result = take_here(recovery, &ns, sid, secret, offset);
+        if result.is_ok() {
+            tracing::debug!(sid = %sid, nsp, "session handed to another node");
+        }
+        result
+    }
+
+    /// Takes every kept disconnected session out, for a peer to import (a draining node).
+    pub fn export_recovery(&self) -> Vec<SessionRecord> {
+        let Some(recovery) = &self.inner.recovery else { return Vec::new() };
+        let mut state = recovery.lock();
+        let (records, changes) = state.export_all(std::time::Instant::now());
+        Recovery::gauges(&state);
+        drop(state);
+        recovery.changed(changes);
+        records
+    }
+
+    /// Keeps sessions a draining peer handed over; returns how many.
+    pub fn import_recovery(&self, records: Vec<SessionRecord>) -> usize {
+        let Some(recovery) = &self.inner.recovery else { return 0 };
+        let n = records.len();
+        let tag = recovery.node_tag();
+        let mut state = recovery.lock();
+        let changes = state.import(std::time::Instant::now(), records, |sid| sid.tag() != tag);
+        Recovery::gauges(&state);
+        drop(state);
+        recovery.changed(changes);
+        metrics::counter!(crate::metrics::RECOVERY_TRANSFERS, crate::metrics::label::KIND => "received")
+            .increment(n as u64);
+        n
+    }
+
+    /// Drops the disconnected sessions whose window passed and the broadcasts too old to be
+    /// replayed (also done on the way by every recovery operation; call it periodically so that
+    /// an idle node frees them too).
+    pub fn expire_recovery(&self) {
+        let Some(recovery) = &self.inner.recovery else { return };
+        let mut state = recovery.lock();
+        let changes = state.expire(std::time::Instant::now());
+        Recovery::gauges(&state);
+        drop(state);
+        recovery.changed(changes);
+    }
+
+    /// Whether connection state recovery is on.
+    pub fn recovery_enabled(&self) -> bool {
+        self.inner.recovery.is_some()
     }
 
     /// Disconnects every client (they see a transport close and reconnect
@@ -328,6 +398,28 @@ impl SioHandler {
             return;
         };
         let auth = packet.data.unwrap_or_else(|| Value::Object(serde_json::Map::new()));
+        if let Some(recovery) = &self.server.recovery
+            && let Some(attempt) = Attempt::from_auth(&auth)
+        {
+            match take_here(recovery, &ns, attempt.sid, attempt.secret, attempt.offset.as_deref()) {
+                Ok(session) => {
+                    recovery::count_attempt(Ok(()));
+                    return self.finish_recovered(conn, state, ns, auth, session);
+                }
+                Err(Refusal::NotFound) if self.server.adapter.get().is_some() => {
+                    return self.recover_remote(conn, ns, auth, attempt);
+                }
+                Err(refusal) => {
+                    tracing::debug!(sid = %attempt.sid, reason = %refusal, "session not recovered; a fresh one");
+                    recovery::count_attempt(Err(refusal));
+                }
+            }
+        }
+        self.connect_fresh(conn, state, ns, auth);
+    }
+
+    /// A CONNECT that recovers nothing: the middleware, then the socket.
+    fn connect_fresh(&self, conn: &Conn, state: &ClientState, ns: Namespace, auth: Value) {
         if !ns.has_middleware() {
             self.finish_connect(conn, state, ns, auth, Granted::default());
             return;
@@ -348,35 +440,155 @@ impl SioHandler {
         });
     }
 
+    /// No session here: asks the other nodes (the one holding it hands it over); a fresh
+    /// socket when none does.
+    fn recover_remote(&self, conn: &Conn, ns: Namespace, auth: Value, attempt: Attempt) {
+        let Some(adapter) = self.server.adapter.get().cloned() else { return };
+        let handler = SioHandler { server: self.server.clone() };
+        let conn = conn.clone();
+        self.server.tasks.spawn(async move {
+            let op = super::RemoteOp::Recover { nsp: ns.name().to_owned(), pid: attempt.pid, offset: attempt.offset };
+            let outcome = adapter.request(op).await;
+            let Some(state) = conn.state() else { return };
+            match outcome.recovered {
+                Some(Ok(session)) => {
+                    recovery::count_attempt(Ok(()));
+                    metrics::counter!(crate::metrics::RECOVERY_TRANSFERS, crate::metrics::label::KIND => "fetched")
+                        .increment(1);
+                    handler.finish_recovered(&conn, state, ns, auth, session);
+                }
+                other => {
+                    let refusal = other.and_then(Result::err).unwrap_or(Refusal::NotFound);
+                    tracing::debug!(sid = %attempt.sid, reason = %refusal, "session not recovered from the cluster; a fresh one");
+                    recovery::count_attempt(Err(refusal));
+                    handler.connect_fresh(&conn, state, ns, auth);
+                }
+            }
+        });
+    }
+
     fn finish_connect(&self, conn: &Conn, state: &ClientState, ns: Namespace, auth: Value, granted: Granted) {
-        let socket = Socket::new(&ns, conn.clone(), auth, granted.data, self.server.config.node_tag);
+        let sid = Sid::with_tag(self.server.config.node_tag);
+        let start = recovery::client_offset(&auth);
+        let tracking = self.server.recovery.as_ref().map(|_| SocketRecovery {
+            secret: Sid::random(),
+            recovered: false,
+            tracking: parking_lot::Mutex::new(Tracking::new(0, start, true, start)),
+        });
+        let socket = Socket::new(&ns, conn.clone(), auth, granted.data, sid, tracking);
+        let arrival = Arrival { rooms: &granted.rooms, missed: &[] };
+        if !self.add_socket(conn, state, &ns, &socket, arrival) {
+            return;
+        }
+        metrics::counter!(crate::metrics::SOCKETIO_CONNECTS).increment(1);
+        metrics::gauge!(crate::metrics::SOCKETIO_SOCKETS).increment(1.0);
+        ns.run_connect_handlers(&socket);
+    }
+
+    /// The socket of a recovered session: same id, rooms and data, its missed packets right
+    /// after the CONNECT reply, before anything else; no middleware (the private id is proof).
+    fn finish_recovered(
+        &self,
+        conn: &Conn,
+        state: &ClientState,
+        ns: Namespace,
+        auth: Value,
+        session: RecoveredSession,
+    ) {
+        let last = session.missed.last().map(|p| p.offset).or(session.client_offset);
+        let tracking = Tracking::new(0, session.client_offset, session.missed.is_empty(), last);
+        let recovery =
+            SocketRecovery { secret: session.secret, recovered: true, tracking: parking_lot::Mutex::new(tracking) };
+        let socket = Socket::new(&ns, conn.clone(), auth, session.data, session.sid, Some(recovery));
+        let arrival = Arrival { rooms: &session.rooms, missed: &session.missed };
+        if !self.add_socket(conn, state, &ns, &socket, arrival) {
+            return;
+        }
+        if socket.is_foreign() {
+            ns.room_changed(socket.id());
+        }
+        tracing::debug!(sid = socket.id(), nsp = ns.name(), missed = session.missed.len(), "session recovered");
+        metrics::counter!(crate::metrics::SOCKETIO_CONNECTS).increment(1);
+        metrics::gauge!(crate::metrics::SOCKETIO_SOCKETS).increment(1.0);
+        ns.run_connect_handlers(&socket);
+    }
+
+    /// Adds `socket` to the client and the namespace, joins its rooms and queues the CONNECT
+    /// reply then the missed packets. With recovery, all of it under the recovery lock, so that
+    /// no recoverable broadcast falls between (the socket's tracking starts at the log's next
+    /// sequence). Returns false when the client closed meanwhile.
+    fn add_socket(
+        &self,
+        conn: &Conn,
+        state: &ClientState,
+        ns: &Namespace,
+        socket: &Socket,
+        arrival: Arrival<'_>,
+    ) -> bool {
+        let guard = self.server.recovery.as_ref().map(|r| r.lock());
+        if let (Some(guard), Some(tracking)) = (&guard, socket.tracking()) {
+            tracking.lock().since = guard.next_seq();
+        }
         {
             // Added to the namespace under the client's lock, so that a close
             // racing this connect either sees the socket or prevents it.
             let mut inner = state.inner.lock();
             inner.pending.retain(|n| n != ns.name());
             if inner.closed {
-                return;
+                return false;
             }
             inner.sockets.push(socket.clone());
             ns.add_socket(socket.clone());
         }
-        // Rooms granted by middleware are joined before the client learns it is connected.
-        for room in &granted.rooms {
+        // Rooms granted by middleware (or recovered) are joined before the client learns it is connected.
+        for room in arrival.rooms {
             socket.join(room);
         }
         if let Some(timer) = state.connect_timer.lock().take() {
             let _ = timer.send(());
         }
-        let reply = serde_json::json!({ "sid": socket.id() });
+        let reply = match socket.pid() {
+            Some(pid) => serde_json::json!({ "sid": socket.id(), "pid": pid }),
+            None => serde_json::json!({ "sid": socket.id() }),
+        };
         let mut text = vec![b'4'];
         packet::encode(PacketKind::Connect, ns.name(), None, Some(&reply), 0, &mut text);
         // In a write of its own, before anything the handlers emit (as socket.io does).
         conn.send_frames_own_write(&[crate::engineio::packet::Frame::Text(Bytes::from(text))]);
-        metrics::counter!(crate::metrics::SOCKETIO_CONNECTS).increment(1);
-        metrics::gauge!(crate::metrics::SOCKETIO_SOCKETS).increment(1.0);
-        ns.run_connect_handlers(&socket);
+        for missed in arrival.missed {
+            socket.send_frames(&missed.packet.frames(), false);
+        }
+        drop(guard);
+        true
     }
+}
+
+/// What a socket arrives with: rooms to join, packets to replay.
+struct Arrival<'a> {
+    rooms: &'a [String],
+    missed: &'a [super::MissedPacket],
+}
+
+/// Takes the session `sid` here for a client proving `secret`: a socket still connected under
+/// it is ended first (its client reconnected before its old connection was found dead).
+fn take_here(
+    recovery: &Recovery,
+    ns: &Namespace,
+    sid: Sid,
+    secret: Sid,
+    offset: Option<&str>,
+) -> Result<RecoveredSession, Refusal> {
+    if let Some(old) = ns.socket(sid.as_str())
+        && old.secret() == Some(secret)
+    {
+        old.take_over();
+    }
+    let mut state = recovery.lock();
+    let (result, changes) = state.take(std::time::Instant::now(), ns.name(), sid, secret, offset);
+    Recovery::gauges(&state);
+    drop(state);
+    recovery.changed(changes);
+    result
 }
 
 fn on_binary(state: &ClientState, data: Bytes) -> Result<Decoded, ClientError> {

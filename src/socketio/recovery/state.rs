@@ -1,0 +1,598 @@
+//! The recovery store of one node, pure: no sockets, no clock (every call that needs time takes
+//! `now`), so its tests run on simulated time.
+//!
+//! Two structures:
+//!
+//! - **The log**: every recoverable broadcast this node executed (an EVENT without ack id, not
+//!   volatile, with an [`Offset`]), in execution order, each with a local sequence number, its
+//!   selection and its encoded packet. One copy per broadcast, however many sessions may need it.
+//!   Bounded by `log_bytes` and by age (`retain`).
+//! - **The sessions**: sockets that left for a recoverable reason (transport close or error, ping
+//!   timeout, shutdown), keyed by socket id, each with its secret, namespace, rooms, data and
+//!   where its missed packets start. At most `max_sessions`; each expires `window` after it
+//!   left. A session handed over by another node (a draining one) also carries the packets that
+//!   node logged for it ([`SessionRecord`]).
+//!
+//! What a client missed is decided from the offset it sends back (the last one it received):
+//!
+//! 1. it equals `known`, the last offset queued to the socket: the client got everything up to
+//!    where the socket stopped receiving (`resume`), so it missed what came after;
+//! 2. it equals the offset the client had when the socket (re)connected: it lost everything
+//!    queued since, so it missed everything since then;
+//! 3. it names a packet carried from another node, or one logged here after the socket
+//!    connected: it missed what follows;
+//! 4. anything else (an unknown or evicted offset, a string that is no offset): the session
+//!    cannot be recovered, and the client gets a fresh one.
+//!
+//! A recovery that would replay more than `max_packets` packets or `max_bytes` bytes is refused
+//! too. The log must still hold every entry from where the replay starts, or the session is
+//! refused rather than recovered with a hole.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+
+use super::{MissedPacket, RecoveredSession as Recovered, Refusal, SessionRecord};
+use crate::rooms::{EncodedPacket, Offset, Selector};
+use crate::sid::Sid;
+
+/// Bytes counted for each log entry besides its packet and room names (the entry, its index
+/// slot, the queue slot).
+pub(crate) const ENTRY_OVERHEAD: usize = 160;
+/// Bytes counted for each session besides its rooms, data and carried packets.
+pub(crate) const SESSION_OVERHEAD: usize = 320;
+/// Added to the virtual index of carried packets where an exporting node had lost part of a
+/// session's history (its log evicted entries): every position before the gap is unusable.
+const LOST_GAP: u64 = 1 << 40;
+
+/// The bounds of the store (the `recovery_*` settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// How long a disconnected session can be recovered.
+    pub(crate) window: Duration,
+    /// How long a logged broadcast is kept: the window plus the longest a dead connection can go
+    /// unnoticed (ping interval + ping timeout), during which packets were still queued to it.
+    pub(crate) retain: Duration,
+    /// Most packets one recovery replays.
+    pub(crate) max_packets: usize,
+    /// Most bytes of packets one recovery replays.
+    pub(crate) max_bytes: usize,
+    /// Most disconnected sessions kept; the one closest to expiry goes first.
+    pub(crate) max_sessions: usize,
+    /// Most bytes the log holds (packets, room names and per-entry overhead).
+    pub(crate) log_bytes: usize,
+}
+
+/// Where a session's replay starts: a virtual index into its carried packets (those logged by
+/// the node it came from; past the last one, the local log from `since`) or a local sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cursor {
+    Carried(u64),
+    Local(u64),
+}
+
+/// What the socket layer knows of a socket whose session is kept (see [`RecoveryState::persist`]).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Persist {
+    /// Socket id.
+    pub(crate) sid: Sid,
+    /// The secret half of its private id.
+    pub(crate) secret: Sid,
+    /// Namespace.
+    pub(crate) nsp: String,
+    /// Rooms, its own id left out.
+    pub(crate) rooms: Vec<String>,
+    /// `socket.data`.
+    pub(crate) data: Map<String, Value>,
+    /// Where the socket's deliveries stood: see [`Tracking`].
+    pub(crate) tracking: Tracking,
+    /// Whether this node must keep receiving broadcasts to the socket's own id room (an id that
+    /// names another node: the other nodes route it by room interest, not by the id's tag).
+    pub(crate) sid_interest: bool,
+}
+
+/// Per connected socket: what was queued to it, in terms of the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Tracking {
+    /// The log sequence when the socket (re)connected: later entries may concern it.
+    pub(crate) since: u64,
+    /// The offset the client had when the socket (re)connected (what it sends back if it got
+    /// nothing since).
+    pub(crate) start: Option<Offset>,
+    /// Whether a client still at `start` missed nothing this node cannot replay (false after a
+    /// recovery whose replayed packets are in no log here).
+    pub(crate) start_valid: bool,
+    /// The last offset queued to the socket (`start` until one is).
+    pub(crate) known: Option<Offset>,
+    /// The first log sequence that could not be queued because the connection was closed.
+    pub(crate) failed_at: Option<u64>,
+}
+
+impl Tracking {
+    /// A socket that connected when the log's next sequence was `since`, its client holding
+    /// `start`; `start_valid` as in the field.
+    pub(crate) fn new(since: u64, start: Option<Offset>, start_valid: bool, known: Option<Offset>) -> Self {
+        Self { since, start, start_valid, known, failed_at: None }
+    }
+
+    /// The broadcast logged at `seq` with `offset` was queued to the socket.
+    pub(crate) fn queued(&mut self, offset: Offset) {
+        self.known = Some(offset);
+    }
+
+    /// The broadcast logged at `seq` found the connection closed.
+    pub(crate) fn failed(&mut self, seq: u64) {
+        self.failed_at.get_or_insert(seq);
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    seq: u64,
+    offset: Offset,
+    at: Instant,
+    nsp: String,
+    rooms: Vec<String>,
+    except: Vec<String>,
+    packet: EncodedPacket,
+    cost: usize,
+}
+
+#[derive(Debug)]
+struct Session {
+    secret: Sid,
+    nsp: String,
+    rooms: Vec<String>,
+    data: Map<String, Value>,
+    expires: Instant,
+    known: Option<Offset>,
+    start: Option<Offset>,
+    start_valid: bool,
+    since: u64,
+    resume: Cursor,
+    first_index: u64,
+    carried: Vec<MissedPacket>,
+    sid_interest: bool,
+    cost: usize,
+}
+
+/// Rooms whose interest (from the kept sessions) appeared or vanished: `(namespace, room)`.
+pub(crate) type Changes = Vec<(String, String)>;
+
+/// The log and the sessions of one node; see the module documentation.
+#[derive(Debug)]
+pub(crate) struct RecoveryState {
+    limits: Limits,
+    log: VecDeque<Entry>,
+    index: HashMap<Offset, u64>,
+    next_seq: u64,
+    log_cost: usize,
+    sessions: HashMap<Sid, Session>,
+    expiry: BTreeSet<(Instant, Sid)>,
+    session_cost: usize,
+    interest: HashMap<(String, String), u32>,
+}
+
+impl RecoveryState {
+    /// An empty store with `limits`.
+    pub(crate) fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            log: VecDeque::new(),
+            index: HashMap::new(),
+            next_seq: 1,
+            log_cost: 0,
+            sessions: HashMap::new(),
+            expiry: BTreeSet::new(),
+            session_cost: 0,
+            interest: HashMap::new(),
+        }
+    }
+
+    /// The sequence the next logged broadcast gets.
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Sessions kept.
+    pub(crate) fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Bytes counted for the kept sessions.
+    pub(crate) fn session_bytes(&self) -> usize {
+        self.session_cost
+    }
+
+    /// Bytes counted for the log.
+    pub(crate) fn log_bytes(&self) -> usize {
+        self.log_cost
+    }
+
+    /// The sequence of the oldest entry still logged (the next one when the log is empty).
+    fn front_seq(&self) -> u64 {
+        self.log.front().map_or(self.next_seq, |e| e.seq)
+    }
+
+    /// Logs a broadcast executed at `now`; returns its sequence, or `None` when this offset was
+    /// already logged (the same broadcast must not be executed twice).
+    pub(crate) fn log(
+        &mut self,
+        now: Instant,
+        offset: Offset,
+        selector: &Selector,
+        packet: &EncodedPacket,
+    ) -> Option<u64> {
+        if self.index.contains_key(&offset) {
+            return None;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let names = selector.nsp.len()
+            + selector.rooms.iter().map(String::len).sum::<usize>()
+            + selector.except.iter().map(String::len).sum::<usize>();
+        let cost = ENTRY_OVERHEAD + packet.len() + names;
+        self.log.push_back(Entry {
+            seq,
+            offset,
+            at: now,
+            nsp: selector.nsp.clone(),
+            rooms: selector.rooms.clone(),
+            except: selector.except.clone(),
+            packet: packet.clone(),
+            cost,
+        });
+        self.index.insert(offset, seq);
+        self.log_cost += cost;
+        self.prune_log(now);
+        Some(seq)
+    }
+
+    fn prune_log(&mut self, now: Instant) {
+        while let Some(front) = self.log.front() {
+            let old = now.saturating_duration_since(front.at) >= self.limits.retain;
+            if !old && self.log_cost <= self.limits.log_bytes {
+                break;
+            }
+            if let Some(entry) = self.log.pop_front() {
+                self.log_cost -= entry.cost;
+                if self.index.get(&entry.offset) == Some(&entry.seq) {
+                    self.index.remove(&entry.offset);
+                }
+            }
+        }
+    }
+
+    /// Keeps the session of a socket that left at `now`. Returns the rooms whose interest
+    /// changed (this session's rooms, and those of a session evicted to make room).
+    pub(crate) fn persist(&mut self, now: Instant, p: Persist) -> Changes {
+        let mut changes = self.expire(now);
+        let Tracking { since, start, start_valid, known, failed_at } = p.tracking;
+        let resume = Cursor::Local(failed_at.unwrap_or(self.next_seq).min(self.next_seq));
+        let session = Session {
+            secret: p.secret,
+            nsp: p.nsp,
+            rooms: p.rooms,
+            data: p.data,
+            expires: now + self.limits.window,
+            known,
+            start,
+            start_valid,
+            since,
+            resume,
+            first_index: 0,
+            carried: Vec::new(),
+            sid_interest: p.sid_interest,
+            cost: 0,
+        };
+        changes.extend(self.insert(p.sid, session));
+        changes
+    }
+
+    fn insert(&mut self, sid: Sid, mut session: Session) -> Changes {
+        let mut changes = self.remove(&sid).map(|(_, c)| c).unwrap_or_default();
+        while self.sessions.len() >= self.limits.max_sessions.max(1) {
+            let Some(&(_, oldest)) = self.expiry.first() else { break };
+            metrics::counter!(crate::metrics::RECOVERY_SESSIONS_DROPPED, crate::metrics::label::REASON => "evicted")
+                .increment(1);
+            changes.extend(self.remove(&oldest).map(|(_, c)| c).unwrap_or_default());
+        }
+        session.cost = session_cost(&session);
+        self.session_cost += session.cost;
+        for key in interest_keys(&sid, &session) {
+            let count = self.interest.entry(key.clone()).or_insert(0);
+            *count += 1;
+            if *count == 1 {
+                changes.push(key);
+            }
+        }
+        self.expiry.insert((session.expires, sid));
+        self.sessions.insert(sid, session);
+        changes
+    }
+
+    fn remove(&mut self, sid: &Sid) -> Option<(Session, Changes)> {
+        let session = self.sessions.remove(sid)?;
+        self.expiry.remove(&(session.expires, *sid));
+        self.session_cost -= session.cost;
+        let mut changes = Vec::new();
+        for key in interest_keys(sid, &session) {
+            if let Some(count) = self.interest.get_mut(&key) {
+                *count -= 1;
+                if *count == 0 {
+                    self.interest.remove(&key);
+                    changes.push(key);
+                }
+            }
+        }
+        Some((session, changes))
+    }
+
+    /// Drops the sessions whose window has passed at `now` and the log entries too old to be
+    /// needed; returns the rooms whose interest changed.
+    pub(crate) fn expire(&mut self, now: Instant) -> Changes {
+        let mut changes = Vec::new();
+        while let Some(&(expires, sid)) = self.expiry.first() {
+            if expires > now {
+                break;
+            }
+            metrics::counter!(crate::metrics::RECOVERY_SESSIONS_DROPPED, crate::metrics::label::REASON => "expired")
+                .increment(1);
+            changes.extend(self.remove(&sid).map(|(_, c)| c).unwrap_or_default());
+        }
+        self.prune_log(now);
+        changes
+    }
+
+    /// Whether a kept session holds `room` of `nsp` (its own id included when it names another
+    /// node), so that this node must keep receiving the broadcasts to it.
+    pub(crate) fn has_interest(&self, nsp: &str, room: &str) -> bool {
+        // Keys are owned pairs; the sessions' rooms are few, a lookup allocates two short strings.
+        self.interest.contains_key(&(nsp.to_owned(), room.to_owned()))
+    }
+
+    /// Whether a session for `sid` is kept.
+    #[cfg(test)]
+    pub(crate) fn holds(&self, sid: &Sid) -> bool {
+        self.sessions.contains_key(sid)
+    }
+
+    /// Takes the session `sid` of `nsp` for a client proving `secret` and holding `client`
+    /// (the offset it sent, as text; `None` when it sent none). The session is gone afterwards,
+    /// recovered or not; a wrong secret or namespace leaves it in place and reads as unknown.
+    pub(crate) fn take(
+        &mut self,
+        now: Instant,
+        nsp: &str,
+        sid: Sid,
+        secret: Sid,
+        client: Option<&str>,
+    ) -> (Result<Recovered, Refusal>, Changes) {
+        let found = self.sessions.get(&sid).is_some_and(|s| s.secret == secret && s.nsp == nsp);
+        if !found {
+            return (Err(Refusal::NotFound), Vec::new());
+        }
+        let Some((session, changes)) = self.remove(&sid) else {
+            return (Err(Refusal::NotFound), Vec::new());
+        };
+        if session.expires <= now {
+            metrics::counter!(crate::metrics::RECOVERY_SESSIONS_DROPPED, crate::metrics::label::REASON => "expired")
+                .increment(1);
+            return (Err(Refusal::Expired), changes);
+        }
+        let client_offset = client.map(Offset::parse);
+        let result = self.replay_of(&session, &sid, client_offset).map(|missed| Recovered {
+            sid,
+            secret: session.secret,
+            nsp: session.nsp,
+            rooms: session.rooms,
+            data: session.data,
+            missed,
+            client_offset: client_offset.flatten(),
+        });
+        (result, changes)
+    }
+
+    /// Where the replay of `session` starts for a client holding `client` (`Some(None)`: a
+    /// string that is no offset), and what it holds.
+    fn replay_of(
+        &self,
+        session: &Session,
+        sid: &Sid,
+        client: Option<Option<Offset>>,
+    ) -> Result<Vec<MissedPacket>, Refusal> {
+        let client = match client {
+            None => None,
+            Some(Some(offset)) => Some(offset),
+            Some(None) => return Err(Refusal::StaleOffset),
+        };
+        let cursor = if client == session.known {
+            session.resume
+        } else if client == session.start && session.start_valid {
+            Cursor::Carried(0)
+        } else if let Some(i) =
+            client.and_then(|o| session.carried.iter().position(|p| p.offset == o)).map(|i| i as u64)
+        {
+            Cursor::Carried(session.first_index + i + 1)
+        } else if let Some(seq) = client.and_then(|o| self.index.get(&o)).filter(|seq| **seq >= session.since) {
+            Cursor::Local(seq + 1)
+        } else {
+            return Err(Refusal::StaleOffset);
+        };
+        let (carried, local_from) = match cursor {
+            Cursor::Carried(i) if i < session.first_index => return Err(Refusal::StaleOffset),
+            Cursor::Carried(i) => {
+                let skip = usize::try_from(i - session.first_index).unwrap_or(usize::MAX);
+                (session.carried.get(skip..).unwrap_or_default(), session.since)
+            }
+            Cursor::Local(seq) => (&[][..], seq.max(session.since)),
+        };
+        if self.front_seq() > local_from {
+            // Entries the replay needs were evicted: a hole, never a recovery.
+            return Err(Refusal::StaleOffset);
+        }
+        let mut missed = Vec::new();
+        let mut bytes = 0usize;
+        let mut push = |p: MissedPacket| {
+            bytes += p.packet.len();
+            missed.push(p);
+            if missed.len() > self.limits.max_packets || bytes > self.limits.max_bytes {
+                return Err(Refusal::TooMany);
+            }
+            Ok(())
+        };
+        for p in carried {
+            push(p.clone())?;
+        }
+        let rooms: HashSet<&str> = session.rooms.iter().map(String::as_str).collect();
+        for entry in self.entries_from(local_from) {
+            if concerns(entry, &session.nsp, &rooms, sid.as_str()) {
+                push(MissedPacket { offset: entry.offset, packet: entry.packet.clone() })?;
+            }
+        }
+        Ok(missed)
+    }
+
+    /// The logged entries with a sequence of at least `seq`, in order.
+    fn entries_from(&self, seq: u64) -> impl Iterator<Item = &Entry> {
+        let skip = usize::try_from(seq.saturating_sub(self.front_seq())).unwrap_or(usize::MAX);
+        self.log.iter().skip(skip)
+    }
+
+    /// Takes every kept session out as records another node can import (a node draining on
+    /// SIGTERM hands them to a peer). Each carries the packets logged here that concern it, the
+    /// newest ones within the replay bounds.
+    pub(crate) fn export_all(&mut self, now: Instant) -> (Vec<SessionRecord>, Changes) {
+        let mut changes = self.expire(now);
+        let sids: Vec<Sid> = self.sessions.keys().copied().collect();
+        let mut records = Vec::with_capacity(sids.len());
+        for sid in sids {
+            let Some((session, c)) = self.remove(&sid) else { continue };
+            changes.extend(c);
+            records.push(self.export(now, sid, session));
+        }
+        (records, changes)
+    }
+
+    fn export(&self, now: Instant, sid: Sid, session: Session) -> SessionRecord {
+        let rooms: HashSet<&str> = session.rooms.iter().map(String::as_str).collect();
+        let mut first_index = session.first_index;
+        let mut packets = session.carried;
+        // Virtual index of the first local entry from `since`, after a gap when some were evicted.
+        let mut local_index = first_index + packets.len() as u64;
+        let local_from = if self.front_seq() > session.since {
+            local_index += LOST_GAP;
+            first_index = local_index;
+            packets.clear();
+            self.front_seq()
+        } else {
+            session.since
+        };
+        let mut resume_index = match session.resume {
+            Cursor::Carried(i) => i,
+            Cursor::Local(_) => local_index,
+        };
+        for entry in self.entries_from(local_from) {
+            if !concerns(entry, &session.nsp, &rooms, sid.as_str()) {
+                continue;
+            }
+            if matches!(session.resume, Cursor::Local(seq) if entry.seq < seq) {
+                resume_index += 1;
+            }
+            packets.push(MissedPacket { offset: entry.offset, packet: entry.packet.clone() });
+        }
+        if matches!(session.resume, Cursor::Local(seq) if seq < local_from) {
+            resume_index = 0;
+        }
+        // The newest packets within the replay bounds.
+        let mut bytes = 0usize;
+        let keep = packets
+            .iter()
+            .rev()
+            .take_while(|p| {
+                bytes += p.packet.len();
+                bytes <= self.limits.max_bytes
+            })
+            .count()
+            .min(self.limits.max_packets);
+        let dropped = packets.len() - keep;
+        packets.drain(..dropped);
+        first_index += dropped as u64;
+        SessionRecord {
+            sid,
+            secret: session.secret,
+            nsp: session.nsp,
+            rooms: session.rooms,
+            data: session.data,
+            expires_in: session.expires.saturating_duration_since(now),
+            known: session.known,
+            start: session.start,
+            start_valid: session.start_valid,
+            first_index,
+            packets,
+            resume_index,
+        }
+    }
+
+    /// Keeps sessions another node handed over at `now`; `sid_interest` says which socket ids
+    /// name another node. Returns the rooms whose interest changed.
+    pub(crate) fn import(
+        &mut self,
+        now: Instant,
+        records: Vec<SessionRecord>,
+        sid_interest: impl Fn(&Sid) -> bool,
+    ) -> Changes {
+        let mut changes = self.expire(now);
+        for r in records {
+            if r.expires_in.is_zero() {
+                continue;
+            }
+            let session = Session {
+                secret: r.secret,
+                nsp: r.nsp,
+                rooms: r.rooms,
+                data: r.data,
+                expires: now + r.expires_in.min(self.limits.window),
+                known: r.known,
+                start: r.start,
+                start_valid: r.start_valid,
+                since: self.next_seq,
+                resume: Cursor::Carried(r.resume_index),
+                first_index: r.first_index,
+                carried: r.packets,
+                sid_interest: sid_interest(&r.sid),
+                cost: 0,
+            };
+            changes.extend(self.insert(r.sid, session));
+        }
+        changes
+    }
+}
+
+/// Whether the logged broadcast `entry` reached a socket `sid` of `nsp` in `rooms`.
+fn concerns(entry: &Entry, nsp: &str, rooms: &HashSet<&str>, sid: &str) -> bool {
+    let member = |r: &String| r == sid || rooms.contains(r.as_str());
+    entry.nsp == nsp && (entry.rooms.is_empty() || entry.rooms.iter().any(member)) && !entry.except.iter().any(member)
+}
+
+fn interest_keys(sid: &Sid, session: &Session) -> Vec<(String, String)> {
+    let mut keys: Vec<(String, String)> = session.rooms.iter().map(|r| (session.nsp.clone(), r.clone())).collect();
+    if session.sid_interest {
+        keys.push((session.nsp.clone(), sid.as_str().to_owned()));
+    }
+    keys
+}
+
+fn session_cost(session: &Session) -> usize {
+    let data = serde_json::to_vec(&session.data).map_or(0, |v| v.len());
+    SESSION_OVERHEAD
+        + session.nsp.len()
+        + session.rooms.iter().map(|r| r.len() + 24).sum::<usize>()
+        + data
+        + session.carried.iter().map(|p| p.packet.len() + 64).sum::<usize>()
+}
+
+#[cfg(test)]
+#[path = "state_tests.rs"]
+mod tests;
