@@ -306,7 +306,7 @@ impl Node {
             let sessions = io.export_recovery();
             if !sessions.is_empty() {
                 let left = deadline.saturating_duration_since(Instant::now());
-                node.hand_off_sessions(sessions, left.mul_f64(HANDOFF_SHARE)).await;
+                node.hand_off_sessions(&io, sessions, left.mul_f64(HANDOFF_SHARE)).await;
             }
             // Leave after the clients are gone: until then the peers keep forwarding here.
             let left = deadline.saturating_duration_since(Instant::now());

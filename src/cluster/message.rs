@@ -11,7 +11,9 @@ use bytes::Bytes;
 
 use crate::resp::kv::{KvOp, KvValue};
 use crate::rooms::{Broadcast, Selector};
-use crate::socketio::{AckedBroadcast, Payload, RecoveredSession, Refusal, RemoteSocket, SessionRecord, SocketsOp};
+use crate::socketio::{
+    AckedBroadcast, Payload, RecoveredSession, Refusal, RelayedPacket, RemoteSocket, SessionRecord, SocketsOp,
+};
 
 /// A cluster node id (the raft node id).
 pub type NodeId = u64;
@@ -56,6 +58,8 @@ pub enum Message {
     Publish(Publish),
     /// The sender's whole contribution to the presence counts.
     Presence(PresenceState),
+    /// Connection state recovery: a broadcast for a session that moved to the receiver.
+    Relay(RelayedPacket),
 }
 
 /// What one node counts for each presence key; replaces what it sent before.

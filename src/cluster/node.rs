@@ -374,7 +374,12 @@ impl Inner {
             }
             // A fire-and-forget operation, in order with the sender's broadcasts.
             Message::Request(request) => {
-                let _ = self.run_local_now(&request.op);
+                let _ = self.run_local_now(from, &request.op);
+            }
+            Message::Relay(relayed) => {
+                if let Some(ns) = self.io.namespace(&relayed.nsp) {
+                    ns.receive_relayed(&relayed);
+                }
             }
             other => tracing::debug!(from, kind = ?std::mem::discriminant(&other), "unexpected ordered message"),
         }
@@ -382,7 +387,7 @@ impl Inner {
 
     /// Runs an operation that needs no waiting on this node's sockets; `None` for the ones that
     /// wait (broadcast with acks).
-    fn run_local_now(&self, op: &RequestOp) -> Option<ReplyBody> {
+    fn run_local_now(&self, from: NodeId, op: &RequestOp) -> Option<ReplyBody> {
         let affected = |n: usize| Some(ReplyBody::Done { affected: n as u64 });
         match op {
             RequestOp::Sockets { selector, op } => {
@@ -422,7 +427,7 @@ impl Inner {
                     .collect(),
             )),
             RequestOp::RecoverSession { namespace, pid, offset } => {
-                Some(ReplyBody::RecoverSession(self.io.recover_for_peer(namespace, pid, offset.as_deref())))
+                Some(ReplyBody::RecoverSession(self.io.recover_for_peer(namespace, pid, offset.as_deref(), from)))
             }
             RequestOp::HandOffSessions(records) => {
                 Some(ReplyBody::Done { affected: self.io.import_recovery(records.clone()) as u64 })
@@ -432,8 +437,8 @@ impl Inner {
     }
 
     /// Answers a request from another node.
-    async fn answer(&self, request: ClusterRequest) -> ReplyBody {
-        if let Some(body) = self.run_local_now(&request.op) {
+    async fn answer(&self, from: NodeId, request: ClusterRequest) -> ReplyBody {
+        if let Some(body) = self.run_local_now(from, &request.op) {
             return body;
         }
         let RequestOp::BroadcastWithAck(acked) = request.op else {
@@ -546,6 +551,10 @@ impl Adapter for Handle {
         let (op, _) = to_request_op(op);
         let peers = self.0.live_peers();
         self.0.send_to(&peers, &Message::Request(ClusterRequest { request_id: 0, timeout: Duration::ZERO, op }));
+    }
+
+    fn relay(&self, to: u64, packet: crate::socketio::RelayedPacket) {
+        self.0.send_to(&[to], &Message::Relay(packet));
     }
 }
 
@@ -672,7 +681,7 @@ async fn inbox_loop(inner: Arc<Inner>, mut incoming: mpsc::Receiver<Incoming>) {
                         }
                         Message::Request(request) => {
                             let request_id = request.request_id;
-                            Message::Reply(ClusterReply { request_id, result: inner.answer(request).await })
+                            Message::Reply(ClusterReply { request_id, result: inner.answer(from, request).await })
                         }
                         _ => return,
                     };

@@ -7,6 +7,8 @@
 //! - A node draining on SIGTERM: once its clients are closed (their sessions kept), it hands
 //!   every kept session to its live peers ([`ClusterNode::hand_off_sessions`], `HandOffSessions`),
 //!   spread over them, so that its clients can still be recovered after it exits.
+//! - For a few seconds after a session left, the node it left relays what concerns it
+//!   ([`crate::socketio::RelayedPacket`], on the wire `RelayedPacket`) to the node that has it.
 //! - A node that dies (`kill -9`) takes its kept sessions with it: its clients get fresh
 //!   sessions.
 
@@ -14,7 +16,8 @@ use std::time::Duration;
 
 use super::message::{ClusterReply, ClusterRequest, Message, ReplyBody, RequestOp};
 use super::node::ClusterNode;
-use crate::socketio::{RecoveredSession, Refusal, SessionRecord};
+use crate::Sid;
+use crate::socketio::{RecoveredSession, Refusal, Server, SessionRecord};
 
 /// Most sessions in one hand-off request.
 const CHUNK_SESSIONS: usize = 256;
@@ -61,7 +64,7 @@ impl ClusterNode {
     /// Hands `records` (this node's kept sessions, taken out of its store) to the live peers,
     /// spread over them; a chunk a peer does not take goes to the next one. Gives up at
     /// `within`. Returns how many sessions a peer kept.
-    pub async fn hand_off_sessions(&self, records: Vec<SessionRecord>, within: Duration) -> usize {
+    pub async fn hand_off_sessions(&self, io: &Server, records: Vec<SessionRecord>, within: Duration) -> usize {
         if records.is_empty() {
             return 0;
         }
@@ -75,6 +78,7 @@ impl ClusterNode {
         let mut kept = 0usize;
         for (i, chunk) in chunks(records).into_iter().enumerate() {
             let n = chunk.len();
+            let sids: Vec<Sid> = chunk.iter().map(|r| r.sid).collect();
             let request = Message::Request(ClusterRequest {
                 request_id: 0,
                 timeout: within,
@@ -90,6 +94,7 @@ impl ClusterNode {
                 match self.transport().request(peer, &request, left).await {
                     Ok(Message::Reply(ClusterReply { result: ReplyBody::Done { affected }, .. })) => {
                         kept += usize::try_from(affected).unwrap_or(n);
+                        io.recovery_handed_to(&sids, peer);
                         done = true;
                         break;
                     }
@@ -114,7 +119,6 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::Sid;
     use crate::rooms::{EncodedPacket, Offset};
     use crate::socketio::MissedPacket;
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::payload::Payload;
-use super::recovery::{RecoveredSession, Refusal};
+use super::recovery::{RecoveredSession, Refusal, RelayedPacket};
 use super::runner::SocketsOp;
 use super::socket::Socket;
 use crate::rooms::{Broadcast, Selector};
@@ -144,4 +144,8 @@ pub trait Adapter: Send + Sync + std::fmt::Debug + 'static {
     /// forwarded broadcasts (a `socketsJoin` followed by a broadcast to the joined room reaches
     /// every node in that order).
     fn send_ordered(&self, op: RemoteOp);
+
+    /// Connection state recovery: sends node `to` a broadcast for a session that moved there,
+    /// in order with this node's forwarded broadcasts. Never waits.
+    fn relay(&self, to: u64, packet: RelayedPacket);
 }

@@ -32,7 +32,7 @@ pub use namespace::{ConnectError, ConnectGrant, ConnectRequest, Event, Namespace
 pub use operator::{AckResults, BroadcastOperator, ClusterCount, FetchedSockets};
 pub use payload::Payload;
 pub use reason::DisconnectReason;
-pub use recovery::{MissedPacket, RecoveredSession, RecoveryConfig, Refusal, SessionRecord};
+pub use recovery::{MissedPacket, RecoveredSession, RecoveryConfig, Refusal, RelayedPacket, SessionRecord};
 pub use runner::SocketsOp;
 pub use server::{ClientState, Server};
 pub use socket::{AckError, AckSender, SendError, Socket};

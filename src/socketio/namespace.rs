@@ -457,34 +457,63 @@ impl Namespace {
     /// node already logged is not executed again.
     pub(crate) fn execute(&self, b: &Broadcast) -> usize {
         let (Some(recovery), Some(offset), false) = (&self.0.recovery, b.offset, b.flags.volatile) else {
-            return self.fan_out(b, |_, _| {});
+            return self.fan_out(b, |socket, frames| {
+                socket.send_frames(frames, b.flags.volatile);
+            });
         };
         let mut state = recovery.lock();
-        let Some(seq) = state.log(std::time::Instant::now(), offset, &b.selector, &b.packet) else {
+        let Some((seq, relays)) = state.log(std::time::Instant::now(), offset, &b.selector, &b.packet) else {
             return 0;
         };
-        let recipients = self.fan_out(b, |socket, result| {
-            if let Some(tracking) = socket.tracking() {
-                match result {
-                    Enqueued::Queued => tracking.lock().queued(offset),
-                    Enqueued::Closed => tracking.lock().failed(seq),
-                    Enqueued::DroppedVolatile | Enqueued::TooLarge => {}
-                }
+        let recipients = self.fan_out(b, |socket, frames| {
+            let Some(tracking) = socket.tracking() else {
+                socket.send_frames(frames, false);
+                return;
+            };
+            let mut tracking = tracking.lock();
+            if tracking.take_relayed(offset) {
+                return;
+            }
+            match socket.send_frames(frames, false) {
+                Enqueued::Queued => tracking.queued(offset),
+                Enqueued::Closed => tracking.failed(seq),
+                Enqueued::DroppedVolatile | Enqueued::TooLarge => {}
             }
         });
         Recovery::gauges(&state);
+        drop(state);
+        recovery.relay(relays);
         recipients
     }
 
-    /// Sends `b` to the sockets it selects here; `sent` sees each recipient and how its queue took it.
-    fn fan_out(&self, b: &Broadcast, mut sent: impl FnMut(&Socket, Enqueued)) -> usize {
+    /// Connection state recovery: another node relays a broadcast for socket `sid`, a session
+    /// that moved here (see [`super::RelayedPacket`]): sent to the socket unless it already got
+    /// it here, or kept with its session. Returns whether the socket was sent it.
+    pub fn receive_relayed(&self, relayed: &super::RelayedPacket) -> bool {
+        let Some(recovery) = &self.0.recovery else { return false };
+        let socket = self.socket(relayed.sid.as_str());
+        let tracking = socket.as_ref().and_then(Socket::tracking);
+        let mut state = recovery.lock();
+        let since = tracking.map(|t| t.lock().since);
+        if !state.log_relayed(std::time::Instant::now(), &self.0.name, relayed.sid, &relayed.packet, since) {
+            return false;
+        }
+        let (Some(socket), Some(tracking)) = (&socket, tracking) else { return false };
+        if socket.send_frames(&relayed.packet.packet.frames(), false) == Enqueued::Queued {
+            tracking.lock().queued_relayed(relayed.packet.offset);
+        }
+        Recovery::gauges(&state);
+        true
+    }
+
+    /// Sends `b` to the sockets it selects here, each through `send`; returns how many.
+    fn fan_out(&self, b: &Broadcast, mut send: impl FnMut(&Socket, &[crate::engineio::packet::Frame])) -> usize {
         let frames = b.packet.frames();
         let except = self.members_of(&b.selector.except);
         let mut recipients = 0usize;
         let mut deliver = |socket: &Socket| {
             if !except.contains(&socket.sid()) {
-                let result = socket.send_frames(&frames, b.flags.volatile);
-                sent(socket, result);
+                send(socket, &frames);
                 recipients += 1;
             }
         };

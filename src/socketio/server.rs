@@ -134,12 +134,19 @@ impl Server {
     /// another node with `offset` (the cluster asks every node; the one holding it answers). A
     /// socket still connected here under that private id is ended first: its client, which
     /// alone holds the private id, has reconnected elsewhere.
-    pub fn recover_for_peer(&self, nsp: &str, pid: &str, offset: Option<&str>) -> Result<RecoveredSession, Refusal> {
+    /// What this node logs for it during a short grace period is relayed to node `requester`.
+    pub fn recover_for_peer(
+        &self,
+        nsp: &str,
+        pid: &str,
+        offset: Option<&str>,
+        requester: u64,
+    ) -> Result<RecoveredSession, Refusal> {
         let (Some(recovery), Some((sid, secret))) = (&self.inner.recovery, recovery::parse_pid(pid)) else {
             return Err(Refusal::NotFound);
         };
         let Some(ns) = self.namespace(nsp) else { return Err(Refusal::NotFound) };
-        let result = take_here(recovery, &ns, sid, secret, offset);
+        let result = take_here(recovery, &ns, sid, secret, offset, Some(requester));
         if result.is_ok() {
             tracing::debug!(sid = %sid, nsp, "session handed to another node");
         }
@@ -155,6 +162,16 @@ impl Server {
         drop(state);
         recovery.changed(changes);
         records
+    }
+
+    /// The exported sessions `sids` reached node `to`: what this node logged for them since
+    /// (and logs during a short grace period) is relayed there.
+    pub fn recovery_handed_to(&self, sids: &[Sid], to: u64) {
+        let Some(recovery) = &self.inner.recovery else { return };
+        let mut state = recovery.lock();
+        let relays: Vec<_> = sids.iter().flat_map(|sid| state.moved_to(*sid, to)).collect();
+        drop(state);
+        recovery.relay(relays);
     }
 
     /// Keeps sessions a draining peer handed over; returns how many.
@@ -401,7 +418,7 @@ impl SioHandler {
         if let Some(recovery) = &self.server.recovery
             && let Some(attempt) = Attempt::from_auth(&auth)
         {
-            match take_here(recovery, &ns, attempt.sid, attempt.secret, attempt.offset.as_deref()) {
+            match take_here(recovery, &ns, attempt.sid, attempt.secret, attempt.offset.as_deref(), None) {
                 Ok(session) => {
                     recovery::count_attempt(Ok(()));
                     return self.finish_recovered(conn, state, ns, auth, session);
@@ -558,7 +575,16 @@ impl SioHandler {
         for missed in arrival.missed {
             socket.send_frames(&missed.packet.frames(), false);
         }
-        drop(guard);
+        if let (Some(mut state), Some(tracking)) = (guard, socket.tracking()) {
+            // Relays from the node it left that overtook its recovery: after the replay.
+            let seen: std::collections::HashSet<_> = arrival.missed.iter().map(|m| m.offset).collect();
+            for late in state.claim_orphans(&socket.sid()).into_iter().filter(|p| !seen.contains(&p.offset)) {
+                if socket.send_frames(&late.packet.frames(), false) == crate::engineio::session::Enqueued::Queued {
+                    tracking.lock().queued_relayed(late.offset);
+                }
+            }
+            Recovery::gauges(&state);
+        }
         true
     }
 }
@@ -569,14 +595,16 @@ struct Arrival<'a> {
     missed: &'a [super::MissedPacket],
 }
 
-/// Takes the session `sid` here for a client proving `secret`: a socket still connected under
-/// it is ended first (its client reconnected before its old connection was found dead).
+/// Takes the session `sid` here for a client proving `secret`, connected here or to node `to`:
+/// a socket still connected under it is ended first (its client reconnected before its old
+/// connection was found dead).
 fn take_here(
     recovery: &Recovery,
     ns: &Namespace,
     sid: Sid,
     secret: Sid,
     offset: Option<&str>,
+    to: Option<u64>,
 ) -> Result<RecoveredSession, Refusal> {
     if let Some(old) = ns.socket(sid.as_str())
         && old.secret() == Some(secret)
@@ -584,7 +612,7 @@ fn take_here(
         old.take_over();
     }
     let mut state = recovery.lock();
-    let (result, changes) = state.take(std::time::Instant::now(), ns.name(), sid, secret, offset);
+    let (result, changes) = state.take(std::time::Instant::now(), ns.name(), sid, secret, offset, to);
     Recovery::gauges(&state);
     drop(state);
     recovery.changed(changes);

@@ -400,7 +400,7 @@ impl Socket {
             nsp: self.nsp().to_owned(),
             rooms,
             data: self.0.data.lock().clone(),
-            tracking: *recovery.tracking.lock(),
+            tracking: recovery.tracking.lock().clone(),
             sid_interest: self.is_foreign(),
         };
         let changes = state.persist(std::time::Instant::now(), persist);

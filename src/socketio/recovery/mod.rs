@@ -26,7 +26,7 @@ use serde_json::{Map, Value};
 use super::adapter::Adapter;
 use crate::rooms::{EncodedPacket, Offset};
 use crate::sid::Sid;
-pub(crate) use state::{Changes, RecoveryState, Tracking};
+pub(crate) use state::{Changes, RecoveryState, Relay, Tracking};
 
 /// Connection state recovery settings (off unless set in [`super::SocketIoConfig::recovery`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +150,18 @@ pub struct SessionRecord {
     pub resume_index: u64,
 }
 
+/// A packet one node sends another for a session that moved there (see `state`'s moved
+/// sessions): a broadcast that concerns it and arrived after it left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayedPacket {
+    /// Namespace.
+    pub nsp: String,
+    /// The socket it is for.
+    pub sid: Sid,
+    /// The packet and its offset.
+    pub packet: MissedPacket,
+}
+
 /// The private id a client gets: its socket id followed by a secret (40 characters). It never
 /// leaves that client's connection.
 pub(crate) fn pid_of(sid: &Sid, secret: &Sid) -> String {
@@ -256,6 +268,17 @@ impl Recovery {
         }
     }
 
+    /// Sends each relay to its node (after releasing the lock).
+    pub(crate) fn relay(&self, relays: Vec<Relay>) {
+        if relays.is_empty() {
+            return;
+        }
+        let Some(adapter) = self.adapter.get() else { return };
+        for Relay { to, nsp, sid, packet } in relays {
+            adapter.relay(to, RelayedPacket { nsp, sid, packet });
+        }
+    }
+
     /// Records the gauges from `state` (under the lock).
     pub(crate) fn gauges(state: &RecoveryState) {
         metrics::gauge!(crate::metrics::RECOVERY_SESSIONS).set(state.session_count() as f64);
@@ -279,6 +302,7 @@ pub(crate) fn count_attempt(result: Result<(), Refusal>) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

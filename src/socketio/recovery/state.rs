@@ -27,6 +27,15 @@
 //! A recovery that would replay more than `max_packets` packets or `max_bytes` bytes is refused
 //! too. The log must still hold every entry from where the replay starts, or the session is
 //! refused rather than recovered with a hole.
+//!
+//! **Moved sessions.** A session taken by another node (its client reconnected there) or handed
+//! to one (this node is draining) leaves a *moved* record here for [`RELAY_GRACE`]: its rooms
+//! stay this node's interest, and every broadcast logged here that concerns it is returned as a
+//! [`Relay`] for the runtime to send on to that node. That covers the broadcasts still on their
+//! way here when the session left, and those sent by nodes that had not yet learnt the new
+//! node's interest. The new node logs a relayed packet as an entry for that socket alone
+//! ([`RecoveryState::log_relayed`]), unless it logged the broadcast itself while the socket was
+//! there; a replay never holds the same offset twice.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -42,6 +51,10 @@ use crate::sid::Sid;
 pub(crate) const ENTRY_OVERHEAD: usize = 160;
 /// Bytes counted for each session besides its rooms, data and carried packets.
 pub(crate) const SESSION_OVERHEAD: usize = 320;
+/// How long a moved session's rooms stay this node's interest and its broadcasts are relayed to
+/// the node that has it (as long as room interest takes to reach every node, with margin: the
+/// same bound as the gossip's wide rooms).
+pub(crate) const RELAY_GRACE: Duration = Duration::from_secs(3);
 /// Added to the virtual index of carried packets where an exporting node had lost part of a
 /// session's history (its log evicted entries): every position before the gap is unusable.
 const LOST_GAP: u64 = 1 << 40;
@@ -92,8 +105,11 @@ pub(crate) struct Persist {
     pub(crate) sid_interest: bool,
 }
 
+/// Most offsets a socket remembers as relayed (see [`Tracking::relayed`]).
+const RELAYED_KEPT: usize = 256;
+
 /// Per connected socket: what was queued to it, in terms of the log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Tracking {
     /// The log sequence when the socket (re)connected: later entries may concern it.
     pub(crate) since: u64,
@@ -107,13 +123,39 @@ pub(crate) struct Tracking {
     pub(crate) known: Option<Offset>,
     /// The first log sequence that could not be queued because the connection was closed.
     pub(crate) failed_at: Option<u64>,
+    /// Offsets of packets relayed to it by the node its session came from, the newest few: if
+    /// the broadcast itself reaches this node later, the socket already had it.
+    pub(crate) relayed: Vec<Offset>,
 }
 
 impl Tracking {
     /// A socket that connected when the log's next sequence was `since`, its client holding
     /// `start`; `start_valid` as in the field.
     pub(crate) fn new(since: u64, start: Option<Offset>, start_valid: bool, known: Option<Offset>) -> Self {
-        Self { since, start, start_valid, known, failed_at: None }
+        Self { since, start, start_valid, known, failed_at: None, relayed: Vec::new() }
+    }
+
+    /// A packet relayed from the node the session came from was queued to the socket.
+    pub(crate) fn queued_relayed(&mut self, offset: Offset) {
+        self.known = Some(offset);
+        // Like a replayed one, it is in no log here.
+        self.start_valid = false;
+        if self.relayed.len() >= RELAYED_KEPT {
+            self.relayed.remove(0);
+        }
+        self.relayed.push(offset);
+    }
+
+    /// Whether the broadcast `offset` was already relayed to the socket (then forgotten: a
+    /// broadcast arrives once).
+    pub(crate) fn take_relayed(&mut self, offset: Offset) -> bool {
+        match self.relayed.iter().position(|o| *o == offset) {
+            Some(i) => {
+                self.relayed.remove(i);
+                true
+            }
+            None => false,
+        }
     }
 
     /// The broadcast logged at `seq` with `offset` was queued to the socket.
@@ -157,6 +199,31 @@ struct Session {
     cost: usize,
 }
 
+/// A session that left for another node, for [`RELAY_GRACE`].
+#[derive(Debug)]
+struct Moved {
+    nsp: String,
+    rooms: Vec<String>,
+    sid_interest: bool,
+    /// The node that has it; `None` while a hand-over is on its way (relays wait in `pending`).
+    to: Option<u64>,
+    until: Instant,
+    pending: Vec<MissedPacket>,
+}
+
+/// A broadcast logged here that concerns a session now on node `to`: send it there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Relay {
+    /// The node holding the session.
+    pub(crate) to: u64,
+    /// Its namespace.
+    pub(crate) nsp: String,
+    /// Its socket id.
+    pub(crate) sid: Sid,
+    /// The packet and its offset.
+    pub(crate) packet: MissedPacket,
+}
+
 /// Rooms whose interest (from the kept sessions) appeared or vanished: `(namespace, room)`.
 pub(crate) type Changes = Vec<(String, String)>;
 
@@ -172,6 +239,11 @@ pub(crate) struct RecoveryState {
     expiry: BTreeSet<(Instant, Sid)>,
     session_cost: usize,
     interest: HashMap<(String, String), u32>,
+    moved: HashMap<Sid, Moved>,
+    /// Relayed packets for a socket not here yet (its recovery is on its way back from the node
+    /// that had it; the relays travel on another stream and may overtake it), until it arrives
+    /// or [`RELAY_GRACE`] passes.
+    orphans: HashMap<Sid, (Instant, Vec<MissedPacket>)>,
 }
 
 impl RecoveryState {
@@ -187,6 +259,8 @@ impl RecoveryState {
             expiry: BTreeSet::new(),
             session_cost: 0,
             interest: HashMap::new(),
+            moved: HashMap::new(),
+            orphans: HashMap::new(),
         }
     }
 
@@ -215,38 +289,152 @@ impl RecoveryState {
         self.log.front().map_or(self.next_seq, |e| e.seq)
     }
 
-    /// Logs a broadcast executed at `now`; returns its sequence, or `None` when this offset was
-    /// already logged (the same broadcast must not be executed twice).
+    /// Logs a broadcast executed at `now`; returns its sequence and the relays it calls for
+    /// (moved sessions it concerns), or `None` when this offset was already logged (the same
+    /// broadcast must not be executed twice).
     pub(crate) fn log(
         &mut self,
         now: Instant,
         offset: Offset,
         selector: &Selector,
         packet: &EncodedPacket,
-    ) -> Option<u64> {
+    ) -> Option<(u64, Vec<Relay>)> {
         if self.index.contains_key(&offset) {
             return None;
         }
+        let seq =
+            self.append(now, offset, selector.nsp.clone(), selector.rooms.clone(), selector.except.clone(), packet);
+        self.index.insert(offset, seq);
+        let mut relays = Vec::new();
+        if !self.moved.is_empty() {
+            let entry = self.log.back();
+            for (sid, moved) in &mut self.moved {
+                let rooms: HashSet<&str> = moved.rooms.iter().map(String::as_str).collect();
+                if !entry.is_some_and(|e| concerns(e, &moved.nsp, &rooms, sid.as_str())) || moved.until <= now {
+                    continue;
+                }
+                let packet = MissedPacket { offset, packet: packet.clone() };
+                match moved.to {
+                    Some(to) => relays.push(Relay { to, nsp: moved.nsp.clone(), sid: *sid, packet }),
+                    None if moved.pending.len() < self.limits.max_packets => moved.pending.push(packet),
+                    None => {}
+                }
+            }
+        }
+        self.prune_log(now);
+        Some((seq, relays))
+    }
+
+    /// Appends an entry (the caller indexes it or not).
+    fn append(
+        &mut self,
+        now: Instant,
+        offset: Offset,
+        nsp: String,
+        rooms: Vec<String>,
+        except: Vec<String>,
+        packet: &EncodedPacket,
+    ) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let names = selector.nsp.len()
-            + selector.rooms.iter().map(String::len).sum::<usize>()
-            + selector.except.iter().map(String::len).sum::<usize>();
+        let names =
+            nsp.len() + rooms.iter().map(String::len).sum::<usize>() + except.iter().map(String::len).sum::<usize>();
         let cost = ENTRY_OVERHEAD + packet.len() + names;
-        self.log.push_back(Entry {
-            seq,
-            offset,
-            at: now,
-            nsp: selector.nsp.clone(),
-            rooms: selector.rooms.clone(),
-            except: selector.except.clone(),
-            packet: packet.clone(),
-            cost,
-        });
-        self.index.insert(offset, seq);
+        self.log.push_back(Entry { seq, offset, at: now, nsp, rooms, except, packet: packet.clone(), cost });
         self.log_cost += cost;
+        seq
+    }
+
+    /// Another node relayed `packet` for socket `sid` of `nsp`, which is here: connected since
+    /// the log sequence `since` (`None`: not connected; its kept session's is used). Returns
+    /// whether the connected socket should be sent it: false when this node logged that
+    /// broadcast itself since then (the socket got it, or it was not meant for it here), or
+    /// when nothing here holds that socket yet (the packet waits for it: see
+    /// [`RecoveryState::claim_orphans`]).
+    pub(crate) fn log_relayed(
+        &mut self,
+        now: Instant,
+        nsp: &str,
+        sid: Sid,
+        packet: &MissedPacket,
+        since: Option<u64>,
+    ) -> bool {
+        let Some(since) = since.or_else(|| self.sessions.get(&sid).filter(|s| s.nsp == nsp).map(|s| s.since)) else {
+            if self.orphans.len() < self.limits.max_sessions || self.orphans.contains_key(&sid) {
+                let (_, waiting) = self.orphans.entry(sid).or_insert_with(|| (now + RELAY_GRACE, Vec::new()));
+                if waiting.len() < self.limits.max_packets {
+                    waiting.push(packet.clone());
+                }
+            }
+            return false;
+        };
+        if self.index.get(&packet.offset).is_some_and(|seq| *seq >= since) {
+            return false;
+        }
+        // An entry for that socket alone, not indexed: the broadcast itself, should it arrive
+        // here later, still runs for everyone else.
+        self.append(now, packet.offset, nsp.to_owned(), vec![sid.as_str().to_owned()], Vec::new(), &packet.packet);
         self.prune_log(now);
-        Some(seq)
+        true
+    }
+
+    /// Relayed packets that arrived for socket `sid` before it did, in order.
+    pub(crate) fn claim_orphans(&mut self, sid: &Sid) -> Vec<MissedPacket> {
+        self.orphans.remove(sid).map(|(_, packets)| packets).unwrap_or_default()
+    }
+
+    /// A hand-over of `sid` reached node `to`: the broadcasts kept for it meanwhile, to relay.
+    pub(crate) fn moved_to(&mut self, sid: Sid, to: u64) -> Vec<Relay> {
+        let Some(moved) = self.moved.get_mut(&sid) else { return Vec::new() };
+        moved.to = Some(to);
+        let nsp = moved.nsp.clone();
+        std::mem::take(&mut moved.pending)
+            .into_iter()
+            .map(|packet| Relay { to, nsp: nsp.clone(), sid, packet })
+            .collect()
+    }
+
+    /// Records that `session` left for another node (`to`, or not known yet).
+    fn mark_moved(&mut self, now: Instant, sid: Sid, session: &Session, to: Option<u64>) -> Changes {
+        let mut changes = self.forget_moved(&sid);
+        let moved = Moved {
+            nsp: session.nsp.clone(),
+            rooms: session.rooms.clone(),
+            sid_interest: session.sid_interest,
+            to,
+            until: now + RELAY_GRACE,
+            pending: Vec::new(),
+        };
+        for key in keys(&sid, &moved.nsp, &moved.rooms, moved.sid_interest) {
+            if self.add_interest(key.clone()) {
+                changes.push(key);
+            }
+        }
+        self.moved.insert(sid, moved);
+        changes
+    }
+
+    fn forget_moved(&mut self, sid: &Sid) -> Changes {
+        let Some(moved) = self.moved.remove(sid) else { return Vec::new() };
+        keys(sid, &moved.nsp, &moved.rooms, moved.sid_interest).into_iter().filter(|k| self.drop_interest(k)).collect()
+    }
+
+    /// Counts one more holder of `key`; true when it is the first.
+    fn add_interest(&mut self, key: (String, String)) -> bool {
+        let count = self.interest.entry(key).or_insert(0);
+        *count += 1;
+        *count == 1
+    }
+
+    /// Counts one holder of `key` less; true when it was the last.
+    fn drop_interest(&mut self, key: &(String, String)) -> bool {
+        let Some(count) = self.interest.get_mut(key) else { return false };
+        *count -= 1;
+        if *count == 0 {
+            self.interest.remove(key);
+            return true;
+        }
+        false
     }
 
     fn prune_log(&mut self, now: Instant) {
@@ -268,7 +456,7 @@ impl RecoveryState {
     /// changed (this session's rooms, and those of a session evicted to make room).
     pub(crate) fn persist(&mut self, now: Instant, p: Persist) -> Changes {
         let mut changes = self.expire(now);
-        let Tracking { since, start, start_valid, known, failed_at } = p.tracking;
+        let Tracking { since, start, start_valid, known, failed_at, .. } = p.tracking;
         let resume = Cursor::Local(failed_at.unwrap_or(self.next_seq).min(self.next_seq));
         let session = Session {
             secret: p.secret,
@@ -300,10 +488,8 @@ impl RecoveryState {
         }
         session.cost = session_cost(&session);
         self.session_cost += session.cost;
-        for key in interest_keys(&sid, &session) {
-            let count = self.interest.entry(key.clone()).or_insert(0);
-            *count += 1;
-            if *count == 1 {
+        for key in keys(&sid, &session.nsp, &session.rooms, session.sid_interest) {
+            if self.add_interest(key.clone()) {
                 changes.push(key);
             }
         }
@@ -316,16 +502,10 @@ impl RecoveryState {
         let session = self.sessions.remove(sid)?;
         self.expiry.remove(&(session.expires, *sid));
         self.session_cost -= session.cost;
-        let mut changes = Vec::new();
-        for key in interest_keys(sid, &session) {
-            if let Some(count) = self.interest.get_mut(&key) {
-                *count -= 1;
-                if *count == 0 {
-                    self.interest.remove(&key);
-                    changes.push(key);
-                }
-            }
-        }
+        let changes = keys(sid, &session.nsp, &session.rooms, session.sid_interest)
+            .into_iter()
+            .filter(|k| self.drop_interest(k))
+            .collect();
         Some((session, changes))
     }
 
@@ -341,6 +521,11 @@ impl RecoveryState {
                 .increment(1);
             changes.extend(self.remove(&sid).map(|(_, c)| c).unwrap_or_default());
         }
+        let over: Vec<Sid> = self.moved.iter().filter(|(_, m)| m.until <= now).map(|(sid, _)| *sid).collect();
+        for sid in over {
+            changes.extend(self.forget_moved(&sid));
+        }
+        self.orphans.retain(|_, (until, _)| *until > now);
         self.prune_log(now);
         changes
     }
@@ -359,8 +544,10 @@ impl RecoveryState {
     }
 
     /// Takes the session `sid` of `nsp` for a client proving `secret` and holding `client`
-    /// (the offset it sent, as text; `None` when it sent none). The session is gone afterwards,
-    /// recovered or not; a wrong secret or namespace leaves it in place and reads as unknown.
+    /// (the offset it sent, as text; `None` when it sent none), connected here or to node `to`
+    /// (which then gets what this node logs for it for a while: see [`Relay`]). The session is
+    /// gone afterwards, recovered or not; a wrong secret or namespace leaves it in place and
+    /// reads as unknown.
     pub(crate) fn take(
         &mut self,
         now: Instant,
@@ -368,21 +555,28 @@ impl RecoveryState {
         sid: Sid,
         secret: Sid,
         client: Option<&str>,
+        to: Option<u64>,
     ) -> (Result<Recovered, Refusal>, Changes) {
         let found = self.sessions.get(&sid).is_some_and(|s| s.secret == secret && s.nsp == nsp);
         if !found {
             return (Err(Refusal::NotFound), Vec::new());
         }
-        let Some((session, changes)) = self.remove(&sid) else {
+        let before = self.presence_of(&sid);
+        let Some((session, _)) = self.remove(&sid) else {
             return (Err(Refusal::NotFound), Vec::new());
         };
         if session.expires <= now {
             metrics::counter!(crate::metrics::RECOVERY_SESSIONS_DROPPED, crate::metrics::label::REASON => "expired")
                 .increment(1);
-            return (Err(Refusal::Expired), changes);
+            return (Err(Refusal::Expired), self.net(before));
         }
         let client_offset = client.map(Offset::parse);
-        let result = self.replay_of(&session, &sid, client_offset).map(|missed| Recovered {
+        let replay = self.replay_of(&session, &sid, client_offset);
+        if replay.is_ok() && to.is_some() {
+            self.mark_moved(now, sid, &session, to);
+        }
+        let changes = self.net(before);
+        let result = replay.map(|missed| Recovered {
             sid,
             secret: session.secret,
             nsp: session.nsp,
@@ -434,7 +628,11 @@ impl RecoveryState {
         }
         let mut missed = Vec::new();
         let mut bytes = 0usize;
+        let mut seen = HashSet::new();
         let mut push = |p: MissedPacket| {
+            if !seen.insert(p.offset) {
+                return Ok(());
+            }
             bytes += p.packet.len();
             missed.push(p);
             if missed.len() > self.limits.max_packets || bytes > self.limits.max_bytes {
@@ -468,11 +666,30 @@ impl RecoveryState {
         let sids: Vec<Sid> = self.sessions.keys().copied().collect();
         let mut records = Vec::with_capacity(sids.len());
         for sid in sids {
-            let Some((session, c)) = self.remove(&sid) else { continue };
-            changes.extend(c);
+            let before = self.presence_of(&sid);
+            let Some((session, _)) = self.remove(&sid) else { continue };
+            self.mark_moved(now, sid, &session, None);
+            changes.extend(self.net(before));
             records.push(self.export(now, sid, session));
         }
         (records, changes)
+    }
+
+    /// The interest keys of kept session `sid`, each with whether it is interest now.
+    fn presence_of(&self, sid: &Sid) -> Vec<((String, String), bool)> {
+        let Some(s) = self.sessions.get(sid) else { return Vec::new() };
+        keys(sid, &s.nsp, &s.rooms, s.sid_interest)
+            .into_iter()
+            .map(|k| {
+                let had = self.interest.contains_key(&k);
+                (k, had)
+            })
+            .collect()
+    }
+
+    /// Of `before`, the keys whose interest changed since.
+    fn net(&self, before: Vec<((String, String), bool)>) -> Changes {
+        before.into_iter().filter(|(k, had)| self.interest.contains_key(k) != *had).map(|(k, _)| k).collect()
     }
 
     fn export(&self, now: Instant, sid: Sid, session: Session) -> SessionRecord {
@@ -493,8 +710,9 @@ impl RecoveryState {
             Cursor::Carried(i) => i,
             Cursor::Local(_) => local_index,
         };
+        let mut seen: HashSet<Offset> = packets.iter().map(|p| p.offset).collect();
         for entry in self.entries_from(local_from) {
-            if !concerns(entry, &session.nsp, &rooms, sid.as_str()) {
+            if !concerns(entry, &session.nsp, &rooms, sid.as_str()) || !seen.insert(entry.offset) {
                 continue;
             }
             if matches!(session.resume, Cursor::Local(seq) if entry.seq < seq) {
@@ -576,10 +794,12 @@ fn concerns(entry: &Entry, nsp: &str, rooms: &HashSet<&str>, sid: &str) -> bool 
     entry.nsp == nsp && (entry.rooms.is_empty() || entry.rooms.iter().any(member)) && !entry.except.iter().any(member)
 }
 
-fn interest_keys(sid: &Sid, session: &Session) -> Vec<(String, String)> {
-    let mut keys: Vec<(String, String)> = session.rooms.iter().map(|r| (session.nsp.clone(), r.clone())).collect();
-    if session.sid_interest {
-        keys.push((session.nsp.clone(), sid.as_str().to_owned()));
+/// The `(namespace, room)` interest a session (or a moved one) holds: its rooms, and its own id
+/// when that names another node.
+fn keys(sid: &Sid, nsp: &str, rooms: &[String], sid_interest: bool) -> Vec<(String, String)> {
+    let mut keys: Vec<(String, String)> = rooms.iter().map(|r| (nsp.to_owned(), r.clone())).collect();
+    if sid_interest {
+        keys.push((nsp.to_owned(), sid.as_str().to_owned()));
     }
     keys
 }

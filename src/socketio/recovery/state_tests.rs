@@ -63,7 +63,7 @@ impl Sock {
                 nsp: "/".to_owned(),
                 rooms: self.rooms.clone(),
                 data: Map::new(),
-                tracking: self.tracking,
+                tracking: self.tracking.clone(),
                 sid_interest: false,
             },
         )
@@ -72,7 +72,7 @@ impl Sock {
 
 /// Logs broadcast `n` to `selector` and "delivers" it to the connected sockets it selects.
 fn broadcast(state: &mut RecoveryState, now: Instant, n: u64, selector: &Selector, connected: &mut [&mut Sock]) {
-    let seq = state.log(now, off(n), selector, &packet(n)).unwrap();
+    let (seq, _) = state.log(now, off(n), selector, &packet(n)).unwrap();
     for sock in connected.iter_mut() {
         if sock.in_selector(selector) {
             sock.tracking.queued(off(n));
@@ -87,7 +87,7 @@ fn offsets(missed: &[MissedPacket]) -> Vec<u64> {
 
 fn take(state: &mut RecoveryState, now: Instant, sock: &Sock, client: Option<u64>) -> Result<Vec<u64>, Refusal> {
     let text = client.map(|n| off(n).to_string());
-    state.take(now, "/", sock.sid, sock.secret, text.as_deref()).0.map(|r| offsets(&r.missed))
+    state.take(now, "/", sock.sid, sock.secret, text.as_deref(), None).0.map(|r| offsets(&r.missed))
 }
 
 #[test]
@@ -102,7 +102,7 @@ fn a_blip_replays_what_the_rooms_got_while_away_in_order() {
     broadcast(&mut st, t0, 4, &to(&[]), &mut []);
     broadcast(&mut st, t0, 5, &Selector::namespace("/chat"), &mut []);
     broadcast(&mut st, t0, 6, &to(&[s.sid.as_str()]), &mut []);
-    let (recovered, _) = st.take(t0 + Duration::from_secs(1), "/", s.sid, s.secret, Some(&off(1).to_string()));
+    let (recovered, _) = st.take(t0 + Duration::from_secs(1), "/", s.sid, s.secret, Some(&off(1).to_string()), None);
     let recovered = recovered.unwrap();
     assert_eq!(offsets(&recovered.missed), vec![2, 4, 6]);
     assert_eq!(
@@ -154,7 +154,7 @@ fn a_packet_that_found_the_connection_closed_is_missed_even_by_a_client_with_the
     let mut s = Sock::connect(&st, &["r"]);
     broadcast(&mut st, t0, 1, &to(&["r"]), &mut [&mut s]);
     // The connection is closed; the socket layer has not noticed yet.
-    let seq = st.log(t0, off(2), &to(&["r"]), &packet(2)).unwrap();
+    let (seq, _) = st.log(t0, off(2), &to(&["r"]), &packet(2)).unwrap();
     s.tracking.failed(seq);
     s.persist(&mut st, t0);
     assert_eq!(take(&mut st, t0, &s, Some(1)), Ok(vec![2]));
@@ -215,7 +215,7 @@ fn the_window_the_bounds_and_unknown_offsets_give_a_fresh_session() {
         let n = 100 + st.next_seq();
         broadcast(&mut st, t0, n, &to(&["r"]), &mut [&mut s]);
         s.persist(&mut st, t0);
-        let result = st.take(t0, "/", s.sid, s.secret, client.as_deref()).0;
+        let result = st.take(t0, "/", s.sid, s.secret, client.as_deref(), None).0;
         assert_eq!(result.map(|r| r.missed.len()), Err(Refusal::StaleOffset), "{client:?}");
     }
 }
@@ -231,7 +231,7 @@ fn an_evicted_log_refuses_rather_than_recovering_with_a_hole() {
     s.persist(&mut st, t0);
     broadcast(&mut st, t0, 12, &to(&["r"]), &mut []);
     // 10 is still logged: the client that got only 10 is recovered.
-    let mut copy = Sock { sid: s.sid, secret: s.secret, rooms: s.rooms.clone(), tracking: s.tracking };
+    let mut copy = Sock { sid: s.sid, secret: s.secret, rooms: s.rooms.clone(), tracking: s.tracking.clone() };
     assert_eq!(take(&mut st, t0, &copy, Some(10)), Ok(vec![11, 12]));
     copy.tracking.queued(off(12));
     copy.persist(&mut st, t0);
@@ -258,8 +258,8 @@ fn a_wrong_secret_or_namespace_leaves_the_session_alone() {
     let mut st = RecoveryState::new(limits());
     let s = Sock::connect(&st, &["r"]);
     s.persist(&mut st, t0);
-    assert_eq!(st.take(t0, "/", s.sid, Sid::random(), None).0.map(|_| ()), Err(Refusal::NotFound));
-    assert_eq!(st.take(t0, "/chat", s.sid, s.secret, None).0.map(|_| ()), Err(Refusal::NotFound));
+    assert_eq!(st.take(t0, "/", s.sid, Sid::random(), None, None).0.map(|_| ()), Err(Refusal::NotFound));
+    assert_eq!(st.take(t0, "/chat", s.sid, s.secret, None, None).0.map(|_| ()), Err(Refusal::NotFound));
     assert_eq!(take(&mut st, t0, &s, None), Ok(vec![]));
 }
 
@@ -299,7 +299,7 @@ fn sessions_are_bounded_and_expire_and_their_rooms_are_interest_while_kept() {
         nsp: "/".into(),
         rooms: Vec::new(),
         data: Map::new(),
-        tracking: d.tracking,
+        tracking: d.tracking.clone(),
         sid_interest: true,
     };
     assert_eq!(st.persist(t0, persist), vec![("/".to_owned(), d.sid.to_string())]);
@@ -310,7 +310,7 @@ fn sessions_are_bounded_and_expire_and_their_rooms_are_interest_while_kept() {
 fn a_broadcast_is_logged_once() {
     let t0 = Instant::now();
     let mut st = RecoveryState::new(limits());
-    assert_eq!(st.log(t0, off(1), &to(&["r"]), &packet(1)), Some(1));
+    assert_eq!(st.log(t0, off(1), &to(&["r"]), &packet(1)), Some((1, Vec::new())));
     assert_eq!(st.log(t0, off(1), &to(&["r"]), &packet(1)), None);
     assert_eq!(st.next_seq(), 2);
 }
@@ -323,14 +323,14 @@ fn after_a_recovery_the_socket_resumes_from_the_replay() {
     broadcast(&mut st, t0, 1, &to(&["r"]), &mut [&mut s]);
     s.persist(&mut st, t0);
     broadcast(&mut st, t0, 2, &to(&["r"]), &mut []);
-    let recovered = st.take(t0, "/", s.sid, s.secret, Some(&off(1).to_string())).0.unwrap();
+    let recovered = st.take(t0, "/", s.sid, s.secret, Some(&off(1).to_string()), None).0.unwrap();
     assert_eq!(offsets(&recovered.missed), vec![2]);
 
     // Restored with a replay: the client is at 2 once it got it.
     s.tracking = Tracking::new(st.next_seq(), Some(off(1)), false, Some(off(2)));
     s.persist(&mut st, t0);
     broadcast(&mut st, t0, 3, &to(&["r"]), &mut []);
-    let mut again = Sock { sid: s.sid, secret: s.secret, rooms: s.rooms.clone(), tracking: s.tracking };
+    let mut again = Sock { sid: s.sid, secret: s.secret, rooms: s.rooms.clone(), tracking: s.tracking.clone() };
     assert_eq!(take(&mut st, t0, &again, Some(2)), Ok(vec![3]));
     // A client that lost the replay itself cannot be given it again.
     again.persist(&mut st, t0);
@@ -357,7 +357,8 @@ fn a_session_handed_to_another_node_keeps_what_it_missed() {
     broadcast(&mut a, t0, 5, &to(&["r"]), &mut []);
     broadcast(&mut a, t0, 6, &to(&["x"]), &mut []);
     let (records, changes) = a.export_all(t0 + Duration::from_secs(20));
-    assert_eq!(changes, vec![("/".to_owned(), "r".to_owned())]);
+    assert!(changes.is_empty(), "the moved record keeps r while the hand-over goes: {changes:?}");
+    assert!(a.has_interest("/", "r"));
     assert_eq!(a.session_count(), 0);
     let record = records[0].clone();
     assert_eq!(offsets(&record.packets), vec![2, 3, 4, 5]);
@@ -366,6 +367,11 @@ fn a_session_handed_to_another_node_keeps_what_it_missed() {
     // Node b logged other things before; the session arrives, then 7 is broadcast to r.
     let mut b = RecoveryState::new(limits());
     b.log(t0, off(100), &to(&["r"]), &packet(100)).unwrap();
+    // Exported sessions are moved until the hand-over lands: what concerns them waits.
+    let (_, relays) = a.log(t0, off(50), &to(&["r"]), &packet(50)).unwrap();
+    assert!(relays.is_empty());
+    let relays = a.moved_to(s.sid, 2);
+    assert_eq!(relays.iter().map(|r| (r.to, r.sid, r.packet.offset)).collect::<Vec<_>>(), vec![(2, s.sid, off(50))]);
     let changes = b.import(t0, records.clone(), |_| true);
     assert!(changes.contains(&("/".to_owned(), s.sid.to_string())));
     assert!(b.has_interest("/", "r") && b.has_interest("/", s.sid.as_str()));
@@ -438,4 +444,73 @@ fn a_handed_over_history_is_trimmed_to_the_bounds_and_a_client_before_it_is_refu
     let mut b = RecoveryState::new(limits());
     b.import(t0, records, |_| false);
     assert_eq!(take(&mut b, t0, &s, None), Err(Refusal::StaleOffset));
+}
+
+#[test]
+fn a_session_taken_by_another_node_has_what_arrives_later_relayed_there() {
+    let t0 = Instant::now();
+    let mut a = RecoveryState::new(limits());
+    let mut s = Sock::connect(&a, &["r"]);
+    broadcast(&mut a, t0, 1, &to(&["r"]), &mut [&mut s]);
+    s.persist(&mut a, t0);
+    broadcast(&mut a, t0, 2, &to(&["r"]), &mut []);
+    // Node 2 takes it: the session is gone, its rooms stay interest for the grace period.
+    let (taken, changes) = a.take(t0, "/", s.sid, s.secret, Some(&off(1).to_string()), Some(2));
+    assert_eq!(offsets(&taken.unwrap().missed), vec![2]);
+    assert!(changes.is_empty(), "r goes from the session to the moved record: {changes:?}");
+    assert!(a.has_interest("/", "r"));
+    // Late broadcasts that concern it are relayed; others are not.
+    let (_, relays) = a.log(t0, off(3), &to(&["r"]), &packet(3)).unwrap();
+    assert_eq!(
+        relays,
+        vec![Relay { to: 2, nsp: "/".into(), sid: s.sid, packet: MissedPacket { offset: off(3), packet: packet(3) } }]
+    );
+    assert!(a.log(t0, off(4), &to(&["x"]), &packet(4)).unwrap().1.is_empty());
+    assert!(a.log(t0, off(5), &to(&["r"]).except(s.sid.as_str()), &packet(5)).unwrap().1.is_empty());
+    // After the grace period: nothing relayed, no interest.
+    let later = t0 + RELAY_GRACE;
+    assert!(a.log(later, off(6), &to(&["r"]), &packet(6)).unwrap().1.is_empty());
+    assert_eq!(a.expire(later), vec![("/".to_owned(), "r".to_owned())]);
+    assert!(!a.has_interest("/", "r"));
+    // A refused take leaves no moved record.
+    let mut s2 = Sock::connect(&a, &["q"]);
+    broadcast(&mut a, later, 7, &to(&["q"]), &mut [&mut s2]);
+    s2.persist(&mut a, later);
+    assert!(a.take(later, "/", s2.sid, s2.secret, Some("nonsense"), Some(2)).0.is_err());
+    assert!(!a.has_interest("/", "q"));
+}
+
+#[test]
+fn a_relayed_packet_is_kept_once_for_the_socket_it_names() {
+    let t0 = Instant::now();
+    let mut b = RecoveryState::new(limits());
+    let sid = Sid::with_tag(1);
+    let relayed = |n| MissedPacket { offset: off(n), packet: packet(n) };
+    // Logged here before the socket arrived (this node sent it, the socket was elsewhere).
+    b.log(t0, off(1), &to(&["r"]), &packet(1)).unwrap();
+    let since = b.next_seq();
+    assert!(b.log_relayed(t0, "/", sid, &relayed(1), Some(since)), "not sent to the socket here: send it");
+    // Logged here while the socket was here: it had it.
+    b.log(t0, off(2), &to(&["r"]), &packet(2)).unwrap();
+    assert!(!b.log_relayed(t0, "/", sid, &relayed(2), Some(since)));
+    // Nothing here holds that socket yet: kept for it until it arrives (or the grace passes).
+    let early = Sid::random();
+    assert!(!b.log_relayed(t0, "/", early, &relayed(3), None));
+    assert!(!b.log_relayed(t0, "/", early, &relayed(30), None));
+    assert_eq!(offsets(&b.claim_orphans(&early)), vec![3, 30]);
+    assert!(b.claim_orphans(&early).is_empty());
+    assert!(!b.log_relayed(t0, "/", early, &relayed(31), None));
+    b.expire(t0 + RELAY_GRACE);
+    assert!(b.claim_orphans(&early).is_empty());
+    // The broadcast itself arriving afterwards still runs for everyone.
+    assert!(b.log_relayed(t0, "/", sid, &relayed(4), Some(since)));
+    assert!(b.log(t0, off(4), &to(&["r"]), &packet(4)).is_some());
+
+    // A kept session picks relayed packets up, once each.
+    let mut s = Sock::connect(&b, &["r"]);
+    broadcast(&mut b, t0, 5, &to(&["r"]), &mut [&mut s]);
+    s.persist(&mut b, t0);
+    assert!(b.log_relayed(t0, "/", s.sid, &relayed(6), None));
+    broadcast(&mut b, t0, 6, &to(&["r"]), &mut []);
+    assert_eq!(take(&mut b, t0, &s, Some(5)), Ok(vec![6]));
 }
