@@ -27,8 +27,9 @@
 //!   heartbeat). Pure packet codec and session state machine, plus the HTTP
 //!   and WebSocket drivers that carry out the state machine's decisions.
 //! - [`socketio`]: Socket.IO v5 on top: packet codec, namespaces, sockets,
-//!   acks, binary attachments, middleware, the public API. Its
-//!   [`socketio::Adapter`] is the seam the cluster implements.
+//!   acks, binary attachments, middleware, the public API, connection state
+//!   recovery (`socketio::recovery`: a pure log of recoverable broadcasts and
+//!   kept sessions). Its [`socketio::Adapter`] is the seam the cluster implements.
 //! - [`rooms`]: the per-namespace room registry (dashmap) and the
 //!   [`rooms::Broadcast`] value executed by the local fan-out and forwarded
 //!   between nodes.
@@ -44,7 +45,8 @@
 //! - `cluster`: protobuf schemas (`proto/`) and their one conversion module,
 //!   mutual-TLS credentials, the QUIC transport, gossip (failure detection and
 //!   room interest), openraft membership and the replicated key-value store,
-//!   and the runtime that forwards broadcasts and runs cluster-wide operations
+//!   the runtime that forwards broadcasts and runs cluster-wide operations, and
+//!   connection state recovery across nodes (sessions taken, handed over, relayed)
 //!   (`socketio::adapter` is its seam with the Socket.IO server,
 //!   `resp::kv::KvBackend` with the Redis ingress).
 //! - [`node`]: [`node::Node::start`] turns a validated configuration into a serving node

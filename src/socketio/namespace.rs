@@ -480,7 +480,7 @@ impl Namespace {
                 Enqueued::DroppedVolatile | Enqueued::TooLarge => {}
             }
         });
-        Recovery::gauges(&state);
+        // The gauges move with the sessions and once a second (not per broadcast).
         drop(state);
         recovery.relay(relays);
         recipients
@@ -502,7 +502,6 @@ impl Namespace {
         if socket.send_frames(&relayed.packet.packet.frames(), false) == Enqueued::Queued {
             tracking.lock().queued_relayed(relayed.packet.offset);
         }
-        Recovery::gauges(&state);
         true
     }
 

@@ -21,6 +21,7 @@ use super::reason::{ConnectErrorReason, DisconnectReason};
 use super::recovery::{self, Attempt, RecoveredSession, Recovery, Refusal, SessionRecord, SocketRecovery, Tracking};
 use super::socket::Socket;
 use crate::engineio::{Body, CloseReason, Connection, Engine, Handler, Message};
+use crate::rooms::Offset;
 use crate::sid::Sid;
 
 /// A Socket.IO server. Cheap to clone.
@@ -414,17 +415,21 @@ impl SioHandler {
             send_connect_error(conn, &nsp, &serde_json::json!({"message": "Invalid namespace"}));
             return;
         };
-        let auth = packet.data.unwrap_or_else(|| Value::Object(serde_json::Map::new()));
-        if let Some(recovery) = &self.server.recovery
-            && let Some(attempt) = Attempt::from_auth(&auth)
-        {
+        let mut auth = packet.data.unwrap_or_else(|| Value::Object(serde_json::Map::new()));
+        let start = recovery::client_offset(&auth);
+        let attempt = self.server.recovery.as_ref().and_then(|_| Attempt::from_auth(&auth));
+        if self.server.recovery.is_some() {
+            // The private id is a credential: middleware, hooks and `socket.auth()` never see it.
+            recovery::strip(&mut auth);
+        }
+        if let (Some(recovery), Some(attempt)) = (&self.server.recovery, attempt) {
             match take_here(recovery, &ns, attempt.sid, attempt.secret, attempt.offset.as_deref(), None) {
                 Ok(session) => {
                     recovery::count_attempt(Ok(()));
                     return self.finish_recovered(conn, state, ns, auth, session);
                 }
                 Err(Refusal::NotFound) if self.server.adapter.get().is_some() => {
-                    return self.recover_remote(conn, ns, auth, attempt);
+                    return self.recover_remote(conn, ns, auth, attempt, start);
                 }
                 Err(refusal) => {
                     tracing::debug!(sid = %attempt.sid, reason = %refusal, "session not recovered; a fresh one");
@@ -432,13 +437,14 @@ impl SioHandler {
                 }
             }
         }
-        self.connect_fresh(conn, state, ns, auth);
+        self.connect_fresh(conn, state, ns, auth, start);
     }
 
-    /// A CONNECT that recovers nothing: the middleware, then the socket.
-    fn connect_fresh(&self, conn: &Conn, state: &ClientState, ns: Namespace, auth: Value) {
+    /// A CONNECT that recovers nothing: the middleware, then the socket (whose client holds
+    /// the offset `start`, with recovery).
+    fn connect_fresh(&self, conn: &Conn, state: &ClientState, ns: Namespace, auth: Value, start: Option<Offset>) {
         if !ns.has_middleware() {
-            self.finish_connect(conn, state, ns, auth, Granted::default());
+            self.finish_connect(conn, state, ns, auth, Granted::default(), start);
             return;
         }
         let handler = SioHandler { server: self.server.clone() };
@@ -447,7 +453,7 @@ impl SioHandler {
             let verdict = ns.run_middleware(&conn, &auth).await;
             let Some(state) = conn.state() else { return };
             match verdict {
-                Ok(granted) => handler.finish_connect(&conn, state, ns, auth, granted),
+                Ok(granted) => handler.finish_connect(&conn, state, ns, auth, granted, start),
                 Err(err) => {
                     state.inner.lock().pending.retain(|n| n != ns.name());
                     count_connect_error(ConnectErrorReason::Middleware);
@@ -459,7 +465,7 @@ impl SioHandler {
 
     /// No session here: asks the other nodes (the one holding it hands it over); a fresh
     /// socket when none does.
-    fn recover_remote(&self, conn: &Conn, ns: Namespace, auth: Value, attempt: Attempt) {
+    fn recover_remote(&self, conn: &Conn, ns: Namespace, auth: Value, attempt: Attempt, start: Option<Offset>) {
         let Some(adapter) = self.server.adapter.get().cloned() else { return };
         let handler = SioHandler { server: self.server.clone() };
         let conn = conn.clone();
@@ -478,15 +484,22 @@ impl SioHandler {
                     let refusal = other.and_then(Result::err).unwrap_or(Refusal::NotFound);
                     tracing::debug!(sid = %attempt.sid, reason = %refusal, "session not recovered from the cluster; a fresh one");
                     recovery::count_attempt(Err(refusal));
-                    handler.connect_fresh(&conn, state, ns, auth);
+                    handler.connect_fresh(&conn, state, ns, auth, start);
                 }
             }
         });
     }
 
-    fn finish_connect(&self, conn: &Conn, state: &ClientState, ns: Namespace, auth: Value, granted: Granted) {
+    fn finish_connect(
+        &self,
+        conn: &Conn,
+        state: &ClientState,
+        ns: Namespace,
+        auth: Value,
+        granted: Granted,
+        start: Option<Offset>,
+    ) {
         let sid = Sid::with_tag(self.server.config.node_tag);
-        let start = recovery::client_offset(&auth);
         let tracking = self.server.recovery.as_ref().map(|_| SocketRecovery {
             secret: Sid::random(),
             recovered: false,

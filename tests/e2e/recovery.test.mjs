@@ -7,7 +7,7 @@
 // passes run against it too.
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { writeFileSync } from "node:fs";
+import { existsSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import net from "node:net";
 import path from "node:path";
@@ -101,6 +101,24 @@ describe("connection state recovery (one node)", () => {
       const metrics = (await server.admin("GET", "/metrics")).text;
       assert.match(metrics, /^ioswarm_recovery_attempts_total\{result="recovered"\} 2$/m);
     }
+  });
+
+  test("a long-polling client is recovered the same way", T, async () => {
+    const server = await ctx.server({ flags: RECOVERY });
+    const c = await ctx.connect(server.url, { transports: ["polling"] });
+    await call(c, "ioswarm:join", "r");
+    const news = record(c, "news");
+    await server.emit({ rooms: ["r"], event: "news", args: [1] });
+    await waitFor(() => news.length === 1, "news 1");
+    const id = c.id;
+    await blip(server, c);
+    await server.emit({ rooms: ["r"], event: "news", args: [2] });
+    await server.emit({ rooms: ["r"], event: "news", args: [3] });
+    await reconnect(c);
+    assert.equal(c.recovered, true);
+    assert.equal(c.id, id);
+    await waitFor(() => news.length === 3, "the missed broadcasts");
+    assert.deepEqual(firsts(news), [1, 2, 3]);
   });
 
   test("a client that never received a broadcast is recovered too", T, async () => {
@@ -364,7 +382,9 @@ async function balancer(dir, nodes) {
       "",
     ].join("\n"),
   );
-  const child = spawn("haproxy", ["-db", "-f", cfg], { stdio: ["ignore", "ignore", "pipe"] });
+  // Debian's haproxy (.ci/run installs it) lives in /usr/sbin, not always on a user's PATH.
+  const bin = existsSync("/usr/sbin/haproxy") ? "/usr/sbin/haproxy" : "haproxy";
+  const child = spawn(bin, ["-db", "-f", cfg], { stdio: ["ignore", "ignore", "pipe"] });
   let stderr = "";
   child.stderr.on("data", (d) => (stderr += d));
   const url = `http://127.0.0.1:${port}`;

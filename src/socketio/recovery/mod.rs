@@ -196,6 +196,14 @@ impl Attempt {
     }
 }
 
+/// Removes the private id and offset socket.io-client merges into a CONNECT's auth object.
+pub(crate) fn strip(auth: &mut Value) {
+    if let Value::Object(map) = auth {
+        map.shift_remove("pid");
+        map.shift_remove("offset");
+    }
+}
+
 /// The offset a CONNECT's auth carries (what the client holds), if it parses.
 pub(crate) fn client_offset(auth: &Value) -> Option<Offset> {
     auth.get("offset").and_then(Value::as_str).and_then(Offset::parse)
@@ -321,6 +329,23 @@ mod tests {
         assert_eq!((attempt.sid, attempt.secret, attempt.offset.as_deref()), (sid, secret, Some("3~1f")));
         assert_eq!(client_offset(&auth), Some(Offset { origin: 3, counter: 0x1f }));
         assert_eq!(Attempt::from_auth(&serde_json::json!({"pid": 42})), None);
+        let mut stripped = auth.clone();
+        strip(&mut stripped);
+        assert_eq!(stripped, serde_json::json!({"token": "t"}));
         assert_eq!(Attempt::from_auth(&serde_json::json!({"offset": "3~1f"})), None);
+    }
+
+    #[test]
+    fn the_offset_is_the_last_argument_of_text_and_binary_events() {
+        use crate::socketio::Payload;
+        use crate::socketio::socket::encode_event_at;
+        let offset = Some(Offset { origin: 2, counter: 0xab });
+        let text = encode_event_at("/", None, "news", &Payload::json(vec![serde_json::json!(1)]), offset);
+        assert_eq!(&text.text[..], b"42[\"news\",1,\"2~ab\"]");
+        let binary = encode_event_at("/chat", None, "img", &Payload::empty().binary(vec![7u8]), offset);
+        assert_eq!(&binary.text[..], b"451-/chat,[\"img\",{\"_placeholder\":true,\"num\":0},\"2~ab\"]");
+        assert_eq!(binary.attachments.len(), 1);
+        let plain = encode_event_at("/", None, "news", &Payload::empty(), None);
+        assert_eq!(&plain.text[..], b"42[\"news\"]");
     }
 }
