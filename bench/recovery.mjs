@@ -134,14 +134,24 @@ async function reconnects() {
           await until(() => c.got.length >= K, 2000);
           await sleep(20);
           if (JSON.stringify(c.got) === JSON.stringify(want)) counts.ok++;
-          else counts.gap++;
+          else {
+            counts.gap++;
+            if (process.env.DEBUG && counts.gap <= 5) console.error("mismatch", c.socket.id, c.room, JSON.stringify(c.got), JSON.stringify(want));
+          }
         }),
       );
     }
     const seconds = (Date.now() - started) / 1000;
     const metrics = await Promise.all(nodes.map((n) => admin(n, "GET", "/metrics")));
     const fetched = metrics.map((m) => metric(m, 'ioswarm_recovery_transfers_total{kind="fetched"}')).reduce((a, b) => a + b, 0);
-    return { counts, total: C * ROUNDS, seconds, fetched };
+    const results = {};
+    for (const m of metrics) {
+      for (const [, result, n] of m.matchAll(/^ioswarm_recovery_attempts_total\{result="([a-z_]+)"\} (\d+)$/gm)) {
+        results[result] = (results[result] ?? 0) + Number(n);
+      }
+    }
+    if (process.env.DEBUG) for (const n of nodes) console.error(n.stderr.split("\n").filter((l) => l.includes("DEBUG")).join("\n"));
+    return { counts, total: C * ROUNDS, seconds, fetched, results };
   } finally {
     for (const c of clients) c.socket.disconnect();
     await cluster.stop();
@@ -194,6 +204,7 @@ console.log("|---|---|---|---|---|---|---|---|");
 console.log(
   `| ${r.total} | ${r.counts.ok} | ${r.counts.gap} | ${r.counts.fresh} | ${r.counts.error} | ${((100 * r.counts.ok) / r.total).toFixed(1)} % | ${r.fetched} | ${r.seconds.toFixed(1)} s |`,
 );
+console.log(`\nioswarm_recovery_attempts_total over the 3 nodes: ${JSON.stringify(r.results)}`);
 
 const off = await memory([]);
 const on = await memory(["--recovery-ms", "600000"]);

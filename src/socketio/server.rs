@@ -134,8 +134,8 @@ impl Server {
     /// Takes the disconnected session `pid` of namespace `nsp` for a client reconnecting to
     /// another node with `offset` (the cluster asks every node; the one holding it answers). A
     /// socket still connected here under that private id is ended first: its client, which
-    /// alone holds the private id, has reconnected elsewhere.
-    /// What this node logs for it during a short grace period is relayed to node `requester`.
+    /// alone holds the private id, has reconnected elsewhere. What this node logs for the session
+    /// during a short grace period is relayed to node `requester`.
     pub fn recover_for_peer(
         &self,
         nsp: &str,
@@ -469,10 +469,23 @@ impl SioHandler {
         let Some(adapter) = self.server.adapter.get().cloned() else { return };
         let handler = SioHandler { server: self.server.clone() };
         let conn = conn.clone();
+        let recovery = self.server.recovery.clone();
+        if let Some(recovery) = &recovery {
+            recovery.lock().expect(std::time::Instant::now(), attempt.sid);
+        }
         self.server.tasks.spawn(async move {
             let op = super::RemoteOp::Recover { nsp: ns.name().to_owned(), pid: attempt.pid, offset: attempt.offset };
             let outcome = adapter.request(op).await;
-            let Some(state) = conn.state() else { return };
+            let recovered = matches!(outcome.recovered, Some(Ok(_)));
+            if let (Some(recovery), false) = (&recovery, recovered) {
+                recovery.lock().unexpect(&attempt.sid);
+            }
+            let Some(state) = conn.state() else {
+                if let Some(recovery) = &recovery {
+                    recovery.lock().unexpect(&attempt.sid);
+                }
+                return;
+            };
             match outcome.recovered {
                 Some(Ok(session)) => {
                     recovery::count_attempt(Ok(()));
@@ -526,7 +539,9 @@ impl SioHandler {
         session: RecoveredSession,
     ) {
         let last = session.missed.last().map(|p| p.offset).or(session.client_offset);
-        let tracking = Tracking::new(0, session.client_offset, session.missed.is_empty(), last);
+        // The replay is logged for this socket as it is sent (see `add_socket`), so a client that
+        // loses it again still gets it back.
+        let tracking = Tracking::new(0, session.client_offset, true, last);
         let recovery =
             SocketRecovery { secret: session.secret, recovered: true, tracking: parking_lot::Mutex::new(tracking) };
         let socket = Socket::new(&ns, conn.clone(), auth, session.data, session.sid, Some(recovery));
@@ -585,19 +600,28 @@ impl SioHandler {
         packet::encode(PacketKind::Connect, ns.name(), None, Some(&reply), 0, &mut text);
         // In a write of its own, before anything the handlers emit (as socket.io does).
         conn.send_frames_own_write(&[crate::engineio::packet::Frame::Text(Bytes::from(text))]);
+        let (Some(mut state), Some(tracking), Some(recovery)) = (guard, socket.tracking(), &self.server.recovery)
+        else {
+            return true;
+        };
+        let now = std::time::Instant::now();
         for missed in arrival.missed {
+            state.log_for(now, ns.name(), socket.sid(), missed);
             socket.send_frames(&missed.packet.frames(), false);
         }
-        if let (Some(mut state), Some(tracking)) = (guard, socket.tracking()) {
-            // Relays from the node it left that overtook its recovery: after the replay.
-            let seen: std::collections::HashSet<_> = arrival.missed.iter().map(|m| m.offset).collect();
-            for late in state.claim_orphans(&socket.sid()).into_iter().filter(|p| !seen.contains(&p.offset)) {
-                if socket.send_frames(&late.packet.frames(), false) == crate::engineio::session::Enqueued::Queued {
-                    tracking.lock().queued_relayed(late.offset);
-                }
+        // Relays from the node it left that overtook its recovery: after the replay. And this
+        // node no longer relays what concerns it to where it was.
+        let (early, changes) = state.arrived(&socket.sid());
+        let seen: std::collections::HashSet<_> = arrival.missed.iter().map(|m| m.offset).collect();
+        for late in early.into_iter().filter(|p| !seen.contains(&p.offset)) {
+            state.log_for(now, ns.name(), socket.sid(), &late);
+            if socket.send_frames(&late.packet.frames(), false) == crate::engineio::session::Enqueued::Queued {
+                tracking.lock().queued_relayed(late.offset);
             }
-            Recovery::gauges(&state);
         }
+        Recovery::gauges(&state);
+        drop(state);
+        recovery.changed(changes);
         true
     }
 }

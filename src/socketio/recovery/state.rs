@@ -55,6 +55,9 @@ pub(crate) const SESSION_OVERHEAD: usize = 320;
 /// the node that has it (as long as room interest takes to reach every node, with margin: the
 /// same bound as the gossip's wide rooms).
 pub(crate) const RELAY_GRACE: Duration = Duration::from_secs(3);
+/// Longest a node waits for the answer to a recovery it asked the cluster for (the cluster
+/// timeout is far shorter; this only bounds what a lost answer leaves behind).
+const EXPECT_MAX: Duration = Duration::from_secs(60);
 /// Added to the virtual index of carried packets where an exporting node had lost part of a
 /// session's history (its log evicted entries): every position before the gap is unusable.
 const LOST_GAP: u64 = 1 << 40;
@@ -138,8 +141,6 @@ impl Tracking {
     /// A packet relayed from the node the session came from was queued to the socket.
     pub(crate) fn queued_relayed(&mut self, offset: Offset) {
         self.known = Some(offset);
-        // Like a replayed one, it is in no log here.
-        self.start_valid = false;
         if self.relayed.len() >= RELAYED_KEPT {
             self.relayed.remove(0);
         }
@@ -240,10 +241,11 @@ pub(crate) struct RecoveryState {
     session_cost: usize,
     interest: HashMap<(String, String), u32>,
     moved: HashMap<Sid, Moved>,
-    /// Relayed packets for a socket not here yet (its recovery is on its way back from the node
-    /// that had it; the relays travel on another stream and may overtake it), until it arrives
-    /// or [`RELAY_GRACE`] passes.
-    orphans: HashMap<Sid, (Instant, Vec<MissedPacket>)>,
+    /// Sockets whose recovery this node asked the cluster for, until the answer is handled.
+    expecting: HashMap<Sid, Instant>,
+    /// Relayed packets for an expected socket not here yet (the relays travel on another stream
+    /// than the answer and may overtake it).
+    orphans: HashMap<Sid, Vec<MissedPacket>>,
 }
 
 impl RecoveryState {
@@ -260,6 +262,7 @@ impl RecoveryState {
             session_cost: 0,
             interest: HashMap::new(),
             moved: HashMap::new(),
+            expecting: HashMap::new(),
             orphans: HashMap::new(),
         }
     }
@@ -350,7 +353,7 @@ impl RecoveryState {
     /// whether the connected socket should be sent it: false when this node logged that
     /// broadcast itself since then (the socket got it, or it was not meant for it here), or
     /// when nothing here holds that socket yet (the packet waits for it: see
-    /// [`RecoveryState::claim_orphans`]).
+    /// [`RecoveryState::arrived`]).
     pub(crate) fn log_relayed(
         &mut self,
         now: Instant,
@@ -360,8 +363,10 @@ impl RecoveryState {
         since: Option<u64>,
     ) -> bool {
         let Some(since) = since.or_else(|| self.sessions.get(&sid).filter(|s| s.nsp == nsp).map(|s| s.since)) else {
-            if self.orphans.len() < self.limits.max_sessions || self.orphans.contains_key(&sid) {
-                let (_, waiting) = self.orphans.entry(sid).or_insert_with(|| (now + RELAY_GRACE, Vec::new()));
+            // Kept only for a socket whose recovery this node is waiting for; anything else is
+            // a relay that outlived a session that moved on.
+            if self.expecting.contains_key(&sid) {
+                let waiting = self.orphans.entry(sid).or_default();
                 if waiting.len() < self.limits.max_packets {
                     waiting.push(packet.clone());
                 }
@@ -371,16 +376,41 @@ impl RecoveryState {
         if self.index.get(&packet.offset).is_some_and(|seq| *seq >= since) {
             return false;
         }
-        // An entry for that socket alone, not indexed: the broadcast itself, should it arrive
-        // here later, still runs for everyone else.
-        self.append(now, packet.offset, nsp.to_owned(), vec![sid.as_str().to_owned()], Vec::new(), &packet.packet);
-        self.prune_log(now);
+        self.log_for(now, nsp, sid, packet);
         true
     }
 
-    /// Relayed packets that arrived for socket `sid` before it did, in order.
-    pub(crate) fn claim_orphans(&mut self, sid: &Sid) -> Vec<MissedPacket> {
-        self.orphans.remove(sid).map(|(_, packets)| packets).unwrap_or_default()
+    /// Logs `packet` as sent to socket `sid` of `nsp` alone (a replayed or relayed packet), so
+    /// that a later recovery finds the client's offset and what followed. Not indexed: the
+    /// broadcast itself, should it run here later, still runs for everyone else.
+    pub(crate) fn log_for(&mut self, now: Instant, nsp: &str, sid: Sid, packet: &MissedPacket) {
+        self.append(now, packet.offset, nsp.to_owned(), vec![sid.as_str().to_owned()], Vec::new(), &packet.packet);
+        self.prune_log(now);
+    }
+
+    /// This node asks the cluster for the session of `sid` (a client reconnected here): relays
+    /// for it that arrive first are kept for it (see [`RecoveryState::arrived`]).
+    pub(crate) fn expect(&mut self, now: Instant, sid: Sid) -> bool {
+        if self.expecting.len() >= self.limits.max_sessions {
+            return false;
+        }
+        self.expecting.insert(sid, now + EXPECT_MAX);
+        true
+    }
+
+    /// The recovery of `sid` asked of the cluster came to nothing: drop what waited for it.
+    pub(crate) fn unexpect(&mut self, sid: &Sid) {
+        self.expecting.remove(sid);
+        self.orphans.remove(sid);
+    }
+
+    /// Socket `sid` is here now (connected or recovered): it is no longer waited for nor a
+    /// session this node handed on. Returns the relayed packets that arrived for it first, in
+    /// order. Returns the interest changes too.
+    pub(crate) fn arrived(&mut self, sid: &Sid) -> (Vec<MissedPacket>, Changes) {
+        self.expecting.remove(sid);
+        let changes = self.forget_moved(sid);
+        (self.orphans.remove(sid).unwrap_or_default(), changes)
     }
 
     /// A hand-over of `sid` reached node `to`: the broadcasts kept for it meanwhile, to relay.
@@ -525,7 +555,9 @@ impl RecoveryState {
         for sid in over {
             changes.extend(self.forget_moved(&sid));
         }
-        self.orphans.retain(|_, (until, _)| *until > now);
+        self.expecting.retain(|_, until| *until > now);
+        let expecting = &self.expecting;
+        self.orphans.retain(|sid, _| expecting.contains_key(sid));
         self.prune_log(now);
         changes
     }
@@ -609,7 +641,7 @@ impl RecoveryState {
             client.and_then(|o| session.carried.iter().position(|p| p.offset == o)).map(|i| i as u64)
         {
             Cursor::Carried(session.first_index + i + 1)
-        } else if let Some(seq) = client.and_then(|o| self.index.get(&o)).filter(|seq| **seq >= session.since) {
+        } else if let Some(seq) = client.and_then(|o| self.position_since(o, session.since)) {
             Cursor::Local(seq + 1)
         } else {
             return Err(Refusal::StaleOffset);
@@ -628,7 +660,7 @@ impl RecoveryState {
         }
         let mut missed = Vec::new();
         let mut bytes = 0usize;
-        let mut seen = HashSet::new();
+        let mut seen: HashSet<Offset> = client.into_iter().collect();
         let mut push = |p: MissedPacket| {
             if !seen.insert(p.offset) {
                 return Ok(());
@@ -650,6 +682,15 @@ impl RecoveryState {
             }
         }
         Ok(missed)
+    }
+
+    /// Where the socket connected at `since` was sent `offset`: the broadcast logged here since
+    /// then, or a packet logged for it alone (replayed, relayed).
+    fn position_since(&self, offset: Offset, since: u64) -> Option<u64> {
+        match self.index.get(&offset) {
+            Some(seq) if *seq >= since => Some(*seq),
+            _ => self.entries_from(since).find(|e| e.offset == offset).map(|e| e.seq),
+        }
     }
 
     /// The logged entries with a sequence of at least `seq`, in order.
@@ -766,6 +807,8 @@ impl RecoveryState {
             if r.expires_in.is_zero() {
                 continue;
             }
+            // Back here: this node no longer relays what concerns it elsewhere.
+            changes.extend(self.forget_moved(&r.sid));
             let session = Session {
                 secret: r.secret,
                 nsp: r.nsp,

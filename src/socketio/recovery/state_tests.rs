@@ -467,6 +467,15 @@ fn a_session_taken_by_another_node_has_what_arrives_later_relayed_there() {
     );
     assert!(a.log(t0, off(4), &to(&["x"]), &packet(4)).unwrap().1.is_empty());
     assert!(a.log(t0, off(5), &to(&["r"]).except(s.sid.as_str()), &packet(5)).unwrap().1.is_empty());
+    // The session coming back here ends the relaying at once.
+    let mut back = RecoveryState::new(limits());
+    let mut s3 = Sock::connect(&back, &["r"]);
+    broadcast(&mut back, t0, 1, &to(&["r"]), &mut [&mut s3]);
+    s3.persist(&mut back, t0);
+    assert!(back.take(t0, "/", s3.sid, s3.secret, Some(&off(1).to_string()), Some(2)).0.is_ok());
+    let (_, changes) = back.arrived(&s3.sid);
+    assert_eq!(changes, vec![("/".to_owned(), "r".to_owned())]);
+    assert!(back.log(t0, off(9), &to(&["r"]), &packet(9)).unwrap().1.is_empty());
     // After the grace period: nothing relayed, no interest.
     let later = t0 + RELAY_GRACE;
     assert!(a.log(later, off(6), &to(&["r"]), &packet(6)).unwrap().1.is_empty());
@@ -493,15 +502,26 @@ fn a_relayed_packet_is_kept_once_for_the_socket_it_names() {
     // Logged here while the socket was here: it had it.
     b.log(t0, off(2), &to(&["r"]), &packet(2)).unwrap();
     assert!(!b.log_relayed(t0, "/", sid, &relayed(2), Some(since)));
-    // Nothing here holds that socket yet: kept for it until it arrives (or the grace passes).
+    // Nothing here holds that socket: dropped, unless its recovery is expected here.
     let early = Sid::random();
     assert!(!b.log_relayed(t0, "/", early, &relayed(3), None));
+    assert!(b.expect(t0, early));
     assert!(!b.log_relayed(t0, "/", early, &relayed(30), None));
-    assert_eq!(offsets(&b.claim_orphans(&early)), vec![3, 30]);
-    assert!(b.claim_orphans(&early).is_empty());
     assert!(!b.log_relayed(t0, "/", early, &relayed(31), None));
-    b.expire(t0 + RELAY_GRACE);
-    assert!(b.claim_orphans(&early).is_empty());
+    assert_eq!(offsets(&b.arrived(&early).0), vec![30, 31]);
+    assert!(b.arrived(&early).0.is_empty());
+    assert!(!b.log_relayed(t0, "/", early, &relayed(32), None), "no longer expected");
+    assert!(b.arrived(&early).0.is_empty());
+    // A recovery that came to nothing drops what waited.
+    assert!(b.expect(t0, early));
+    assert!(!b.log_relayed(t0, "/", early, &relayed(33), None));
+    b.unexpect(&early);
+    assert!(b.arrived(&early).0.is_empty());
+    // A lost answer does not keep them forever.
+    assert!(b.expect(t0, early));
+    assert!(!b.log_relayed(t0, "/", early, &relayed(34), None));
+    b.expire(t0 + Duration::from_secs(61));
+    assert!(b.arrived(&early).0.is_empty());
     // The broadcast itself arriving afterwards still runs for everyone.
     assert!(b.log_relayed(t0, "/", sid, &relayed(4), Some(since)));
     assert!(b.log(t0, off(4), &to(&["r"]), &packet(4)).is_some());
@@ -513,4 +533,34 @@ fn a_relayed_packet_is_kept_once_for_the_socket_it_names() {
     assert!(b.log_relayed(t0, "/", s.sid, &relayed(6), None));
     broadcast(&mut b, t0, 6, &to(&["r"]), &mut []);
     assert_eq!(take(&mut b, t0, &s, Some(5)), Ok(vec![6]));
+}
+
+#[test]
+fn a_replay_is_logged_for_the_socket_so_a_client_that_loses_it_gets_it_again() {
+    let t0 = Instant::now();
+    let mut st = RecoveryState::new(limits());
+    // Recovered here with 7 and 8 replayed (they came from another node, so not logged here).
+    let mut s = Sock::connect(&st, &["r"]);
+    let since = st.next_seq();
+    for n in [7, 8] {
+        st.log_for(t0, "/", s.sid, &MissedPacket { offset: off(n), packet: packet(n) });
+    }
+    s.tracking = Tracking::new(since, Some(off(6)), true, Some(off(8)));
+    broadcast(&mut st, t0, 9, &to(&["r"]), &mut [&mut s]);
+    s.persist(&mut st, t0);
+    broadcast(&mut st, t0, 10, &to(&["r"]), &mut []);
+    let again = |st: &mut RecoveryState, client| {
+        s.persist(st, t0);
+        take(st, t0, &s, client)
+    };
+    // Lost everything since the recovery: the replay again, then the rest.
+    assert_eq!(take(&mut st, t0, &s, Some(6)), Ok(vec![7, 8, 9, 10]));
+    // Got part of the replay.
+    assert_eq!(again(&mut st, Some(7)), Ok(vec![8, 9, 10]));
+    // Got all of it.
+    assert_eq!(again(&mut st, Some(8)), Ok(vec![9, 10]));
+    // Another socket's packets are not its own.
+    let other = Sid::random();
+    st.log_for(t0, "/", other, &MissedPacket { offset: off(11), packet: packet(11) });
+    assert_eq!(again(&mut st, Some(8)), Ok(vec![9, 10]));
 }
