@@ -9,6 +9,9 @@
 //    `recovered === true`, the same socket id and exactly the K broadcasts of its room for that
 //    round, in order. Also counted: recovered with a missing or duplicated packet, fresh
 //    sessions, errors.
+//    Then the same with broadcasts flowing all along (every room gets one every TICK ms, from
+//    the three nodes in turn, numbered per room): across every reconnect, each client must get
+//    each broadcast of its room exactly once (counted: missing, duplicated, out of order).
 // 2. memory: one node; N clients (2 rooms each, one broadcast received) are disconnected and
 //    their sessions kept. Figures: the store's own accounting (ioswarm_recovery_session_bytes /
 //    sessions), and the RSS of that node minus the RSS of a node with recovery off after the
@@ -37,6 +40,7 @@ const ROUNDS = Number(process.env.ROUNDS ?? 10);
 const G = Number(process.env.G ?? 10);
 const K = Number(process.env.K ?? 3);
 const N = Number(process.env.N ?? 5000);
+const TICK = Number(process.env.TICK ?? 20);
 const WAIT_MS = 10_000;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -142,6 +146,7 @@ async function reconnects() {
       );
     }
     const seconds = (Date.now() - started) / 1000;
+    for (const c of clients) c.socket.disconnect();
     const metrics = await Promise.all(nodes.map((n) => admin(n, "GET", "/metrics")));
     const fetched = metrics.map((m) => metric(m, 'ioswarm_recovery_transfers_total{kind="fetched"}')).reduce((a, b) => a + b, 0);
     const results = {};
@@ -150,12 +155,101 @@ async function reconnects() {
         results[result] = (results[result] ?? 0) + Number(n);
       }
     }
-    if (process.env.DEBUG) for (const n of nodes) console.error(n.stderr.split("\n").filter((l) => l.includes("DEBUG")).join("\n"));
-    return { counts, total: C * ROUNDS, seconds, fetched, results };
+    const live = await stream(nodes);
+    return { counts, total: C * ROUNDS, seconds, fetched, results, live };
   } finally {
     for (const c of clients) c.socket.disconnect();
     await cluster.stop();
   }
+}
+
+/** Reconnects with broadcasts flowing all along; checks exactly-once delivery per client. */
+async function stream(nodes) {
+  const clients = [];
+  const counts = { recovered: 0, fresh: 0, error: 0 };
+  for (let i = 0; i < C; i++) {
+    const n = i % 3;
+    const socket = await connect(nodes[n].url);
+    const room = i % G;
+    await socket.emitWithAck("ioswarm:join", `live${room}`);
+    const seqs = [];
+    socket.on("live", (_room, seq) => seqs.push(seq));
+    clients.push({ socket, room, node: n, id: socket.id, seqs, fresh: false });
+  }
+  const next = new Array(G).fill(0);
+  let running = true;
+  let sent = 0;
+  const emitter = (async () => {
+    while (running) {
+      const tick = Date.now();
+      await Promise.all(
+        Array.from({ length: G }, (_, g) => {
+          const seq = next[g]++;
+          sent++;
+          return admin(nodes[(g + seq) % 3], "POST", "/v1/emit", { rooms: [`live${g}`], event: "live", args: [g, seq] });
+        }),
+      );
+      await sleep(Math.max(0, TICK - (Date.now() - tick)));
+    }
+  })();
+  await sleep(300);
+  for (let round = 0; round < ROUNDS; round++) {
+    const gone = clients.map((c) => new Promise((r) => c.socket.once("disconnect", r)));
+    for (const c of clients) c.socket.io.engine.close();
+    await Promise.all(gone);
+    await sleep(100);
+    await Promise.all(
+      clients.map(async (c) => {
+        c.node = (c.node + 1) % 3;
+        c.socket.io.uri = nodes[c.node].url;
+        try {
+          await new Promise((resolve, reject) => {
+            c.socket.once("connect", resolve);
+            c.socket.once("connect_error", reject);
+            c.socket.connect();
+          });
+        } catch {
+          counts.error++;
+          c.fresh = true;
+          return;
+        }
+        if (c.socket.recovered && c.socket.id === c.id) counts.recovered++;
+        else {
+          counts.fresh++;
+          c.fresh = true;
+        }
+      }),
+    );
+    await sleep(200);
+  }
+  await sleep(300);
+  running = false;
+  await emitter;
+  await sleep(1000);
+  const check = { missing: 0, duplicated: 0, outOfOrder: 0, delivered: 0, clientsExact: 0 };
+  for (const c of clients) {
+    c.socket.disconnect();
+    if (c.fresh || c.seqs.length === 0) continue;
+    const first = c.seqs[0];
+    const last = next[c.room] - 1;
+    const unique = new Set(c.seqs);
+    const missing = last - first + 1 - unique.size;
+    const duplicated = c.seqs.length - unique.size;
+    // Broadcasts from one node keep their order; across nodes there is no order to keep.
+    let outOfOrder = 0;
+    const lastOf = new Map();
+    for (const seq of c.seqs) {
+      const origin = (c.room + seq) % 3;
+      if (lastOf.has(origin) && seq < lastOf.get(origin)) outOfOrder++;
+      lastOf.set(origin, seq);
+    }
+    check.missing += missing;
+    check.duplicated += duplicated;
+    check.outOfOrder += outOfOrder;
+    check.delivered += c.seqs.length;
+    if (missing === 0 && duplicated === 0) check.clientsExact++;
+  }
+  return { counts, check, sent, total: C * ROUNDS };
 }
 
 async function node(flags) {
@@ -205,6 +299,13 @@ console.log(
   `| ${r.total} | ${r.counts.ok} | ${r.counts.gap} | ${r.counts.fresh} | ${r.counts.error} | ${((100 * r.counts.ok) / r.total).toFixed(1)} % | ${r.fetched} | ${r.seconds.toFixed(1)} s |`,
 );
 console.log(`\nioswarm_recovery_attempts_total over the 3 nodes: ${JSON.stringify(r.results)}`);
+const l = r.live;
+console.log(`\n## The same with broadcasts flowing all along (one per room every ${TICK} ms, ${G} rooms, from the 3 nodes in turn)\n`);
+console.log("| reconnects | recovered | fresh | error | broadcasts sent | delivered | missing | duplicated | out of order (same origin node) | clients with every broadcast exactly once |");
+console.log("|---|---|---|---|---|---|---|---|---|---|");
+console.log(
+  `| ${l.total} | ${l.counts.recovered} | ${l.counts.fresh} | ${l.counts.error} | ${l.sent} | ${l.check.delivered} | ${l.check.missing} | ${l.check.duplicated} | ${l.check.outOfOrder} | ${l.check.clientsExact} / ${C} |`,
+);
 
 const off = await memory([]);
 const on = await memory(["--recovery-ms", "600000"]);

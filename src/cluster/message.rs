@@ -321,7 +321,7 @@ pub enum ReplyBody {
     /// One count per requested channel.
     Counts(Vec<u64>),
     /// The session handed over, or why not (`RecoverSessionReply`).
-    RecoverSession(Result<RecoveredSession, Refusal>),
+    RecoverSession(Result<Box<RecoveredSession>, Refusal>),
     /// The request failed on that node.
     Error {
         /// Why.

@@ -427,7 +427,8 @@ impl Inner {
                     .collect(),
             )),
             RequestOp::RecoverSession { namespace, pid, offset } => {
-                Some(ReplyBody::RecoverSession(self.io.recover_for_peer(namespace, pid, offset.as_deref(), from)))
+                let result = self.io.recover_for_peer(namespace, pid, offset.as_deref(), from);
+                Some(ReplyBody::RecoverSession(result.map(Box::new)))
             }
             RequestOp::HandOffSessions(records) => {
                 Some(ReplyBody::Done { affected: self.io.import_recovery(records.clone()) as u64 })
@@ -600,7 +601,7 @@ fn outcome_of(answers: Vec<(NodeId, ReplyBody)>, missing: Vec<NodeId>) -> Remote
                 outcome.affected += client_count as usize;
                 outcome.acks.extend(acks.into_iter().map(|a| a.payload));
             }
-            ReplyBody::RecoverSession(result) => super::recovery::merge(&mut outcome.recovered, result),
+            ReplyBody::RecoverSession(result) => super::recovery::merge(&mut outcome.recovered, result.map(|s| *s)),
             ReplyBody::ServerSideEmit(_) | ReplyBody::Counts(_) | ReplyBody::Error { .. } => {}
         }
     }

@@ -131,6 +131,7 @@ mod tests {
             data: serde_json::Map::new(),
             missed: Vec::new(),
             client_offset: None,
+            watermarks: Vec::new(),
         }
     }
 
@@ -168,6 +169,7 @@ mod tests {
                 })
                 .collect(),
             resume_index: 0,
+            watermarks: Vec::new(),
         };
         let sizes: Vec<usize> = chunks((0..600).map(|_| record(0)).collect()).iter().map(Vec::len).collect();
         assert_eq!(sizes, vec![256, 256, 88]);

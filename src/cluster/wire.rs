@@ -360,6 +360,8 @@ impl From<&ClusterReply> for pb::ClusterReply {
                         missed: session.missed.iter().map(missed_to_pb).collect(),
                         client_origin: session.client_offset.map_or(0, |o| o.origin),
                         client_counter: session.client_offset.map_or(0, |o| o.counter),
+                        watermark_origins: session.watermarks.iter().map(|o| o.origin).collect(),
+                        watermark_counters: session.watermarks.iter().map(|o| o.counter).collect(),
                     }),
                     Err(refusal) => R::Refusal(match refusal {
                         Refusal::NotFound => pb::RecoveryRefusal::NotFound,
@@ -409,6 +411,8 @@ fn session_record_to_pb(r: &SessionRecord) -> pb::SessionRecord {
         first_index: r.first_index,
         packets: r.packets.iter().map(missed_to_pb).collect(),
         resume_index: r.resume_index,
+        watermark_origins: r.watermarks.iter().map(|o| o.origin).collect(),
+        watermark_counters: r.watermarks.iter().map(|o| o.counter).collect(),
     }
 }
 
@@ -695,6 +699,14 @@ fn offset_from(origin: u32, counter: u64) -> Option<Offset> {
     (counter != 0).then_some(Offset { origin, counter })
 }
 
+/// Watermarks from their two parallel fields (as long as each other, no counter 0).
+fn watermarks_from(origins: Vec<u32>, counters: Vec<u64>, field: &'static str) -> Result<Vec<Offset>, WireError> {
+    if origins.len() != counters.len() {
+        return Err(WireError::Invalid(field));
+    }
+    origins.into_iter().zip(counters).map(|(o, c)| offset_from(o, c).ok_or(WireError::Invalid(field))).collect()
+}
+
 fn sid_from(text: &str, field: &'static str) -> Result<Sid, WireError> {
     Sid::parse(text).ok_or(WireError::Invalid(field))
 }
@@ -732,6 +744,7 @@ fn session_record_from_pb(r: pb::SessionRecord) -> Result<SessionRecord, WireErr
         first_index: r.first_index,
         packets: r.packets.into_iter().map(missed_from_pb).collect::<Result<_, WireError>>()?,
         resume_index: r.resume_index,
+        watermarks: watermarks_from(r.watermark_origins, r.watermark_counters, "SessionRecord.watermark_counters")?,
     })
 }
 
@@ -750,6 +763,11 @@ fn recover_reply_from_pb(reply: pb::RecoverSessionReply) -> Result<Result<Recove
                 data: object_from(&session.data_json, "RecoveredSession.data_json")?,
                 missed: session.missed.into_iter().map(missed_from_pb).collect::<Result<_, WireError>>()?,
                 client_offset: offset_from(session.client_origin, session.client_counter),
+                watermarks: watermarks_from(
+                    session.watermark_origins,
+                    session.watermark_counters,
+                    "RecoveredSession.watermark_counters",
+                )?,
             })
         }
         Kind::Refusal(code) => Err(match known::<pb::RecoveryRefusal>("RecoverSessionReply.refusal", code)? {
@@ -845,7 +863,7 @@ impl TryFrom<pb::ClusterReply> for ClusterReply {
             ),
             Kind::ServerSideEmit(emit) => ReplyBody::ServerSideEmit(emit.responses_json),
             Kind::Counts(counts) => ReplyBody::Counts(counts.counts),
-            Kind::RecoverSession(reply) => ReplyBody::RecoverSession(recover_reply_from_pb(reply)?),
+            Kind::RecoverSession(reply) => ReplyBody::RecoverSession(recover_reply_from_pb(reply)?.map(Box::new)),
             Kind::BroadcastAck(ack) => ReplyBody::BroadcastAck {
                 client_count: ack.client_count,
                 acks: ack
@@ -1388,6 +1406,7 @@ mod tests {
             first_index: 2,
             packets: vec![missed(8), missed(9)],
             resume_index: 4,
+            watermarks: vec![Offset { origin: 1, counter: 7 }, Offset { origin: 3, counter: 12 }],
         };
         for op in [
             RequestOp::RecoverSession { namespace: "/".into(), pid: "p".repeat(40), offset: Some("3~9".into()) },
@@ -1405,11 +1424,13 @@ mod tests {
             data,
             missed: vec![missed(1), missed(2)],
             client_offset: Some(Offset { origin: 2, counter: 1 }),
+            watermarks: vec![Offset { origin: 2, counter: 5 }],
         };
         let mut replies = vec![Ok(session.clone()), Ok(RecoveredSession { client_offset: None, ..session })];
         replies.extend(Refusal::ALL.iter().map(|r| Err(*r)));
         for result in replies {
-            round_trip(Message::Reply(ClusterReply { request_id: 5, result: ReplyBody::RecoverSession(result) }));
+            let result = ReplyBody::RecoverSession(result.map(Box::new));
+            round_trip(Message::Reply(ClusterReply { request_id: 5, result }));
         }
         round_trip(Message::Relay(RelayedPacket { nsp: "/chat".into(), sid: Sid::with_tag(9), packet: missed(7) }));
     }
@@ -1425,6 +1446,8 @@ mod tests {
             missed: Vec::new(),
             client_origin: 0,
             client_counter: 0,
+            watermark_origins: Vec::new(),
+            watermark_counters: Vec::new(),
         };
         let packet = pb::MissedPacket {
             offset_origin: 1,
@@ -1445,6 +1468,8 @@ mod tests {
                 missed: vec![pb::MissedPacket { text: Bytes::new(), ..packet.clone() }],
                 ..good.clone()
             },
+            pb::RecoveredSession { watermark_origins: vec![1], ..good.clone() },
+            pb::RecoveredSession { watermark_origins: vec![1], watermark_counters: vec![0], ..good.clone() },
         ];
         let reply = |kind| pb::Envelope {
             protocol_version: PROTOCOL_VERSION,

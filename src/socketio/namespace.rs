@@ -462,7 +462,8 @@ impl Namespace {
             });
         };
         let mut state = recovery.lock();
-        let Some((seq, relays)) = state.log(std::time::Instant::now(), offset, &b.selector, &b.packet) else {
+        let now = std::time::Instant::now();
+        let Some((seq, relays)) = state.log(now, offset, &b.selector, &b.packet) else {
             return 0;
         };
         let recipients = self.fan_out(b, |socket, frames| {
@@ -471,7 +472,7 @@ impl Namespace {
                 return;
             };
             let mut tracking = tracking.lock();
-            if tracking.take_relayed(offset) {
+            if tracking.take_apart(now, offset) {
                 return;
             }
             match socket.send_frames(frames, false) {
@@ -494,13 +495,24 @@ impl Namespace {
         let socket = self.socket(relayed.sid.as_str());
         let tracking = socket.as_ref().and_then(Socket::tracking);
         let mut state = recovery.lock();
-        let since = tracking.map(|t| t.lock().since);
-        if !state.log_relayed(std::time::Instant::now(), &self.0.name, relayed.sid, &relayed.packet, since) {
+        let now = std::time::Instant::now();
+        let since = match tracking {
+            Some(t) => {
+                let mut t = t.lock();
+                // Already sent to it apart (replayed, relayed by another node).
+                if t.take_apart(now, relayed.packet.offset) {
+                    return false;
+                }
+                Some(t.since)
+            }
+            None => None,
+        };
+        if !state.log_relayed(now, &self.0.name, relayed.sid, &relayed.packet, since) {
             return false;
         }
         let (Some(socket), Some(tracking)) = (&socket, tracking) else { return false };
         if socket.send_frames(&relayed.packet.packet.frames(), false) == Enqueued::Queued {
-            tracking.lock().queued_relayed(relayed.packet.offset);
+            tracking.lock().queued_apart(now, relayed.packet.offset);
         }
         true
     }

@@ -519,7 +519,7 @@ impl SioHandler {
             tracking: parking_lot::Mutex::new(Tracking::new(0, start, true, start)),
         });
         let socket = Socket::new(&ns, conn.clone(), auth, granted.data, sid, tracking);
-        let arrival = Arrival { rooms: &granted.rooms, missed: &[] };
+        let arrival = Arrival { rooms: &granted.rooms, missed: &[], marks: &[] };
         if !self.add_socket(conn, state, &ns, &socket, arrival) {
             return;
         }
@@ -545,7 +545,7 @@ impl SioHandler {
         let recovery =
             SocketRecovery { secret: session.secret, recovered: true, tracking: parking_lot::Mutex::new(tracking) };
         let socket = Socket::new(&ns, conn.clone(), auth, session.data, session.sid, Some(recovery));
-        let arrival = Arrival { rooms: &session.rooms, missed: &session.missed };
+        let arrival = Arrival { rooms: &session.rooms, missed: &session.missed, marks: &session.watermarks };
         if !self.add_socket(conn, state, &ns, &socket, arrival) {
             return;
         }
@@ -605,18 +605,25 @@ impl SioHandler {
             return true;
         };
         let now = std::time::Instant::now();
-        for missed in arrival.missed {
+        let mut seen: std::collections::HashSet<_> = arrival.missed.iter().map(|m| m.offset).collect();
+        // From another node: what reached this node before the session did, and the other node
+        // only after it left, comes right after the replay (see `RecoveryState::recent_missed`).
+        let recent = state.recent_missed(now, ns.name(), socket.sid(), arrival.rooms, arrival.marks, &seen);
+        seen.extend(recent.iter().map(|m| m.offset));
+        for missed in arrival.missed.iter().chain(&recent) {
             state.log_for(now, ns.name(), socket.sid(), missed);
-            socket.send_frames(&missed.packet.frames(), false);
+            // A broadcast replayed here may still reach this node itself (it was on its way).
+            if socket.send_frames(&missed.packet.frames(), false) == crate::engineio::session::Enqueued::Queued {
+                tracking.lock().queued_apart(now, missed.offset);
+            }
         }
         // Relays from the node it left that overtook its recovery: after the replay. And this
         // node no longer relays what concerns it to where it was.
         let (early, changes) = state.arrived(&socket.sid());
-        let seen: std::collections::HashSet<_> = arrival.missed.iter().map(|m| m.offset).collect();
         for late in early.into_iter().filter(|p| !seen.contains(&p.offset)) {
             state.log_for(now, ns.name(), socket.sid(), &late);
             if socket.send_frames(&late.packet.frames(), false) == crate::engineio::session::Enqueued::Queued {
-                tracking.lock().queued_relayed(late.offset);
+                tracking.lock().queued_apart(now, late.offset);
             }
         }
         Recovery::gauges(&state);
@@ -626,10 +633,12 @@ impl SioHandler {
     }
 }
 
-/// What a socket arrives with: rooms to join, packets to replay.
+/// What a socket arrives with: rooms to join, packets to replay, and for a session from another
+/// node that node's watermarks.
 struct Arrival<'a> {
     rooms: &'a [String],
     missed: &'a [super::MissedPacket],
+    marks: &'a [crate::rooms::Offset],
 }
 
 /// Takes the session `sid` here for a client proving `secret`, connected here or to node `to`:

@@ -117,6 +117,10 @@ pub struct RecoveredSession {
     pub missed: Vec<MissedPacket>,
     /// The offset the client sent (none: it had received no broadcast).
     pub client_offset: Option<Offset>,
+    /// Taken by another node: per origin node, the newest offset the node that held it had
+    /// logged (what arrived there later is relayed; what reached the new node first and is
+    /// newer, the new node adds itself). Empty when taken on the same node.
+    pub watermarks: Vec<Offset>,
 }
 
 /// A disconnected session as a draining node hands it to another one: everything needed to
@@ -148,6 +152,9 @@ pub struct SessionRecord {
     pub packets: Vec<MissedPacket>,
     /// Position, in the same history, of the first packet not queued to the socket.
     pub resume_index: u64,
+    /// Per origin node, the newest offset the old node had logged (see
+    /// [`RecoveredSession::watermarks`]).
+    pub watermarks: Vec<Offset>,
 }
 
 /// A packet one node sends another for a session that moved there (see `state`'s moved

@@ -36,6 +36,14 @@
 //! node's interest. The new node logs a relayed packet as an entry for that socket alone
 //! ([`RecoveryState::log_relayed`]), unless it logged the broadcast itself while the socket was
 //! there; a replay never holds the same offset twice.
+//!
+//! **Watermarks.** A session that moves carries, per origin node, the newest offset the node it
+//! leaves had logged ([`RecoveryState::watermarks`]; offsets from one origin only grow, and each
+//! origin sends a node its broadcasts in order). The receiving node adds what it logged itself,
+//! shortly before, that concerns the session and is newer than those marks
+//! ([`RecoveryState::recent_missed`]): broadcasts that reached it before the session did and the
+//! old node only after the session left. Without that they would come later, by relay, behind
+//! newer broadcasts from the same origin.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -58,6 +66,9 @@ pub(crate) const RELAY_GRACE: Duration = Duration::from_secs(3);
 /// Longest a node waits for the answer to a recovery it asked the cluster for (the cluster
 /// timeout is far shorter; this only bounds what a lost answer leaves behind).
 const EXPECT_MAX: Duration = Duration::from_secs(60);
+/// How far back a node looks in its log for broadcasts a session arriving from another node
+/// missed (see [`RecoveryState::recent_missed`]).
+const RECENT: Duration = Duration::from_secs(6);
 /// Added to the virtual index of carried packets where an exporting node had lost part of a
 /// session's history (its log evicted entries): every position before the gap is unusable.
 const LOST_GAP: u64 = 1 << 40;
@@ -108,8 +119,8 @@ pub(crate) struct Persist {
     pub(crate) sid_interest: bool,
 }
 
-/// Most offsets a socket remembers as relayed (see [`Tracking::relayed`]).
-const RELAYED_KEPT: usize = 256;
+/// Most offsets a socket remembers as sent apart from the fan-out (see [`Tracking::apart`]).
+const APART_KEPT: usize = 1024;
 
 /// Per connected socket: what was queued to it, in terms of the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,33 +137,37 @@ pub(crate) struct Tracking {
     pub(crate) known: Option<Offset>,
     /// The first log sequence that could not be queued because the connection was closed.
     pub(crate) failed_at: Option<u64>,
-    /// Offsets of packets relayed to it by the node its session came from, the newest few: if
-    /// the broadcast itself reaches this node later, the socket already had it.
-    pub(crate) relayed: Vec<Offset>,
+    /// Offsets of packets it was sent apart from this node's fan-out (replayed on recovery,
+    /// relayed by the node its session came from) in the last [`RELAY_GRACE`], when each was
+    /// sent: if the broadcast itself reaches this node meanwhile, the socket already had it.
+    pub(crate) apart: VecDeque<(Offset, Instant)>,
 }
 
 impl Tracking {
     /// A socket that connected when the log's next sequence was `since`, its client holding
     /// `start`; `start_valid` as in the field.
     pub(crate) fn new(since: u64, start: Option<Offset>, start_valid: bool, known: Option<Offset>) -> Self {
-        Self { since, start, start_valid, known, failed_at: None, relayed: Vec::new() }
+        Self { since, start, start_valid, known, failed_at: None, apart: VecDeque::new() }
     }
 
-    /// A packet relayed from the node the session came from was queued to the socket.
-    pub(crate) fn queued_relayed(&mut self, offset: Offset) {
+    /// A packet was queued to the socket at `now` apart from the fan-out (replayed, relayed).
+    pub(crate) fn queued_apart(&mut self, now: Instant, offset: Offset) {
         self.known = Some(offset);
-        if self.relayed.len() >= RELAYED_KEPT {
-            self.relayed.remove(0);
+        if self.apart.len() >= APART_KEPT {
+            self.apart.pop_front();
         }
-        self.relayed.push(offset);
+        self.apart.push_back((offset, now));
     }
 
-    /// Whether the broadcast `offset` was already relayed to the socket (then forgotten: a
-    /// broadcast arrives once).
-    pub(crate) fn take_relayed(&mut self, offset: Offset) -> bool {
-        match self.relayed.iter().position(|o| *o == offset) {
+    /// Whether the broadcast `offset`, reaching this node at `now`, was already sent to the
+    /// socket apart from the fan-out (then forgotten: a broadcast reaches a node once).
+    pub(crate) fn take_apart(&mut self, now: Instant, offset: Offset) -> bool {
+        while self.apart.front().is_some_and(|(_, at)| now.saturating_duration_since(*at) >= RELAY_GRACE) {
+            self.apart.pop_front();
+        }
+        match self.apart.iter().position(|(o, _)| *o == offset) {
             Some(i) => {
-                self.relayed.remove(i);
+                self.apart.remove(i);
                 true
             }
             None => false,
@@ -243,6 +258,8 @@ pub(crate) struct RecoveryState {
     moved: HashMap<Sid, Moved>,
     /// Sockets whose recovery this node asked the cluster for, until the answer is handled.
     expecting: HashMap<Sid, Instant>,
+    /// Per origin node, the newest offset logged here.
+    latest: HashMap<u32, u64>,
     /// Relayed packets for an expected socket not here yet (the relays travel on another stream
     /// than the answer and may overtake it).
     orphans: HashMap<Sid, Vec<MissedPacket>>,
@@ -264,6 +281,7 @@ impl RecoveryState {
             moved: HashMap::new(),
             expecting: HashMap::new(),
             orphans: HashMap::new(),
+            latest: HashMap::new(),
         }
     }
 
@@ -308,6 +326,8 @@ impl RecoveryState {
         let seq =
             self.append(now, offset, selector.nsp.clone(), selector.rooms.clone(), selector.except.clone(), packet);
         self.index.insert(offset, seq);
+        let latest = self.latest.entry(offset.origin).or_insert(0);
+        *latest = (*latest).max(offset.counter);
         let mut relays = Vec::new();
         if !self.moved.is_empty() {
             let entry = self.log.back();
@@ -386,6 +406,44 @@ impl RecoveryState {
     pub(crate) fn log_for(&mut self, now: Instant, nsp: &str, sid: Sid, packet: &MissedPacket) {
         self.append(now, packet.offset, nsp.to_owned(), vec![sid.as_str().to_owned()], Vec::new(), &packet.packet);
         self.prune_log(now);
+    }
+
+    /// Per origin node, the newest offset logged here (see the module documentation).
+    pub(crate) fn watermarks(&self) -> Vec<Offset> {
+        let mut marks: Vec<Offset> = self.latest.iter().map(|(&origin, &counter)| Offset { origin, counter }).collect();
+        marks.sort_unstable();
+        marks
+    }
+
+    /// What this node logged in the last [`RECENT`] that concerns socket `sid` of `nsp` in
+    /// `rooms`, from an origin in `marks` and newer than its mark, `seen` left out; in log order.
+    /// For a session arriving from the node whose `marks` they are.
+    pub(crate) fn recent_missed(
+        &self,
+        now: Instant,
+        nsp: &str,
+        sid: Sid,
+        rooms: &[String],
+        marks: &[Offset],
+        seen: &HashSet<Offset>,
+    ) -> Vec<MissedPacket> {
+        if marks.is_empty() {
+            return Vec::new();
+        }
+        let rooms: HashSet<&str> = rooms.iter().map(String::as_str).collect();
+        let newer = |o: &Offset| marks.iter().any(|m| m.origin == o.origin && o.counter > m.counter);
+        let mut out: Vec<MissedPacket> = self
+            .log
+            .iter()
+            .rev()
+            .take_while(|e| now.saturating_duration_since(e.at) <= RECENT)
+            .filter(|e| newer(&e.offset) && !seen.contains(&e.offset) && concerns(e, nsp, &rooms, sid.as_str()))
+            .map(|e| MissedPacket { offset: e.offset, packet: e.packet.clone() })
+            .collect();
+        out.reverse();
+        let mut once = HashSet::new();
+        out.retain(|p| once.insert(p.offset));
+        out
     }
 
     /// This node asks the cluster for the session of `sid` (a client reconnected here): relays
@@ -616,6 +674,7 @@ impl RecoveryState {
             data: session.data,
             missed,
             client_offset: client_offset.flatten(),
+            watermarks: if to.is_some() { self.watermarks() } else { Vec::new() },
         });
         (result, changes)
     }
@@ -791,6 +850,7 @@ impl RecoveryState {
             first_index,
             packets,
             resume_index,
+            watermarks: self.watermarks(),
         }
     }
 
@@ -809,6 +869,11 @@ impl RecoveryState {
             }
             // Back here: this node no longer relays what concerns it elsewhere.
             changes.extend(self.forget_moved(&r.sid));
+            // What reached this node first and the old one only after the hand-over: after the
+            // old node's packets, as the last ones before this node's own from now on.
+            let seen: HashSet<Offset> = r.packets.iter().map(|p| p.offset).collect();
+            let mut packets = r.packets;
+            packets.extend(self.recent_missed(now, &r.nsp, r.sid, &r.rooms, &r.watermarks, &seen));
             let session = Session {
                 secret: r.secret,
                 nsp: r.nsp,
@@ -821,7 +886,7 @@ impl RecoveryState {
                 since: self.next_seq,
                 resume: Cursor::Carried(r.resume_index),
                 first_index: r.first_index,
-                carried: r.packets,
+                carried: packets,
                 sid_interest: sid_interest(&r.sid),
                 cost: 0,
             };

@@ -364,9 +364,14 @@ fn a_session_handed_to_another_node_keeps_what_it_missed() {
     assert_eq!(offsets(&record.packets), vec![2, 3, 4, 5]);
     assert_eq!((record.first_index, record.resume_index, record.expires_in), (0, 3, Duration::from_secs(100)));
 
-    // Node b logged other things before; the session arrives, then 7 is broadcast to r.
+    // Node b logged things before the session arrives: from an origin a never heard of, an older
+    // one from a's origin, and a newer one that a had not logged when it exported (it reached b
+    // first): only that one is the session's. Then 7 is broadcast to r.
     let mut b = RecoveryState::new(limits());
-    b.log(t0, off(100), &to(&["r"]), &packet(100)).unwrap();
+    b.log(t0, Offset { origin: 9, counter: 100 }, &to(&["r"]), &packet(100)).unwrap();
+    b.log(t0, off(1), &to(&["r"]), &packet(1)).unwrap();
+    b.log(t0, off(60), &to(&["r"]), &packet(60)).unwrap();
+    assert_eq!(records[0].watermarks, vec![off(6)]);
     // Exported sessions are moved until the hand-over lands: what concerns them waits.
     let (_, relays) = a.log(t0, off(50), &to(&["r"]), &packet(50)).unwrap();
     assert!(relays.is_empty());
@@ -382,8 +387,8 @@ fn a_session_handed_to_another_node_keeps_what_it_missed() {
     b3.import(t0, records.clone(), |_| false);
     let mut b4 = RecoveryState::new(limits());
     b4.import(t0, records, |_| false);
-    // Client at 4 (everything queued arrived): 5, then what b logged.
-    assert_eq!(take(&mut b, t0, &s, Some(4)), Ok(vec![5, 7]));
+    // Client at 4 (everything queued arrived): 5, 60 that reached b first, then what b logged.
+    assert_eq!(take(&mut b, t0, &s, Some(4)), Ok(vec![5, 60, 7]));
     // Client at 2: 3, 4, 5 from a.
     assert_eq!(take(&mut b2, t0, &s, Some(2)), Ok(vec![3, 4, 5]));
     // Client at 1, an offset the socket was never sent: unknown.
@@ -563,4 +568,39 @@ fn a_replay_is_logged_for_the_socket_so_a_client_that_loses_it_gets_it_again() {
     let other = Sid::random();
     st.log_for(t0, "/", other, &MissedPacket { offset: off(11), packet: packet(11) });
     assert_eq!(again(&mut st, Some(8)), Ok(vec![9, 10]));
+}
+
+#[test]
+fn a_session_taken_by_another_node_brings_the_marks_that_tell_what_reached_that_node_first() {
+    let t0 = Instant::now();
+    let mut a = RecoveryState::new(limits());
+    let mut s = Sock::connect(&a, &["r"]);
+    broadcast(&mut a, t0, 1, &to(&["r"]), &mut [&mut s]);
+    s.persist(&mut a, t0);
+    broadcast(&mut a, t0, 2, &to(&["r"]), &mut []);
+    let x = |counter| Offset { origin: 7, counter };
+    a.log(t0, x(10), &to(&["other"]), &packet(10)).unwrap();
+    // Taken here for this node: no marks.
+    let mut local = RecoveryState::new(limits());
+    local.log(t0, off(1), &to(&["r"]), &packet(1)).unwrap();
+    assert!(a.watermarks().contains(&x(10)));
+    let taken = a.take(t0, "/", s.sid, s.secret, Some(&off(1).to_string()), Some(2)).0.unwrap();
+    assert_eq!(taken.watermarks, vec![off(2), x(10)]);
+
+    // Node b got 3 (origin 1) and 11 (origin 7) before the session, and 12 for another room.
+    let mut b = RecoveryState::new(limits());
+    b.log(t0, off(2), &to(&["r"]), &packet(2)).unwrap();
+    b.log(t0, off(3), &to(&["r"]), &packet(3)).unwrap();
+    b.log(t0, x(11), &to(&[]), &packet(11)).unwrap();
+    b.log(t0, x(12), &to(&["other"]), &packet(12)).unwrap();
+    b.log(t0, Offset { origin: 8, counter: 1 }, &to(&["r"]), &packet(13)).unwrap();
+    let seen: HashSet<Offset> = taken.missed.iter().map(|p| p.offset).collect();
+    let recent = b.recent_missed(t0, "/", s.sid, &taken.rooms, &taken.watermarks, &seen);
+    assert_eq!(recent.iter().map(|p| p.offset).collect::<Vec<_>>(), vec![off(3), x(11)]);
+    // Only what was logged recently counts.
+    assert!(
+        b.recent_missed(t0 + Duration::from_secs(7), "/", s.sid, &taken.rooms, &taken.watermarks, &seen).is_empty()
+    );
+    // No marks (taken on the same node): nothing.
+    assert!(b.recent_missed(t0, "/", s.sid, &taken.rooms, &[], &seen).is_empty());
 }
