@@ -130,8 +130,9 @@ pub(crate) struct Tracking {
     /// The offset the client had when the socket (re)connected (what it sends back if it got
     /// nothing since).
     pub(crate) start: Option<Offset>,
-    /// Whether a client still at `start` missed nothing this node cannot replay (false after a
-    /// recovery whose replayed packets are in no log here).
+    /// Whether a client still at `start` missed nothing this node cannot replay. The socket
+    /// layer logs what it replays, so it keeps this true; a history that is not whole (packets
+    /// sent that no log holds) would set it false.
     pub(crate) start_valid: bool,
     /// The last offset queued to the socket (`start` until one is).
     pub(crate) known: Option<Offset>,
@@ -174,7 +175,7 @@ impl Tracking {
         }
     }
 
-    /// The broadcast logged at `seq` with `offset` was queued to the socket.
+    /// The broadcast with `offset` was queued to the socket by the fan-out.
     pub(crate) fn queued(&mut self, offset: Offset) {
         self.known = Some(offset);
     }
