@@ -25,6 +25,9 @@ const MAX_PAYLOAD: usize = 100 * 1024 * 1024;
 const MAX_ATTACHMENTS: usize = 10_000;
 /// Largest accepted `cluster_relay_max_in_flight` (QUIC streams one link admits).
 const MAX_RELAY_IN_FLIGHT: usize = 1_000_000;
+/// Largest accepted `recovery_max_bytes` (8 MiB): a recovered session travels between nodes in
+/// one cluster frame (16 MiB).
+const MAX_RECOVERY_BYTES: usize = 8 * 1024 * 1024;
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -112,6 +115,17 @@ pub struct Config {
     /// Over how long the node closes its clients once draining ends, evenly spread, so they do
     /// not all reconnect to the other nodes in the same millisecond.
     pub drain_spread_ms: u64,
+    /// Connection state recovery: how long after a disconnection a client can get its session
+    /// back (same socket id, rooms, data, the broadcasts it missed); 0 turns recovery off.
+    pub recovery_ms: u64,
+    /// Most packets one recovery replays; a client that missed more gets a fresh session.
+    pub recovery_max_packets: usize,
+    /// Most bytes of packets one recovery replays; beyond, a fresh session.
+    pub recovery_max_bytes: usize,
+    /// Most disconnected sessions a node keeps for recovery; the one closest to expiry goes first.
+    pub recovery_max_sessions: usize,
+    /// Most bytes of recoverable broadcasts a node keeps logged (the oldest go first).
+    pub recovery_log_bytes: usize,
     /// When set, the admin routes other than `/healthz` and `/metrics` need `Authorization:
     /// Bearer <token>`. Required when `admin_listen` is not a loopback address.
     pub admin_token: Option<String>,
@@ -192,6 +206,11 @@ impl Default for Config {
             shutdown_grace_ms: 5_000,
             drain_ms: 0,
             drain_spread_ms: 0,
+            recovery_ms: 0,
+            recovery_max_packets: 1024,
+            recovery_max_bytes: 1024 * 1024,
+            recovery_max_sessions: 100_000,
+            recovery_log_bytes: 64 * 1024 * 1024,
             admin_token: None,
             log: "info".to_owned(),
             log_format: LogFormat::Text,
@@ -247,6 +266,11 @@ impl fmt::Debug for Config {
             .field("shutdown_grace_ms", &self.shutdown_grace_ms)
             .field("drain_ms", &self.drain_ms)
             .field("drain_spread_ms", &self.drain_spread_ms)
+            .field("recovery_ms", &self.recovery_ms)
+            .field("recovery_max_packets", &self.recovery_max_packets)
+            .field("recovery_max_bytes", &self.recovery_max_bytes)
+            .field("recovery_max_sessions", &self.recovery_max_sessions)
+            .field("recovery_log_bytes", &self.recovery_log_bytes)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<redacted>"))
             .field("log", &self.log)
             .field("log_format", &self.log_format)
@@ -340,6 +364,7 @@ impl Config {
             ));
         }
         self.validate_drain()?;
+        self.validate_recovery()?;
         self.validate_admin()?;
         if !(MIN_PAYLOAD..=MAX_PAYLOAD).contains(&self.max_payload) {
             return Err(invalid(
@@ -427,6 +452,48 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// Recovery's window is a timeout like the others; its bounds are positive, and one
+    /// session's packets fit a cluster frame.
+    fn validate_recovery(&self) -> Result<(), ConfigError> {
+        if self.recovery_ms > MAX_TIMEOUT_MS {
+            return Err(invalid(
+                "recovery_ms",
+                format!("{} must be at most {MAX_TIMEOUT_MS} milliseconds (0 turns recovery off)", self.recovery_ms),
+            ));
+        }
+        for (field, n) in [
+            ("recovery_max_packets", self.recovery_max_packets),
+            ("recovery_max_sessions", self.recovery_max_sessions),
+            ("recovery_log_bytes", self.recovery_log_bytes),
+        ] {
+            if n == 0 {
+                return Err(invalid(field, "must be greater than 0"));
+            }
+        }
+        if !(1..=MAX_RECOVERY_BYTES).contains(&self.recovery_max_bytes) {
+            return Err(invalid(
+                "recovery_max_bytes",
+                format!(
+                    "{} must be between 1 and {MAX_RECOVERY_BYTES} (8 MiB: a recovered session moves between nodes in one \
+                     cluster frame)",
+                    self.recovery_max_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Connection state recovery's settings; `None` when `recovery_ms` is 0.
+    pub fn recovery(&self) -> Option<crate::socketio::RecoveryConfig> {
+        (self.recovery_ms > 0).then(|| crate::socketio::RecoveryConfig {
+            window: Duration::from_millis(self.recovery_ms),
+            max_packets: self.recovery_max_packets,
+            max_bytes: self.recovery_max_bytes,
+            max_sessions: self.recovery_max_sessions,
+            log_bytes: self.recovery_log_bytes,
+        })
     }
 
     /// The folder and the bundle served as pages exist (checked once, at start).
@@ -654,6 +721,11 @@ impl Config {
             shutdown_grace_ms,
             drain_ms,
             drain_spread_ms,
+            recovery_ms,
+            recovery_max_packets,
+            recovery_max_bytes,
+            recovery_max_sessions,
+            recovery_log_bytes,
             log,
             log_format,
             data_dir,
@@ -865,6 +937,22 @@ pub struct Cli {
     /// Close clients spread over this long once draining ends, in ms [default: 0].
     #[arg(long, env = "IOSWARM_DRAIN_SPREAD_MS", value_name = "MS")]
     pub drain_spread_ms: Option<u64>,
+    /// Connection state recovery: how long after a disconnection a client gets its session
+    /// back, in ms; 0 is off [default: 0].
+    #[arg(long, env = "IOSWARM_RECOVERY_MS", value_name = "MS")]
+    pub recovery_ms: Option<u64>,
+    /// Most packets one recovery replays (more missed: a fresh session) [default: 1024].
+    #[arg(long, env = "IOSWARM_RECOVERY_MAX_PACKETS", value_name = "N")]
+    pub recovery_max_packets: Option<usize>,
+    /// Most bytes one recovery replays (more missed: a fresh session) [default: 1048576].
+    #[arg(long, env = "IOSWARM_RECOVERY_MAX_BYTES", value_name = "BYTES")]
+    pub recovery_max_bytes: Option<usize>,
+    /// Most disconnected sessions kept for recovery per node [default: 100000].
+    #[arg(long, env = "IOSWARM_RECOVERY_MAX_SESSIONS", value_name = "N")]
+    pub recovery_max_sessions: Option<usize>,
+    /// Most bytes of recoverable broadcasts kept logged per node [default: 67108864].
+    #[arg(long, env = "IOSWARM_RECOVERY_LOG_BYTES", value_name = "BYTES")]
+    pub recovery_log_bytes: Option<usize>,
     /// Bearer token the admin API (/v1/*, /cluster*) requires; needed when --admin-listen is not
     /// loopback [default: none].
     #[arg(long, env = "IOSWARM_ADMIN_TOKEN", value_name = "TOKEN", hide_env_values = true)]
@@ -1089,7 +1177,7 @@ mod tests {
         let cmd = Cli::command();
         let longs: Vec<&str> = cmd.get_arguments().filter_map(|a| a.get_long()).collect();
         let keys = value.as_object().unwrap().keys();
-        assert_eq!(keys.len(), 47);
+        assert_eq!(keys.len(), 52);
         for key in keys.filter(|k| !TOML_ONLY.contains(&k.as_str())) {
             let flag = key.replace('_', "-");
             assert!(longs.contains(&flag.as_str()), "config field {key} has no --{flag}");
@@ -1134,6 +1222,11 @@ mod tests {
             "--shutdown-grace-ms=11",
             "--drain-ms=4",
             "--drain-spread-ms=5",
+            "--recovery-ms=13",
+            "--recovery-max-packets=14",
+            "--recovery-max-bytes=15",
+            "--recovery-max-sessions=16",
+            "--recovery-log-bytes=17",
             "--admin-token=a",
             "--log=debug",
             "--log-format=json",
@@ -1208,6 +1301,12 @@ mod tests {
         assert_eq!(invalid_field(|c| c.admin_token = Some(" ".into())), "admin_token");
         assert_eq!(invalid_field(|c| c.drain_ms = 5_000), "drain_ms");
         assert_eq!(invalid_field(|c| (c.drain_ms, c.drain_spread_ms) = (3_000, 2_000)), "drain_ms");
+        assert_eq!(invalid_field(|c| c.recovery_ms = MAX_TIMEOUT_MS + 1), "recovery_ms");
+        assert_eq!(invalid_field(|c| c.recovery_max_packets = 0), "recovery_max_packets");
+        assert_eq!(invalid_field(|c| c.recovery_max_sessions = 0), "recovery_max_sessions");
+        assert_eq!(invalid_field(|c| c.recovery_log_bytes = 0), "recovery_log_bytes");
+        assert_eq!(invalid_field(|c| c.recovery_max_bytes = 0), "recovery_max_bytes");
+        assert_eq!(invalid_field(|c| c.recovery_max_bytes = MAX_RECOVERY_BYTES + 1), "recovery_max_bytes");
         assert_eq!(invalid_field(|c| c.send_queue_max_packets = 0), "send_queue_max_packets");
         assert_eq!(invalid_field(|c| c.send_queue_max_bytes = 0), "send_queue_max_bytes");
         assert_eq!(invalid_field(|c| c.max_rooms_per_socket = 0), "max_rooms_per_socket");

@@ -31,7 +31,8 @@
 //!   cluster carries the requests of sessions other nodes hold (no sticky sessions needed).
 //! - [`socketio`]: Socket.IO v5 on top: packet codec, namespaces, sockets,
 //!   acks, binary attachments, middleware, the public API; `socketio::eio3` holds what differs
-//!   for 2.x clients (Socket.IO protocol 4). Its
+//!   for 2.x clients (Socket.IO protocol 4); connection state recovery (`socketio::recovery`:
+//!   a pure log of recoverable broadcasts and kept sessions). Its
 //!   [`socketio::Adapter`] is the seam the cluster implements.
 //! - [`rooms`]: the per-namespace room registry (dashmap) and the
 //!   [`rooms::Broadcast`] value executed by the local fan-out and forwarded
@@ -48,7 +49,8 @@
 //! - `cluster`: protobuf schemas (`proto/`) and their one conversion module,
 //!   mutual-TLS credentials, the QUIC transport, gossip (failure detection and
 //!   room interest), openraft membership and the replicated key-value store,
-//!   and the runtime that forwards broadcasts and runs cluster-wide operations
+//!   the runtime that forwards broadcasts and runs cluster-wide operations, and
+//!   connection state recovery across nodes (sessions taken, handed over, relayed)
 //!   (`socketio::adapter` is its seam with the Socket.IO server,
 //!   `resp::kv::KvBackend` with the Redis ingress), and relays Engine.IO
 //!   requests to the node holding their session (`engineio::Relay`).

@@ -134,6 +134,24 @@ pub(crate) const KV_COMMANDS: &str = "ioswarm_kv_commands_total";
 /// Counter: key-value commands forwarded to the raft leader.
 pub(crate) const KV_FORWARDED: &str = "ioswarm_kv_forwarded_total";
 
+// ---- Connection state recovery --------------------------------------------------------------
+
+/// Gauge: disconnected sessions kept for recovery.
+pub(crate) const RECOVERY_SESSIONS: &str = "ioswarm_recovery_sessions";
+/// Gauge: bytes counted for the kept sessions (rooms, data, carried packets, overhead).
+pub(crate) const RECOVERY_SESSION_BYTES: &str = "ioswarm_recovery_session_bytes";
+/// Gauge: bytes counted for the log of recoverable broadcasts.
+pub(crate) const RECOVERY_LOG_BYTES: &str = "ioswarm_recovery_log_bytes";
+/// Counter: CONNECTs asking to recover a session, by result. Labels: [`label::RESULT`] =
+/// `recovered` or [`crate::socketio::Refusal::label`].
+pub(crate) const RECOVERY_ATTEMPTS: &str = "ioswarm_recovery_attempts_total";
+/// Counter: kept sessions dropped unrecovered. Labels: [`label::REASON`] = `expired` | `evicted`.
+pub(crate) const RECOVERY_SESSIONS_DROPPED: &str = "ioswarm_recovery_sessions_dropped_total";
+/// Counter: sessions moved between nodes. Labels: [`label::KIND`] = `fetched` (taken from
+/// another node for a client here) | `handed_off` (sent to a peer while draining) | `received`
+/// (from a draining peer).
+pub(crate) const RECOVERY_TRANSFERS: &str = "ioswarm_recovery_transfers_total";
+
 /// What kind of instrument a metric is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum MetricKind {
@@ -221,6 +239,12 @@ pub(crate) const ALL: &[MetricDef] = {
         def(FORWARD_LIFECYCLE_DROPPED, Counter, "$connect / $disconnect events given up after retry_ms."),
         def(TLS_HANDSHAKE_ERRORS, Counter, "TLS handshakes that failed or timed out, by listener."),
         def(TLS_RELOADS, Counter, "TLS certificate reloads on SIGHUP, by result."),
+        def(RECOVERY_SESSIONS, Gauge, "Disconnected sessions kept for connection state recovery."),
+        def(RECOVERY_SESSION_BYTES, Gauge, "Bytes held by the kept sessions."),
+        def(RECOVERY_LOG_BYTES, Gauge, "Bytes held by the log of recoverable broadcasts."),
+        def(RECOVERY_ATTEMPTS, Counter, "CONNECTs asking to recover a session, by result."),
+        def(RECOVERY_SESSIONS_DROPPED, Counter, "Kept sessions dropped unrecovered, by reason."),
+        def(RECOVERY_TRANSFERS, Counter, "Sessions moved between nodes, by kind."),
     ]
 };
 
@@ -281,6 +305,13 @@ pub(crate) const LABELS: &[LabelDef] = &[
     labels(FORWARD_REQUESTS, label::RESULT, || vec!["ok", "timeout", "unreachable", "bad_status", "bad_reply", "busy"]),
     labels(TLS_HANDSHAKE_ERRORS, label::LISTENER, || vec!["socketio", "redis"]),
     labels(TLS_RELOADS, label::RESULT, || vec!["ok", "error"]),
+    labels(RECOVERY_ATTEMPTS, label::RESULT, || {
+        let mut values = vec!["recovered"];
+        values.extend(crate::socketio::Refusal::ALL.iter().map(|r| r.label()));
+        values
+    }),
+    labels(RECOVERY_SESSIONS_DROPPED, label::REASON, || vec!["expired", "evicted"]),
+    labels(RECOVERY_TRANSFERS, label::KIND, || vec!["fetched", "handed_off", "received"]),
 ];
 
 /// Upper bounds for latency histograms (names ending in `_seconds`): 1 ms … 30 s.

@@ -12,8 +12,11 @@
 //!    evenly over `drain_spread_ms` (clients reconnect elsewhere, not all in one millisecond);
 //!    the node is still a cluster member, so broadcasts from any node keep reaching the clients
 //!    that are still connected;
-//! 3. **leave the cluster** (raft membership, goodbye to the peers), once no client is left here;
-//! 4. **stop** the listeners (Socket.IO, admin, Redis) and wait for every task.
+//! 3. **hand over the recoverable sessions** (connection state recovery): the sessions of the
+//!    clients just closed, and those still kept from earlier disconnections, go to the live
+//!    peers, so that the clients that reconnect elsewhere still get them back;
+//! 4. **leave the cluster** (raft membership, goodbye to the peers), once no client is left here;
+//! 5. **stop** the listeners (Socket.IO, admin, Redis) and wait for every task.
 //!
 //! Each step gets what is left of the deadline; a step that overruns is cut short and logged,
 //! and the node still exits at the deadline.
@@ -50,6 +53,11 @@ const SOCKETIO_BACKLOG: u32 = 4096;
 /// Of what is left of the deadline when the clients are being closed, the share kept for
 /// leaving the cluster and stopping the listeners.
 const LEAVE_SHARE: f64 = 0.5;
+/// Of what is left of the deadline once the clients are closed, the share the hand-over of the
+/// recoverable sessions may take.
+const HANDOFF_SHARE: f64 = 0.3;
+/// How often kept sessions past their window, and broadcasts too old to replay, are dropped.
+const RECOVERY_EXPIRY_PERIOD: Duration = Duration::from_secs(1);
 
 /// Why a node could not start. Each message names what failed and where.
 #[derive(Debug, thiserror::Error)]
@@ -194,6 +202,9 @@ impl Node {
 
         let shutdown = Shutdown::new();
         let draining = CancellationToken::new();
+        if io.recovery_enabled() {
+            shutdown.spawn(expire_recovery(io.clone(), shutdown.token().clone()));
+        }
         let presence = Presence::new(io.clone(), config.presence.clone());
         let mut kv: Option<Arc<dyn KvBackend>> = cluster.as_ref().map(|c| Arc::new(c.raft().clone()) as _);
         if presence.is_enabled() {
@@ -290,6 +301,13 @@ impl Node {
         }
 
         if let Some(node) = &cluster {
+            // The clients are closed and their sessions kept: the peers take them (recoveries
+            // asked of this node until now were answered by it).
+            let sessions = io.export_recovery();
+            if !sessions.is_empty() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                node.hand_off_sessions(&io, sessions, left.mul_f64(HANDOFF_SHARE)).await;
+            }
             // Leave after the clients are gone: until then the peers keep forwarding here.
             let left = deadline.saturating_duration_since(Instant::now());
             node.shutdown(left.mul_f64(LEAVE_SHARE)).await;
@@ -303,6 +321,19 @@ impl Node {
             tracing::warn!("the shutdown deadline (shutdown_grace_ms) passed with work still running");
         }
         on_time
+    }
+}
+
+/// Drops expired recoverable sessions and old broadcasts every [`RECOVERY_EXPIRY_PERIOD`] (the
+/// recovery operations also do it on their way; this frees them on an idle node too).
+async fn expire_recovery(io: Server, stop: CancellationToken) {
+    let mut ticker = tokio::time::interval(RECOVERY_EXPIRY_PERIOD);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticker.tick() => io.expire_recovery(),
+        }
     }
 }
 
@@ -406,6 +437,7 @@ fn socketio_config(config: &Config, capacity: usize) -> SocketIoConfig {
         // Socket and session ids carry the node id, so other nodes route a socket's own room and
         // a session's requests to it.
         node_tag: config.node_id.map_or(0, |id| u32::try_from(id & 0x00ff_ffff).unwrap_or(0)),
+        recovery: config.recovery(),
         ..SocketIoConfig::default()
     }
 }

@@ -15,8 +15,9 @@
 //! it. A `Goodbye` marks it left at once. A higher incarnation (a restart) replaces everything
 //! known of the node.
 //!
-//! **Room interest** (rooms with at least one local member, per namespace; socket-id rooms are
-//! never included: a socket id names its node) spreads as versioned deltas, each sent by its
+//! **Room interest** (rooms with at least one local member, per namespace; a socket-id room only
+//! when the runtime reports it: a socket id names its node, except for a session recovered on
+//! another node, whose node then announces the id as interest) spreads as versioned deltas, each sent by its
 //! origin straight to every peer on the ordered stream that also carries its broadcasts. A
 //! receiver applies a delta only on top of exactly the version it holds. Anti-entropy: when a
 //! link (re)forms both sides send their whole interest (a snapshot); and because an origin's
@@ -250,11 +251,9 @@ impl GossipState {
     }
 
     /// Records that local room `room` of `nsp` now has (`present`) or has no local members.
-    /// Socket-id rooms are ignored. The change goes out with the next [`GossipState::take_delta`].
+    /// The runtime reports a socket-id room only when the id names another node (a session
+    /// recovered here). The change goes out with the next [`GossipState::take_delta`].
     pub fn set_local_room(&mut self, nsp: &str, room: &str, present: bool) {
-        if Sid::parse(room).is_some() {
-            return;
-        }
         let rooms = self.rooms.entry(nsp.to_owned()).or_default();
         let changed = if present { rooms.insert(room.to_owned()) } else { rooms.remove(room) };
         if rooms.is_empty() {
@@ -566,8 +565,8 @@ impl GossipState {
     }
 
     /// The nodes a broadcast to `rooms` of `nsp` must be forwarded to: every live node for a
-    /// namespace-wide one; else the node a socket-id room names, and the nodes with interest in
-    /// any other room.
+    /// namespace-wide one; else the node a socket-id room names and the nodes announcing that id
+    /// (a session recovered there), and the nodes with interest in any other room.
     pub fn targets(&self, nsp: &str, rooms: &[String]) -> Vec<NodeId> {
         if rooms.is_empty() {
             return self.live_peers();
@@ -579,7 +578,8 @@ impl GossipState {
             }
             let ns_rooms = peer.rooms.get(nsp);
             let wanted = rooms.iter().any(|room| match Sid::parse(room) {
-                Some(sid) => u64::from(sid.tag()) == node & 0x00ff_ffff,
+                Some(sid) if u64::from(sid.tag()) == node & 0x00ff_ffff => true,
+                Some(_) => ns_rooms.is_some_and(|r| r.contains(room)),
                 None => {
                     ns_rooms.is_some_and(|r| r.contains(room))
                         || self.wide.contains_key(&(nsp.to_owned(), room.clone()))
@@ -692,16 +692,20 @@ mod tests {
     }
 
     #[test]
-    fn socket_id_rooms_are_routed_by_their_tag_not_gossiped() {
+    fn socket_id_rooms_are_routed_by_their_tag_and_by_announced_interest() {
         let now = Instant::now();
         let mut a = state(1);
         a.peer_up(2, 1, "", now);
         a.peer_up(3, 1, "", now);
         let sid = Sid::with_tag(3).as_str().to_owned();
-        let mut c = state(3);
-        c.set_local_room("/", &sid, true);
-        assert_eq!(c.take_delta(), None);
         assert_eq!(a.targets("/", std::slice::from_ref(&sid)), vec![3]);
+        // Node 2 holds a session recovered from node 3: it announces that id as interest.
+        let mut b = state(2);
+        b.set_local_room("/", &sid, true);
+        let delta = b.take_delta().unwrap();
+        assert!(a.on_gossip(2, &Gossip::Delta(delta), now).is_empty());
+        assert_eq!(a.targets("/", std::slice::from_ref(&sid)), vec![2, 3]);
+        assert_eq!(a.targets("/", &[Sid::with_tag(2).as_str().to_owned()]), vec![2]);
     }
 
     #[test]

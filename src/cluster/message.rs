@@ -12,7 +12,9 @@ use bytes::Bytes;
 use crate::engineio::{RelayRequest, RelayResponse};
 use crate::resp::kv::{KvOp, KvValue};
 use crate::rooms::{Broadcast, Selector};
-use crate::socketio::{AckedBroadcast, Payload, RemoteSocket, SocketsOp};
+use crate::socketio::{
+    AckedBroadcast, Payload, RecoveredSession, Refusal, RelayedPacket, RemoteSocket, SessionRecord, SocketsOp,
+};
 
 /// A cluster node id (the raft node id).
 pub type NodeId = u64;
@@ -62,6 +64,8 @@ pub enum Message {
     RelayRequest(RelayRequest),
     /// The answer to a [`Message::RelayRequest`].
     RelayResponse(RelayResponse),
+    /// Connection state recovery: a broadcast for a session that moved to the receiver.
+    Relay(RelayedPacket),
 }
 
 /// What one node counts for each presence key; replaces what it sent before.
@@ -278,6 +282,18 @@ pub enum RequestOp {
         /// Shard channels rather than channels.
         shard: bool,
     },
+    /// Connection state recovery: hand over the disconnected session `pid` of `namespace` for a
+    /// client at `offset` (on the wire: `RecoverSession`).
+    RecoverSession {
+        /// Namespace name.
+        namespace: String,
+        /// The client's private id.
+        pid: String,
+        /// The client's offset, as text.
+        offset: Option<String>,
+    },
+    /// Connection state recovery: keep these sessions of a draining node (`HandOffSessions`).
+    HandOffSessions(Vec<SessionRecord>),
 }
 
 /// The answer to a [`ClusterRequest`].
@@ -310,6 +326,8 @@ pub enum ReplyBody {
     },
     /// One count per requested channel.
     Counts(Vec<u64>),
+    /// The session handed over, or why not (`RecoverSessionReply`).
+    RecoverSession(Result<Box<RecoveredSession>, Refusal>),
     /// The request failed on that node.
     Error {
         /// Why.

@@ -22,6 +22,9 @@
 //! - `relay`: Engine.IO requests relayed to the node holding the session (polling GET/POST on a
 //!   bi stream each, WebSockets tunnelled), so load balancers need no sticky sessions; it
 //!   implements `engineio::Relay`.
+//! - `recovery` (private): connection state recovery across nodes: a session taken from the
+//!   node that holds it for a client reconnecting elsewhere, sessions handed over by a draining
+//!   node.
 
 pub mod credentials;
 pub mod gossip;
@@ -29,6 +32,7 @@ pub mod message;
 pub mod node;
 pub mod raft;
 mod relay;
+mod recovery;
 pub mod transport;
 mod wire;
 

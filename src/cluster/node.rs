@@ -339,7 +339,7 @@ impl Inner {
         dirty
             .into_iter()
             .map(|(nsp, room)| {
-                let present = self.io.namespace(&nsp).is_some_and(|ns| ns.registry().len_of(&room) > 0);
+                let present = self.io.namespace(&nsp).is_some_and(|ns| ns.has_local_interest(&room));
                 (nsp, room, present)
             })
             .collect()
@@ -388,7 +388,12 @@ impl Inner {
             }
             // A fire-and-forget operation, in order with the sender's broadcasts.
             Message::Request(request) => {
-                let _ = self.run_local_now(&request.op);
+                let _ = self.run_local_now(from, &request.op);
+            }
+            Message::Relay(relayed) => {
+                if let Some(ns) = self.io.namespace(&relayed.nsp) {
+                    ns.receive_relayed(&relayed);
+                }
             }
             other => tracing::debug!(from, kind = ?std::mem::discriminant(&other), "unexpected ordered message"),
         }
@@ -396,7 +401,7 @@ impl Inner {
 
     /// Runs an operation that needs no waiting on this node's sockets; `None` for the ones that
     /// wait (broadcast with acks).
-    fn run_local_now(&self, op: &RequestOp) -> Option<ReplyBody> {
+    fn run_local_now(&self, from: NodeId, op: &RequestOp) -> Option<ReplyBody> {
         let affected = |n: usize| Some(ReplyBody::Done { affected: n as u64 });
         match op {
             RequestOp::Sockets { selector, op } => {
@@ -435,13 +440,20 @@ impl Inner {
                     .map(|c| if *shard { self.broker.shard_numsub(c) } else { self.broker.numsub(c) } as u64)
                     .collect(),
             )),
+            RequestOp::RecoverSession { namespace, pid, offset } => {
+                let result = self.io.recover_for_peer(namespace, pid, offset.as_deref(), from);
+                Some(ReplyBody::RecoverSession(result.map(Box::new)))
+            }
+            RequestOp::HandOffSessions(records) => {
+                Some(ReplyBody::Done { affected: self.io.import_recovery(records.clone()) as u64 })
+            }
             RequestOp::BroadcastWithAck(_) => None,
         }
     }
 
     /// Answers a request from another node.
-    async fn answer(&self, request: ClusterRequest) -> ReplyBody {
-        if let Some(body) = self.run_local_now(&request.op) {
+    async fn answer(&self, from: NodeId, request: ClusterRequest) -> ReplyBody {
+        if let Some(body) = self.run_local_now(from, &request.op) {
             return body;
         }
         let RequestOp::BroadcastWithAck(acked) = request.op else {
@@ -521,6 +533,7 @@ fn to_request_op(op: RemoteOp) -> (RequestOp, Option<Duration>) {
             (RequestOp::ServerSideEmit { namespace: nsp, data_json, want_ack: false }, None)
         }
         RemoteOp::EmitWithAck(acked, timeout) => (RequestOp::BroadcastWithAck(acked), Some(timeout)),
+        RemoteOp::Recover { nsp, pid, offset } => (RequestOp::RecoverSession { namespace: nsp, pid, offset }, None),
     }
 }
 
@@ -553,6 +566,10 @@ impl Adapter for Handle {
         let (op, _) = to_request_op(op);
         let peers = self.0.live_peers();
         self.0.send_to(&peers, &Message::Request(ClusterRequest { request_id: 0, timeout: Duration::ZERO, op }));
+    }
+
+    fn relay(&self, to: u64, packet: crate::socketio::RelayedPacket) {
+        self.0.send_to(&[to], &Message::Relay(packet));
     }
 }
 
@@ -598,6 +615,7 @@ fn outcome_of(answers: Vec<(NodeId, ReplyBody)>, missing: Vec<NodeId>) -> Remote
                 outcome.affected += client_count as usize;
                 outcome.acks.extend(acks.into_iter().map(|a| a.payload));
             }
+            ReplyBody::RecoverSession(result) => super::recovery::merge(&mut outcome.recovered, result.map(|s| *s)),
             ReplyBody::ServerSideEmit(_) | ReplyBody::Counts(_) | ReplyBody::Error { .. } => {}
         }
     }
@@ -682,7 +700,7 @@ async fn inbox_loop(inner: Arc<Inner>, mut incoming: mpsc::Receiver<Incoming>) {
                         }
                         Message::Request(request) => {
                             let request_id = request.request_id;
-                            Message::Reply(ClusterReply { request_id, result: inner.answer(request).await })
+                            Message::Reply(ClusterReply { request_id, result: inner.answer(from, request).await })
                         }
                         _ => return,
                     };

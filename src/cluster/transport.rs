@@ -1187,6 +1187,7 @@ mod tests {
                     text: Bytes::from(format!("42[\"n\",{sequence}]")),
                     attachments: vec![Bytes::from(vec![7u8; (sequence % 5) as usize])],
                 },
+                offset: None,
             },
         })
     }

@@ -245,6 +245,11 @@ impl Forwarder {
         if let Some(reason) = reason {
             message["reason"] = json!(reason);
         }
+        if kind == Lifecycle::Connect && socket.recovered() {
+            // A session its client got back (connection state recovery): the app saw its
+            // `$disconnect` and sees this `$connect`, told apart by this flag.
+            message["recovered"] = json!(true);
+        }
         let mut calls = Vec::new();
         for route in self.0.routes.iter().filter(|r| r.rule.forwards(socket.nsp(), kind)) {
             match &route.sink {

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use super::Selector;
+use super::{Offset, Selector};
 use crate::engineio::packet::Frame;
 
 /// Flags that change how a broadcast is delivered.
@@ -55,4 +55,7 @@ pub struct Broadcast {
     pub flags: BroadcastFlags,
     /// The packet, encoded once.
     pub packet: EncodedPacket,
+    /// With connection state recovery: the offset the packet carries as its last argument, under
+    /// which every node that executes it logs it (`None`: not recoverable, e.g. volatile).
+    pub offset: Option<Offset>,
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::payload::Payload;
+use super::recovery::{RecoveredSession, Refusal, RelayedPacket};
 use super::runner::SocketsOp;
 use super::socket::Socket;
 use crate::rooms::{Broadcast, Selector};
@@ -35,6 +36,16 @@ pub enum RemoteOp {
     },
     /// A broadcast whose recipients' acks are collected for at most `timeout`.
     EmitWithAck(AckedBroadcast, Duration),
+    /// Connection state recovery: the node holding the disconnected session `pid` of `nsp`
+    /// hands it over (and forgets it) with the packets a client at `offset` missed.
+    Recover {
+        /// Namespace name.
+        nsp: String,
+        /// The private id the client sent.
+        pid: String,
+        /// The offset the client sent (the last it received), as text.
+        offset: Option<String>,
+    },
 }
 
 /// A broadcast that asks each recipient for an acknowledgement, as it travels to other nodes:
@@ -108,6 +119,9 @@ pub struct RemoteOutcome {
     pub answered: Vec<u64>,
     /// Nodes that did not answer in time (or failed).
     pub missing: Vec<u64>,
+    /// [`RemoteOp::Recover`]: the session a node handed over, or why the node holding it
+    /// refused; `None` when no node held it.
+    pub recovered: Option<Result<RecoveredSession, Refusal>>,
 }
 
 /// A boxed future of a [`RemoteOutcome`].
@@ -130,4 +144,8 @@ pub trait Adapter: Send + Sync + std::fmt::Debug + 'static {
     /// forwarded broadcasts (a `socketsJoin` followed by a broadcast to the joined room reaches
     /// every node in that order).
     fn send_ordered(&self, op: RemoteOp);
+
+    /// Connection state recovery: sends node `to` a broadcast for a session that moved there,
+    /// in order with this node's forwarded broadcasts. Never waits.
+    fn relay(&self, to: u64, packet: RelayedPacket);
 }

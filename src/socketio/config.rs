@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::recovery::RecoveryConfig;
 use crate::engineio::EngineConfig;
 
 /// Which namespaces clients may connect to.
@@ -38,6 +39,8 @@ pub struct SocketIoConfig {
     pub max_namespaces: usize,
     /// 24-bit tag written into every socket id, telling which node owns it.
     pub node_tag: u32,
+    /// Connection state recovery; `None` (the default) keeps it off.
+    pub recovery: Option<RecoveryConfig>,
 }
 
 impl Default for SocketIoConfig {
@@ -52,6 +55,7 @@ impl Default for SocketIoConfig {
             namespaces: NamespacePolicy::Registered,
             max_namespaces: 1024,
             node_tag: 0,
+            recovery: None,
         }
     }
 }

@@ -13,6 +13,8 @@
 //!   to `/`, auth from a query string, CONNECT replies and refusals without `{sid}` / objects.
 //! - `reason`: why a socket left, a CONNECT was refused, a packet was dropped
 //!   (typed down to the metrics' `reason` labels).
+//! - `recovery`: connection state recovery: the log of recoverable broadcasts and the
+//!   disconnected sessions (a pure core in `recovery/state.rs`), private ids, offsets.
 
 pub mod adapter;
 mod config;
@@ -22,6 +24,7 @@ mod operator;
 pub(crate) mod packet;
 mod payload;
 pub(crate) mod reason;
+pub(crate) mod recovery;
 mod runner;
 mod server;
 mod socket;
@@ -32,6 +35,7 @@ pub use namespace::{ConnectError, ConnectGrant, ConnectRequest, Event, Namespace
 pub use operator::{AckResults, BroadcastOperator, ClusterCount, FetchedSockets};
 pub use payload::Payload;
 pub use reason::DisconnectReason;
+pub use recovery::{MissedPacket, RecoveredSession, RecoveryConfig, Refusal, RelayedPacket, SessionRecord};
 pub use runner::SocketsOp;
 pub use server::{ClientState, Server};
 pub use socket::{AckError, AckSender, SendError, Socket};

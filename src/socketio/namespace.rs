@@ -16,8 +16,10 @@ use super::adapter::Adapter;
 use super::operator::BroadcastOperator;
 use super::packet::Packet;
 use super::payload::Payload;
+use super::recovery::Recovery;
 use super::server::{ClientState, ServerInner};
 use super::socket::{AckSender, Socket};
+use crate::engineio::session::Enqueued;
 use crate::engineio::{Connection, Handshake};
 use crate::rooms::{Broadcast, RoomRegistry, Selector};
 use crate::sid::Sid;
@@ -144,6 +146,7 @@ pub(crate) struct NamespaceInner {
     handlers: RwLock<Handlers>,
     tasks: TaskTracker,
     adapter: Arc<OnceLock<Arc<dyn Adapter>>>,
+    recovery: Option<Arc<Recovery>>,
     pub(crate) max_rooms_per_socket: usize,
     pub(crate) max_pending_acks: usize,
     pub(crate) ack_timeout: std::time::Duration,
@@ -167,6 +170,7 @@ impl Namespace {
             handlers: RwLock::new(Handlers::default()),
             tasks: server.tasks.clone(),
             adapter: server.adapter.clone(),
+            recovery: server.recovery.clone(),
             max_rooms_per_socket: server.config.max_rooms_per_socket,
             max_pending_acks: server.config.max_pending_acks,
             ack_timeout: server.config.ack_timeout,
@@ -340,6 +344,28 @@ impl Namespace {
         }
     }
 
+    /// The node's connection state recovery, when on.
+    pub(crate) fn recovery(&self) -> Option<&Arc<Recovery>> {
+        self.0.recovery.as_ref()
+    }
+
+    /// Whether this node must receive the broadcasts to `room` of this namespace: a socket here
+    /// is in it, a disconnected session kept here was, or it is the own room of a socket here
+    /// whose id names another node (a session recovered here from elsewhere).
+    pub fn has_local_interest(&self, room: &str) -> bool {
+        if self.0.rooms.len_of(room) > 0 {
+            return true;
+        }
+        let Some(recovery) = &self.0.recovery else { return false };
+        if let Some(sid) = Sid::parse(room)
+            && sid.tag() != recovery.node_tag()
+            && self.0.sockets.contains_key(&sid)
+        {
+            return true;
+        }
+        recovery.has_interest(&self.0.name, room)
+    }
+
     pub(crate) fn max_rooms_per_socket(&self) -> usize {
         self.0.max_rooms_per_socket
     }
@@ -424,13 +450,81 @@ impl Namespace {
     }
 
     /// Executes a broadcast on this node's sockets; returns the number of recipients.
+    ///
+    /// With connection state recovery, a broadcast with an offset is logged first and sent
+    /// under the recovery lock, so that the log's order is the order each socket was sent it;
+    /// each recipient's tracking records whether it was queued. A broadcast whose offset this
+    /// node already logged is not executed again.
     pub(crate) fn execute(&self, b: &Broadcast) -> usize {
+        let (Some(recovery), Some(offset), false) = (&self.0.recovery, b.offset, b.flags.volatile) else {
+            return self.fan_out(b, |socket, frames| {
+                socket.send_frames(frames, b.flags.volatile);
+            });
+        };
+        let mut state = recovery.lock();
+        let now = std::time::Instant::now();
+        let Some((seq, relays)) = state.log(now, offset, &b.selector, &b.packet) else {
+            return 0;
+        };
+        let recipients = self.fan_out(b, |socket, frames| {
+            let Some(tracking) = socket.tracking() else {
+                socket.send_frames(frames, false);
+                return;
+            };
+            let mut tracking = tracking.lock();
+            if tracking.take_apart(now, offset) {
+                return;
+            }
+            match socket.send_frames(frames, false) {
+                Enqueued::Queued => tracking.queued(offset),
+                Enqueued::Closed => tracking.failed(seq),
+                Enqueued::DroppedVolatile | Enqueued::TooLarge => {}
+            }
+        });
+        // The gauges move with the sessions and once a second (not per broadcast).
+        drop(state);
+        recovery.relay(relays);
+        recipients
+    }
+
+    /// Connection state recovery: another node relays a broadcast for socket `sid`, a session
+    /// that moved here (see [`super::RelayedPacket`]): sent to the socket unless it already got
+    /// it here, or kept with its session. Returns whether the socket was sent it.
+    pub fn receive_relayed(&self, relayed: &super::RelayedPacket) -> bool {
+        let Some(recovery) = &self.0.recovery else { return false };
+        let socket = self.socket(relayed.sid.as_str());
+        let tracking = socket.as_ref().and_then(Socket::tracking);
+        let mut state = recovery.lock();
+        let now = std::time::Instant::now();
+        let since = match tracking {
+            Some(t) => {
+                let mut t = t.lock();
+                // Already sent to it apart (replayed, relayed by another node).
+                if t.take_apart(now, relayed.packet.offset) {
+                    return false;
+                }
+                Some(t.since)
+            }
+            None => None,
+        };
+        if !state.log_relayed(now, &self.0.name, relayed.sid, &relayed.packet, since) {
+            return false;
+        }
+        let (Some(socket), Some(tracking)) = (&socket, tracking) else { return false };
+        if socket.send_frames(&relayed.packet.packet.frames(), false) == Enqueued::Queued {
+            tracking.lock().queued_apart(now, relayed.packet.offset);
+        }
+        true
+    }
+
+    /// Sends `b` to the sockets it selects here, each through `send`; returns how many.
+    fn fan_out(&self, b: &Broadcast, mut send: impl FnMut(&Socket, &[crate::engineio::packet::Frame])) -> usize {
         let frames = b.packet.frames();
         let except = self.members_of(&b.selector.except);
         let mut recipients = 0usize;
         let mut deliver = |socket: &Socket| {
             if !except.contains(&socket.sid()) {
-                socket.send_frames(&frames, b.flags.volatile);
+                send(socket, &frames);
                 recipients += 1;
             }
         };

@@ -6,7 +6,7 @@ use super::adapter::{AckedBroadcast, RemoteOp, RemoteOutcome, RemoteSocket};
 use super::namespace::Namespace;
 use super::payload::Payload;
 use super::runner::{self, SocketsOp};
-use super::socket::{Socket, encode_event};
+use super::socket::{Socket, encode_event_at};
 use crate::rooms::{Broadcast, BroadcastFlags, Selector};
 
 /// Targets and flags of a broadcast, and the actions on those targets.
@@ -95,12 +95,15 @@ impl BroadcastOperator {
         self
     }
 
-    /// The broadcast value this operator would execute for `event`.
+    /// The broadcast value this operator would execute for `event`. With connection state
+    /// recovery, a broadcast that is not volatile gets a fresh offset as its last argument.
     pub fn build(&self, event: &str, payload: &Payload) -> Broadcast {
+        let offset = if self.flags.volatile { None } else { self.ns.recovery().map(|r| r.mint()) };
         Broadcast {
             selector: self.selector.clone(),
             flags: self.flags,
-            packet: encode_event(self.ns.name(), None, event, payload),
+            packet: encode_event_at(self.ns.name(), None, event, payload, offset),
+            offset,
         }
     }
 

@@ -59,6 +59,20 @@ impl DisconnectReason {
         }
     }
 
+    /// Whether a socket that left for this reason is kept for connection state recovery (the
+    /// connection died or the server went away; not when the client or the server chose to end
+    /// the socket, nor for a client that broke the protocol or fell too far behind).
+    pub const fn is_recoverable(self) -> bool {
+        matches!(
+            self,
+            Self::TransportClose
+                | Self::TransportError
+                | Self::PingTimeout
+                | Self::ForcedClose
+                | Self::ServerShuttingDown
+        )
+    }
+
     /// The `reason` label value of `ioswarm_socketio_disconnects_total`.
     pub const fn label(self) -> &'static str {
         match self {

@@ -19,8 +19,10 @@ use super::eio3;
 use super::namespace::{Granted, Namespace};
 use super::packet::{self, BinaryCollector, Packet, PacketKind};
 use super::reason::{ConnectErrorReason, DisconnectReason};
+use super::recovery::{self, Attempt, RecoveredSession, Recovery, Refusal, SessionRecord, SocketRecovery, Tracking};
 use super::socket::Socket;
 use crate::engineio::{Body, CloseReason, Connection, Engine, Handler, Message, Protocol};
+use crate::rooms::Offset;
 use crate::sid::Sid;
 
 /// A Socket.IO server. Cheap to clone.
@@ -39,6 +41,8 @@ pub(crate) struct ServerInner {
     template: Mutex<Option<Template>>,
     pub(crate) adapter: Arc<OnceLock<Arc<dyn Adapter>>>,
     pub(crate) tasks: TaskTracker,
+    /// Connection state recovery, when on.
+    pub(crate) recovery: Option<Arc<Recovery>>,
 }
 
 impl std::fmt::Debug for ServerInner {
@@ -53,12 +57,19 @@ impl Server {
         let mut engine_config = config.engine.clone();
         // Session ids carry the node too: a protocol 3 socket of `/` takes its session's id.
         engine_config.node_tag = config.node_tag;
+        let adapter = Arc::new(OnceLock::new());
+        // A dead connection goes unnoticed for up to a ping interval and timeout, during which
+        // broadcasts are still queued to it: the log keeps them that much longer.
+        let unnoticed = engine_config.ping_interval + engine_config.ping_timeout;
+        let recovery =
+            config.recovery.map(|r| Arc::new(Recovery::new(&r, unnoticed, config.node_tag, adapter.clone())));
         let inner = Arc::new(ServerInner {
             config,
             namespaces: DashMap::new(),
             template: Mutex::new(None),
-            adapter: Arc::new(OnceLock::new()),
+            adapter,
             tasks: TaskTracker::new(),
+            recovery,
         });
         let engine = Engine::new(engine_config, SioHandler { server: inner.clone() });
         Self { inner, engine }
@@ -121,6 +132,82 @@ impl Server {
     /// [`crate::engineio::Engine::close_spread`]). Call [`Self::shutdown`] afterwards.
     pub async fn close_spread(&self, spread: std::time::Duration) {
         self.engine.close_spread(spread).await;
+    }
+
+    /// Takes the disconnected session `pid` of namespace `nsp` for a client reconnecting to
+    /// another node with `offset` (the cluster asks every node; the one holding it answers). A
+    /// socket still connected here under that private id is ended first: its client, which
+    /// alone holds the private id, has reconnected elsewhere. What this node logs for the session
+    /// during a short grace period is relayed to node `requester`.
+    pub fn recover_for_peer(
+        &self,
+        nsp: &str,
+        pid: &str,
+        offset: Option<&str>,
+        requester: u64,
+    ) -> Result<RecoveredSession, Refusal> {
+        let (Some(recovery), Some((sid, secret))) = (&self.inner.recovery, recovery::parse_pid(pid)) else {
+            return Err(Refusal::NotFound);
+        };
+        let Some(ns) = self.namespace(nsp) else { return Err(Refusal::NotFound) };
+        let result = take_here(recovery, &ns, sid, secret, offset, Some(requester));
+        if result.is_ok() {
+            tracing::debug!(sid = %sid, nsp, "session handed to another node");
+        }
+        result
+    }
+
+    /// Takes every kept disconnected session out, for a peer to import (a draining node).
+    pub fn export_recovery(&self) -> Vec<SessionRecord> {
+        let Some(recovery) = &self.inner.recovery else { return Vec::new() };
+        let mut state = recovery.lock();
+        let (records, changes) = state.export_all(std::time::Instant::now());
+        Recovery::gauges(&state);
+        drop(state);
+        recovery.changed(changes);
+        records
+    }
+
+    /// The exported sessions `sids` reached node `to`: what this node logged for them since
+    /// (and logs during a short grace period) is relayed there.
+    pub fn recovery_handed_to(&self, sids: &[Sid], to: u64) {
+        let Some(recovery) = &self.inner.recovery else { return };
+        let mut state = recovery.lock();
+        let relays: Vec<_> = sids.iter().flat_map(|sid| state.moved_to(*sid, to)).collect();
+        drop(state);
+        recovery.relay(relays);
+    }
+
+    /// Keeps sessions a draining peer handed over; returns how many.
+    pub fn import_recovery(&self, records: Vec<SessionRecord>) -> usize {
+        let Some(recovery) = &self.inner.recovery else { return 0 };
+        let n = records.len();
+        let tag = recovery.node_tag();
+        let mut state = recovery.lock();
+        let changes = state.import(std::time::Instant::now(), records, |sid| sid.tag() != tag);
+        Recovery::gauges(&state);
+        drop(state);
+        recovery.changed(changes);
+        metrics::counter!(crate::metrics::RECOVERY_TRANSFERS, crate::metrics::label::KIND => "received")
+            .increment(n as u64);
+        n
+    }
+
+    /// Drops the disconnected sessions whose window passed and the broadcasts too old to be
+    /// replayed (also done on the way by every recovery operation; call it periodically so that
+    /// an idle node frees them too).
+    pub fn expire_recovery(&self) {
+        let Some(recovery) = &self.inner.recovery else { return };
+        let mut state = recovery.lock();
+        let changes = state.expire(std::time::Instant::now());
+        Recovery::gauges(&state);
+        drop(state);
+        recovery.changed(changes);
+    }
+
+    /// Whether connection state recovery is on.
+    pub fn recovery_enabled(&self) -> bool {
+        self.inner.recovery.is_some()
     }
 
     /// Disconnects every client (they see a transport close and reconnect
@@ -354,8 +441,39 @@ impl SioHandler {
             send_connect_error(conn, &nsp, &serde_json::json!({"message": "Invalid namespace"}));
             return;
         };
+        let mut auth = auth;
+        // A 2.x client (Socket.IO protocol 4) has no connection state recovery: it never sends
+        // a private id, and its CONNECT reply carries none.
+        let recovery_on = self.server.recovery.is_some() && conn.protocol() == Protocol::V4;
+        let start = if recovery_on { recovery::client_offset(&auth) } else { None };
+        let attempt = if recovery_on { Attempt::from_auth(&auth) } else { None };
+        if recovery_on {
+            // The private id is a credential: middleware, hooks and `socket.auth()` never see it.
+            recovery::strip(&mut auth);
+        }
+        if let (Some(recovery), Some(attempt)) = (&self.server.recovery, attempt) {
+            match take_here(recovery, &ns, attempt.sid, attempt.secret, attempt.offset.as_deref(), None) {
+                Ok(session) => {
+                    recovery::count_attempt(Ok(()));
+                    return self.finish_recovered(conn, state, ns, auth, session);
+                }
+                Err(Refusal::NotFound) if self.server.adapter.get().is_some() => {
+                    return self.recover_remote(conn, ns, auth, attempt, start);
+                }
+                Err(refusal) => {
+                    tracing::debug!(sid = %attempt.sid, reason = %refusal, "session not recovered; a fresh one");
+                    recovery::count_attempt(Err(refusal));
+                }
+            }
+        }
+        self.connect_fresh(conn, state, ns, auth, start);
+    }
+
+    /// A CONNECT that recovers nothing: the middleware, then the socket (whose client holds
+    /// the offset `start`, with recovery).
+    fn connect_fresh(&self, conn: &Conn, state: &ClientState, ns: Namespace, auth: Value, start: Option<Offset>) {
         if !ns.has_middleware() {
-            self.finish_connect(conn, state, ns, auth, Granted::default());
+            self.finish_connect(conn, state, ns, auth, Granted::default(), start);
             return;
         }
         let handler = SioHandler { server: self.server.clone() };
@@ -364,7 +482,7 @@ impl SioHandler {
             let verdict = ns.run_middleware(&conn, &auth).await;
             let Some(state) = conn.state() else { return };
             match verdict {
-                Ok(granted) => handler.finish_connect(&conn, state, ns, auth, granted),
+                Ok(granted) => handler.finish_connect(&conn, state, ns, auth, granted, start),
                 Err(err) => {
                     state.inner.lock().pending.retain(|n| n != ns.name());
                     count_connect_error(ConnectErrorReason::Middleware);
@@ -378,41 +496,211 @@ impl SioHandler {
         });
     }
 
-    fn finish_connect(&self, conn: &Conn, state: &ClientState, ns: Namespace, auth: Value, granted: Granted) {
+    /// No session here: asks the other nodes (the one holding it hands it over); a fresh
+    /// socket when none does.
+    fn recover_remote(&self, conn: &Conn, ns: Namespace, auth: Value, attempt: Attempt, start: Option<Offset>) {
+        let Some(adapter) = self.server.adapter.get().cloned() else { return };
+        let handler = SioHandler { server: self.server.clone() };
+        let conn = conn.clone();
+        let recovery = self.server.recovery.clone();
+        if let Some(recovery) = &recovery {
+            recovery.lock().expect(std::time::Instant::now(), attempt.sid);
+        }
+        self.server.tasks.spawn(async move {
+            let op = super::RemoteOp::Recover { nsp: ns.name().to_owned(), pid: attempt.pid, offset: attempt.offset };
+            let outcome = adapter.request(op).await;
+            let recovered = matches!(outcome.recovered, Some(Ok(_)));
+            if let (Some(recovery), false) = (&recovery, recovered) {
+                recovery.lock().unexpect(&attempt.sid);
+            }
+            let Some(state) = conn.state() else {
+                if let Some(recovery) = &recovery {
+                    recovery.lock().unexpect(&attempt.sid);
+                }
+                return;
+            };
+            match outcome.recovered {
+                Some(Ok(session)) => {
+                    recovery::count_attempt(Ok(()));
+                    metrics::counter!(crate::metrics::RECOVERY_TRANSFERS, crate::metrics::label::KIND => "fetched")
+                        .increment(1);
+                    handler.finish_recovered(&conn, state, ns, auth, session);
+                }
+                other => {
+                    let refusal = other.and_then(Result::err).unwrap_or(Refusal::NotFound);
+                    tracing::debug!(sid = %attempt.sid, reason = %refusal, "session not recovered from the cluster; a fresh one");
+                    recovery::count_attempt(Err(refusal));
+                    handler.connect_fresh(&conn, state, ns, auth, start);
+                }
+            }
+        });
+    }
+
+    fn finish_connect(
+        &self,
+        conn: &Conn,
+        state: &ClientState,
+        ns: Namespace,
+        auth: Value,
+        granted: Granted,
+        start: Option<Offset>,
+    ) {
         // A 2.x client takes its session id as the id of its socket of `/` (and says so to its
         // app), so that socket gets it; the session id carries the node tag too.
         let v3 = conn.protocol() == Protocol::V3;
         let sid = if v3 && ns.name() == "/" { conn.sid() } else { Sid::with_tag(self.server.config.node_tag) };
-        let socket = Socket::new(&ns, conn.clone(), auth, granted.data, sid);
+        let tracking = self.server.recovery.as_ref().filter(|_| !v3).map(|_| SocketRecovery {
+            secret: Sid::random(),
+            recovered: false,
+            tracking: parking_lot::Mutex::new(Tracking::new(0, start, true, start)),
+        });
+        let socket = Socket::new(&ns, conn.clone(), auth, granted.data, sid, tracking);
+        let arrival = Arrival { rooms: &granted.rooms, missed: &[], marks: &[] };
+        if !self.add_socket(conn, state, &ns, &socket, arrival) {
+            return;
+        }
+        metrics::counter!(crate::metrics::SOCKETIO_CONNECTS).increment(1);
+        metrics::gauge!(crate::metrics::SOCKETIO_SOCKETS).increment(1.0);
+        ns.run_connect_handlers(&socket);
+    }
+
+    /// The socket of a recovered session: same id, rooms and data, its missed packets right
+    /// after the CONNECT reply, before anything else; no middleware (the private id is proof).
+    fn finish_recovered(
+        &self,
+        conn: &Conn,
+        state: &ClientState,
+        ns: Namespace,
+        auth: Value,
+        session: RecoveredSession,
+    ) {
+        let last = session.missed.last().map(|p| p.offset).or(session.client_offset);
+        // The replay is logged for this socket as it is sent (see `add_socket`), so a client that
+        // loses it again still gets it back.
+        let tracking = Tracking::new(0, session.client_offset, true, last);
+        let recovery =
+            SocketRecovery { secret: session.secret, recovered: true, tracking: parking_lot::Mutex::new(tracking) };
+        let socket = Socket::new(&ns, conn.clone(), auth, session.data, session.sid, Some(recovery));
+        let arrival = Arrival { rooms: &session.rooms, missed: &session.missed, marks: &session.watermarks };
+        if !self.add_socket(conn, state, &ns, &socket, arrival) {
+            return;
+        }
+        if socket.is_foreign() {
+            ns.room_changed(socket.id());
+        }
+        tracing::debug!(sid = socket.id(), nsp = ns.name(), missed = session.missed.len(), "session recovered");
+        metrics::counter!(crate::metrics::SOCKETIO_CONNECTS).increment(1);
+        metrics::gauge!(crate::metrics::SOCKETIO_SOCKETS).increment(1.0);
+        ns.run_connect_handlers(&socket);
+    }
+
+    /// Adds `socket` to the client and the namespace, joins its rooms and queues the CONNECT
+    /// reply then the missed packets. With recovery, all of it under the recovery lock, so that
+    /// no recoverable broadcast falls between (the socket's tracking starts at the log's next
+    /// sequence). Returns false when the client closed meanwhile.
+    fn add_socket(
+        &self,
+        conn: &Conn,
+        state: &ClientState,
+        ns: &Namespace,
+        socket: &Socket,
+        arrival: Arrival<'_>,
+    ) -> bool {
+        let guard = self.server.recovery.as_ref().map(|r| r.lock());
+        if let (Some(guard), Some(tracking)) = (&guard, socket.tracking()) {
+            tracking.lock().since = guard.next_seq();
+        }
         {
             // Added to the namespace under the client's lock, so that a close
             // racing this connect either sees the socket or prevents it.
             let mut inner = state.inner.lock();
             inner.pending.retain(|n| n != ns.name());
             if inner.closed {
-                return;
+                return false;
             }
             inner.sockets.push(socket.clone());
             ns.add_socket(socket.clone());
         }
-        // Rooms granted by middleware are joined before the client learns it is connected.
-        for room in &granted.rooms {
+        // Rooms granted by middleware (or recovered) are joined before the client learns it is connected.
+        for room in arrival.rooms {
             socket.join(room);
         }
         if let Some(timer) = state.connect_timer.lock().take() {
             let _ = timer.send(());
         }
-        let reply = serde_json::json!({ "sid": socket.id() });
+        let reply = match socket.pid() {
+            Some(pid) => serde_json::json!({ "sid": socket.id(), "pid": pid }),
+            None => serde_json::json!({ "sid": socket.id() }),
+        };
         let mut text = vec![b'4'];
         // Protocol 4 (2.x clients): no payload.
-        let reply = (!v3).then_some(&reply);
+        let reply = (conn.protocol() == Protocol::V4).then_some(&reply);
         packet::encode(PacketKind::Connect, ns.name(), None, reply, 0, &mut text);
         // In a write of its own, before anything the handlers emit (as socket.io does).
         conn.send_frames_own_write(&[crate::engineio::packet::Frame::Text(Bytes::from(text))]);
-        metrics::counter!(crate::metrics::SOCKETIO_CONNECTS).increment(1);
-        metrics::gauge!(crate::metrics::SOCKETIO_SOCKETS).increment(1.0);
-        ns.run_connect_handlers(&socket);
+        let (Some(mut state), Some(tracking), Some(recovery)) = (guard, socket.tracking(), &self.server.recovery)
+        else {
+            return true;
+        };
+        let now = std::time::Instant::now();
+        let mut seen: std::collections::HashSet<_> = arrival.missed.iter().map(|m| m.offset).collect();
+        // From another node: what reached this node before the session did, and the other node
+        // only after it left, comes right after the replay (see `RecoveryState::recent_missed`).
+        let recent = state.recent_missed(now, ns.name(), socket.sid(), arrival.rooms, arrival.marks, &seen);
+        seen.extend(recent.iter().map(|m| m.offset));
+        for missed in arrival.missed.iter().chain(&recent) {
+            state.log_for(now, ns.name(), socket.sid(), missed);
+            // A broadcast replayed here may still reach this node itself (it was on its way).
+            if socket.send_frames(&missed.packet.frames(), false) == crate::engineio::session::Enqueued::Queued {
+                tracking.lock().queued_apart(now, missed.offset);
+            }
+        }
+        // Relays from the node it left that overtook its recovery: after the replay. And this
+        // node no longer relays what concerns it to where it was.
+        let (early, changes) = state.arrived(&socket.sid());
+        for late in early.into_iter().filter(|p| !seen.contains(&p.offset)) {
+            state.log_for(now, ns.name(), socket.sid(), &late);
+            if socket.send_frames(&late.packet.frames(), false) == crate::engineio::session::Enqueued::Queued {
+                tracking.lock().queued_apart(now, late.offset);
+            }
+        }
+        Recovery::gauges(&state);
+        drop(state);
+        recovery.changed(changes);
+        true
     }
+}
+
+/// What a socket arrives with: rooms to join, packets to replay, and for a session from another
+/// node that node's watermarks.
+struct Arrival<'a> {
+    rooms: &'a [String],
+    missed: &'a [super::MissedPacket],
+    marks: &'a [crate::rooms::Offset],
+}
+
+/// Takes the session `sid` here for a client proving `secret`, connected here or to node `to`:
+/// a socket still connected under it is ended first (its client reconnected before its old
+/// connection was found dead).
+fn take_here(
+    recovery: &Recovery,
+    ns: &Namespace,
+    sid: Sid,
+    secret: Sid,
+    offset: Option<&str>,
+    to: Option<u64>,
+) -> Result<RecoveredSession, Refusal> {
+    if let Some(old) = ns.socket(sid.as_str())
+        && old.secret() == Some(secret)
+    {
+        old.take_over();
+    }
+    let mut state = recovery.lock();
+    let (result, changes) = state.take(std::time::Instant::now(), ns.name(), sid, secret, offset, to);
+    Recovery::gauges(&state);
+    drop(state);
+    recovery.changed(changes);
+    result
 }
 
 fn on_binary(state: &ClientState, data: Bytes) -> Result<Decoded, ClientError> {

@@ -14,11 +14,12 @@ use super::operator::BroadcastOperator;
 use super::packet::{self, Packet, PacketKind};
 use super::payload::Payload;
 use super::reason::{DisconnectReason, DropReason};
+use super::recovery::{self, SocketRecovery, Tracking};
 use super::server::ClientState;
 use crate::engineio::packet::Frame;
 use crate::engineio::session::Enqueued;
 use crate::engineio::{Connection, Handshake};
-use crate::rooms::{EncodedPacket, Room};
+use crate::rooms::{EncodedPacket, Offset, Room};
 use crate::sid::Sid;
 
 /// Why a packet could not be queued for a client.
@@ -61,6 +62,8 @@ struct SocketInner {
     data: Mutex<serde_json::Map<String, Value>>,
     rooms: Mutex<Vec<Room>>,
     acks: Mutex<AckTable>,
+    /// With connection state recovery: the private id's secret and what was queued.
+    recovery: Option<SocketRecovery>,
 }
 
 #[derive(Default)]
@@ -83,6 +86,7 @@ impl Socket {
         auth: Value,
         data: serde_json::Map<String, Value>,
         sid: Sid,
+        recovery: Option<SocketRecovery>,
     ) -> Self {
         Self(Arc::new(SocketInner {
             sid,
@@ -92,7 +96,46 @@ impl Socket {
             data: Mutex::new(data),
             rooms: Mutex::new(Vec::new()),
             acks: Mutex::new(AckTable::default()),
+            recovery,
         }))
+    }
+
+    /// Whether this socket is a recovered session (connection state recovery): same id, rooms
+    /// and data as before its client's disconnection, the missed packets replayed.
+    pub fn recovered(&self) -> bool {
+        self.0.recovery.as_ref().is_some_and(|r| r.recovered)
+    }
+
+    /// The private id its client recovers it with (only with connection state recovery).
+    pub(crate) fn pid(&self) -> Option<String> {
+        self.0.recovery.as_ref().map(|r| recovery::pid_of(&self.0.sid, &r.secret))
+    }
+
+    /// The secret half of its private id.
+    pub(crate) fn secret(&self) -> Option<Sid> {
+        self.0.recovery.as_ref().map(|r| r.secret)
+    }
+
+    /// What was queued to it, for recovery (held under the recovery lock).
+    pub(crate) fn tracking(&self) -> Option<&Mutex<Tracking>> {
+        self.0.recovery.as_ref().map(|r| &r.tracking)
+    }
+
+    /// Whether its id names another node (a session recovered here from elsewhere): the other
+    /// nodes then reach its own room through this node's room interest, not through the id.
+    pub(crate) fn is_foreign(&self) -> bool {
+        self.0.ns.recovery().is_some_and(|r| r.node_tag() != self.0.sid.tag())
+    }
+
+    /// Its client reconnected elsewhere before this node noticed the old connection die: the
+    /// socket leaves as if its transport closed (and is kept for that client to recover), then
+    /// the old connection is closed.
+    pub(crate) fn take_over(&self) {
+        if let Some(state) = self.0.conn.state() {
+            state.remove_socket(self);
+        }
+        self.on_disconnected(DisconnectReason::TransportClose);
+        self.0.conn.close();
     }
 
     /// The socket id (also the name of the socket's own room).
@@ -323,11 +366,48 @@ impl Socket {
             acks.closed = true;
             acks.pending.clear();
         }
-        self.leave_all();
-        self.0.ns.remove_socket(self.0.sid);
+        if !self.persist(reason) {
+            self.leave_all();
+            self.0.ns.remove_socket(self.0.sid);
+        }
+        if self.is_foreign() {
+            self.0.ns.room_changed(self.id());
+        }
         metrics::counter!(crate::metrics::SOCKETIO_DISCONNECTS, crate::metrics::label::REASON => reason.label())
             .increment(1);
         self.0.ns.run_disconnect_handlers(self, reason.as_str());
+    }
+}
+
+impl Socket {
+    /// Keeps the session of a socket that left for a recoverable reason: under the recovery
+    /// lock (no recoverable broadcast runs meanwhile) it leaves its rooms and the namespace and
+    /// its rooms, data and deliveries go to the store. Returns false when not kept.
+    fn persist(&self, reason: DisconnectReason) -> bool {
+        let (Some(store), Some(recovery)) = (self.0.ns.recovery(), self.0.recovery.as_ref()) else {
+            return false;
+        };
+        if !reason.is_recoverable() {
+            return false;
+        }
+        let mut state = store.lock();
+        let rooms: Vec<String> = self.0.rooms.lock().iter().map(|r| r.to_string()).collect();
+        self.leave_all();
+        self.0.ns.remove_socket(self.0.sid);
+        let persist = recovery::state::Persist {
+            sid: self.0.sid,
+            secret: recovery.secret,
+            nsp: self.nsp().to_owned(),
+            rooms,
+            data: self.0.data.lock().clone(),
+            tracking: recovery.tracking.lock().clone(),
+            sid_interest: self.is_foreign(),
+        };
+        let changes = state.persist(std::time::Instant::now(), persist);
+        recovery::Recovery::gauges(&state);
+        drop(state);
+        store.changed(changes);
+        true
     }
 }
 
@@ -363,8 +443,27 @@ impl AckSender {
 
 /// Encodes an EVENT (or BINARY_EVENT) once, as the bytes every recipient gets.
 pub(crate) fn encode_event(nsp: &str, id: Option<u64>, event: &str, payload: &Payload) -> EncodedPacket {
+    encode_event_at(nsp, id, event, payload, None)
+}
+
+/// [`encode_event`] with a recovery offset as the last argument (socket.io-client keeps the
+/// last string argument of each event as the offset it sends back on reconnect).
+pub(crate) fn encode_event_at(
+    nsp: &str,
+    id: Option<u64>,
+    event: &str,
+    payload: &Payload,
+    offset: Option<Offset>,
+) -> EncodedPacket {
     let mut text = Vec::with_capacity(16 + event.len() + nsp.len());
     text.push(b'4');
     packet::encode_event(nsp, id, event, &payload.args, payload.attachments.len(), &mut text);
+    if let Some(offset) = offset
+        && text.last() == Some(&b']')
+    {
+        // The offset's text is hexadecimal digits and `~`: nothing to escape.
+        text.pop();
+        text.extend_from_slice(format!(",\"{offset}\"]").as_bytes());
+    }
     EncodedPacket { text: Bytes::from(text), attachments: payload.attachments.clone() }
 }

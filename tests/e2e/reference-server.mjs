@@ -10,7 +10,7 @@
 // Usage: node reference-server.mjs [--config FILE] [--listen ADDR] [--admin-listen ADDR] [--ping-interval-ms N]
 //        [--ping-timeout-ms N] [--max-payload N] [--connect-timeout-ms N] [--upgrade-timeout-ms N]
 //        [--cors-origin ORIGINS] [--namespaces /,/chat] [--auth-token TOKEN] [--client-rooms]
-//        [--client-relay] [--allow-eio3[=BOOL]]
+//        [--client-relay] [--allow-eio3[=BOOL]] [--recovery-ms N]
 
 import { readFileSync } from "node:fs";
 import http from "node:http";
@@ -27,6 +27,7 @@ const VALUE_FLAGS = new Set([
   "cors-origin",
   "namespaces",
   "auth-token",
+  "recovery-ms",
 ]);
 const BOOL_FLAGS = new Set(["client-rooms", "client-relay", "allow-eio3"]);
 
@@ -45,8 +46,9 @@ const DEFAULTS = {
   "client-relay": false,
   // socket.io 1.x/2.x clients (Engine.IO 3) are accepted unless --allow-eio3=false.
   "allow-eio3": true,
+  "recovery-ms": "0",
 };
-const NUMERIC = ["ping-interval-ms", "ping-timeout-ms", "max-payload", "connect-timeout-ms", "upgrade-timeout-ms"];
+const NUMERIC = ["ping-interval-ms", "ping-timeout-ms", "max-payload", "connect-timeout-ms", "upgrade-timeout-ms", "recovery-ms"];
 
 function setFlag(cfg, name, value, source) {
   if (BOOL_FLAGS.has(name)) {
@@ -169,6 +171,11 @@ const io = new Server(httpServer, {
   connectTimeout: Number(cfg["connect-timeout-ms"]),
   upgradeTimeout: Number(cfg["upgrade-timeout-ms"]),
   allowEIO3: cfg["allow-eio3"],
+  // socket.io's connection state recovery (its in-memory adapter), as --recovery-ms turns it on.
+  connectionStateRecovery:
+    Number(cfg["recovery-ms"]) > 0
+      ? { maxDisconnectionDuration: Number(cfg["recovery-ms"]), skipMiddlewares: true }
+      : undefined,
   cors:
     corsOrigins.length === 0
       ? undefined
@@ -324,6 +331,14 @@ async function handleEmit(req, res) {
   }
   metrics.emitsTotal++;
   const targets = selectSockets(nsp, rooms, except);
+  if (ackTimeoutMs === null && io.opts.connectionStateRecovery) {
+    // A broadcast, as ioswarm sends it: socket.io's recovery logs broadcasts only (and appends
+    // their offsets), not per-socket emits.
+    let op = io.of(nsp).to(rooms).except(except);
+    if (body.volatile) op = op.volatile;
+    op.emit(body.event, ...args);
+    return sendJson(res, 200, { recipients: targets.length });
+  }
   if (ackTimeoutMs === null) {
     for (const s of targets) {
       (body.volatile ? s.volatile : s).emit(body.event, ...args);
