@@ -834,11 +834,232 @@ fn delta(before: &[Option<f64>], after: &[Option<f64>]) -> Vec<Option<f64>> {
     before.iter().zip(after).map(|(b, a)| a.zip(*b).map(|(a, b)| a - b)).collect()
 }
 
+/// CPU of the servers and of the load, and the machine, at one moment.
+#[derive(Debug, Clone)]
+struct Readings {
+    at: Instant,
+    at_us: u64,
+    servers: Vec<Option<Sample>>,
+    load: Vec<Option<Sample>>,
+    machine: Option<(u64, u64)>,
+    load_average: Option<f64>,
+}
+
+/// The processes whose CPU a run reads.
+struct Probes {
+    servers: CpuWatch,
+    load: CpuWatch,
+}
+
+impl Probes {
+    fn read(&self) -> Readings {
+        Readings {
+            at: Instant::now(),
+            at_us: now_us(),
+            servers: self.servers.sample(),
+            load: self.load.sample(),
+            machine: machine_cpu_ticks(),
+            load_average: load_average(),
+        }
+    }
+}
+
+/// Server cores per node, load cores, and the machine, between two readings.
+fn window(a: &Readings, b: &Readings) -> (Vec<Option<f64>>, f64, MachineLoad) {
+    let servers = cores(&a.servers, &b.servers);
+    let load = sum_cores(&cores(&a.load, &b.load));
+    let machine = MachineLoad::of(a.machine, b.machine, a.load_average, sum_cores(&servers) + load);
+    (servers, load, machine)
+}
+
+/// The timeline as sampled: when, clients per node, accept queues.
+type Timeline = Vec<(Instant, Vec<u64>, Option<Vec<Option<u64>>>)>;
+
+/// What the event phase needs from the run.
+struct Scene<'a> {
+    args: &'a ScaleArgs,
+    nodes: usize,
+    victim: usize,
+    ports: &'a [u16],
+    probes: &'a Probes,
+    sample_every: Duration,
+}
+
+/// Sends the event's signal to the victim and follows its clients until every one is connected
+/// again (or `--recover-max-secs`), then `--after-secs` more. Returns the figures (losses and
+/// reconnect times are filled in from the workers' reports later) and the reading at the end of
+/// the storm.
+async fn lose_node(
+    scene: &Scene<'_>,
+    signal: &str,
+    workers: &mut Workers,
+    steady_end: &Readings,
+    timeline: &mut Timeline,
+) -> anyhow::Result<EventOut> {
+    let Scene { args, nodes, victim, ports, probes, sample_every } = *scene;
+    let before = workers.connected_per_node(nodes);
+    let total_before: u64 = before.iter().sum();
+    let overflows = tcp_ext_counter("ListenOverflows");
+    let drops = tcp_ext_counter("ListenDrops");
+    let pid = args.server_pid[victim - 1];
+    let (at, at_us) = (Instant::now(), now_us());
+    let status = Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status().await?;
+    if !status.success() {
+        bail!("kill -{signal} {pid} failed");
+    }
+    eprintln!("[{}] SIG{signal} to node {victim} (pid {pid}, {} clients)", args.label, before[victim - 1]);
+    let mut recovered_at: Option<Instant> = None;
+    let mut queue_max: Vec<Option<u64>> = vec![None; nodes];
+    let mut backlog: Vec<Option<u64>> = vec![None; nodes];
+    let mut end = at + Duration::from_secs_f64(args.recover_max_secs);
+    let mut log = Instant::now();
+    let mut storm_end = None;
+    while Instant::now() < end {
+        workers.pump(sample_every).await?;
+        let now_nodes = workers.connected_per_node(nodes);
+        let queues = accept_queues(ports).await;
+        for (i, q) in queues.iter().enumerate() {
+            if let Some((r, s)) = q {
+                queue_max[i] = Some(queue_max[i].unwrap_or(0).max(*r));
+                backlog[i] = Some(*s);
+            }
+        }
+        let total: u64 = now_nodes.iter().sum();
+        if recovered_at.is_none() && now_nodes[victim - 1] == 0 && total >= total_before {
+            let now = Instant::now();
+            recovered_at = Some(now);
+            storm_end = Some(probes.read());
+            end = now + Duration::from_secs_f64(args.after_secs);
+            eprintln!(
+                "[{}] every client connected again after {:.2} s: {now_nodes:?}",
+                args.label,
+                (now - at).as_secs_f64()
+            );
+        } else if recovered_at.is_none() && log.elapsed() >= Duration::from_secs(2) {
+            log = Instant::now();
+            eprintln!("[{}] +{:.1} s: connected per node {now_nodes:?}", args.label, at.elapsed().as_secs_f64());
+        }
+        timeline.push((Instant::now(), now_nodes, Some(queues.iter().map(|q| q.map(|(r, _)| r)).collect())));
+    }
+    let storm_end = storm_end.unwrap_or_else(|| probes.read());
+    let (server_cpu_cores, load_cpu_cores, machine) = window(steady_end, &storm_end);
+    let after = workers.connected_per_node(nodes);
+    Ok(EventOut {
+        kind: args.event,
+        victim,
+        victim_clients: before[victim - 1],
+        at_us,
+        first_drop_secs: None,
+        recovered_secs: recovered_at.map(|_| workers.last_reconnect_us().saturating_sub(at_us) as f64 / 1e6),
+        not_reconnected: total_before.saturating_sub(after.iter().sum()),
+        connected_after: after,
+        reconnect_ms: None,
+        drops: 0,
+        drop_reasons: BTreeMap::new(),
+        reconnects: 0,
+        reconnect_failures: 0,
+        listen_overflows: tcp_ext_counter("ListenOverflows").zip(overflows).map(|(a, b)| a.saturating_sub(b)),
+        listen_drops: tcp_ext_counter("ListenDrops").zip(drops).map(|(a, b)| a.saturating_sub(b)),
+        accept_queue_max: queue_max,
+        accept_backlog: backlog,
+        storm_secs: (storm_end.at - at).as_secs_f64(),
+        server_cpu_cores,
+        load_cpu_cores,
+        machine,
+    })
+}
+
+/// One step's figures from the workers' reports and the readings at its ends.
+fn step_out(
+    reports: &[ScaleReport],
+    emitter_runs: &[EmitterOut],
+    step: u32,
+    nodes: usize,
+    from: &Readings,
+    to: &Readings,
+) -> StepOut {
+    let m = merge_step(reports, step, nodes);
+    let (server_cpu_cores, load_cpu_cores, machine) = window(from, to);
+    let secs = to.at_us.saturating_sub(from.at_us) as f64 / 1e6;
+    let span = (m.last_us.max(to.at_us).saturating_sub(from.at_us) as f64 / 1e6).max(1e-6);
+    let cpu_secs = sum_cores(&server_cpu_cores) * secs;
+    StepOut {
+        step,
+        secs,
+        published: emitter_runs.iter().map(|e| e.by_step.get(&step).copied().unwrap_or(0)).sum(),
+        delivered: m.received,
+        delivered_per_sec: m.received as f64 / span,
+        per_node_delivered_per_sec: m.per_node.iter().map(|&n| n as f64 / span).collect(),
+        latency: Latency::of(&m.hist),
+        per_node_latency: m.per_node_hist.iter().map(Latency::of).collect(),
+        server_cpu_cores,
+        delivered_per_server_core_sec: (cpu_secs > 0.0).then(|| m.received as f64 / cpu_secs),
+        load_cpu_cores,
+        machine,
+    }
+}
+
+/// Losses over the whole run; fills the event's reconnect figures. `victim_emitter(e)`: emitter
+/// `e` published into the node that went away.
+fn tally(
+    reports: &[ScaleReport],
+    emitters: usize,
+    victim_emitter: impl Fn(usize) -> bool,
+    event: Option<&mut EventOut>,
+) -> Losses {
+    let mut losses = Losses { lost_stayed: vec![0; emitters], lost_moved: vec![0; emitters], ..Losses::default() };
+    let mut reconnect = Histogram::<u64>::new_with_bounds(1, 3_600_000, 3).unwrap_or_else(|_| unreachable!("bounds"));
+    let (mut drops, mut reconnects, mut reconnect_failures, mut first_drop) = (0, 0, 0, u64::MAX);
+    let mut drop_reasons: BTreeMap<String, u64> = BTreeMap::new();
+    for r in reports {
+        losses.stayed += r.stayed;
+        losses.moved += r.moved;
+        losses.stayed_with_loss += r.stayed_with_loss;
+        losses.reordered += r.reordered;
+        for (t, v) in losses.lost_stayed.iter_mut().zip(&r.lost_stayed) {
+            *t += v;
+        }
+        for (t, v) in losses.lost_moved.iter_mut().zip(&r.lost_moved) {
+            *t += v;
+        }
+        merge_hist(&mut reconnect, &r.reconnect_hist);
+        drops += r.drops;
+        reconnects += r.reconnects;
+        reconnect_failures += r.reconnect_failures;
+        if r.first_drop_us > 0 {
+            first_drop = first_drop.min(r.first_drop_us);
+        }
+        for (k, v) in &r.drop_reasons {
+            *drop_reasons.entry(k.clone()).or_default() += v;
+        }
+    }
+    for (e, &lost) in losses.lost_stayed.iter().enumerate() {
+        if victim_emitter(e) {
+            losses.lost_stayed_victim_emitter += lost;
+        } else {
+            losses.lost_stayed_surviving_emitters += lost;
+        }
+    }
+    losses.lost_moved_total = losses.lost_moved.iter().sum();
+    if let Some(ev) = event {
+        ev.first_drop_secs = (first_drop != u64::MAX).then(|| first_drop.saturating_sub(ev.at_us) as f64 / 1e6);
+        // This histogram holds milliseconds (Latency::of reads microseconds).
+        ev.reconnect_ms = (!reconnect.is_empty()).then(|| {
+            let q = |q: f64| reconnect.value_at_quantile(q) as f64;
+            Latency { p50_ms: q(0.5), p99_ms: q(0.99), p999_ms: q(0.999), max_ms: reconnect.max() as f64 }
+        });
+        ev.drops = drops;
+        ev.drop_reasons = drop_reasons;
+        ev.reconnects = reconnects;
+        ev.reconnect_failures = reconnect_failures;
+    }
+    losses
+}
+
 pub(crate) fn run(args: ScaleArgs) -> anyhow::Result<()> {
     crate::block_on(run_async(args))
 }
 
-#[allow(clippy::too_many_lines)]
 async fn run_async(args: ScaleArgs) -> anyhow::Result<()> {
     let nodes = args.target.len();
     if nodes == 0 || args.redis.len() != nodes || args.server_pid.len() != nodes {
@@ -858,7 +1079,6 @@ async fn run_async(args: ScaleArgs) -> anyhow::Result<()> {
         bail!("--event needs at least 2 nodes and --victim between 1 and {nodes}");
     }
     let ports: Vec<u16> = targets.iter().map(|t| t.addr.port()).collect();
-    let servers = CpuWatch::new(&args.server_pid)?;
     let fwd_before = metric_per_node(&mut admins, "ioswarm_cluster_forward_dropped_total").await;
     let pkt_before = metric_per_node(&mut admins, "ioswarm_socketio_packets_dropped_total").await;
 
@@ -869,14 +1089,9 @@ async fn run_async(args: ScaleArgs) -> anyhow::Result<()> {
     let mut workers = Workers::spawn(&args.worker_spec())?;
     let mut load_pids = workers.pids();
     load_pids.push(std::process::id());
-    let load = CpuWatch::new(&load_pids)?;
-    let connect = workers
-        .wait_connected(
-            Duration::from_secs(args.connect_deadline_secs)
-                + Duration::from_millis(args.connect_timeout_ms)
-                + Duration::from_secs(30),
-        )
-        .await?;
+    let probes = Probes { servers: CpuWatch::new(&args.server_pid)?, load: CpuWatch::new(&load_pids)? };
+    let limit = Duration::from_secs(args.connect_deadline_secs + 30) + Duration::from_millis(args.connect_timeout_ms);
+    let connect = workers.wait_connected(limit).await?;
     workers.pump(Duration::from_millis(500)).await?;
     let connected_per_node = workers.connected_per_node(nodes);
     eprintln!(
@@ -910,115 +1125,23 @@ async fn run_async(args: ScaleArgs) -> anyhow::Result<()> {
             tokio::spawn(emitter(plan, step_rx.clone(), stop.clone()))
         })
         .collect();
-    let start_us = now_us();
-    let t0 = Instant::now();
-    let server_start = servers.sample();
-    let load_start = load.sample();
-    let machine_start = (machine_cpu_ticks(), load_average());
-    let mut timeline = Vec::new();
+    let start = probes.read();
+    let mut timeline: Timeline = Vec::new();
     let sample_every = Duration::from_millis(args.sample_ms.max(20));
-    let steady_end = t0 + Duration::from_secs_f64(args.steady_secs);
-    while Instant::now() < steady_end {
-        workers.pump(sample_every.min(steady_end.saturating_duration_since(Instant::now()))).await?;
+    let steady_until = start.at + Duration::from_secs_f64(args.steady_secs);
+    while Instant::now() < steady_until {
+        workers.pump(sample_every.min(steady_until.saturating_duration_since(Instant::now()))).await?;
         timeline.push((Instant::now(), workers.connected_per_node(nodes), None));
     }
-    let server_steady = servers.sample();
-    let load_steady = load.sample();
-    let machine_steady = (machine_cpu_ticks(), load_average());
-    let steady_end_us = now_us();
+    let steady_end = probes.read();
 
     let mut event_figures = None;
-    let mut event_at = None;
     if let Some(signal) = args.event.signal() {
-        let before = workers.connected_per_node(nodes);
-        let total_before: u64 = before.iter().sum();
-        let overflows = tcp_ext_counter("ListenOverflows");
-        let drops = tcp_ext_counter("ListenDrops");
         step_tx.send_replace(2);
-        let pid = args.server_pid[victim - 1];
-        let at = Instant::now();
-        let at_us = now_us();
-        event_at = Some(at);
-        let status = Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status().await?;
-        if !status.success() {
-            bail!("kill -{signal} {pid} failed");
-        }
-        eprintln!("[{}] SIG{signal} to node {victim} (pid {pid}, {} clients)", args.label, before[victim - 1]);
-        let limit = at + Duration::from_secs_f64(args.recover_max_secs);
-        let mut recovered_at: Option<Instant> = None;
-        let mut queue_max: Vec<Option<u64>> = vec![None; nodes];
-        let mut backlog: Vec<Option<u64>> = vec![None; nodes];
-        let mut end = limit;
-        let mut log = Instant::now();
-        while Instant::now() < end {
-            workers.pump(sample_every).await?;
-            let now_nodes = workers.connected_per_node(nodes);
-            let queues = accept_queues(&ports).await;
-            for (i, q) in queues.iter().enumerate() {
-                if let Some((r, s)) = q {
-                    queue_max[i] = Some(queue_max[i].unwrap_or(0).max(*r));
-                    backlog[i] = Some(*s);
-                }
-            }
-            let total: u64 = now_nodes.iter().sum();
-            if recovered_at.is_none() && now_nodes[victim - 1] == 0 && total >= total_before {
-                let now = Instant::now();
-                recovered_at = Some(now);
-                end = now + Duration::from_secs_f64(args.after_secs);
-                eprintln!(
-                    "[{}] every client connected again after {:.2} s: {:?}",
-                    args.label,
-                    at.elapsed().as_secs_f64(),
-                    now_nodes
-                );
-            }
-            if log.elapsed() >= Duration::from_secs(2) && recovered_at.is_none() {
-                log = Instant::now();
-                eprintln!("[{}] +{:.1} s: connected per node {now_nodes:?}", args.label, at.elapsed().as_secs_f64());
-            }
-            timeline.push((Instant::now(), now_nodes, Some(queues.iter().map(|q| q.map(|(r, _)| r)).collect())));
-        }
-        let storm_end = recovered_at.unwrap_or(end);
-        let server_storm = servers.sample();
-        let load_storm = load.sample();
-        let machine_storm = machine_cpu_ticks();
-        let after = workers.connected_per_node(nodes);
-        let last_reconnect = workers.last_reconnect_us();
-        let storm_cores = cores(&server_steady, &server_storm);
-        let load_cores = cores(&load_steady, &load_storm);
-        event_figures = Some(EventOut {
-            kind: args.event,
-            victim,
-            victim_clients: before[victim - 1],
-            at_us,
-            first_drop_secs: None,
-            recovered_secs: recovered_at.map(|_| last_reconnect.saturating_sub(at_us) as f64 / 1e6),
-            not_reconnected: total_before.saturating_sub(after.iter().sum()),
-            connected_after: after,
-            reconnect_ms: None,
-            drops: 0,
-            drop_reasons: BTreeMap::new(),
-            reconnects: 0,
-            reconnect_failures: 0,
-            listen_overflows: tcp_ext_counter("ListenOverflows").zip(overflows).map(|(a, b)| a.saturating_sub(b)),
-            listen_drops: tcp_ext_counter("ListenDrops").zip(drops).map(|(a, b)| a.saturating_sub(b)),
-            accept_queue_max: queue_max,
-            accept_backlog: backlog,
-            storm_secs: (storm_end - at).as_secs_f64(),
-            machine: MachineLoad::of(
-                machine_steady.0,
-                machine_storm,
-                machine_steady.1,
-                sum_cores(&storm_cores) + sum_cores(&load_cores),
-            ),
-            server_cpu_cores: storm_cores,
-            load_cpu_cores: sum_cores(&load_cores),
-        });
+        let scene = Scene { args: &args, nodes, victim, ports: &ports, probes: &probes, sample_every };
+        event_figures = Some(lose_node(&scene, signal, &mut workers, &steady_end, &mut timeline).await?);
     }
-    let publish_end_us = now_us();
-    let server_end = servers.sample();
-    let load_end = load.sample();
-    let machine_end = machine_cpu_ticks();
+    let publish_end = probes.read();
     stop.cancel();
     let mut emitter_runs = Vec::new();
     for task in emitter_tasks {
@@ -1030,100 +1153,25 @@ async fn run_async(args: ScaleArgs) -> anyhow::Result<()> {
     let reports = workers.report(&finals).await?;
     let fwd_after = metric_per_node(&mut admins, "ioswarm_cluster_forward_dropped_total").await;
     let pkt_after = metric_per_node(&mut admins, "ioswarm_socketio_packets_dropped_total").await;
-    let rss_end_kib = servers.sample().iter().map(|s| s.map(|s| s.rss_kib)).collect();
+    let rss_end_kib = probes.servers.sample().iter().map(|s| s.map(|s| s.rss_kib)).collect();
     workers.stop().await;
 
-    // Steady step.
-    let published = |step: u32| emitter_runs.iter().map(|e| e.by_step.get(&step).copied().unwrap_or(0)).sum::<u64>();
-    let step_out = |step: u32, from_us: u64, to_us: u64, cpu: Vec<Option<f64>>, load_cores: f64, machine| {
-        let m = merge_step(&reports, step, nodes);
-        let span = (m.last_us.max(to_us).saturating_sub(from_us) as f64 / 1e6).max(1e-6);
-        let cpu_secs: f64 = sum_cores(&cpu) * (to_us.saturating_sub(from_us) as f64 / 1e6);
-        StepOut {
-            step,
-            secs: to_us.saturating_sub(from_us) as f64 / 1e6,
-            published: published(step),
-            delivered: m.received,
-            delivered_per_sec: m.received as f64 / span,
-            per_node_delivered_per_sec: m.per_node.iter().map(|&n| n as f64 / span).collect(),
-            latency: Latency::of(&m.hist),
-            per_node_latency: m.per_node_hist.iter().map(Latency::of).collect(),
-            server_cpu_cores: cpu,
-            delivered_per_server_core_sec: (cpu_secs > 0.0).then(|| m.received as f64 / cpu_secs),
-            load_cpu_cores: load_cores,
-            machine,
-        }
-    };
-    let (steady_cpu, steady_load) =
-        (cores(&server_start, &server_steady), sum_cores(&cores(&load_start, &load_steady)));
-    let steady_machine =
-        MachineLoad::of(machine_start.0, machine_steady.0, machine_start.1, sum_cores(&steady_cpu) + steady_load);
-    let steady = step_out(1, start_us, steady_end_us, steady_cpu, steady_load, steady_machine);
-    let during = (args.event != Event::None).then(|| {
-        let (cpu, load) = (cores(&server_steady, &server_end), sum_cores(&cores(&load_steady, &load_end)));
-        let machine = MachineLoad::of(machine_steady.0, machine_end, machine_steady.1, sum_cores(&cpu) + load);
-        step_out(2, steady_end_us, publish_end_us, cpu, load, machine)
-    });
-
-    // Losses and reconnects.
-    let mut losses =
-        Losses { lost_stayed: vec![0; args.emitters], lost_moved: vec![0; args.emitters], ..Losses::default() };
-    let mut reconnect = Histogram::<u64>::new_with_bounds(1, 3_600_000, 3).context("histogram")?;
-    let (mut drops, mut reconnects, mut reconnect_failures, mut first_drop) = (0, 0, 0, u64::MAX);
-    let mut drop_reasons: BTreeMap<String, u64> = BTreeMap::new();
-    for r in &reports {
-        losses.stayed += r.stayed;
-        losses.moved += r.moved;
-        losses.stayed_with_loss += r.stayed_with_loss;
-        losses.reordered += r.reordered;
-        for (t, v) in losses.lost_stayed.iter_mut().zip(&r.lost_stayed) {
-            *t += v;
-        }
-        for (t, v) in losses.lost_moved.iter_mut().zip(&r.lost_moved) {
-            *t += v;
-        }
-        merge_hist(&mut reconnect, &r.reconnect_hist);
-        drops += r.drops;
-        reconnects += r.reconnects;
-        reconnect_failures += r.reconnect_failures;
-        if r.first_drop_us > 0 {
-            first_drop = first_drop.min(r.first_drop_us);
-        }
-        for (k, v) in &r.drop_reasons {
-            *drop_reasons.entry(k.clone()).or_default() += v;
-        }
-    }
-    let victim_emitter = |e: usize| args.event != Event::None && e % nodes == victim - 1;
-    for (e, &lost) in losses.lost_stayed.iter().enumerate() {
-        if victim_emitter(e) {
-            losses.lost_stayed_victim_emitter += lost;
-        } else {
-            losses.lost_stayed_surviving_emitters += lost;
-        }
-    }
-    losses.lost_moved_total = losses.lost_moved.iter().sum();
+    let steady = step_out(&reports, &emitter_runs, 1, nodes, &start, &steady_end);
+    let during =
+        event_figures.is_some().then(|| step_out(&reports, &emitter_runs, 2, nodes, &steady_end, &publish_end));
+    let lost_node = event_figures.is_some();
+    let mut losses = tally(&reports, args.emitters, |e| lost_node && e % nodes == victim - 1, event_figures.as_mut());
     losses.victim_unanswered = emitter_runs
         .iter()
         .flat_map(|e| &e.failures)
-        .filter(|f| args.event != Event::None && f.node == victim)
+        .filter(|f| lost_node && f.node == victim)
         .map(|f| f.unanswered)
         .sum();
-    if let Some(ev) = &mut event_figures {
-        ev.first_drop_secs = (first_drop != u64::MAX).then(|| first_drop.saturating_sub(ev.at_us) as f64 / 1e6);
-        // This histogram holds milliseconds (Latency::of reads microseconds).
-        ev.reconnect_ms = (!reconnect.is_empty()).then(|| {
-            let q = |q: f64| reconnect.value_at_quantile(q) as f64;
-            Latency { p50_ms: q(0.5), p99_ms: q(0.99), p999_ms: q(0.999), max_ms: reconnect.max() as f64 }
-        });
-        ev.drops = drops;
-        ev.drop_reasons = drop_reasons;
-        ev.reconnects = reconnects;
-        ev.reconnect_failures = reconnect_failures;
-    }
-    let origin = event_at.unwrap_or(t0);
+    // Seconds from the event (from the start of publishing without one).
+    let origin = event_figures.as_ref().map_or(start.at, |_| steady_end.at);
     let timeline = timeline
         .into_iter()
-        .map(|(at, connected, accept_queue): (Instant, Vec<u64>, Option<Vec<Option<u64>>>)| Point {
+        .map(|(at, connected, accept_queue)| Point {
             t: if at >= origin { (at - origin).as_secs_f64() } else { -(origin - at).as_secs_f64() },
             connected,
             accept_queue,
