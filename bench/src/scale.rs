@@ -358,6 +358,8 @@ pub(crate) struct Workers {
     rx: mpsc::Receiver<ScaleEvent>,
     /// Latest progress per worker: (connected per node, received, last reconnect µs).
     progress: BTreeMap<usize, (Vec<u64>, u64, u64)>,
+    /// Progress events received per worker.
+    ticks: BTreeMap<usize, u64>,
     connected: BTreeMap<usize, ScaleEvent>,
     reports: Vec<ScaleReport>,
     done: usize,
@@ -430,6 +432,7 @@ impl Workers {
             stdins,
             rx,
             progress: BTreeMap::new(),
+            ticks: BTreeMap::new(),
             connected: BTreeMap::new(),
             reports: Vec::new(),
             done: 0,
@@ -444,6 +447,7 @@ impl Workers {
         match event {
             ScaleEvent::Progress { worker, connected, received, last_reconnect_us, .. } => {
                 self.progress.insert(worker, (connected, received, last_reconnect_us));
+                *self.ticks.entry(worker).or_default() += 1;
             }
             ScaleEvent::Connected { worker, .. } => {
                 self.connected.insert(worker, event);
@@ -521,18 +525,28 @@ impl Workers {
         Ok(out)
     }
 
-    /// Waits until nothing arrived for `quiet` (or `max` passed).
+    /// Waits until nothing arrived for `quiet` (or `max` passed). Quiet counts only while every
+    /// worker keeps reporting (at least 3 progress events since the last delivery): a worker
+    /// starved of CPU on a busy machine must not pass for one with nothing left to receive.
     pub(crate) async fn drain(&mut self, quiet: Duration, max: Duration) -> anyhow::Result<f64> {
         let started = Instant::now();
         let mut last = self.received();
         let mut last_change = started;
+        let mut ticks_at_change = self.ticks.clone();
         while started.elapsed() < max {
             self.pump(Duration::from_millis(200)).await?;
             let now = self.received();
             if now != last {
                 last = now;
                 last_change = Instant::now();
-            } else if last_change.elapsed() >= quiet {
+                ticks_at_change = self.ticks.clone();
+                continue;
+            }
+            let fresh = self
+                .progress
+                .keys()
+                .all(|w| self.ticks.get(w).copied().unwrap_or(0) >= ticks_at_change.get(w).copied().unwrap_or(0) + 3);
+            if fresh && last_change.elapsed() >= quiet {
                 break;
             }
         }
@@ -748,6 +762,14 @@ struct Losses {
     victim_unanswered: u64,
     lost_moved_total: u64,
     reordered: u64,
+    /// Of the deliveries lost by clients that stayed, the gaps (a later message of the stream
+    /// arrived: skipped, not late), by emitter, by the node the client was on, and from the
+    /// emitters on surviving nodes. The rest of a loss never arrived before the report.
+    gaps_stayed: Vec<u64>,
+    gaps_stayed_by_node: Vec<u64>,
+    gaps_stayed_surviving_emitters: u64,
+    /// `msg` packets that did not parse.
+    malformed: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -1004,10 +1026,17 @@ fn step_out(
 fn tally(
     reports: &[ScaleReport],
     emitters: usize,
+    nodes: usize,
     victim_emitter: impl Fn(usize) -> bool,
     event: Option<&mut EventOut>,
 ) -> Losses {
-    let mut losses = Losses { lost_stayed: vec![0; emitters], lost_moved: vec![0; emitters], ..Losses::default() };
+    let mut losses = Losses {
+        lost_stayed: vec![0; emitters],
+        lost_moved: vec![0; emitters],
+        gaps_stayed: vec![0; emitters],
+        gaps_stayed_by_node: vec![0; nodes],
+        ..Losses::default()
+    };
     let mut reconnect = Histogram::<u64>::new_with_bounds(1, 3_600_000, 3).unwrap_or_else(|_| unreachable!("bounds"));
     let (mut drops, mut reconnects, mut reconnect_failures, mut first_drop) = (0, 0, 0, u64::MAX);
     let mut drop_reasons: BTreeMap<String, u64> = BTreeMap::new();
@@ -1022,6 +1051,13 @@ fn tally(
         for (t, v) in losses.lost_moved.iter_mut().zip(&r.lost_moved) {
             *t += v;
         }
+        for (t, v) in losses.gaps_stayed.iter_mut().zip(&r.gaps_stayed) {
+            *t += v;
+        }
+        for (t, v) in losses.gaps_stayed_by_node.iter_mut().zip(&r.gaps_stayed_by_node) {
+            *t += v;
+        }
+        losses.malformed += r.malformed;
         merge_hist(&mut reconnect, &r.reconnect_hist);
         drops += r.drops;
         reconnects += r.reconnects;
@@ -1038,6 +1074,7 @@ fn tally(
             losses.lost_stayed_victim_emitter += lost;
         } else {
             losses.lost_stayed_surviving_emitters += lost;
+            losses.gaps_stayed_surviving_emitters += losses.gaps_stayed[e];
         }
     }
     losses.lost_moved_total = losses.lost_moved.iter().sum();
@@ -1160,7 +1197,8 @@ async fn run_async(args: ScaleArgs) -> anyhow::Result<()> {
     let during =
         event_figures.is_some().then(|| step_out(&reports, &emitter_runs, 2, nodes, &steady_end, &publish_end));
     let lost_node = event_figures.is_some();
-    let mut losses = tally(&reports, args.emitters, |e| lost_node && e % nodes == victim - 1, event_figures.as_mut());
+    let mut losses =
+        tally(&reports, args.emitters, nodes, |e| lost_node && e % nodes == victim - 1, event_figures.as_mut());
     losses.victim_unanswered = emitter_runs
         .iter()
         .flat_map(|e| &e.failures)
@@ -1247,16 +1285,19 @@ fn print_summary(r: &ScaleResult) {
         );
     }
     eprintln!(
-        "[{}] lost: stayed {} (surviving emitters {}, victim's emitter {}; {} of {} clients), moved {} ({} clients); reordered {}",
+        "[{}] lost: stayed {} (surviving emitters {}, of which gaps {} by node {:?}; victim's emitter {}; {} of {} clients), moved {} ({} clients); reordered {}, malformed {}",
         r.label,
         r.losses.lost_stayed.iter().sum::<u64>(),
         r.losses.lost_stayed_surviving_emitters,
+        r.losses.gaps_stayed_surviving_emitters,
+        r.losses.gaps_stayed_by_node,
         r.losses.lost_stayed_victim_emitter,
         r.losses.stayed_with_loss,
         r.losses.stayed,
         r.losses.lost_moved_total,
         r.losses.moved,
-        r.losses.reordered
+        r.losses.reordered,
+        r.losses.malformed
     );
 }
 

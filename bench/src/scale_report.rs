@@ -237,7 +237,12 @@ pub(crate) fn run(args: ScaleReportArgs) -> anyhow::Result<()> {
         for run in &events {
             let ev = &run["event_figures"];
             let lost_other = run.pointer("/losses/lost_stayed_surviving_emitters").and_then(Value::as_u64).unwrap_or(0);
-            let lost_other = if lost_other == 0 { "0".to_owned() } else { format!("**{lost_other} (should be 0)**") };
+            let gaps_other = run.pointer("/losses/gaps_stayed_surviving_emitters").and_then(Value::as_u64).unwrap_or(0);
+            let lost_other = if lost_other == 0 {
+                "0".to_owned()
+            } else {
+                format!("**{lost_other} (should be 0; {gaps_other} skipped, the rest never arrived)**")
+            };
             let storm_cpu = survivors_cpu(run, "/event_figures/server_cpu_cores");
             let steady_cpu = survivors_cpu(run, "/steady/server_cpu_cores");
             let _ = writeln!(

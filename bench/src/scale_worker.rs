@@ -113,6 +113,13 @@ pub(crate) struct ScaleReport {
     /// Deliveries missing in each emitter's stream, for clients that stayed / moved.
     pub(crate) lost_stayed: Vec<u64>,
     pub(crate) lost_moved: Vec<u64>,
+    /// Of `lost_stayed`, the gaps: a later message of the stream arrived, so these were skipped,
+    /// not late. The rest never arrived before the report (lost, or still queued somewhere).
+    pub(crate) gaps_stayed: Vec<u64>,
+    /// Gaps of clients that stayed, by the node they were connected to when the gap showed.
+    pub(crate) gaps_stayed_by_node: Vec<u64>,
+    /// `msg` packets that did not parse.
+    pub(crate) malformed: u64,
     /// Clients that stayed and missed at least one delivery (any emitter).
     pub(crate) stayed_with_loss: u64,
     /// Deliveries at or below a stream's last sequence number (duplicates or reordering).
@@ -165,7 +172,9 @@ struct ClientState {
     room: usize,
     /// Next expected sequence number from each emitter.
     next: Vec<u64>,
+    /// Gaps seen in each emitter's stream, and the node each showed on.
     lost: Vec<u64>,
+    lost_on: Vec<u64>,
     connected: bool,
     started: bool,
     moved: bool,
@@ -201,6 +210,7 @@ struct Shared {
     first_drop_us: AtomicU64,
     last_reconnect_us: AtomicU64,
     reordered: AtomicU64,
+    malformed: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
     first_error: Mutex<Option<String>>,
     drop_reasons: Mutex<BTreeMap<String, u64>>,
@@ -263,8 +273,10 @@ impl Shared {
             let c = &mut clients[local];
             let Some(next) = c.next.get_mut(msg.emitter) else { return };
             if msg.seq >= *next {
-                c.lost[msg.emitter] += msg.seq - *next;
+                let gap = msg.seq - *next;
                 *next = msg.seq + 1;
+                c.lost[msg.emitter] += gap;
+                c.lost_on[node] += gap;
             } else {
                 self.reordered.fetch_add(1, Ordering::Relaxed);
             }
@@ -278,6 +290,9 @@ impl Shared {
         let mut out = ScaleReport {
             lost_stayed: vec![0; emitters],
             lost_moved: vec![0; emitters],
+            gaps_stayed: vec![0; emitters],
+            gaps_stayed_by_node: vec![0; self.nodes],
+            malformed: self.malformed.load(Ordering::Relaxed),
             reordered: self.reordered.load(Ordering::Relaxed),
             drops: self.drops.load(Ordering::Relaxed),
             reconnects: self.reconnects.load(Ordering::Relaxed),
@@ -300,12 +315,19 @@ impl Shared {
                     let in_room =
                         published / self.rooms as u64 + u64::from((c.room as u64) < published % self.rooms as u64);
                     let next = c.next.get(e).copied().unwrap_or(0);
-                    let lost = c.lost.get(e).copied().unwrap_or(0) + in_room.saturating_sub(next);
+                    let gaps = c.lost.get(e).copied().unwrap_or(0);
+                    let lost = gaps + in_room.saturating_sub(next);
                     lost_any += lost;
                     if c.moved {
                         out.lost_moved[e] += lost;
                     } else {
                         out.lost_stayed[e] += lost;
+                        out.gaps_stayed[e] += gaps;
+                    }
+                }
+                if !c.moved {
+                    for (t, v) in out.gaps_stayed_by_node.iter_mut().zip(&c.lost_on) {
+                        *t += v;
                     }
                 }
                 if c.moved {
@@ -491,6 +513,7 @@ async fn run_async(args: ScaleWorkerArgs) -> anyhow::Result<()> {
         first_drop_us: AtomicU64::new(u64::MAX),
         last_reconnect_us: AtomicU64::new(0),
         reordered: AtomicU64::new(0),
+        malformed: AtomicU64::new(0),
         errors: Mutex::default(),
         first_error: Mutex::default(),
         drop_reasons: Mutex::default(),
@@ -500,6 +523,7 @@ async fn run_async(args: ScaleWorkerArgs) -> anyhow::Result<()> {
                     room: (args.first_index + n) % args.rooms,
                     next: vec![0; args.emitters],
                     lost: vec![0; args.emitters],
+                    lost_on: vec![0; nodes],
                     connected: false,
                     started: false,
                     moved: false,
@@ -698,8 +722,13 @@ async fn hold(client: &mut Client, local: usize, node: usize, shared: &Shared, s
                             if send_text(&mut client.ws, "3").await.is_err() {
                                 return HoldEnd::Dropped("write error");
                             }
-                        } else if let Some(msg) = parse_scale_msg(payload) {
-                            shared.received(local, node, msg);
+                        } else if payload.starts_with(b"42[\"msg\"") {
+                            match parse_scale_msg(payload) {
+                                Some(msg) => shared.received(local, node, msg),
+                                None => {
+                                    shared.malformed.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
                         } else if payload.first() == Some(&b'1') {
                             return HoldEnd::Dropped("engine.io close");
                         } else if payload.starts_with(b"41") {
@@ -766,6 +795,7 @@ mod tests {
             first_drop_us: AtomicU64::new(u64::MAX),
             last_reconnect_us: AtomicU64::new(0),
             reordered: AtomicU64::new(0),
+            malformed: AtomicU64::new(0),
             errors: Mutex::default(),
             first_error: Mutex::default(),
             drop_reasons: Mutex::default(),
@@ -774,6 +804,7 @@ mod tests {
                     room: 0,
                     next: vec![0; 2],
                     lost: vec![0; 2],
+                    lost_on: vec![0; 1],
                     connected: false,
                     started: false,
                     moved: false,
@@ -782,6 +813,7 @@ mod tests {
                     room: 1,
                     next: vec![0; 2],
                     lost: vec![0; 2],
+                    lost_on: vec![0; 1],
                     connected: false,
                     started: false,
                     moved: false,
@@ -804,6 +836,7 @@ mod tests {
         let r = shared.report(&[7, 2]);
         assert_eq!((r.clients, r.stayed, r.moved, r.disconnected), (2, 1, 1, 1));
         assert_eq!(r.lost_stayed, vec![1 + 1, 0]);
+        assert_eq!((r.gaps_stayed.clone(), r.gaps_stayed_by_node.clone()), (vec![1, 0], vec![1]));
         assert_eq!(r.lost_moved, vec![3, 1]);
         assert_eq!((r.stayed_with_loss, r.reordered), (1, 1));
         assert_eq!(r.steps[0].received, 4);
