@@ -25,7 +25,7 @@ scale_run() {
 }
 
 scale_part() {
-    local line pid event extra title
+    local line pid event extra title note
     SCALE_FILES=()
     if [ -z "${NO_CHART:-}" ] && ! "$ROOT/bench/.venv/bin/python" -c 'import matplotlib' 2>/dev/null; then
         log "installing matplotlib into bench/.venv"
