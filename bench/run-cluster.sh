@@ -3,8 +3,8 @@
 # 4.8 processes on @socket.io/redis-adapter and one redis-server, in the same run. Writes
 # cluster.md (also printed) and cluster.json under bench/results/<UTC timestamp>/.
 #
-#   bench/run-cluster.sh                 # latency converge incr, full size (a few minutes)
-#   bench/run-cluster.sh latency         # some parts only (latency, converge, incr)
+#   bench/run-cluster.sh                 # latency converge incr presence scale, full size
+#   bench/run-cluster.sh latency         # some parts only (latency, converge, incr, presence, scale)
 #   SIZE=smoke bench/run-cluster.sh      # tiny (CI, < 2 min once built): the tooling works
 #
 # Parts (bench/README.md, "Cluster" explains every figure):
@@ -24,6 +24,13 @@
 #             node (every POLL_MS) until all three answer the number connected (time from the last
 #             connect); then node 3 is killed with SIGKILL and the survivors are polled until its
 #             clients left the count (time from the kill). Written to presence.md / .json.
+#   scale     SCALE_CLIENTS WebSocket clients per node (SCALE_WORKERS worker processes per node,
+#             SCALE_SOURCES), SCALE_ROOMS rooms with members on every node, SCALE_EMITTERS Redis
+#             emitters (emitter e into node e mod 3) at SCALE_RATE msg/s each: one node alone
+#             (single), then a fresh 3-node cluster where node 3 is killed (SIGKILL) after
+#             SCALE_STEADY_SECS of load, then one where it gets SIGTERM with --drain-ms
+#             SCALE_DRAIN_MS --drain-spread-ms SCALE_SPREAD_MS; its clients reconnect to the
+#             survivors. Written to scale.md / scale.json / scale.png (clients per node over time).
 #
 # Environment (full / smoke defaults):
 #   SIZE              full | smoke
@@ -34,6 +41,11 @@
 #   CONVERGE_ROUNDS   5 / 2;   POLL_MS 2
 #   INCR_SECS         5 / 2;   INCR_CONNS 16 / 4 (per cluster node);  INCR_PIPELINE 1
 #   PRESENCE_CLIENTS  10000 / 300
+#   SCALE_CLIENTS     12000 / 150 per node;  SCALE_WORKERS 2 / 1 per node;  SCALE_ROOMS 240 / 30
+#   SCALE_EMITTERS    3;  SCALE_RATE 100 / 20 msg/s per emitter;  SCALE_STEADY_SECS 20 / 3
+#   SCALE_AFTER_SECS  5 / 1;  SCALE_RECOVER_MAX_SECS 90 / 30;  SCALE_SOURCES 127.0.0.2,…,127.0.0.9
+#   SCALE_DRAIN_MS    2000 / 300;  SCALE_SPREAD_MS 10000 / 700;  SCALE_GRACE_MS 30000 / 10000
+#   SCALE_EVENTS      "kill term"
 #   SKIP_BUILD        set: use the binaries already built (and the node peer already installed)
 #   PROFILE           release | debug (debug: quick checks of the script only; figures meaningless)
 #   CARGO_TARGET_DIR  (target)
@@ -45,15 +57,17 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-PARTS=${*:-latency converge incr presence}
+PARTS=${*:-latency converge incr presence scale}
 SIZE=${SIZE:-full}
 case $SIZE in
     smoke)
         d_fan=50 d_step=2 d_drain=5 d_quiet=1000 d_cv_rooms=1000 d_cv_rounds=2 d_incr_secs=2 d_incr_conns=4
-        d_presence=300 ;;
+        d_presence=300 d_sc_clients=150 d_sc_workers=1 d_sc_rooms=30 d_sc_rate=20 d_sc_steady=3 d_sc_after=1
+        d_sc_recover=30 d_sc_drain=300 d_sc_spread=700 d_sc_grace=10000 ;;
     full)
         d_fan=2000 d_step=10 d_drain=15 d_quiet=2000 d_cv_rooms=10000 d_cv_rounds=5 d_incr_secs=5 d_incr_conns=16
-        d_presence=10000 ;;
+        d_presence=10000 d_sc_clients=12000 d_sc_workers=2 d_sc_rooms=240 d_sc_rate=100 d_sc_steady=20 d_sc_after=5
+        d_sc_recover=90 d_sc_drain=2000 d_sc_spread=10000 d_sc_grace=30000 ;;
     *) echo "SIZE must be full or smoke" >&2; exit 2 ;;
 esac
 FANOUT_CLIENTS=${FANOUT_CLIENTS:-$d_fan}
@@ -75,6 +89,19 @@ INCR_SECS=${INCR_SECS:-$d_incr_secs}
 INCR_CONNS=${INCR_CONNS:-$d_incr_conns}
 INCR_PIPELINE=${INCR_PIPELINE:-1}
 PRESENCE_CLIENTS=${PRESENCE_CLIENTS:-$d_presence}
+SCALE_CLIENTS=${SCALE_CLIENTS:-$d_sc_clients}
+SCALE_WORKERS=${SCALE_WORKERS:-$d_sc_workers}
+SCALE_ROOMS=${SCALE_ROOMS:-$d_sc_rooms}
+SCALE_EMITTERS=${SCALE_EMITTERS:-3}
+SCALE_RATE=${SCALE_RATE:-$d_sc_rate}
+SCALE_STEADY_SECS=${SCALE_STEADY_SECS:-$d_sc_steady}
+SCALE_AFTER_SECS=${SCALE_AFTER_SECS:-$d_sc_after}
+SCALE_RECOVER_MAX_SECS=${SCALE_RECOVER_MAX_SECS:-$d_sc_recover}
+SCALE_SOURCES=${SCALE_SOURCES:-127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5,127.0.0.6,127.0.0.7,127.0.0.8,127.0.0.9}
+SCALE_DRAIN_MS=${SCALE_DRAIN_MS:-$d_sc_drain}
+SCALE_SPREAD_MS=${SCALE_SPREAD_MS:-$d_sc_spread}
+SCALE_GRACE_MS=${SCALE_GRACE_MS:-$d_sc_grace}
+SCALE_EVENTS=${SCALE_EVENTS:-kill term}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 export CARGO_TARGET_DIR=$TARGET_DIR
 PROFILE=${PROFILE:-release}
@@ -120,7 +147,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 for part in $PARTS; do
-    case $part in latency | converge | incr | presence) ;; *) log "unknown part $part"; exit 2 ;; esac
+    case $part in latency | converge | incr | presence | scale) ;; *) log "unknown part $part"; exit 2 ;; esac
 done
 want() { [[ " $PARTS " == *" $1 "* ]]; }
 mkdir -p "$LOGS"
@@ -422,7 +449,13 @@ MD
     fi
 fi
 
-if [ "${#FILES[@]}" -eq 0 ] && ! [ -f "$OUT/presence.md" ]; then
+if want scale; then
+    # shellcheck source=bench/scale-part.sh
+    source "$ROOT/bench/scale-part.sh"
+    scale_part
+fi
+
+if [ "${#FILES[@]}" -eq 0 ] && ! [ -f "$OUT/presence.md" ] && ! [ -f "$OUT/scale.md" ]; then
     log "no part produced a result"
     exit 1
 fi
@@ -433,6 +466,9 @@ if [ "${#FILES[@]}" -gt 0 ]; then
 fi
 if [ -f "$OUT/presence.md" ]; then
     { echo; cat "$OUT/presence.md"; } | tee -a "$OUT/cluster.md"
+fi
+if [ -f "$OUT/scale.md" ]; then
+    { echo; cat "$OUT/scale.md"; } | tee -a "$OUT/cluster.md"
 fi
 log "results in $OUT"
 if [ "${#FAILED[@]}" -gt 0 ]; then

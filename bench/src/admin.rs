@@ -46,21 +46,32 @@ impl Admin {
 
     /// `GET path` as JSON, bounded by 5 s.
     pub(crate) async fn get_json(&mut self, path: &str) -> anyhow::Result<Value> {
-        let result = tokio::time::timeout(Duration::from_secs(5), self.get_once(path)).await;
+        let body = self.get_body(path, Duration::from_secs(5)).await?;
+        serde_json::from_slice(&body).with_context(|| format!("GET http://{}{path}: not JSON", self.addr))
+    }
+
+    /// `GET path` as text (e.g. `/metrics`), bounded by `limit`.
+    pub(crate) async fn get_text(&mut self, path: &str, limit: Duration) -> anyhow::Result<String> {
+        let body = self.get_body(path, limit).await?;
+        String::from_utf8(body.to_vec()).with_context(|| format!("GET http://{}{path}: not UTF-8", self.addr))
+    }
+
+    async fn get_body(&mut self, path: &str, limit: Duration) -> anyhow::Result<Bytes> {
+        let result = tokio::time::timeout(limit, self.get_once(path)).await;
         match result {
-            Ok(Ok(value)) => Ok(value),
+            Ok(Ok(body)) => Ok(body),
             Ok(Err(e)) => {
                 self.conn = None;
                 Err(e)
             }
             Err(_) => {
                 self.conn = None;
-                Err(anyhow!("GET http://{}{path} took over 5 s", self.addr))
+                Err(anyhow!("GET http://{}{path} took over {limit:?}", self.addr))
             }
         }
     }
 
-    async fn get_once(&mut self, path: &str) -> anyhow::Result<Value> {
+    async fn get_once(&mut self, path: &str) -> anyhow::Result<Bytes> {
         let conn = match &mut self.conn {
             Some(conn) if !conn.is_closed() => conn,
             _ => {
@@ -88,7 +99,7 @@ impl Admin {
         if status != StatusCode::OK {
             bail!("GET http://{}{path}: HTTP {status}: {:.200}", self.addr, String::from_utf8_lossy(&body));
         }
-        serde_json::from_slice(&body).with_context(|| format!("GET http://{}{path}: not JSON", self.addr))
+        Ok(body)
     }
 
     /// This node's view of the cluster (`GET /cluster`).
@@ -96,6 +107,23 @@ impl Admin {
         let value = self.get_json("/cluster").await?;
         Ok(ClusterView(value))
     }
+}
+
+/// The sum of every sample of metric `name` (any labels) in a Prometheus text exposition;
+/// `None` when the metric is not there.
+pub(crate) fn metric_sum(text: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some(rest) = line.strip_prefix(name) else { continue };
+        if !(rest.starts_with(' ') || rest.starts_with('{')) {
+            continue;
+        }
+        let value = rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+        if let Some(v) = value {
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
 }
 
 /// One `GET /cluster` answer.
@@ -155,6 +183,14 @@ mod tests {
         assert_eq!(parse_addr("http://127.0.0.1:9464/").expect("parses"), "127.0.0.1:9464".parse().expect("addr"));
         assert!(parse_addr("10.1.2.3:9464").is_err());
         assert!(parse_addr("localhost").is_err());
+    }
+
+    #[test]
+    fn metric_sum_adds_every_label_set() {
+        let text = "# HELP a x\n# TYPE a counter\na_total{peer=\"1\"} 2\na_total{peer=\"2\"} 3\nab 7\nb 1.5\n";
+        assert_eq!(metric_sum(text, "a_total"), Some(5.0));
+        assert_eq!(metric_sum(text, "b"), Some(1.5));
+        assert_eq!(metric_sum(text, "a"), None);
     }
 
     #[test]

@@ -17,6 +17,10 @@
 //!   the other nodes (`cluster-converge`).
 //! - `incr`: INCR throughput and the counter's final value on Redis-protocol servers (`incr`).
 //! - `cluster_report`: the tables of `bench/run-cluster.sh` (`cluster-report`).
+//! - `scale`, `scale_worker`, `scale_report`: a cluster at the size users run, one node killed or
+//!   drained under load, clients reconnecting to the survivors (`scale`, `scale-worker`,
+//!   `scale-report`).
+//! - `soak`: hours-long churn on a 3-node cluster, sampling every node's resources (`soak`).
 //!
 //! Only loopback targets are accepted. Every phase is bounded in count and time.
 
@@ -32,7 +36,11 @@ mod pool;
 mod procfs;
 mod report;
 mod rooms;
+mod scale;
+mod scale_report;
+mod scale_worker;
 mod sio;
+mod soak;
 mod traffic;
 mod worker;
 
@@ -63,6 +71,14 @@ enum Cmd {
     Incr(incr::IncrArgs),
     /// cluster.md + cluster.json from fanout, cluster-converge and incr result files.
     ClusterReport(cluster_report::ClusterReportArgs),
+    /// Nodes × clients with emitters into every node; optionally kill or drain one under load.
+    Scale(scale::ScaleArgs),
+    /// One load process of `scale` (reconnecting clients that count lost deliveries).
+    ScaleWorker(scale_worker::ScaleWorkerArgs),
+    /// scale.md + scale.json (with the ratios) from `scale` result files.
+    ScaleReport(scale_report::ScaleReportArgs),
+    /// Churn on a 3-node cluster for minutes or hours, sampling every node's resources.
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -76,6 +92,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::ClusterConverge(args) => cluster::converge(args),
         Cmd::Incr(args) => incr::run(args),
         Cmd::ClusterReport(args) => cluster_report::run(args),
+        Cmd::Scale(args) => scale::run(args),
+        Cmd::ScaleWorker(args) => scale_worker::run(args),
+        Cmd::ScaleReport(args) => scale_report::run(args),
+        Cmd::Soak(args) => soak::run(args),
     }
 }
 

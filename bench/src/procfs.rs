@@ -77,6 +77,28 @@ pub(crate) fn tcp_ext_counter(name: &str) -> Option<u64> {
     None
 }
 
+/// Machine-wide CPU time from the `cpu` line of `/proc/stat`: (busy, total) in ticks, where busy
+/// leaves out idle and iowait. Two readings give the cores busy in between: Δbusy / Δtotal ×
+/// cores.
+pub(crate) fn machine_cpu_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_machine_cpu(&stat)
+}
+
+fn parse_machine_cpu(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let values: Vec<u64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let total: u64 = values.iter().take(8).sum();
+    let idle = values.get(3)? + values.get(4).copied().unwrap_or(0);
+    Some((total.saturating_sub(idle), total))
+}
+
+/// The 1-minute load average.
+pub(crate) fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+}
+
 /// `getconf CLK_TCK`, 100 when unavailable (the value on every common Linux).
 fn clock_ticks() -> f64 {
     std::process::Command::new("getconf")
@@ -106,6 +128,14 @@ mod tests {
     fn reads_tcp_ext_counters() {
         assert!(tcp_ext_counter("ListenOverflows").is_some());
         assert!(tcp_ext_counter("NoSuchCounter").is_none());
+    }
+
+    #[test]
+    fn reads_machine_cpu() {
+        let stat = "cpu  100 5 50 800 40 3 2 0 0 0\ncpu0 1 2 3 4\n";
+        assert_eq!(parse_machine_cpu(stat), Some((160, 1000)));
+        assert!(machine_cpu_ticks().is_some_and(|(busy, total)| busy <= total));
+        assert!(load_average().is_some());
     }
 
     #[test]

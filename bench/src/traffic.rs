@@ -61,7 +61,7 @@ pub(crate) struct Msg {
 }
 
 /// The unsigned integer after `key` (e.g. `"t":`) in `text`.
-fn number_after(text: &[u8], key: &[u8]) -> Option<u64> {
+pub(crate) fn number_after(text: &[u8], key: &[u8]) -> Option<u64> {
     let at = text.windows(key.len()).position(|w| w == key)? + key.len();
     let digits = text[at..].iter().take_while(|b| b.is_ascii_digit()).count();
     if digits == 0 || digits > 19 {
