@@ -31,8 +31,8 @@ pub mod gossip;
 pub mod message;
 pub mod node;
 pub mod raft;
-mod relay;
 mod recovery;
+mod relay;
 pub mod transport;
 mod wire;
 
