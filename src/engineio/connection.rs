@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 
 use super::packet::Frame;
 use super::session::{CloseReason, Enqueued, Session, Transport};
-use super::websocket::WsWriter;
+use super::websocket::{WsReader, WsSink};
 use crate::sid;
 
 /// A message delivered to the application.
@@ -29,12 +29,40 @@ pub enum Message {
 pub struct Handshake {
     /// The peer's address.
     pub remote_addr: SocketAddr,
-    /// Request headers (cookies, authorization, origin…).
+    /// Request headers (cookies, authorization, origin…), without those that only served the
+    /// WebSocket handshake itself (see [`Handshake::keep_headers`]).
     pub headers: HeaderMap,
     /// The raw query string.
     pub query: String,
     /// When the session opened.
     pub issued: std::time::SystemTime,
+}
+
+/// Headers that only describe the WebSocket handshake: nothing reads them once it is done.
+const HANDSHAKE_ONLY: [http::HeaderName; 5] = [
+    http::header::CONNECTION,
+    http::header::UPGRADE,
+    http::header::SEC_WEBSOCKET_KEY,
+    http::header::SEC_WEBSOCKET_VERSION,
+    http::header::SEC_WEBSOCKET_EXTENSIONS,
+];
+
+impl Handshake {
+    /// The headers of the request that opened a session, as the session keeps them: copied
+    /// out of the request (whose values share hyper's whole read buffer, which would then live
+    /// as long as the session) into one compact map, without the WebSocket handshake's own
+    /// `Connection`, `Upgrade` and `Sec-WebSocket-Key/Version/Extensions`.
+    pub fn keep_headers(request: &HeaderMap) -> HeaderMap {
+        let kept = || request.iter().filter(|(name, _)| !HANDSHAKE_ONLY.contains(name));
+        let mut headers = HeaderMap::with_capacity(kept().count());
+        for (name, value) in kept() {
+            let mut copy = http::HeaderValue::from_maybe_shared(Bytes::copy_from_slice(value.as_bytes()))
+                .unwrap_or_else(|_| value.clone());
+            copy.set_sensitive(value.is_sensitive());
+            headers.append(name.clone(), copy);
+        }
+        headers
+    }
 }
 
 /// One Engine.IO connection, shared by its transports and the application.
@@ -47,8 +75,11 @@ pub struct Connection<S> {
     pub(super) poll_wake: Notify,
     /// Wakes every task waiting for the session to end.
     pub(super) closed_notify: Notify,
-    /// A WebSocket writer waiting to be adopted by the driver.
-    pub(super) new_writer: Mutex<Option<WsWriter>>,
+    /// The session's WebSocket, once it has one: written by the driver, and by senders
+    /// themselves when nothing is queued (see [`Session::claim_inline`]).
+    pub(super) sink: Mutex<Option<WsSink>>,
+    /// The session's WebSocket reader, until the driver takes it.
+    pub(super) reader: Mutex<Option<Box<WsReader>>>,
     /// Control frames the WebSocket reader owes the peer (pong, close echo).
     pub(super) control: Mutex<Vec<(fastwebsockets::OpCode, Bytes)>>,
     handshake: Handshake,
@@ -70,7 +101,8 @@ impl<S> Connection<S> {
             driver_wake: Notify::new(),
             poll_wake: Notify::new(),
             closed_notify: Notify::new(),
-            new_writer: Mutex::new(None),
+            sink: Mutex::new(None),
+            reader: Mutex::new(None),
             control: Mutex::new(Vec::new()),
             handshake,
             state: OnceLock::new(),
@@ -110,18 +142,22 @@ impl<S> Connection<S> {
     /// Queues pre-encoded frames atomically. Never blocks: a client that is
     /// too far behind is disconnected, and volatile frames are dropped for it.
     pub(crate) fn send_frames(&self, frames: &[Frame], volatile: bool) -> Enqueued {
-        self.enqueue_with(|s| s.enqueue(frames, volatile))
+        self.enqueue_with(frames, |s| s.enqueue(frames, volatile))
     }
 
     /// Queues `frames` so that they end a WebSocket write: what is queued
     /// after them goes out in a later write (see [`Session::enqueue_own_write`]).
     pub(crate) fn send_frames_own_write(&self, frames: &[Frame]) -> Enqueued {
-        self.enqueue_with(|s| s.enqueue_own_write(frames))
+        self.enqueue_with(frames, |s| s.enqueue_own_write(frames))
     }
 
-    fn enqueue_with(&self, enqueue: impl FnOnce(&mut Session) -> Enqueued) -> Enqueued {
+    fn enqueue_with(&self, frames: &[Frame], enqueue: impl FnOnce(&mut Session) -> Enqueued) -> Enqueued {
         let (result, transport, was_empty) = {
             let mut s = self.session.lock();
+            if s.claim_inline(frames) {
+                drop(s);
+                return self.write_inline(frames);
+            }
             let was_empty = s.queue_is_empty();
             (enqueue(&mut s), s.transport(), was_empty)
         };
@@ -136,6 +172,36 @@ impl<S> Connection<S> {
             },
             Enqueued::Closed => self.wake_all(),
             Enqueued::DroppedVolatile | Enqueued::TooLarge => {}
+        }
+        result
+    }
+
+    /// Writes frames to the WebSocket from the calling thread, as far as the socket takes
+    /// them without waiting (the session granted it: nothing queued, nobody writing). What the
+    /// socket does not take goes out first through the driver. Saves waking the driver task
+    /// for each packet of a broadcast.
+    fn write_inline(&self, frames: &[Frame]) -> Enqueued {
+        let written = match self.sink.lock().as_mut() {
+            Some(sink) => sink.write_now(frames),
+            None => Err(std::io::ErrorKind::NotConnected.into()),
+        };
+        let (unsent, result) = match written {
+            Ok(unsent) => (unsent, Enqueued::Queued),
+            Err(_) => {
+                self.session.lock().close(CloseReason::TransportError);
+                (Bytes::new(), Enqueued::Closed)
+            }
+        };
+        if result == Enqueued::Queued {
+            let bytes: usize = frames.iter().map(Frame::len).sum();
+            metrics::counter!(crate::metrics::SOCKETIO_PACKETS_SENT).increment(frames.len() as u64);
+            metrics::counter!(crate::metrics::SOCKETIO_BYTES_SENT).increment(bytes as u64);
+        }
+        if self.session.lock().end_inline_write(unsent) {
+            self.driver_wake.notify_one();
+        }
+        if result == Enqueued::Closed {
+            self.wake_all();
         }
         result
     }
@@ -197,8 +263,13 @@ impl<S> Connection<S> {
         self.driver_wake.notify_one();
     }
 
-    pub(crate) fn adopt_writer(&self, writer: WsWriter) {
-        *self.new_writer.lock() = Some(writer);
+    /// The session's WebSocket is ready: the driver reads it and writes to it from now on,
+    /// and senders may write to it themselves when it allows that.
+    pub(crate) fn attach_websocket(&self, sink: WsSink, reader: Option<Box<WsReader>>) {
+        let inline = sink.allows_inline();
+        *self.sink.lock() = Some(sink);
+        *self.reader.lock() = reader;
+        self.session.lock().attach_websocket(inline);
         self.driver_wake.notify_one();
     }
 

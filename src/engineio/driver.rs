@@ -1,30 +1,33 @@
-//! The per-session driver task: fires the session's timers, writes its
-//! queued packets to the WebSocket when there is one (one write per batch),
-//! and tears the session down once it has closed.
+//! The per-session driver task, the one task of a connection: fires the
+//! session's timers, reads its WebSocket when there is one, writes the queued
+//! packets senders did not write themselves (one write per batch), and tears
+//! the session down once it has closed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use fastwebsockets::{OpCode, WebSocketError};
 
 use super::connection::Connection;
 use super::endpoint::{Engine, Handler};
 use super::packet::Frame;
 use super::session::{CloseReason, TimerOutcome};
-use super::websocket::{self, WsWriter};
+#[cfg(test)]
+use super::websocket::WsSink;
+use super::websocket::{self, WsReader};
 
 /// How long the last flush of a closed session may take (the client may not read).
 const LAST_FLUSH: Duration = Duration::from_secs(2);
 /// How long a closed polling session stays findable for the GET still owed an answer.
 const LINGER: Duration = Duration::from_secs(5);
-/// A batch buffer grown past this many frames is given back after the write.
-const BATCH_KEEP: usize = 256;
 
 /// Runs the session of `conn` until it ends, then tears it down.
 pub(super) async fn drive<H: Handler>(engine: Engine<H>, conn: Arc<Connection<H::State>>) {
-    let mut driver = Driver { conn, writer: None, batch: Vec::new() };
+    let mut driver = Driver { engine, conn, reader: None };
     let reason = driver.run().await;
-    driver.finish(&engine, reason).await;
+    // Boxed: the teardown's state exists only while it runs, not in every idle driver.
+    Box::pin(driver.finish(reason)).await;
 }
 
 /// What one turn of the driver found under the session lock.
@@ -33,103 +36,158 @@ struct Turn {
     deadline: Option<Instant>,
     /// Set once the session has ended.
     closed: Option<CloseReason>,
-    /// Frames are left for another write (the batch ended at a write end).
-    more: bool,
+    /// The WebSocket's writes this turn.
+    write: Write,
 }
 
-struct Driver<S> {
-    conn: Arc<Connection<S>>,
-    writer: Option<WsWriter>,
-    batch: Vec<Frame>,
+/// The driver's part in the WebSocket's writes this turn.
+enum Write {
+    /// No WebSocket is attached.
+    NoSocket,
+    /// A sender is writing inline; it wakes the driver when it is done.
+    Busy,
+    /// The driver holds the socket for this turn's write.
+    Claimed {
+        /// The end of an inline write the socket did not take: written alone, first.
+        unsent: Bytes,
+        /// Frames for one write (empty when `unsent` is not).
+        batch: Vec<Frame>,
+        /// Frames are left for another write.
+        more: bool,
+    },
 }
 
-impl<S> Driver<S> {
-    /// Serves the session until it has closed; returns why.
+/// The one task of a session: its timers, its WebSocket's reads, and the writes senders did not
+/// do themselves.
+struct Driver<H: Handler> {
+    engine: Engine<H>,
+    conn: Arc<Connection<H::State>>,
+    /// The WebSocket's reader, once the session has one (until the client stops sending).
+    reader: Option<Box<WsReader>>,
+}
+
+impl<H: Handler> Driver<H> {
+    /// Serves the session until it has closed; returns why. Returns holding the WebSocket's
+    /// write claim, so that nothing is written after the close frame.
     async fn run(&mut self) -> CloseReason {
         loop {
-            self.adopt_writer();
+            if let Some(reader) = self.conn.reader.lock().take() {
+                self.reader = Some(reader);
+            }
             let turn = self.take_due_work();
-            let control: Vec<_> = std::mem::take(&mut *self.conn.control.lock());
-            if self.flush(&control, &turn).await.is_err() {
-                self.conn.session.lock().close(CloseReason::TransportError);
-                self.conn.poll_wake.notify_one();
-                continue;
-            }
-            if turn.more {
-                // The batch ended at a write end: the rest goes in the next write.
-                continue;
-            }
-            if let Some(reason) = turn.closed {
+            if let Write::Claimed { unsent, batch, more } = &turn.write {
+                // Boxed: an idle driver's future stays small, the write's state exists only
+                // while it writes.
+                let written = Box::pin(self.flush(unsent, batch, &turn)).await;
+                if written.is_err() {
+                    self.conn.session.lock().release_write();
+                    self.conn.session.lock().close(CloseReason::TransportError);
+                    self.conn.poll_wake.notify_one();
+                    continue;
+                }
+                if *more || !unsent.is_empty() {
+                    // The batch ended at a write end: the rest goes in the next write.
+                    self.conn.session.lock().release_write();
+                    continue;
+                }
+                if let Some(reason) = turn.closed {
+                    return reason;
+                }
+                self.conn.session.lock().release_write();
+            } else if let (Write::NoSocket, Some(reason)) = (&turn.write, turn.closed) {
                 return reason;
             }
-            wait(&self.conn, turn.deadline).await;
+            self.wait(turn.deadline).await;
         }
     }
 
-    /// A WebSocket that has joined the session takes over its writes.
-    fn adopt_writer(&mut self) {
-        if let Some(w) = self.conn.new_writer.lock().take() {
-            self.writer = Some(w);
-        }
-    }
-
-    /// Under the session lock: runs the timers due now (a ping queued or a
-    /// close wakes a parked GET) and takes the next WebSocket batch.
-    fn take_due_work(&mut self) -> Turn {
+    /// Under the session lock: runs the timers due now (a ping queued or a close wakes a
+    /// parked GET) and, with a WebSocket, claims it and takes the next write.
+    fn take_due_work(&self) -> Turn {
         let mut s = self.conn.session.lock();
         if let TimerOutcome::PingQueued | TimerOutcome::Closed(_) = s.on_timer(Instant::now()) {
             self.conn.poll_wake.notify_one();
         }
-        let more = self.writer.is_some() && s.drain_for_websocket(&mut self.batch);
-        Turn { deadline: s.next_deadline(), closed: s.closed(), more }
+        let write = if !s.websocket_attached() {
+            Write::NoSocket
+        } else if !s.claim_write() {
+            Write::Busy
+        } else {
+            let unsent = s.take_unsent();
+            let mut batch = Vec::new();
+            let more = if unsent.is_empty() { s.drain_for_websocket(&mut batch) } else { false };
+            Write::Claimed { unsent, batch, more }
+        };
+        Turn { deadline: s.next_deadline(), closed: s.closed(), write }
     }
 
-    /// Writes owed control frames and the batch to the WebSocket, if there is one.
-    async fn flush(&mut self, control: &[(OpCode, bytes::Bytes)], turn: &Turn) -> Result<(), WebSocketError> {
-        let Some(w) = self.writer.as_mut() else { return Ok(()) };
-        let wrote = if self.batch.is_empty() && control.is_empty() {
-            Ok(())
-        } else if turn.closed.is_some() {
-            let flush = websocket::write_batch(w, control, &self.batch, turn.deadline, &self.conn);
-            tokio::time::timeout(LAST_FLUSH, flush).await.unwrap_or(Err(WebSocketError::ConnectionClosed))
-        } else {
-            websocket::write_batch(w, control, &self.batch, turn.deadline, &self.conn).await
-        };
-        self.batch.clear();
-        if self.batch.capacity() > BATCH_KEEP {
-            self.batch = Vec::new();
+    /// Writes the end of an inline write, or owed control frames and the batch; keeps reading
+    /// meanwhile (a client's pong must not wait behind a slow write).
+    async fn flush(&mut self, unsent: &Bytes, batch: &[Frame], turn: &Turn) -> Result<(), WebSocketError> {
+        let control: Vec<(OpCode, Bytes)> =
+            if unsent.is_empty() { std::mem::take(&mut *self.conn.control.lock()) } else { Vec::new() };
+        if unsent.is_empty() && batch.is_empty() && control.is_empty() {
+            return Ok(());
         }
-        wrote
+        let Self { engine, conn, reader } = self;
+        let write = websocket::write_batch(conn, unsent, &control, batch, turn.deadline);
+        let last = async {
+            if turn.closed.is_some() {
+                tokio::time::timeout(LAST_FLUSH, write).await.unwrap_or(Err(WebSocketError::ConnectionClosed))
+            } else {
+                write.await
+            }
+        };
+        tokio::pin!(last);
+        loop {
+            tokio::select! {
+                written = &mut last => return written,
+                incoming = websocket::next_incoming(reader) => {
+                    if !websocket::on_incoming(engine, conn, incoming) {
+                        *reader = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sleeps until woken (packets queued, a socket, a close) or the next timer, reading what
+    /// the client sends meanwhile.
+    async fn wait(&mut self, deadline: Option<Instant>) {
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = self.conn.driver_wake.notified() => {}
+            () = sleep => {}
+            incoming = websocket::next_incoming(&mut self.reader) => {
+                if !websocket::on_incoming(&self.engine, &self.conn, incoming) {
+                    self.reader = None;
+                }
+            }
+        }
     }
 
     /// The session has ended: close the WebSocket, count it, tell the
     /// application, and forget the session once no GET is owed an answer.
-    async fn finish<H: Handler<State = S>>(mut self, engine: &Engine<H>, reason: CloseReason) {
+    async fn finish(mut self, reason: CloseReason) {
+        self.reader = None;
+        self.conn.reader.lock().take();
         self.conn.closed_notify.notify_waiters();
         self.conn.poll_wake.notify_one();
-        if let Some(mut w) = self.writer.take() {
-            websocket::close_writer(&mut w).await;
+        let sink = self.conn.sink.lock().take();
+        if let Some(mut sink) = sink {
+            websocket::close_writer(&mut sink).await;
         }
         metrics::gauge!(crate::metrics::ENGINE_CONNECTIONS).decrement(1.0);
         metrics::counter!(crate::metrics::ENGINE_CONNECTIONS_CLOSED, crate::metrics::label::REASON => reason.label())
             .increment(1);
-        engine.handler().on_close(&self.conn, reason);
+        self.engine.handler().on_close(&self.conn, reason);
         linger(&self.conn).await;
-        engine.forget(&self.conn);
-    }
-}
-
-/// Sleeps until woken (packets queued, a writer, a close) or the next timer.
-async fn wait<S>(conn: &Connection<S>, deadline: Option<Instant>) {
-    let sleep = async {
-        match deadline {
-            Some(d) => tokio::time::sleep_until(d.into()).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        () = conn.driver_wake.notified() => {}
-        () = sleep => {}
+        self.engine.forget(&self.conn);
     }
 }
 
@@ -211,7 +269,7 @@ mod tests {
         conn.send_frames(&[Frame::Text(Bytes::from_static(b"42[\"a\"]"))], false);
         conn.send_frames(&[Frame::Text(Bytes::from_static(b"42[\"b\"]"))], false);
         let writes = Writes::default();
-        conn.adopt_writer(WsWriter::new(Box::new(writes.clone())));
+        conn.attach_websocket(WsSink::stream(Box::new(writes.clone())), None);
         for _ in 0..200 {
             if writes.0.lock().len() >= 2 {
                 break;

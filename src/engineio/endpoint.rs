@@ -197,7 +197,7 @@ impl<H: Handler> Engine<H> {
         };
         let handshake = Handshake {
             remote_addr,
-            headers: req.headers().clone(),
+            headers: Handshake::keep_headers(req.headers()),
             query: req.uri().query().unwrap_or("").to_owned(),
             issued: std::time::SystemTime::now(),
         };
@@ -254,9 +254,8 @@ impl<H: Handler> Engine<H> {
             Ok((response, fut)) => {
                 let engine = self.clone();
                 self.inner.tasks.spawn(async move {
-                    let _permit = permit;
                     match fut.await {
-                        Ok(ws) => websocket::run_direct(engine, conn, ws).await,
+                        Ok(ws) => websocket::run_direct(&engine, &conn, ws, permit),
                         Err(_) => conn.close_with(CloseReason::TransportError),
                     }
                 });
@@ -348,7 +347,6 @@ impl<H: Handler> Engine<H> {
         let allowed = self.inner.config.allow_upgrades && conn.session.lock().begin_upgrade(Instant::now()).is_ok();
         let engine = self.clone();
         self.inner.tasks.spawn(async move {
-            let _permit = permit;
             let Ok(ws) = fut.await else {
                 if allowed {
                     conn.session.lock().abort_upgrade();
@@ -356,7 +354,7 @@ impl<H: Handler> Engine<H> {
                 return;
             };
             if allowed {
-                websocket::run_probe(engine, conn, ws).await;
+                websocket::run_probe(engine, conn, ws, permit).await;
             } else {
                 // Accepted then closed: the session already has a WebSocket.
                 websocket::close_now(ws).await;

@@ -9,6 +9,7 @@
 //! - `polling`: the long-polling GET and POST of a session.
 //! - `driver`: the per-session task (timers, WebSocket writes, teardown).
 //! - `websocket`: the WebSocket reader and batched writer.
+//! - `wsread`: client frames into messages without a read buffer per connection.
 //! - `response`: error codes, HTTP responses, CORS.
 
 mod config;
@@ -20,6 +21,7 @@ mod polling;
 mod response;
 pub(crate) mod session;
 mod websocket;
+mod wsread;
 
 pub use config::{Cors, EngineConfig};
 pub use connection::{Connection, Handshake, Message};

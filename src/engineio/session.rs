@@ -199,6 +199,17 @@ pub(crate) struct Session {
     write_ends: VecDeque<usize>,
     get_pending: bool,
     post_pending: bool,
+    /// A WebSocket is attached to the session (the driver writes to it).
+    ws_attached: bool,
+    /// Senders may write to that WebSocket themselves (see [`Session::claim_inline`]).
+    inline_writes: bool,
+    /// Someone is writing to the WebSocket: the driver, or a sender writing inline.
+    write_claimed: bool,
+    /// The driver found the WebSocket busy with an inline write and waits to be woken.
+    driver_waits: bool,
+    /// The end of an inline write that the socket did not take at once: it goes out before
+    /// anything else, in a write of its own. Counted in `queued_bytes`.
+    unsent: bytes::Bytes,
     closed: Option<CloseReason>,
     /// The last answer owed to a parked GET once the session ended: `6` when
     /// the client closed it (upstream's polling transport answers its pending
@@ -221,6 +232,11 @@ impl Session {
             write_ends: VecDeque::new(),
             get_pending: false,
             post_pending: false,
+            ws_attached: false,
+            inline_writes: false,
+            write_claimed: false,
+            driver_waits: false,
+            unsent: bytes::Bytes::new(),
             closed: None,
             final_poll_reply: None,
         }
@@ -472,6 +488,24 @@ impl Session {
         Enqueued::Queued
     }
 
+    /// Instead of queueing `frames`: whether the caller may write them to the WebSocket
+    /// itself, now, without waiting. It may when senders may write inline, nothing is queued
+    /// or left over before them, nobody else is writing, and the queue could take them; it
+    /// then holds the socket until [`Session::end_inline_write`]. Such a write is a write of
+    /// its own, as [`Session::enqueue_own_write`] asks.
+    pub(crate) fn claim_inline(&mut self, frames: &[Frame]) -> bool {
+        let may = self.inline_writes
+            && self.transport == Transport::WebSocket
+            && self.closed.is_none()
+            && !self.write_claimed
+            && self.queue.is_empty()
+            && self.unsent.is_empty()
+            && frames.len() <= self.limits.max_packets
+            && frames.iter().map(Frame::len).sum::<usize>() <= self.limits.max_bytes;
+        self.write_claimed |= may;
+        may
+    }
+
     /// Queues `frames` like [`Session::enqueue`], and makes them end a
     /// WebSocket write: what is queued after them goes out in a later write.
     ///
@@ -499,11 +533,62 @@ impl Session {
         self.queue.push_back(frame);
     }
 
-    /// After a burst, give the queue's memory back: an idle client keeps none.
+    /// Once drained, give the queue's memory back: an idle client keeps none.
     fn release_burst_capacity(&mut self) {
-        if self.queue.is_empty() && self.queue.capacity() > 64 {
-            self.queue.shrink_to_fit();
+        if self.queue.is_empty() && self.queue.capacity() > 0 {
+            self.queue = VecDeque::new();
         }
+        if self.write_ends.is_empty() && self.write_ends.capacity() > 0 {
+            self.write_ends = VecDeque::new();
+        }
+    }
+
+    /// A WebSocket now carries the session; `inline` lets senders write to it themselves.
+    pub(crate) fn attach_websocket(&mut self, inline: bool) {
+        self.ws_attached = true;
+        self.inline_writes = inline;
+    }
+
+    /// Whether a WebSocket is attached.
+    pub(crate) fn websocket_attached(&self) -> bool {
+        self.ws_attached
+    }
+
+    /// Claims the WebSocket for one write of the driver. `false` while a sender writes
+    /// inline: that sender wakes the driver when it is done.
+    pub(crate) fn claim_write(&mut self) -> bool {
+        if self.write_claimed {
+            self.driver_waits = true;
+            return false;
+        }
+        self.write_claimed = true;
+        true
+    }
+
+    /// The driver's write is done.
+    pub(crate) fn release_write(&mut self) {
+        self.write_claimed = false;
+    }
+
+    /// Ends an inline write ([`Session::claim_inline`]); `unsent` is what the socket did not
+    /// take. Returns whether the driver must be woken (to write what is left or queued, or
+    /// because it waits for the socket).
+    pub(crate) fn end_inline_write(&mut self, unsent: bytes::Bytes) -> bool {
+        self.write_claimed = false;
+        if !unsent.is_empty() && self.closed.is_none_or(CloseReason::is_graceful) {
+            self.queued_bytes += unsent.len();
+            self.unsent = unsent;
+        }
+        let wake = self.driver_waits || !self.unsent.is_empty() || !self.queue.is_empty() || self.closed.is_some();
+        self.driver_waits = false;
+        wake
+    }
+
+    /// The end of an inline write the socket did not take, if any (see
+    /// [`Session::end_inline_write`]): the driver writes it first, alone.
+    pub(crate) fn take_unsent(&mut self) -> bytes::Bytes {
+        self.queued_bytes = self.queued_bytes.saturating_sub(self.unsent.len());
+        std::mem::take(&mut self.unsent)
     }
 
     /// Whether nothing is queued.
@@ -547,6 +632,7 @@ impl Session {
             if !graceful {
                 self.queue.clear();
                 self.write_ends.clear();
+                self.unsent = bytes::Bytes::new();
                 self.queued_bytes = 0;
             }
         }
