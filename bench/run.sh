@@ -14,7 +14,7 @@
 #
 # Environment (full / smoke defaults):
 #   SIZE            full | smoke
-#   SERVERS         "ioswarm node socketioxide"
+#   SERVERS         "ioswarm node socketioxide" (spaces or commas; without node, npm is not needed)
 #   WORKERS         load processes per scenario (2 / 2)
 #   SOURCES         source addresses (127.0.0.2,…,127.0.0.5)
 #   IDLE_CLIENTS    10000 / 50;   HOLD_SECS 30 / 2
@@ -39,6 +39,7 @@ ROOT=$PWD
 SCENARIOS=${*:-idle fanout rooms}
 SIZE=${SIZE:-full}
 SERVERS=${SERVERS:-ioswarm node socketioxide}
+SERVERS=${SERVERS//,/ } # commas or spaces
 case $SIZE in
     smoke)
         d_idle=50 d_hold=2 d_fan=50 d_rates=10,100 d_flat=2 d_step=2 d_rooms=50 d_drain=5 d_quiet=1000 ;;

@@ -74,30 +74,37 @@ impl<H: Handler> Driver<H> {
             if let Some(reader) = self.conn.reader.lock().take() {
                 self.reader = Some(reader);
             }
-            let turn = self.take_due_work();
-            if let Write::Claimed { unsent, batch, more } = &turn.write {
-                // Boxed: an idle driver's future stays small, the write's state exists only
-                // while it writes.
-                let written = Box::pin(self.flush(unsent, batch, &turn)).await;
-                if written.is_err() {
+            let Turn { deadline, closed, write } = self.take_due_work();
+            match write {
+                Write::Claimed { unsent, batch, more } => {
+                    let alone = !unsent.is_empty();
+                    // Boxed: the write's state exists only while it writes, not in every idle
+                    // driver (one per connection).
+                    let written = Box::pin(self.flush(unsent, batch, deadline, closed.is_some())).await;
+                    if written.is_err() {
+                        self.conn.session.lock().release_write();
+                        self.conn.session.lock().close(CloseReason::TransportError);
+                        self.conn.poll_wake.notify_one();
+                        continue;
+                    }
+                    if more || alone {
+                        // The batch ended at a write end: the rest goes in the next write.
+                        self.conn.session.lock().release_write();
+                        continue;
+                    }
+                    if let Some(reason) = closed {
+                        return reason;
+                    }
                     self.conn.session.lock().release_write();
-                    self.conn.session.lock().close(CloseReason::TransportError);
-                    self.conn.poll_wake.notify_one();
-                    continue;
                 }
-                if *more || !unsent.is_empty() {
-                    // The batch ended at a write end: the rest goes in the next write.
-                    self.conn.session.lock().release_write();
-                    continue;
+                Write::NoSocket => {
+                    if let Some(reason) = closed {
+                        return reason;
+                    }
                 }
-                if let Some(reason) = turn.closed {
-                    return reason;
-                }
-                self.conn.session.lock().release_write();
-            } else if let (Write::NoSocket, Some(reason)) = (&turn.write, turn.closed) {
-                return reason;
+                Write::Busy => {}
             }
-            self.wait(turn.deadline).await;
+            self.wait(deadline).await;
         }
     }
 
@@ -121,28 +128,35 @@ impl<H: Handler> Driver<H> {
         Turn { deadline: s.next_deadline(), closed: s.closed(), write }
     }
 
-    /// Writes the end of an inline write, or owed control frames and the batch; keeps reading
-    /// meanwhile (a client's pong must not wait behind a slow write).
-    async fn flush(&mut self, unsent: &Bytes, batch: &[Frame], turn: &Turn) -> Result<(), WebSocketError> {
+    /// Writes the end of a sender's write, or owed control frames and the batch; keeps reading
+    /// meanwhile (a client's pong must not wait behind a slow write). The last write of a
+    /// closed session gets [`LAST_FLUSH`] at most.
+    async fn flush(
+        &mut self,
+        unsent: Bytes,
+        batch: Vec<Frame>,
+        deadline: Option<Instant>,
+        last: bool,
+    ) -> Result<(), WebSocketError> {
         let control: Vec<(OpCode, Bytes)> =
             if unsent.is_empty() { std::mem::take(&mut *self.conn.control.lock()) } else { Vec::new() };
         if unsent.is_empty() && batch.is_empty() && control.is_empty() {
             return Ok(());
         }
         let Self { engine, conn, reader } = self;
-        let write = websocket::write_batch(conn, unsent, &control, batch, turn.deadline);
-        let last = async {
-            if turn.closed.is_some() {
+        let write = websocket::write_batch(conn, &unsent, &control, &batch, deadline);
+        let write = async {
+            if last {
                 tokio::time::timeout(LAST_FLUSH, write).await.unwrap_or(Err(WebSocketError::ConnectionClosed))
             } else {
                 write.await
             }
         };
-        tokio::pin!(last);
+        tokio::pin!(write);
         loop {
             tokio::select! {
-                written = &mut last => return written,
-                incoming = websocket::next_incoming(reader) => {
+                written = &mut write => return written,
+                incoming = std::future::poll_fn(|cx| websocket::poll_incoming(reader, cx)) => {
                     if !websocket::on_incoming(engine, conn, incoming) {
                         *reader = None;
                     }
@@ -154,16 +168,12 @@ impl<H: Handler> Driver<H> {
     /// Sleeps until woken (packets queued, a socket, a close) or the next timer, reading what
     /// the client sends meanwhile.
     async fn wait(&mut self, deadline: Option<Instant>) {
-        let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d.into()).await,
-                None => std::future::pending().await,
-            }
-        };
+        // No deadline: a sleep that never fires (its branch is disabled).
+        let sleep = tokio::time::sleep_until(deadline.unwrap_or_else(|| Instant::now() + LINGER).into());
         tokio::select! {
             () = self.conn.driver_wake.notified() => {}
-            () = sleep => {}
-            incoming = websocket::next_incoming(&mut self.reader) => {
+            () = sleep, if deadline.is_some() => {}
+            incoming = std::future::poll_fn(|cx| websocket::poll_incoming(&mut self.reader, cx)) => {
                 if !websocket::on_incoming(&self.engine, &self.conn, incoming) {
                     self.reader = None;
                 }

@@ -24,6 +24,7 @@ mod websocket;
 mod wsread;
 
 pub use config::{Cors, EngineConfig};
+pub(crate) use connection::flush_spread;
 pub use connection::{Connection, Handshake, Message};
 pub use endpoint::{Engine, Handler, RequestKind};
 pub(crate) use response::{Body, parse_query};

@@ -201,14 +201,14 @@ pub(crate) struct Session {
     post_pending: bool,
     /// A WebSocket is attached to the session (the driver writes to it).
     ws_attached: bool,
-    /// Senders may write to that WebSocket themselves (see [`Session::claim_inline`]).
+    /// Senders may flush the queue to that WebSocket themselves (see [`Session::claim_flush`]).
     inline_writes: bool,
-    /// Someone is writing to the WebSocket: the driver, or a sender writing inline.
+    /// Someone is writing to the WebSocket: the driver, or a sender flushing.
     write_claimed: bool,
-    /// The driver found the WebSocket busy with an inline write and waits to be woken.
+    /// The driver found the WebSocket busy with a sender's flush and waits to be woken.
     driver_waits: bool,
-    /// The end of an inline write that the socket did not take at once: it goes out before
-    /// anything else, in a write of its own. Counted in `queued_bytes`.
+    /// The end of a sender's write that the socket did not take at once: it goes out before
+    /// anything else, in a write of its own, by the driver. Counted in `queued_bytes`.
     unsent: bytes::Bytes,
     closed: Option<CloseReason>,
     /// The last answer owed to a parked GET once the session ended: `6` when
@@ -488,24 +488,6 @@ impl Session {
         Enqueued::Queued
     }
 
-    /// Instead of queueing `frames`: whether the caller may write them to the WebSocket
-    /// itself, now, without waiting. It may when senders may write inline, nothing is queued
-    /// or left over before them, nobody else is writing, and the queue could take them; it
-    /// then holds the socket until [`Session::end_inline_write`]. Such a write is a write of
-    /// its own, as [`Session::enqueue_own_write`] asks.
-    pub(crate) fn claim_inline(&mut self, frames: &[Frame]) -> bool {
-        let may = self.inline_writes
-            && self.transport == Transport::WebSocket
-            && self.closed.is_none()
-            && !self.write_claimed
-            && self.queue.is_empty()
-            && self.unsent.is_empty()
-            && frames.len() <= self.limits.max_packets
-            && frames.iter().map(Frame::len).sum::<usize>() <= self.limits.max_bytes;
-        self.write_claimed |= may;
-        may
-    }
-
     /// Queues `frames` like [`Session::enqueue`], and makes them end a
     /// WebSocket write: what is queued after them goes out in a later write.
     ///
@@ -543,7 +525,7 @@ impl Session {
         }
     }
 
-    /// A WebSocket now carries the session; `inline` lets senders write to it themselves.
+    /// A WebSocket now carries the session; `inline` lets senders flush to it themselves.
     pub(crate) fn attach_websocket(&mut self, inline: bool) {
         self.ws_attached = true;
         self.inline_writes = inline;
@@ -554,8 +536,24 @@ impl Session {
         self.ws_attached
     }
 
-    /// Claims the WebSocket for one write of the driver. `false` while a sender writes
-    /// inline: that sender wakes the driver when it is done.
+    /// Whether whoever makes the queue non-empty should flush it from its own thread
+    /// ([`Session::claim_flush`]) rather than wake the driver.
+    pub(crate) fn flushed_by_senders(&self) -> bool {
+        self.inline_writes && self.transport == Transport::WebSocket
+    }
+
+    /// Claims the WebSocket for one write of a sender flushing the queue, if nobody is
+    /// writing and no leftover waits for the driver. Release it with
+    /// [`Session::end_flush`]. Whoever holds the claim looks at the queue again when done,
+    /// so a sender that cannot claim leaves its frames to them.
+    pub(crate) fn claim_flush(&mut self) -> bool {
+        let may = !self.write_claimed && self.unsent.is_empty() && self.closed.is_none();
+        self.write_claimed |= may;
+        may
+    }
+
+    /// Claims the WebSocket for one write of the driver. `false` while a sender flushes: that
+    /// sender wakes the driver when it is done.
     pub(crate) fn claim_write(&mut self) -> bool {
         if self.write_claimed {
             self.driver_waits = true;
@@ -570,22 +568,22 @@ impl Session {
         self.write_claimed = false;
     }
 
-    /// Ends an inline write ([`Session::claim_inline`]); `unsent` is what the socket did not
-    /// take. Returns whether the driver must be woken (to write what is left or queued, or
+    /// Ends a sender's write ([`Session::claim_flush`]); `unsent` is what the socket did not
+    /// take. Returns whether the driver must be woken (to write what is left, to close, or
     /// because it waits for the socket).
-    pub(crate) fn end_inline_write(&mut self, unsent: bytes::Bytes) -> bool {
+    pub(crate) fn end_flush(&mut self, unsent: bytes::Bytes) -> bool {
         self.write_claimed = false;
         if !unsent.is_empty() && self.closed.is_none_or(CloseReason::is_graceful) {
             self.queued_bytes += unsent.len();
             self.unsent = unsent;
         }
-        let wake = self.driver_waits || !self.unsent.is_empty() || !self.queue.is_empty() || self.closed.is_some();
+        let wake = self.driver_waits || !self.unsent.is_empty() || self.closed.is_some();
         self.driver_waits = false;
         wake
     }
 
-    /// The end of an inline write the socket did not take, if any (see
-    /// [`Session::end_inline_write`]): the driver writes it first, alone.
+    /// The end of a sender's write the socket did not take, if any (see
+    /// [`Session::end_flush`]): the driver writes it first, alone.
     pub(crate) fn take_unsent(&mut self) -> bytes::Bytes {
         self.queued_bytes = self.queued_bytes.saturating_sub(self.unsent.len());
         std::mem::take(&mut self.unsent)
@@ -922,6 +920,62 @@ mod tests {
         batch.clear();
         assert!(!s.drain_for_websocket(&mut batch));
         assert_eq!(batch.len(), 2);
+    }
+
+    #[test]
+    fn senders_flush_one_at_a_time_and_never_while_the_driver_writes() {
+        let t0 = Instant::now();
+        let f = |t: &str| Frame::Text(Bytes::copy_from_slice(t.as_bytes()));
+        let mut s = Session::new(t0, Transport::WebSocket, TIMINGS, QueueLimits { max_packets: 16, ..LIMITS });
+        // No socket yet, or one that only the driver writes (TLS): the driver flushes.
+        assert!(!s.flushed_by_senders());
+        s.attach_websocket(false);
+        assert!(!s.flushed_by_senders());
+        let mut s = Session::new(t0, Transport::WebSocket, TIMINGS, QueueLimits { max_packets: 16, ..LIMITS });
+        s.attach_websocket(true);
+        assert!(s.flushed_by_senders());
+        assert_eq!(s.enqueue(&[f("a")], false), Enqueued::Queued);
+        assert!(s.claim_flush());
+        let mut batch = Vec::new();
+        assert!(!s.drain_for_websocket(&mut batch));
+        // While it writes: another sender cannot claim, the driver waits to be woken.
+        assert_eq!(s.enqueue(&[f("b")], false), Enqueued::Queued);
+        assert!(!s.claim_flush());
+        assert!(!s.claim_write());
+        assert!(s.end_flush(Bytes::new()), "the driver waits");
+        assert!(s.claim_write());
+        assert!(!s.claim_flush(), "the driver is writing");
+        s.release_write();
+        assert!(s.claim_flush());
+        assert!(!s.end_flush(Bytes::new()), "nothing for the driver to do");
+        s.close(CloseReason::ServerClose);
+        assert!(!s.claim_flush(), "a closed session is flushed by its driver");
+    }
+
+    #[test]
+    fn what_a_sender_could_not_write_goes_first_and_counts_toward_the_bound() {
+        let t0 = Instant::now();
+        let f = |t: &str| Frame::Text(Bytes::copy_from_slice(t.as_bytes()));
+        let mut s = Session::new(t0, Transport::WebSocket, TIMINGS, QueueLimits { max_packets: 16, ..LIMITS });
+        s.attach_websocket(true);
+        assert!(s.claim_flush());
+        assert!(s.end_flush(Bytes::from_static(&[7; 90])), "the driver must write the rest");
+        assert!(!s.claim_flush(), "the rest goes first, by the driver");
+        assert_eq!(s.enqueue(&[f("a")], false), Enqueued::Queued);
+        assert_eq!(s.queued(), (1, 91));
+        assert!(s.claim_write());
+        assert_eq!(s.take_unsent(), Bytes::from_static(&[7; 90]));
+        assert_eq!(s.queued(), (1, 1));
+        s.release_write();
+        assert!(s.claim_flush());
+        // A client that does not read: its leftovers and queue pass the bound, it is disconnected.
+        let mut slow = Session::new(t0, Transport::WebSocket, TIMINGS, QueueLimits { max_packets: 16, ..LIMITS });
+        slow.attach_websocket(true);
+        assert!(slow.claim_flush());
+        slow.end_flush(Bytes::from_static(&[7; 95]));
+        assert_eq!(slow.enqueue(&[f("0123456789")], false), Enqueued::Closed);
+        assert_eq!(slow.closed(), Some(CloseReason::Overflow));
+        assert_eq!(slow.take_unsent(), Bytes::new(), "an overflowed client's leftovers are dropped");
     }
 
     #[test]

@@ -22,7 +22,6 @@ use fastwebsockets::{Frame as WsFrame, OpCode, Payload, WebSocket, WebSocketErro
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
-use std::io::IoSlice;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
@@ -59,14 +58,19 @@ impl std::fmt::Debug for WsReader {
 impl WsReader {
     /// The next thing the client sent. Cancel-safe: whatever was read stays queued.
     async fn next(&mut self) -> Result<Incoming, WebSocketError> {
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    /// Polls for the next thing the client sent.
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Result<Incoming, WebSocketError>> {
         loop {
             if let Some(incoming) = self.frames.pop() {
-                return Ok(incoming);
+                return Poll::Ready(Ok(incoming));
             }
             if let Some(err) = self.failed.take() {
-                return Err(err);
+                return Poll::Ready(Err(err));
             }
-            std::future::poll_fn(|cx| self.poll_read(cx)).await;
+            std::task::ready!(self.poll_read(cx));
         }
     }
 
@@ -95,9 +99,13 @@ impl WsReader {
     }
 }
 
-/// Most frames an inline write sends without copying them (a packet and its attachments); a
-/// packet with more is copied into one buffer first.
-const INLINE_FRAMES: usize = 4;
+/// A per-thread encoding buffer grown past this is given back after the write.
+const ENCODED_KEEP: usize = 256 * 1024;
+
+thread_local! {
+    /// Where [`WsSink::write_now`] encodes the frames it writes.
+    static ENCODED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// The write half of a client's WebSocket. Once the session adopts it, it lives in the
 /// [`Connection`], where the driver task and senders writing inline share it, one at a time
@@ -133,55 +141,31 @@ impl WsSink {
         matches!(self.io, SinkIo::Tcp(_))
     }
 
-    /// Writes `frames` as far as the socket takes them now, without waiting: one vectored
-    /// write, no copy of the payloads. Returns the encoded bytes it did not take, which must
-    /// go out before anything else.
+    /// Writes `frames` as far as the socket takes them now, without waiting: one write call.
+    /// Returns the encoded bytes it did not take, which must go out before anything else.
     pub(crate) fn write_now(&mut self, frames: &[Frame]) -> std::io::Result<Bytes> {
         let SinkIo::Tcp(half) = &self.io else {
             return Err(std::io::ErrorKind::Unsupported.into());
         };
-        if self.closed {
-            // The close frame went out (the echo of the client's): nothing more can.
+        if self.closed || frames.is_empty() {
+            // After the close frame (the echo of the client's) nothing more can go out.
             return Ok(Bytes::new());
         }
-        if frames.len() > INLINE_FRAMES {
-            let mut buf = Vec::new();
-            encode(&mut frames.iter().map(ws_frame).collect::<Vec<_>>(), &mut buf);
+        ENCODED.with(|cell| {
+            let mut buf = cell.borrow_mut();
+            buf.clear();
+            encode(frames.iter().map(ws_frame), &mut buf);
             let written = match half.try_write(&buf) {
                 Ok(n) => n,
                 Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => 0,
                 Err(err) => return Err(err),
             };
-            return Ok(Bytes::from(buf).split_off(written));
-        }
-        let mut heads = [[0u8; 10]; INLINE_FRAMES];
-        let mut head_lens = [0usize; INLINE_FRAMES];
-        for ((frame, head), len) in frames.iter().zip(&mut heads).zip(&mut head_lens) {
-            *len = ws_frame(frame).fmt_head(head);
-        }
-        let mut slices = [IoSlice::new(&[]); 2 * INLINE_FRAMES];
-        for (i, frame) in frames.iter().enumerate() {
-            slices[2 * i] = IoSlice::new(&heads[i][..head_lens[i]]);
-            slices[2 * i + 1] = IoSlice::new(frame.bytes());
-        }
-        let slices = &slices[..2 * frames.len()];
-        let written = match half.try_write_vectored(slices) {
-            Ok(n) => n,
-            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => 0,
-            Err(err) => return Err(err),
-        };
-        let total: usize = slices.iter().map(|s| s.len()).sum();
-        if written == total {
-            return Ok(Bytes::new());
-        }
-        let mut rest = Vec::with_capacity(total - written);
-        let mut skip = written;
-        for slice in slices {
-            let from = skip.min(slice.len());
-            rest.extend_from_slice(&slice[from..]);
-            skip -= from;
-        }
-        Ok(Bytes::from(rest))
+            let rest = Bytes::copy_from_slice(&buf[written..]);
+            if buf.capacity() > ENCODED_KEEP {
+                *buf = Vec::new();
+            }
+            Ok(rest)
+        })
     }
 
     /// Writes encoded bytes, waiting for the socket as long as it takes.
@@ -193,7 +177,7 @@ impl WsSink {
     }
 
     /// Writes frames as one buffer. Nothing is written after a close frame.
-    async fn write_frames(&mut self, frames: &mut [WsFrame<'_>]) -> Result<(), WebSocketError> {
+    async fn write_frames<'a>(&mut self, frames: impl IntoIterator<Item = WsFrame<'a>>) -> Result<(), WebSocketError> {
         if self.closed {
             return Err(WebSocketError::ConnectionClosed);
         }
@@ -241,9 +225,8 @@ impl AsyncWrite for Shared<'_> {
 }
 
 /// Encodes frames one after the other into `buf`; stops after a close frame and says so.
-fn encode(frames: &mut [WsFrame<'_>], buf: &mut Vec<u8>) -> bool {
-    buf.reserve(frames.iter().map(|f| f.payload.len() + 10).sum());
-    for frame in frames.iter_mut() {
+fn encode<'a>(frames: impl IntoIterator<Item = WsFrame<'a>>, buf: &mut Vec<u8>) -> bool {
+    for mut frame in frames {
         let mut head = [0u8; 10];
         let n = frame.fmt_head(&mut head);
         buf.extend_from_slice(&head[..n]);
@@ -331,8 +314,7 @@ pub(crate) async fn run_probe<H: Handler>(
                 // Parked and new GETs now get a noop.
                 conn.wake_driver();
                 conn.poll_notify();
-                let mut reply = [WsFrame::text(Payload::Borrowed(b"3probe"))];
-                if writer.write_frames(&mut reply).await.is_err() {
+                if writer.write_frames([WsFrame::text(Payload::Borrowed(b"3probe"))]).await.is_err() {
                     conn.session().lock().abort_upgrade();
                     return;
                 }
@@ -353,11 +335,14 @@ pub(crate) async fn run_probe<H: Handler>(
     }
 }
 
-/// The next thing the client sent, once there is a reader; never resolves without one.
-pub(crate) async fn next_incoming(reader: &mut Option<Box<WsReader>>) -> Result<Incoming, WebSocketError> {
+/// Polls for the next thing the client sent, once there is a reader; pending without one.
+pub(crate) fn poll_incoming(
+    reader: &mut Option<Box<WsReader>>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Incoming, WebSocketError>> {
     match reader {
-        Some(reader) => reader.next().await,
-        None => std::future::pending().await,
+        Some(reader) => reader.poll_next(cx),
+        None => Poll::Pending,
     }
 }
 
@@ -413,10 +398,9 @@ pub(crate) async fn write_batch<S>(
 ) -> Result<(), WebSocketError> {
     let mut buf = Vec::new();
     let closes = if unsent.is_empty() {
-        let mut frames: Vec<WsFrame<'_>> = Vec::with_capacity(control.len() + batch.len());
-        frames.extend(control.iter().map(|(op, payload)| WsFrame::new(true, *op, None, Payload::Borrowed(payload))));
-        frames.extend(batch.iter().map(ws_frame));
-        encode(&mut frames, &mut buf)
+        let control = control.iter().map(|(op, payload)| WsFrame::new(true, *op, None, Payload::Borrowed(payload)));
+        buf.reserve(batch.iter().map(|f| f.len() + 10).sum::<usize>() + 140 * control.len());
+        encode(control.chain(batch.iter().map(ws_frame)), &mut buf)
     } else {
         buf.extend_from_slice(unsent);
         false
@@ -469,8 +453,7 @@ pub(crate) async fn write_batch<S>(
 pub(crate) async fn close_writer(writer: &mut WsSink) {
     let close = async {
         if !writer.closed {
-            let mut frames = [WsFrame::close(1000, b"")];
-            writer.write_frames(&mut frames).await?;
+            writer.write_frames([WsFrame::close(1000, b"")]).await?;
         }
         writer.shutdown().await.map_err(WebSocketError::from)
     };

@@ -428,9 +428,12 @@ impl Namespace {
         let frames = b.packet.frames();
         let except = self.members_of(&b.selector.except);
         let mut recipients = 0usize;
+        // Queued for every recipient first, then written: each client's frames are in its
+        // queue in order before any thread flushes it, and the writes spread over the workers.
+        let mut flush = Vec::new();
         let mut deliver = |socket: &Socket| {
             if !except.contains(&socket.sid()) {
-                socket.send_frames(&frames, b.flags.volatile);
+                flush.extend(socket.queue_frames(&frames, b.flags.volatile));
                 recipients += 1;
             }
         };
@@ -452,6 +455,7 @@ impl Namespace {
                 }
             }
         }
+        crate::engineio::flush_spread(flush, &self.0.tasks);
         metrics::counter!(crate::metrics::BROADCASTS).increment(1);
         metrics::histogram!(crate::metrics::BROADCAST_RECIPIENTS).record(recipients as f64);
         recipients

@@ -172,7 +172,8 @@ pub struct ClientState {
 struct ClientInner {
     sockets: Vec<Socket>,
     pending: Vec<String>,
-    collector: Option<BinaryCollector>,
+    /// A binary packet waiting for its attachments (boxed: rare, and every client holds the field).
+    collector: Option<Box<BinaryCollector>>,
     closed: bool,
 }
 
@@ -275,7 +276,7 @@ impl SioHandler {
         let limits = packet::Limits { max_attachments: self.server.config.max_attachments };
         let packet = packet::decode(text, &limits)?;
         if packet.attachments > 0 {
-            inner.collector = Some(BinaryCollector::new(packet));
+            inner.collector = Some(Box::new(BinaryCollector::new(packet)));
             return Ok(None);
         }
         Ok(Some((packet, Vec::new())))
