@@ -21,7 +21,7 @@ mod polling;
 mod response;
 pub(crate) mod session;
 mod websocket;
-mod wsread;
+pub(crate) mod wsread;
 
 pub use config::{Cors, EngineConfig};
 pub(crate) use connection::flush_spread;

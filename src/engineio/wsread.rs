@@ -363,6 +363,17 @@ mod tests {
     }
 
     #[test]
+    fn the_fuzz_target_holds_on_valid_and_broken_streams() {
+        let stream =
+            [frame(true, 1, b"4hello"), frame(false, 2, b"ab"), frame(true, 0, b"cd"), frame(true, 9, b"")].concat();
+        for chunk in [0u8, 1, 2, 5, 255] {
+            crate::fuzzing::websocket_frames(&[&[chunk][..], &stream].concat());
+            crate::fuzzing::websocket_frames(&[&[chunk][..], &stream, &[0xc1, 0x80, 0, 0, 0, 0][..], &stream].concat());
+            crate::fuzzing::websocket_frames(&[&[chunk][..], &stream[..stream.len() - 3]].concat());
+        }
+    }
+
+    #[test]
     fn a_large_frame_can_be_read_straight_into_its_own_buffer() {
         let payload = vec![b'4'; 50_000];
         let data = frame(true, 1, &payload);

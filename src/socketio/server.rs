@@ -177,6 +177,16 @@ struct ClientInner {
     closed: bool,
 }
 
+impl ClientInner {
+    /// The CONNECT to `nsp` was answered; the list of pending ones keeps no memory once empty.
+    fn connect_done(&mut self, nsp: &str) {
+        self.pending.retain(|n| n != nsp);
+        if self.pending.is_empty() {
+            self.pending = Vec::new();
+        }
+    }
+}
+
 impl ClientState {
     pub(crate) fn socket(&self, nsp: &str) -> Option<Socket> {
         self.inner.lock().sockets.iter().find(|s| s.nsp() == nsp).cloned()
@@ -323,7 +333,7 @@ impl SioHandler {
             inner.pending.push(nsp.clone());
         }
         let Some(ns) = self.server.resolve(&nsp) else {
-            state.inner.lock().pending.retain(|n| n != &nsp);
+            state.inner.lock().connect_done(&nsp);
             count_connect_error(ConnectErrorReason::InvalidNamespace);
             send_connect_error(conn, &nsp, &serde_json::json!({"message": "Invalid namespace"}));
             return;
@@ -341,7 +351,7 @@ impl SioHandler {
             match verdict {
                 Ok(granted) => handler.finish_connect(&conn, state, ns, auth, granted),
                 Err(err) => {
-                    state.inner.lock().pending.retain(|n| n != ns.name());
+                    state.inner.lock().connect_done(ns.name());
                     count_connect_error(ConnectErrorReason::Middleware);
                     send_connect_error(&conn, ns.name(), &err.to_json());
                 }
@@ -355,7 +365,7 @@ impl SioHandler {
             // Added to the namespace under the client's lock, so that a close
             // racing this connect either sees the socket or prevents it.
             let mut inner = state.inner.lock();
-            inner.pending.retain(|n| n != ns.name());
+            inner.connect_done(ns.name());
             if inner.closed {
                 return;
             }
