@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fastwebsockets::{OpCode, WebSocketError};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::connection::Connection;
 use super::endpoint::{Engine, Handler};
@@ -23,8 +24,13 @@ const LAST_FLUSH: Duration = Duration::from_secs(2);
 const LINGER: Duration = Duration::from_secs(5);
 
 /// Runs the session of `conn` until it ends, then tears it down.
-pub(super) async fn drive<H: Handler>(engine: Engine<H>, conn: Arc<Connection<H::State>>) {
-    let mut driver = Driver { engine, conn, reader: None };
+/// `slot` is the session's place under `max_sessions`, held until the session is gone.
+pub(super) async fn drive<H: Handler>(
+    engine: Engine<H>,
+    conn: Arc<Connection<H::State>>,
+    slot: Option<OwnedSemaphorePermit>,
+) {
+    let mut driver = Driver { engine, conn, reader: None, _slot: slot };
     let reason = driver.run().await;
     // Boxed: the teardown's state exists only while it runs, not in every idle driver.
     Box::pin(driver.finish(reason)).await;
@@ -38,6 +44,16 @@ struct Turn {
     closed: Option<CloseReason>,
     /// The WebSocket's writes this turn.
     write: Write,
+}
+
+/// What the driver does after a turn.
+enum Step {
+    /// Sleep until woken or the deadline.
+    Wait(Option<Instant>),
+    /// Take another turn at once.
+    Again,
+    /// The session has closed (the driver holds the write claim).
+    Done(CloseReason),
 }
 
 /// The driver's part in the WebSocket's writes this turn.
@@ -64,6 +80,7 @@ struct Driver<H: Handler> {
     conn: Arc<Connection<H::State>>,
     /// The WebSocket's reader, once the session has one (until the client stops sending).
     reader: Option<Box<WsReader>>,
+    _slot: Option<OwnedSemaphorePermit>,
 }
 
 impl<H: Handler> Driver<H> {
@@ -74,38 +91,59 @@ impl<H: Handler> Driver<H> {
             if let Some(reader) = self.conn.reader.lock().take() {
                 self.reader = Some(reader);
             }
-            let Turn { deadline, closed, write } = self.take_due_work();
-            match write {
-                Write::Claimed { unsent, batch, more } => {
-                    let alone = !unsent.is_empty();
-                    // Boxed: the write's state exists only while it writes, not in every idle
-                    // driver (one per connection).
-                    let written = Box::pin(self.flush(unsent, batch, deadline, closed.is_some())).await;
-                    if written.is_err() {
-                        self.conn.session.lock().release_write();
-                        self.conn.session.lock().close(CloseReason::TransportError);
-                        self.conn.poll_wake.notify_one();
-                        continue;
-                    }
-                    if more || alone {
-                        // The batch ended at a write end: the rest goes in the next write.
-                        self.conn.session.lock().release_write();
-                        continue;
-                    }
-                    if let Some(reason) = closed {
-                        return reason;
-                    }
-                    self.conn.session.lock().release_write();
-                }
-                Write::NoSocket => {
-                    if let Some(reason) = closed {
-                        return reason;
+            let deadline = match self.step().await {
+                Step::Wait(deadline) => deadline,
+                Step::Again => continue,
+                Step::Done(reason) => return reason,
+            };
+            // Sleeps until woken (packets queued, a socket, a close) or the next timer, reading
+            // what the client sends meanwhile. Without a deadline the sleep's branch is off.
+            let sleep = tokio::time::sleep_until(deadline.unwrap_or_else(|| Instant::now() + LINGER).into());
+            tokio::select! {
+                () = self.conn.driver_wake.notified() => {}
+                () = sleep, if deadline.is_some() => {}
+                incoming = std::future::poll_fn(|cx| websocket::poll_incoming(&mut self.reader, cx)) => {
+                    if !websocket::on_incoming(&self.engine, &self.conn, incoming) {
+                        self.reader = None;
                     }
                 }
-                Write::Busy => {}
             }
-            self.wait(deadline).await;
         }
+    }
+
+    /// One turn: timers, and the WebSocket write this turn owes, if any.
+    async fn step(&mut self) -> Step {
+        let Turn { deadline, closed, write } = self.take_due_work();
+        match write {
+            Write::Claimed { unsent, batch, more } => {
+                let alone = !unsent.is_empty();
+                // Boxed: the write's state exists only while it writes, not in every idle
+                // driver (one per connection).
+                let written = Box::pin(self.flush(unsent, batch, deadline, closed.is_some())).await;
+                if written.is_err() {
+                    self.conn.session.lock().release_write();
+                    self.conn.session.lock().close(CloseReason::TransportError);
+                    self.conn.poll_wake.notify_one();
+                    return Step::Again;
+                }
+                if more || alone {
+                    // The batch ended at a write end: the rest goes in the next write.
+                    self.conn.session.lock().release_write();
+                    return Step::Again;
+                }
+                if let Some(reason) = closed {
+                    return Step::Done(reason);
+                }
+                self.conn.session.lock().release_write();
+            }
+            Write::NoSocket => {
+                if let Some(reason) = closed {
+                    return Step::Done(reason);
+                }
+            }
+            Write::Busy => {}
+        }
+        Step::Wait(deadline)
     }
 
     /// Under the session lock: runs the timers due now (a ping queued or a close wakes a
@@ -143,7 +181,7 @@ impl<H: Handler> Driver<H> {
         if unsent.is_empty() && batch.is_empty() && control.is_empty() {
             return Ok(());
         }
-        let Self { engine, conn, reader } = self;
+        let Self { engine, conn, reader, .. } = self;
         let write = websocket::write_batch(conn, &unsent, &control, &batch, deadline);
         let write = async {
             if last {
@@ -160,22 +198,6 @@ impl<H: Handler> Driver<H> {
                     if !websocket::on_incoming(engine, conn, incoming) {
                         *reader = None;
                     }
-                }
-            }
-        }
-    }
-
-    /// Sleeps until woken (packets queued, a socket, a close) or the next timer, reading what
-    /// the client sends meanwhile.
-    async fn wait(&mut self, deadline: Option<Instant>) {
-        // No deadline: a sleep that never fires (its branch is disabled).
-        let sleep = tokio::time::sleep_until(deadline.unwrap_or_else(|| Instant::now() + LINGER).into());
-        tokio::select! {
-            () = self.conn.driver_wake.notified() => {}
-            () = sleep, if deadline.is_some() => {}
-            incoming = std::future::poll_fn(|cx| websocket::poll_incoming(&mut self.reader, cx)) => {
-                if !websocket::on_incoming(&self.engine, &self.conn, incoming) {
-                    self.reader = None;
                 }
             }
         }

@@ -297,10 +297,7 @@ impl<H: Handler> Engine<H> {
         metrics::gauge!(crate::metrics::ENGINE_CONNECTIONS).increment(1.0);
         let engine = self.clone();
         let driver_conn = conn.clone();
-        self.inner.tasks.spawn(async move {
-            let _permit = permit;
-            drive(engine, driver_conn).await;
-        });
+        self.inner.tasks.spawn(drive(engine, driver_conn, permit));
         (conn, Frame::with_data(PacketType::Open, open.as_bytes()))
     }
 
