@@ -5,6 +5,7 @@
 #
 #   bench/run.sh                     # idle fanout rooms, full size
 #   bench/run.sh fanout              # one scenario
+#   bench/run.sh memory              # ioswarm under heaptrack: per-connection memory breakdown
 #   SIZE=smoke bench/run.sh          # tiny (CI): shows the tooling works, no timing assertion
 #
 # It builds what it needs (release: ioswarm, ioswarm-bench, the socketioxide peer), installs the
@@ -14,7 +15,7 @@
 #
 # Environment (full / smoke defaults):
 #   SIZE            full | smoke
-#   SERVERS         "ioswarm node socketioxide"
+#   SERVERS         "ioswarm node socketioxide" (spaces or commas; without node, npm is not needed)
 #   WORKERS         load processes per scenario (2 / 2)
 #   SOURCES         source addresses (127.0.0.2,…,127.0.0.5)
 #   IDLE_CLIENTS    10000 / 50;   HOLD_SECS 30 / 2
@@ -39,6 +40,7 @@ ROOT=$PWD
 SCENARIOS=${*:-idle fanout rooms}
 SIZE=${SIZE:-full}
 SERVERS=${SERVERS:-ioswarm node socketioxide}
+SERVERS=${SERVERS//,/ } # commas or spaces
 case $SIZE in
     smoke)
         d_idle=50 d_hold=2 d_fan=50 d_rates=10,100 d_flat=2 d_step=2 d_rooms=50 d_drain=5 d_quiet=1000 ;;
@@ -101,6 +103,9 @@ trap stop_server EXIT
 trap 'exit 130' INT TERM
 
 mkdir -p "$LOGS"
+# Every server and worker may use the hard limit of open files (the peers do not raise it
+# themselves; 100,000 connections need it far above the usual soft limit of 1,024).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 if [ -z "${SKIP_BUILD:-}" ]; then
     log "building ioswarm and ioswarm-bench (release)"
@@ -220,9 +225,62 @@ run_one() {
     fi
 }
 
+# run_memory: one ioswarm process under heaptrack holds IDLE_CLIENTS idle clients; its heap at
+# the peak is broken down into the parts of a connection (`ioswarm-bench memory`).
+run_memory() {
+    if ! command -v heaptrack >/dev/null || ! command -v heaptrack_print >/dev/null; then
+        log "the memory scenario needs heaptrack and heaptrack_print (apt install heaptrack)"
+        FAILED+=("memory (no heaptrack)")
+        return
+    fi
+    local base=$LOGS/ioswarm-memory prof=$OUT/heaptrack-ioswarm ht pid="" addr="" file
+    heaptrack -o "$prof" "$BIN_DIR/ioswarm" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --client-rooms \
+        --client-relay >"$base.out" 2>"$base.err" &
+    ht=$!
+    for _ in $(seq 1 300); do
+        grep -q ' ready socketio=' "$base.out" 2>/dev/null && break
+        sleep 0.1
+    done
+    addr=$(grep -m1 ' ready socketio=' "$base.out" | sed -E 's/.*socketio=([^ ]+).*/\1/')
+    pid=$(pgrep -P "$ht" -f "$BIN_DIR/ioswarm" | head -n1 || true)
+    if [ -z "$addr" ] || [ -z "$pid" ]; then
+        log "ioswarm under heaptrack did not start; see $base.err"
+        kill -TERM "$ht" 2>/dev/null || true
+        FAILED+=("memory (did not start)")
+        return
+    fi
+    SERVER_PIDS=("$pid")
+    log "ioswarm under heaptrack ready at $addr (pid $pid)"
+    sleep 1
+    if ! "$BENCH" idle --label ioswarm --target "http://$addr" --server-pid "$pid" --workers "$WORKERS" \
+        --sources "$SOURCES" --clients "$IDLE_CLIENTS" --room idle --hold-secs 2 \
+        --json-out "$OUT/memory-idle-ioswarm.json" >"$LOGS/memory-ioswarm.result" 2>"$LOGS/memory-ioswarm.log"; then
+        FAILED+=("memory/idle")
+    fi
+    stop_server
+    wait "$ht" 2>/dev/null || true
+    file=$(ls "$prof".* 2>/dev/null | head -n1 || true)
+    if [ -z "$file" ] || [ ! -f "$OUT/memory-idle-ioswarm.json" ]; then
+        FAILED+=("memory (no profile)")
+        return
+    fi
+    heaptrack_print -f "$file" -F "$OUT/heaptrack-peak-stacks.txt" --flamegraph-cost-type peak \
+        -p 0 -a 0 -T 0 -l 0 >/dev/null
+    if "$BENCH" memory --label ioswarm --stacks "$OUT/heaptrack-peak-stacks.txt" \
+        --idle-json "$OUT/memory-idle-ioswarm.json" --json-out "$OUT/memory-ioswarm.json" >/dev/null; then
+        FILES+=("$OUT/memory-ioswarm.json")
+    else
+        FAILED+=("memory (breakdown)")
+    fi
+}
+
 FILES=()
 for scenario in $SCENARIOS; do
-    case $scenario in idle | fanout | rooms) ;; *) log "unknown scenario $scenario"; exit 2 ;; esac
+    case $scenario in idle | fanout | rooms | memory) ;; *) log "unknown scenario $scenario"; exit 2 ;; esac
+    if [ "$scenario" = memory ]; then
+        run_memory
+        continue
+    fi
     for server in $SERVERS; do
         nodes=1
         [ "$scenario" = idle ] && [ "$server" = ioswarm ] && nodes=$IDLE_NODES

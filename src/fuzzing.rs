@@ -263,6 +263,33 @@ pub fn cluster_envelope(data: &[u8]) {
     let _ = crate::resp::kv::KvStore::from_snapshot(data);
 }
 
+/// WebSocket client frames into messages ([`crate::engineio::wsread::FrameReader`]). Input: one
+/// byte giving a chunk size, then the stream of frames.
+///
+/// Checks that reading the stream in chunks of any size gives the same messages and the same
+/// outcome (an error or not) as reading it at once, and that nothing is decoded after an error.
+#[doc(hidden)]
+pub fn websocket_frames(data: &[u8]) {
+    use crate::engineio::wsread::FrameReader;
+    let Some((&chunk, stream)) = data.split_first() else { return };
+    let read = |chunk: usize| {
+        let mut reader = FrameReader::new(64 * 1024);
+        let mut failed = false;
+        for part in stream.chunks(chunk.max(1)) {
+            if reader.feed(part).is_err() {
+                failed = true;
+                break;
+            }
+        }
+        let messages: Vec<_> = std::iter::from_fn(|| reader.pop()).collect();
+        if failed {
+            assert!(reader.feed(b"\x81\x81\0\0\0\0x").is_ok() && reader.pop().is_none(), "decoded after an error");
+        }
+        (messages, failed)
+    };
+    assert_eq!(read(usize::from(chunk)), read(stream.len()), "chunks of {chunk}");
+}
+
 #[cfg(test)]
 mod tests {
     /// The Engine.IO payload target on its seeds and on every truncation and one-byte change of

@@ -11,6 +11,7 @@
 //! - `pool`: the worker processes of fanout and rooms, and their per-step figures.
 //! - `traffic`: payload format, per-step recording, subscriber/chat client loop, publishers.
 //! - `procfs`: VmRSS / VmHWM / CPU readings.
+//! - `memory`: the per-connection memory breakdown from a heaptrack profile (`ioswarm-bench memory`).
 //! - `report`: Markdown table and combined JSON from result files (`ioswarm-bench report`).
 //! - `admin`: ioswarm's admin API (`GET /cluster`) as the cluster scenarios read it.
 //! - `cluster`: wait for a cluster to form (`cluster-wait`); how long room interest takes to reach
@@ -32,6 +33,7 @@ mod cluster_report;
 mod fanout;
 mod idle;
 mod incr;
+mod memory;
 mod pool;
 mod procfs;
 mod report;
@@ -61,6 +63,8 @@ enum Cmd {
     Rooms(rooms::RoomsArgs),
     /// One load process (spawned by the scenarios).
     Worker(worker::WorkerArgs),
+    /// What one idle connection's memory is made of, from heaptrack's peak heap.
+    Memory(memory::MemoryArgs),
     /// Markdown table + combined JSON (+ chart data) from result files of any scenario.
     Report(report::ReportArgs),
     /// Wait until every node of a cluster lists every member alive and agrees on a raft leader.
@@ -87,6 +91,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Fanout(args) => fanout::run(args),
         Cmd::Rooms(args) => rooms::run(args),
         Cmd::Worker(args) => worker::run(args),
+        Cmd::Memory(args) => memory::run(args),
         Cmd::Report(args) => report::run(args),
         Cmd::ClusterWait(args) => cluster::wait(args),
         Cmd::ClusterConverge(args) => cluster::converge(args),

@@ -1,4 +1,4 @@
-//! `ioswarm-bench report`: turns result files of any scenario (idle, fanout, rooms) into Markdown
+//! `ioswarm-bench report`: turns result files of any scenario (idle, memory, fanout, rooms) into Markdown
 //! tables (printed, and written with `--md`) and one combined JSON file (`--out`), with the
 //! ratios of the subject (ioswarm) against each peer. The chart script reads the combined JSON.
 
@@ -152,6 +152,38 @@ fn idle_table(out: &mut String, runs: &[&Value], subject: &str, peers: &[String]
     let _ = writeln!(out, "\nRSS ratio below 1 is better for {subject}.\n");
 }
 
+fn memory_table(out: &mut String, runs: &[&Value]) {
+    for run in runs {
+        let _ = writeln!(
+            out,
+            "### memory: what one idle connection is made of ({}, {} clients, heap at the peak, heaptrack)\n",
+            run_label(run),
+            num(run, "clients").unwrap_or(0.0)
+        );
+        let _ = writeln!(out, "| part | bytes per connection | share | what |\n|---|---|---|---|");
+        let total = num(run, "heap_per_client_bytes").unwrap_or(0.0);
+        let parts = run.get("parts").and_then(Value::as_array).cloned().unwrap_or_default();
+        for part in &parts {
+            let bytes = num(part, "bytes_per_client").unwrap_or(0.0);
+            let per_connection = part.get("per_connection").and_then(Value::as_bool).unwrap_or(true);
+            let share =
+                if per_connection && total > 0.0 { format!("{:.0} %", 100.0 * bytes / total) } else { String::new() };
+            let _ = writeln!(out, "| {} | {bytes:.0} | {share} | {} |", text(part, "name"), text(part, "what"));
+        }
+        let rss = num(run, "rss_per_client_kib");
+        let _ = writeln!(
+            out,
+            "| **heap per connection** | **{total:.0}** ({:.2} KiB) | 100 % | the parts above except the rest of the process |",
+            total / 1024.0
+        );
+        let _ = writeln!(
+            out,
+            "| RSS per connection, same run | {} | | peak RSS − RSS before, per client; beyond the heap: allocator overhead and fragmentation, memory of the connect phase freed but kept |\n",
+            rss.map_or_else(|| "n/a".to_owned(), |k| format!("{:.0} ({k:.2} KiB)", k * 1024.0))
+        );
+    }
+}
+
 fn traffic_table(
     out: &mut String,
     scenario: &str,
@@ -258,13 +290,14 @@ pub(crate) fn run(args: ReportArgs) -> anyhow::Result<()> {
         let _ = writeln!(out, "{title}\n");
     }
     let mut ratios = Vec::new();
-    for scenario in ["idle", "fanout", "rooms"] {
+    for scenario in ["idle", "memory", "fanout", "rooms"] {
         let of: Vec<&Value> = runs.iter().filter(|r| text(r, "scenario") == scenario).collect();
         if of.is_empty() {
             continue;
         }
         match scenario {
             "idle" => idle_table(&mut out, &of, &args.subject, &peers, &mut ratios),
+            "memory" => memory_table(&mut out, &of),
             _ => traffic_table(&mut out, scenario, &of, &args.subject, &peers, &mut ratios),
         }
     }

@@ -1,30 +1,39 @@
-//! The per-session driver task: fires the session's timers, writes its
-//! queued packets to the WebSocket when there is one (one write per batch),
-//! and tears the session down once it has closed.
+//! The per-session driver task, the one task of a connection: fires the
+//! session's timers, reads its WebSocket when there is one, writes the queued
+//! packets senders did not write themselves (one write per batch), and tears
+//! the session down once it has closed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use fastwebsockets::{OpCode, WebSocketError};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::connection::Connection;
 use super::endpoint::{Engine, Handler};
 use super::packet::Frame;
 use super::session::{CloseReason, TimerOutcome};
-use super::websocket::{self, WsWriter};
+#[cfg(test)]
+use super::websocket::WsSink;
+use super::websocket::{self, WsReader};
 
 /// How long the last flush of a closed session may take (the client may not read).
 const LAST_FLUSH: Duration = Duration::from_secs(2);
 /// How long a closed polling session stays findable for the GET still owed an answer.
 const LINGER: Duration = Duration::from_secs(5);
-/// A batch buffer grown past this many frames is given back after the write.
-const BATCH_KEEP: usize = 256;
 
 /// Runs the session of `conn` until it ends, then tears it down.
-pub(super) async fn drive<H: Handler>(engine: Engine<H>, conn: Arc<Connection<H::State>>) {
-    let mut driver = Driver { conn, writer: None, batch: Vec::new() };
+/// `slot` is the session's place under `max_sessions`, held until the session is gone.
+pub(super) async fn drive<H: Handler>(
+    engine: Engine<H>,
+    conn: Arc<Connection<H::State>>,
+    slot: Option<OwnedSemaphorePermit>,
+) {
+    let mut driver = Driver { engine, conn, reader: None, _slot: slot };
     let reason = driver.run().await;
-    driver.finish(&engine, reason).await;
+    // Boxed: the teardown's state exists only while it runs, not in every idle driver.
+    Box::pin(driver.finish(reason)).await;
 }
 
 /// What one turn of the driver found under the session lock.
@@ -33,82 +42,177 @@ struct Turn {
     deadline: Option<Instant>,
     /// Set once the session has ended.
     closed: Option<CloseReason>,
-    /// Frames are left for another write (the batch ended at a write end).
-    more: bool,
+    /// The WebSocket's writes this turn.
+    write: Write,
 }
 
-struct Driver<S> {
-    conn: Arc<Connection<S>>,
-    writer: Option<WsWriter>,
-    batch: Vec<Frame>,
+/// What the driver does after a turn.
+enum Step {
+    /// Sleep until woken or the deadline.
+    Wait(Option<Instant>),
+    /// Take another turn at once.
+    Again,
+    /// The session has closed (the driver holds the write claim).
+    Done(CloseReason),
 }
 
-impl<S> Driver<S> {
-    /// Serves the session until it has closed; returns why.
+/// The driver's part in the WebSocket's writes this turn.
+enum Write {
+    /// No WebSocket is attached.
+    NoSocket,
+    /// A sender is writing inline; it wakes the driver when it is done.
+    Busy,
+    /// The driver holds the socket for this turn's write.
+    Claimed {
+        /// The end of an inline write the socket did not take: written alone, first.
+        unsent: Bytes,
+        /// Frames for one write (empty when `unsent` is not).
+        batch: Vec<Frame>,
+        /// Frames are left for another write.
+        more: bool,
+    },
+}
+
+/// The one task of a session: its timers, its WebSocket's reads, and the writes senders did not
+/// do themselves.
+struct Driver<H: Handler> {
+    engine: Engine<H>,
+    conn: Arc<Connection<H::State>>,
+    /// The WebSocket's reader, once the session has one (until the client stops sending).
+    reader: Option<Box<WsReader>>,
+    _slot: Option<OwnedSemaphorePermit>,
+}
+
+impl<H: Handler> Driver<H> {
+    /// Serves the session until it has closed; returns why. Returns holding the WebSocket's
+    /// write claim, so that nothing is written after the close frame.
     async fn run(&mut self) -> CloseReason {
         loop {
-            self.adopt_writer();
-            let turn = self.take_due_work();
-            let control: Vec<_> = std::mem::take(&mut *self.conn.control.lock());
-            if self.flush(&control, &turn).await.is_err() {
-                self.conn.session.lock().close(CloseReason::TransportError);
-                self.conn.poll_wake.notify_one();
-                continue;
+            if let Some(reader) = self.conn.reader.lock().take() {
+                self.reader = Some(reader);
             }
-            if turn.more {
-                // The batch ended at a write end: the rest goes in the next write.
-                continue;
+            let deadline = match self.step().await {
+                Step::Wait(deadline) => deadline,
+                Step::Again => continue,
+                Step::Done(reason) => return reason,
+            };
+            // Sleeps until woken (packets queued, a socket, a close) or the next timer, reading
+            // what the client sends meanwhile. Without a deadline the sleep's branch is off.
+            let sleep = tokio::time::sleep_until(deadline.unwrap_or_else(|| Instant::now() + LINGER).into());
+            tokio::select! {
+                () = self.conn.driver_wake.notified() => {}
+                () = sleep, if deadline.is_some() => {}
+                incoming = std::future::poll_fn(|cx| websocket::poll_incoming(&mut self.reader, cx)) => {
+                    if !websocket::on_incoming(&self.engine, &self.conn, incoming) {
+                        self.reader = None;
+                    }
+                }
             }
-            if let Some(reason) = turn.closed {
-                return reason;
-            }
-            wait(&self.conn, turn.deadline).await;
         }
     }
 
-    /// A WebSocket that has joined the session takes over its writes.
-    fn adopt_writer(&mut self) {
-        if let Some(w) = self.conn.new_writer.lock().take() {
-            self.writer = Some(w);
+    /// One turn: timers, and the WebSocket write this turn owes, if any.
+    async fn step(&mut self) -> Step {
+        let Turn { deadline, closed, write } = self.take_due_work();
+        match write {
+            Write::Claimed { unsent, batch, more } => {
+                let alone = !unsent.is_empty();
+                // Boxed: the write's state exists only while it writes, not in every idle
+                // driver (one per connection).
+                let written = Box::pin(self.flush(unsent, batch, deadline, closed.is_some())).await;
+                if written.is_err() {
+                    self.conn.session.lock().release_write();
+                    self.conn.session.lock().close(CloseReason::TransportError);
+                    self.conn.poll_wake.notify_one();
+                    return Step::Again;
+                }
+                if more || alone {
+                    // The batch ended at a write end: the rest goes in the next write.
+                    self.conn.session.lock().release_write();
+                    return Step::Again;
+                }
+                if let Some(reason) = closed {
+                    return Step::Done(reason);
+                }
+                self.conn.session.lock().release_write();
+            }
+            Write::NoSocket => {
+                if let Some(reason) = closed {
+                    return Step::Done(reason);
+                }
+            }
+            Write::Busy => {}
         }
+        Step::Wait(deadline)
     }
 
-    /// Under the session lock: runs the timers due now (a ping queued or a
-    /// close wakes a parked GET) and takes the next WebSocket batch.
-    fn take_due_work(&mut self) -> Turn {
+    /// Under the session lock: runs the timers due now (a ping queued or a close wakes a
+    /// parked GET) and, with a WebSocket, claims it and takes the next write.
+    fn take_due_work(&self) -> Turn {
         let mut s = self.conn.session.lock();
         if let TimerOutcome::PingQueued | TimerOutcome::Closed(_) = s.on_timer(Instant::now()) {
             self.conn.poll_wake.notify_one();
         }
-        let more = self.writer.is_some() && s.drain_for_websocket(&mut self.batch);
-        Turn { deadline: s.next_deadline(), closed: s.closed(), more }
+        let write = if !s.websocket_attached() {
+            Write::NoSocket
+        } else if !s.claim_write() {
+            Write::Busy
+        } else {
+            let unsent = s.take_unsent();
+            let mut batch = Vec::new();
+            let more = if unsent.is_empty() { s.drain_for_websocket(&mut batch) } else { false };
+            Write::Claimed { unsent, batch, more }
+        };
+        Turn { deadline: s.next_deadline(), closed: s.closed(), write }
     }
 
-    /// Writes owed control frames and the batch to the WebSocket, if there is one.
-    async fn flush(&mut self, control: &[(OpCode, bytes::Bytes)], turn: &Turn) -> Result<(), WebSocketError> {
-        let Some(w) = self.writer.as_mut() else { return Ok(()) };
-        let wrote = if self.batch.is_empty() && control.is_empty() {
-            Ok(())
-        } else if turn.closed.is_some() {
-            let flush = websocket::write_batch(w, control, &self.batch, turn.deadline, &self.conn);
-            tokio::time::timeout(LAST_FLUSH, flush).await.unwrap_or(Err(WebSocketError::ConnectionClosed))
-        } else {
-            websocket::write_batch(w, control, &self.batch, turn.deadline, &self.conn).await
-        };
-        self.batch.clear();
-        if self.batch.capacity() > BATCH_KEEP {
-            self.batch = Vec::new();
+    /// Writes the end of a sender's write, or owed control frames and the batch; keeps reading
+    /// meanwhile (a client's pong must not wait behind a slow write). The last write of a
+    /// closed session gets [`LAST_FLUSH`] at most.
+    async fn flush(
+        &mut self,
+        unsent: Bytes,
+        batch: Vec<Frame>,
+        deadline: Option<Instant>,
+        last: bool,
+    ) -> Result<(), WebSocketError> {
+        let control: Vec<(OpCode, Bytes)> =
+            if unsent.is_empty() { std::mem::take(&mut *self.conn.control.lock()) } else { Vec::new() };
+        if unsent.is_empty() && batch.is_empty() && control.is_empty() {
+            return Ok(());
         }
-        wrote
+        let Self { engine, conn, reader, .. } = self;
+        let write = websocket::write_batch(conn, &unsent, &control, &batch, deadline);
+        let write = async {
+            if last {
+                tokio::time::timeout(LAST_FLUSH, write).await.unwrap_or(Err(WebSocketError::ConnectionClosed))
+            } else {
+                write.await
+            }
+        };
+        tokio::pin!(write);
+        loop {
+            tokio::select! {
+                written = &mut write => return written,
+                incoming = std::future::poll_fn(|cx| websocket::poll_incoming(reader, cx)) => {
+                    if !websocket::on_incoming(engine, conn, incoming) {
+                        *reader = None;
+                    }
+                }
+            }
+        }
     }
 
     /// The session has ended: close the WebSocket, count it, tell the
     /// application, and forget the session once no GET is owed an answer.
-    async fn finish<H: Handler<State = S>>(mut self, engine: &Engine<H>, reason: CloseReason) {
+    async fn finish(mut self, reason: CloseReason) {
+        self.reader = None;
+        self.conn.reader.lock().take();
         self.conn.closed_notify.notify_waiters();
         self.conn.poll_wake.notify_one();
-        if let Some(mut w) = self.writer.take() {
-            websocket::close_writer(&mut w).await;
+        let sink = self.conn.sink.lock().take();
+        if let Some(mut sink) = sink {
+            websocket::close_writer(&mut sink).await;
         }
         metrics::gauge!(crate::metrics::ENGINE_CONNECTIONS).decrement(1.0);
         if self.conn.protocol() == super::protocol::Protocol::V3 {
@@ -116,23 +220,9 @@ impl<S> Driver<S> {
         }
         metrics::counter!(crate::metrics::ENGINE_CONNECTIONS_CLOSED, crate::metrics::label::REASON => reason.label())
             .increment(1);
-        engine.handler().on_close(&self.conn, reason);
+        self.engine.handler().on_close(&self.conn, reason);
         linger(&self.conn).await;
-        engine.forget(&self.conn);
-    }
-}
-
-/// Sleeps until woken (packets queued, a writer, a close) or the next timer.
-async fn wait<S>(conn: &Connection<S>, deadline: Option<Instant>) {
-    let sleep = async {
-        match deadline {
-            Some(d) => tokio::time::sleep_until(d.into()).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        () = conn.driver_wake.notified() => {}
-        () = sleep => {}
+        self.engine.forget(&self.conn);
     }
 }
 
@@ -215,7 +305,7 @@ mod tests {
         conn.send_frames(&[Frame::Text(Bytes::from_static(b"42[\"a\"]"))], false);
         conn.send_frames(&[Frame::Text(Bytes::from_static(b"42[\"b\"]"))], false);
         let writes = Writes::default();
-        conn.adopt_writer(WsWriter::new(Box::new(writes.clone())));
+        conn.attach_websocket(WsSink::stream(Box::new(writes.clone())), None);
         for _ in 0..200 {
             if writes.0.lock().len() >= 2 {
                 break;

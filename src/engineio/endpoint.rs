@@ -234,7 +234,7 @@ impl<H: Handler> Engine<H> {
         };
         let handshake = Handshake {
             remote_addr,
-            headers: req.headers().clone(),
+            headers: Handshake::keep_headers(req.headers()),
             query: req.uri().query().unwrap_or("").to_owned(),
             issued: std::time::SystemTime::now(),
         };
@@ -293,9 +293,8 @@ impl<H: Handler> Engine<H> {
             Ok((response, fut)) => {
                 let engine = self.clone();
                 self.inner.tasks.spawn(async move {
-                    let _permit = permit;
                     match fut.await {
-                        Ok(ws) => websocket::run_direct(engine, conn, ws).await,
+                        Ok(ws) => websocket::run_direct(&engine, &conn, ws, permit),
                         Err(_) => conn.close_with(CloseReason::TransportError),
                     }
                 });
@@ -348,10 +347,7 @@ impl<H: Handler> Engine<H> {
         }
         let engine = self.clone();
         let driver_conn = conn.clone();
-        self.inner.tasks.spawn(async move {
-            let _permit = permit;
-            drive(engine, driver_conn).await;
-        });
+        self.inner.tasks.spawn(drive(engine, driver_conn, permit));
         (conn, Frame::with_data(PacketType::Open, open.as_bytes()))
     }
 
@@ -404,7 +400,6 @@ impl<H: Handler> Engine<H> {
         let allowed = self.inner.config.allow_upgrades && conn.session.lock().begin_upgrade(Instant::now()).is_ok();
         let engine = self.clone();
         self.inner.tasks.spawn(async move {
-            let _permit = permit;
             let Ok(ws) = fut.await else {
                 if allowed {
                     conn.session.lock().abort_upgrade();
@@ -412,7 +407,7 @@ impl<H: Handler> Engine<H> {
                 return;
             };
             if allowed {
-                websocket::run_probe(engine, conn, ws).await;
+                websocket::run_probe(engine, conn, ws, permit).await;
             } else {
                 // Accepted then closed: the session already has a WebSocket.
                 websocket::close_now(ws).await;

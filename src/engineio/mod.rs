@@ -11,6 +11,7 @@
 //! - `polling`: the long-polling GET and POST of a session.
 //! - `driver`: the per-session task (timers, WebSocket writes, teardown).
 //! - `websocket`: the WebSocket reader and batched writer.
+//! - `wsread`: client frames into messages without a read buffer per connection.
 //! - `response`: error codes, HTTP responses, CORS.
 //! - [`relay`]: requests of sessions another node holds (no sticky sessions needed): the
 //!   [`Relay`] seam the cluster implements, and the owner's side of relayed requests.
@@ -27,8 +28,10 @@ pub mod relay;
 mod response;
 pub(crate) mod session;
 mod websocket;
+pub(crate) mod wsread;
 
 pub use config::{Cors, EngineConfig};
+pub(crate) use connection::flush_spread;
 pub use connection::{Connection, Handshake, Message};
 pub use endpoint::{Engine, Handler, RequestKind};
 pub use protocol::Protocol;

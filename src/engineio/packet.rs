@@ -168,8 +168,13 @@ impl Frame {
 
     /// Bytes this frame occupies in a send queue.
     pub(crate) fn len(&self) -> usize {
+        self.bytes().len()
+    }
+
+    /// The frame's bytes (as a WebSocket message's payload).
+    pub(crate) fn bytes(&self) -> &Bytes {
         match self {
-            Self::Text(b) | Self::Binary(b) => b.len(),
+            Self::Text(b) | Self::Binary(b) => b,
         }
     }
 }

@@ -206,6 +206,17 @@ pub(crate) struct Session {
     write_ends: VecDeque<usize>,
     get_pending: bool,
     post_pending: bool,
+    /// A WebSocket is attached to the session (the driver writes to it).
+    ws_attached: bool,
+    /// Senders may flush the queue to that WebSocket themselves (see [`Session::claim_flush`]).
+    inline_writes: bool,
+    /// Someone is writing to the WebSocket: the driver, or a sender flushing.
+    write_claimed: bool,
+    /// The driver found the WebSocket busy with a sender's flush and waits to be woken.
+    driver_waits: bool,
+    /// The end of a sender's write that the socket did not take at once: it goes out before
+    /// anything else, in a write of its own, by the driver. Counted in `queued_bytes`.
+    unsent: bytes::Bytes,
     closed: Option<CloseReason>,
     /// The last answer owed to a parked GET once the session ended: `6` when
     /// the client closed it (upstream's polling transport answers its pending
@@ -247,6 +258,11 @@ impl Session {
             write_ends: VecDeque::new(),
             get_pending: false,
             post_pending: false,
+            ws_attached: false,
+            inline_writes: false,
+            write_claimed: false,
+            driver_waits: false,
+            unsent: bytes::Bytes::new(),
             closed: None,
             final_poll_reply: None,
         }
@@ -537,11 +553,78 @@ impl Session {
         self.queue.push_back(frame);
     }
 
-    /// After a burst, give the queue's memory back: an idle client keeps none.
+    /// Once drained, give the queue's memory back: an idle client keeps none.
     fn release_burst_capacity(&mut self) {
-        if self.queue.is_empty() && self.queue.capacity() > 64 {
-            self.queue.shrink_to_fit();
+        if self.queue.is_empty() && self.queue.capacity() > 0 {
+            self.queue = VecDeque::new();
         }
+        if self.write_ends.is_empty() && self.write_ends.capacity() > 0 {
+            self.write_ends = VecDeque::new();
+        }
+    }
+
+    /// A WebSocket now carries the session; `inline` lets senders flush to it themselves.
+    pub(crate) fn attach_websocket(&mut self, inline: bool) {
+        self.ws_attached = true;
+        self.inline_writes = inline;
+    }
+
+    /// Whether a WebSocket is attached.
+    pub(crate) fn websocket_attached(&self) -> bool {
+        self.ws_attached
+    }
+
+    /// Whether whoever makes the queue non-empty should flush it from its own thread
+    /// ([`Session::claim_flush`]) rather than wake the driver.
+    pub(crate) fn flushed_by_senders(&self) -> bool {
+        self.inline_writes && self.transport == Transport::WebSocket
+    }
+
+    /// Claims the WebSocket for one write of a sender flushing the queue, if nobody is
+    /// writing and no leftover waits for the driver. Release it with
+    /// [`Session::end_flush`]. Whoever holds the claim looks at the queue again when done,
+    /// so a sender that cannot claim leaves its frames to them.
+    pub(crate) fn claim_flush(&mut self) -> bool {
+        let may = !self.write_claimed && self.unsent.is_empty() && self.closed.is_none();
+        self.write_claimed |= may;
+        may
+    }
+
+    /// Claims the WebSocket for one write of the driver. `false` while a sender flushes: that
+    /// sender wakes the driver when it is done.
+    pub(crate) fn claim_write(&mut self) -> bool {
+        if self.write_claimed {
+            self.driver_waits = true;
+            return false;
+        }
+        self.write_claimed = true;
+        true
+    }
+
+    /// The driver's write is done.
+    pub(crate) fn release_write(&mut self) {
+        self.write_claimed = false;
+    }
+
+    /// Ends a sender's write ([`Session::claim_flush`]); `unsent` is what the socket did not
+    /// take. Returns whether the driver must be woken (to write what is left, to close, or
+    /// because it waits for the socket).
+    pub(crate) fn end_flush(&mut self, unsent: bytes::Bytes) -> bool {
+        self.write_claimed = false;
+        if !unsent.is_empty() && self.closed.is_none_or(CloseReason::is_graceful) {
+            self.queued_bytes += unsent.len();
+            self.unsent = unsent;
+        }
+        let wake = self.driver_waits || !self.unsent.is_empty() || self.closed.is_some();
+        self.driver_waits = false;
+        wake
+    }
+
+    /// The end of a sender's write the socket did not take, if any (see
+    /// [`Session::end_flush`]): the driver writes it first, alone.
+    pub(crate) fn take_unsent(&mut self) -> bytes::Bytes {
+        self.queued_bytes = self.queued_bytes.saturating_sub(self.unsent.len());
+        std::mem::take(&mut self.unsent)
     }
 
     /// Whether nothing is queued.
@@ -585,6 +668,7 @@ impl Session {
             if !graceful {
                 self.queue.clear();
                 self.write_ends.clear();
+                self.unsent = bytes::Bytes::new();
                 self.queued_bytes = 0;
             }
         }
@@ -937,6 +1021,62 @@ mod tests {
         batch.clear();
         assert!(!s.drain_for_websocket(&mut batch));
         assert_eq!(batch.len(), 2);
+    }
+
+    #[test]
+    fn senders_flush_one_at_a_time_and_never_while_the_driver_writes() {
+        let t0 = Instant::now();
+        let f = |t: &str| Frame::Text(Bytes::copy_from_slice(t.as_bytes()));
+        let mut s = Session::new(t0, Transport::WebSocket, TIMINGS, QueueLimits { max_packets: 16, ..LIMITS });
+        // No socket yet, or one that only the driver writes (TLS): the driver flushes.
+        assert!(!s.flushed_by_senders());
+        s.attach_websocket(false);
+        assert!(!s.flushed_by_senders());
+        let mut s = Session::new(t0, Transport::WebSocket, TIMINGS, QueueLimits { max_packets: 16, ..LIMITS });
+        s.attach_websocket(true);
+        assert!(s.flushed_by_senders());
+        assert_eq!(s.enqueue(&[f("a")], false), Enqueued::Queued);
+        assert!(s.claim_flush());
+        let mut batch = Vec::new();
+        assert!(!s.drain_for_websocket(&mut batch));
+        // While it writes: another sender cannot claim, the driver waits to be woken.
+        assert_eq!(s.enqueue(&[f("b")], false), Enqueued::Queued);
+        assert!(!s.claim_flush());
+        assert!(!s.claim_write());
+        assert!(s.end_flush(Bytes::new()), "the driver waits");
+        assert!(s.claim_write());
+        assert!(!s.claim_flush(), "the driver is writing");
+        s.release_write();
+        assert!(s.claim_flush());
+        assert!(!s.end_flush(Bytes::new()), "nothing for the driver to do");
+        s.close(CloseReason::ServerClose);
+        assert!(!s.claim_flush(), "a closed session is flushed by its driver");
+    }
+
+    #[test]
+    fn what_a_sender_could_not_write_goes_first_and_counts_toward_the_bound() {
+        let t0 = Instant::now();
+        let f = |t: &str| Frame::Text(Bytes::copy_from_slice(t.as_bytes()));
+        let mut s = Session::new(t0, Transport::WebSocket, TIMINGS, QueueLimits { max_packets: 16, ..LIMITS });
+        s.attach_websocket(true);
+        assert!(s.claim_flush());
+        assert!(s.end_flush(Bytes::from_static(&[7; 90])), "the driver must write the rest");
+        assert!(!s.claim_flush(), "the rest goes first, by the driver");
+        assert_eq!(s.enqueue(&[f("a")], false), Enqueued::Queued);
+        assert_eq!(s.queued(), (1, 91));
+        assert!(s.claim_write());
+        assert_eq!(s.take_unsent(), Bytes::from_static(&[7; 90]));
+        assert_eq!(s.queued(), (1, 1));
+        s.release_write();
+        assert!(s.claim_flush());
+        // A client that does not read: its leftovers and queue pass the bound, it is disconnected.
+        let mut slow = Session::new(t0, Transport::WebSocket, TIMINGS, QueueLimits { max_packets: 16, ..LIMITS });
+        slow.attach_websocket(true);
+        assert!(slow.claim_flush());
+        slow.end_flush(Bytes::from_static(&[7; 95]));
+        assert_eq!(slow.enqueue(&[f("0123456789")], false), Enqueued::Closed);
+        assert_eq!(slow.closed(), Some(CloseReason::Overflow));
+        assert_eq!(slow.take_unsent(), Bytes::new(), "an overflowed client's leftovers are dropped");
     }
 
     #[test]

@@ -457,32 +457,37 @@ impl Namespace {
     /// node already logged is not executed again.
     pub(crate) fn execute(&self, b: &Broadcast) -> usize {
         let (Some(recovery), Some(offset), false) = (&self.0.recovery, b.offset, b.flags.volatile) else {
-            return self.fan_out(b, |socket, frames| {
-                socket.send_frames(frames, b.flags.volatile);
-            });
+            let mut flush = Vec::new();
+            let recipients =
+                self.fan_out(b, &mut flush, |socket, frames| socket.queue_frames(frames, b.flags.volatile).1);
+            crate::engineio::flush_spread(flush, &self.0.tasks);
+            return recipients;
         };
         let mut state = recovery.lock();
         let now = std::time::Instant::now();
         let Some((seq, relays)) = state.log(now, offset, &b.selector, &b.packet) else {
             return 0;
         };
-        let recipients = self.fan_out(b, |socket, frames| {
+        let mut flush = Vec::new();
+        let recipients = self.fan_out(b, &mut flush, |socket, frames| {
             let Some(tracking) = socket.tracking() else {
-                socket.send_frames(frames, false);
-                return;
+                return socket.queue_frames(frames, false).1;
             };
             let mut tracking = tracking.lock();
             if tracking.take_apart(now, offset) {
-                return;
+                return None;
             }
-            match socket.send_frames(frames, false) {
+            let (result, conn) = socket.queue_frames(frames, false);
+            match result {
                 Enqueued::Queued => tracking.queued(offset),
                 Enqueued::Closed => tracking.failed(seq),
                 Enqueued::DroppedVolatile | Enqueued::TooLarge => {}
             }
+            conn
         });
         // The gauges move with the sessions and once a second (not per broadcast).
         drop(state);
+        crate::engineio::flush_spread(flush, &self.0.tasks);
         recovery.relay(relays);
         recipients
     }
@@ -517,14 +522,21 @@ impl Namespace {
         true
     }
 
-    /// Sends `b` to the sockets it selects here, each through `send`; returns how many.
-    fn fan_out(&self, b: &Broadcast, mut send: impl FnMut(&Socket, &[crate::engineio::packet::Frame])) -> usize {
+    /// Queues `b` for the sockets it selects here, each through `queue`; returns how many. The
+    /// connections `queue` says must be flushed go to `flush`: the caller writes them once every
+    /// recipient has the frames in its queue (see [`crate::engineio::flush_spread`]).
+    fn fan_out(
+        &self,
+        b: &Broadcast,
+        flush: &mut Vec<Arc<Connection<ClientState>>>,
+        mut queue: impl FnMut(&Socket, &[crate::engineio::packet::Frame]) -> Option<Arc<Connection<ClientState>>>,
+    ) -> usize {
         let frames = b.packet.frames();
         let except = self.members_of(&b.selector.except);
         let mut recipients = 0usize;
         let mut deliver = |socket: &Socket| {
             if !except.contains(&socket.sid()) {
-                send(socket, &frames);
+                flush.extend(queue(socket, &frames));
                 recipients += 1;
             }
         };

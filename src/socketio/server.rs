@@ -263,8 +263,19 @@ pub struct ClientState {
 struct ClientInner {
     sockets: Vec<Socket>,
     pending: Vec<String>,
-    collector: Option<BinaryCollector>,
+    /// A binary packet waiting for its attachments (boxed: rare, and every client holds the field).
+    collector: Option<Box<BinaryCollector>>,
     closed: bool,
+}
+
+impl ClientInner {
+    /// The CONNECT to `nsp` was answered; the list of pending ones keeps no memory once empty.
+    fn connect_done(&mut self, nsp: &str) {
+        self.pending.retain(|n| n != nsp);
+        if self.pending.is_empty() {
+            self.pending = Vec::new();
+        }
+    }
 }
 
 impl ClientState {
@@ -379,7 +390,7 @@ impl SioHandler {
         let limits = packet::Limits { max_attachments: self.server.config.max_attachments };
         let packet = packet::decode(text, &limits)?;
         if packet.attachments > 0 {
-            inner.collector = Some(BinaryCollector::new(packet));
+            inner.collector = Some(Box::new(BinaryCollector::new(packet)));
             return Ok(None);
         }
         Ok(Some((packet, Vec::new())))
@@ -436,7 +447,7 @@ impl SioHandler {
             inner.pending.push(nsp.clone());
         }
         let Some(ns) = self.server.resolve(&nsp) else {
-            state.inner.lock().pending.retain(|n| n != &nsp);
+            state.inner.lock().connect_done(&nsp);
             count_connect_error(ConnectErrorReason::InvalidNamespace);
             send_connect_error(conn, &nsp, &serde_json::json!({"message": "Invalid namespace"}));
             return;
@@ -484,7 +495,7 @@ impl SioHandler {
             match verdict {
                 Ok(granted) => handler.finish_connect(&conn, state, ns, auth, granted, start),
                 Err(err) => {
-                    state.inner.lock().pending.retain(|n| n != ns.name());
+                    state.inner.lock().connect_done(ns.name());
                     count_connect_error(ConnectErrorReason::Middleware);
                     let data = match conn.protocol() {
                         Protocol::V4 => err.to_json(),
@@ -614,7 +625,7 @@ impl SioHandler {
             // Added to the namespace under the client's lock, so that a close
             // racing this connect either sees the socket or prevents it.
             let mut inner = state.inner.lock();
-            inner.pending.retain(|n| n != ns.name());
+            inner.connect_done(ns.name());
             if inner.closed {
                 return false;
             }

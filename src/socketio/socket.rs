@@ -334,16 +334,20 @@ impl Socket {
 
     pub(crate) fn send_frames(&self, frames: &[Frame], volatile: bool) -> Enqueued {
         let result = self.0.conn.send_frames(frames, volatile);
-        let dropped = match result {
-            Enqueued::DroppedVolatile => Some(DropReason::Volatile),
-            Enqueued::TooLarge => Some(DropReason::TooLarge),
-            Enqueued::Queued | Enqueued::Closed => None,
-        };
-        if let Some(reason) = dropped {
-            metrics::counter!(crate::metrics::SOCKETIO_PACKETS_DROPPED, crate::metrics::label::REASON => reason.label())
-                .increment(1);
-        }
+        count_dropped(result);
         result
+    }
+
+    /// Queues frames of a broadcast for this socket's client; returns its connection when the
+    /// caller must flush it once every recipient has them (see [`crate::engineio::flush_spread`]).
+    pub(crate) fn queue_frames(
+        &self,
+        frames: &[Frame],
+        volatile: bool,
+    ) -> (Enqueued, Option<Arc<Connection<ClientState>>>) {
+        let (result, flush) = self.0.conn.queue_frames(frames, volatile);
+        count_dropped(result);
+        (result, flush.then(|| self.0.conn.clone()))
     }
 
     pub(crate) fn resolve_ack(&self, packet: Packet, attachments: Vec<Bytes>) {
@@ -466,4 +470,17 @@ pub(crate) fn encode_event_at(
         text.extend_from_slice(format!(",\"{offset}\"]").as_bytes());
     }
     EncodedPacket { text: Bytes::from(text), attachments: payload.attachments.clone() }
+}
+
+/// Counts a packet not queued for a client because it was behind or the packet too large.
+fn count_dropped(result: Enqueued) {
+    let dropped = match result {
+        Enqueued::DroppedVolatile => Some(DropReason::Volatile),
+        Enqueued::TooLarge => Some(DropReason::TooLarge),
+        Enqueued::Queued | Enqueued::Closed => None,
+    };
+    if let Some(reason) = dropped {
+        metrics::counter!(crate::metrics::SOCKETIO_PACKETS_DROPPED, crate::metrics::label::REASON => reason.label())
+            .increment(1);
+    }
 }

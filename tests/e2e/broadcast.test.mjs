@@ -62,3 +62,38 @@ describe(`broadcast to ${N} clients`, () => {
     got.forEach((g, i) => assert.deepEqual(g, expected, `member ${i}`));
   });
 });
+
+// More recipients than one thread flushes at once (the server splits such a broadcast over its
+// worker threads): each client still gets every packet once, in the order they were sent.
+const WIDE = 300;
+
+describe(`broadcast to ${WIDE} clients`, () => {
+  const ctx = new Ctx();
+  let server;
+  let members;
+  before(async () => {
+    server = await ctx.server({ flags: ["--client-rooms", "--client-relay"] });
+    members = await Promise.all(Array.from({ length: WIDE }, () => ctx.connect(server.url, { transports: ["websocket"] })));
+    // Everyone in "wide"; member i also in "pair-i", and so is members[0], the publisher.
+    await Promise.all(members.map((s, i) => call(s, "ioswarm:join", i === 0 ? "wide" : ["wide", `pair-${i}`])));
+    await call(members[0], "ioswarm:join", members.slice(1).map((_, i) => `pair-${i + 1}`));
+  });
+  after(() => ctx.cleanup());
+
+  test("a burst relayed without waiting arrives complete and in order, then a direct emit after it", { timeout: 60_000 }, async () => {
+    const got = members.map((s) => {
+      const events = [];
+      s.onAny((event, ...args) => events.push([event, ...args]));
+      return events;
+    });
+    const publisher = members[0];
+    for (let i = 0; i < 30; i++) publisher.emit("ioswarm:to", "wide", "seq", i);
+    // Then to each member alone (a broadcast too small to split): it must come after the burst.
+    for (let i = 1; i < WIDE; i++) publisher.emit("ioswarm:to", `pair-${i}`, "last", "done");
+    await waitFor(() => got.slice(1).every((g) => g.length >= 31), `all ${WIDE - 1} members receive 31 packets`, 30_000);
+    await sleep(QUIET_MS);
+    const expected = [...Array.from({ length: 30 }, (_, i) => ["seq", i]), ["last", "done"]];
+    got.slice(1).forEach((g, i) => assert.deepEqual(g, expected, `member ${i + 1}`));
+    assert.deepEqual(got[0], [], "the publisher is not in its own broadcast");
+  });
+});

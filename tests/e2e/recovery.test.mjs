@@ -429,6 +429,16 @@ ioswarmOnly("connection state recovery across 3 nodes", () => {
     await connected(c);
     await call(c, "ioswarm:join", "r");
     const got = record(c, "news");
+    // Room interest is gossiped: until the other nodes know `node` has members in "r", their
+    // broadcasts to "r" do not go there. Wait until a broadcast from each of them arrives.
+    const probes = record(c, "probe");
+    for (const other of cluster.running.filter((n) => n !== node)) {
+      const before = probes.length;
+      await waitFor(async () => {
+        if (probes.length === before) await other.emit({ rooms: ["r"], event: "probe" });
+        return probes.length > before;
+      }, `node ${other.url} forwarding room r`);
+    }
     await node.emit({ rooms: [c.id], event: "news", args: [0] });
     await waitFor(() => got.length === 1, "first broadcast");
     return { c, got, id: c.id };
