@@ -1,0 +1,309 @@
+//! Key-value operations travel in batches, and batches are pipelined:
+//!
+//! - **Leader** ([`propose_batches`]): the writes queued while earlier entries were being proposed
+//!   go into one log entry ([`LogCommand`]: one append, one fsync per node, one round of
+//!   replication for all of them). Up to `batches_in_flight` entries are proposed and not yet
+//!   applied at once: the next entry is appended and fsync'd on the leader while the previous one
+//!   is being replicated and fsync'd on the followers. openraft 0.9's core appends one entry at a
+//!   time and waits for its fsync before it sends the entry to the followers or takes the next
+//!   proposal, and it makes every proposal queued meanwhile an entry (and an fsync) of its own;
+//!   so the next batch is proposed only once the previous entry is on the leader's disk, and the
+//!   writes arriving meanwhile join it.
+//! - **Other nodes** ([`forward_batches`]): the operations queued for the leader while earlier
+//!   requests were on the way go in one [`KvRequest`] (one QUIC stream, one reply carrying a value
+//!   per operation); up to `batches_in_flight` requests are on the way at once.
+//!
+//! A batch never changes what one operation's answer means: each operation gets its own outcome.
+//! An operation that certainly did not run (not proposed, or proposed and truncated; a link that
+//! never sent it; a receiver that is not the leader) is retried by the caller at the leader; a
+//! write whose fate is unknown (the request was sent and no answer came) is answered with an error
+//! saying it may have been applied, never retried.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use openraft::error::ClientWriteError;
+use openraft::{BasicNode, Raft, RaftMetrics, ServerState};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use super::network::{Background, ensure_peer};
+use super::{LogCommand, TypeConfig};
+use crate::cluster::message::{KvReply, KvRequest, Message, NodeId};
+use crate::cluster::transport::{Transport, TransportError};
+use crate::resp::kv::{KvCommand, KvOp, KvValue};
+
+/// How many operations go together and how many batches may be under way (from
+/// [`super::RaftSettings`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct BatchLimits {
+    /// Most operations in one log entry and in one forwarded request.
+    pub(super) max_batch: usize,
+    /// Most entries proposed and not yet applied, and most forwarded requests unanswered.
+    pub(super) in_flight: usize,
+    /// Longest wait for a proposed entry to reach the leader's disk before the next batch is
+    /// proposed anyway (a safety net: the wait normally ends with the fsync).
+    pub(super) append_wait: Duration,
+}
+
+impl BatchLimits {
+    /// Capacity of a queue feeding batches: enough for the next few batches.
+    pub(super) fn queue(&self) -> usize {
+        self.max_batch.saturating_mul(4).max(1)
+    }
+}
+
+/// How a write proposed on this node ended.
+#[derive(Debug)]
+pub(super) enum WriteOutcome {
+    /// Committed and applied: the reply.
+    Applied(KvValue),
+    /// Not applied: retry at this leader.
+    Forward(Option<NodeId>),
+    /// Failed (the text is the Redis error).
+    Failed(KvValue),
+}
+
+/// A write waiting for the next log entry.
+pub(super) type PendingWrite = (KvCommand, oneshot::Sender<WriteOutcome>);
+
+/// How one attempt at a key-value operation ended.
+#[derive(Debug, Clone)]
+pub(super) enum Attempt {
+    /// The answer.
+    Done(KvValue),
+    /// Not applied; retry at this leader (or the next known one).
+    Retry(Option<NodeId>),
+}
+
+/// Proposes the queued writes in batches of at most `limits.max_batch`, with at most
+/// `limits.in_flight` entries proposed and not yet answered. Ends when cancelled.
+pub(super) async fn propose_batches(
+    raft: Raft<TypeConfig>,
+    mut pending: mpsc::Receiver<PendingWrite>,
+    limits: BatchLimits,
+    background: Background,
+) {
+    let slots = Arc::new(Semaphore::new(limits.in_flight));
+    let cancel = background.cancel.clone();
+    let mut metrics = raft.metrics();
+    loop {
+        let first = tokio::select! {
+            () = cancel.cancelled() => return,
+            first = pending.recv() => first,
+        };
+        let Some(first) = first else { return };
+        // Writes arriving while every slot is taken join this batch.
+        let slot = tokio::select! {
+            () = cancel.cancelled() => return,
+            slot = slots.clone().acquire_owned() => slot,
+        };
+        let Ok(slot) = slot else { return };
+        let mut batch = vec![first];
+        while batch.len() < limits.max_batch {
+            match pending.try_recv() {
+                Ok(write) => batch.push(write),
+                Err(_) => break,
+            }
+        }
+        let (commands, waiters): (Vec<KvCommand>, Vec<_>) = batch.into_iter().unzip();
+        let before = metrics.borrow_and_update().last_log_index;
+        let proposed = tokio::select! {
+            () = cancel.cancelled() => return,
+            proposed = raft.client_write_ff(LogCommand(commands)) => proposed,
+        };
+        match proposed {
+            Ok(answer) => {
+                background.tasks.spawn(async move {
+                    let outcome = answer.await;
+                    drop(slot);
+                    answer_writes(waiters, outcome);
+                });
+                if limits.in_flight > 1 {
+                    let on_disk = wait_on_disk(&mut metrics, before);
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        _ = tokio::time::timeout(limits.append_wait, on_disk) => {}
+                    }
+                }
+            }
+            Err(fatal) => {
+                for waiter in waiters {
+                    let _ = waiter.send(WriteOutcome::Failed(KvValue::Error(format!("ERR raft stopped: {fatal}"))));
+                }
+            }
+        }
+    }
+}
+
+/// Waits until the raft core appended an entry after log index `before` and fsync'd its log up
+/// to its last entry (this node's own matching index), or until this node is not the leader.
+async fn wait_on_disk(metrics: &mut watch::Receiver<RaftMetrics<NodeId, BasicNode>>, before: Option<u64>) {
+    loop {
+        {
+            let m = metrics.borrow_and_update();
+            if m.state != ServerState::Leader {
+                return;
+            }
+            let on_disk = m.replication.as_ref().and_then(|r| r.get(&m.id).cloned().flatten()).map(|id| id.index);
+            if m.last_log_index > before && on_disk >= m.last_log_index {
+                return;
+            }
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+type EntryResult = Result<openraft::raft::ClientWriteResponse<TypeConfig>, ClientWriteError<NodeId, BasicNode>>;
+
+/// Hands each write of one entry its outcome.
+fn answer_writes(waiters: Vec<oneshot::Sender<WriteOutcome>>, outcome: Result<EntryResult, oneshot::error::RecvError>) {
+    match outcome {
+        Ok(Ok(response)) => {
+            let values = response.data.0.unwrap_or_default();
+            debug_assert_eq!(values.len(), waiters.len());
+            let mut values = values.into_iter();
+            for waiter in waiters {
+                let _ = waiter.send(WriteOutcome::Applied(values.next().unwrap_or(KvValue::Nil)));
+            }
+        }
+        Ok(Err(error)) => {
+            let outcome = || match &error {
+                // Not proposed, or proposed and then truncated: never applied.
+                ClientWriteError::ForwardToLeader(forward) => WriteOutcome::Forward(forward.leader_id),
+                ClientWriteError::ChangeMembershipError(e) => WriteOutcome::Failed(KvValue::Error(format!("ERR {e}"))),
+            };
+            for waiter in waiters {
+                let _ = waiter.send(outcome());
+            }
+        }
+        // The raft core stopped before answering: the entry may have been committed.
+        Err(_) => {
+            for waiter in waiters {
+                let _ = waiter.send(WriteOutcome::Failed(KvValue::Error("ERR raft stopped".into())));
+            }
+        }
+    }
+}
+
+/// An operation waiting to be forwarded to `leader` with others.
+#[derive(Debug)]
+pub(super) struct Forwarded {
+    pub(super) leader: NodeId,
+    pub(super) op: KvOp,
+    /// When the caller stops waiting.
+    pub(super) deadline: Instant,
+    pub(super) done: oneshot::Sender<Attempt>,
+}
+
+/// What forwarding needs of the raft node (not the node itself: its queue's sender lives there).
+#[derive(Clone)]
+pub(super) struct ForwardLink {
+    pub(super) raft: Raft<TypeConfig>,
+    pub(super) transport: Transport,
+    pub(super) background: Background,
+    /// Longest wait for the link to the leader.
+    pub(super) rpc_timeout: Duration,
+    pub(super) next_request_id: Arc<AtomicU64>,
+}
+
+/// Sends the queued operations to their leader in batches of at most `limits.max_batch`, with at
+/// most `limits.in_flight` requests unanswered. Ends when cancelled.
+pub(super) async fn forward_batches(link: ForwardLink, mut queue: mpsc::Receiver<Forwarded>, limits: BatchLimits) {
+    let slots = Arc::new(Semaphore::new(limits.in_flight));
+    let cancel = link.background.cancel.clone();
+    // An operation for another leader than the batch being filled: it starts the next one.
+    let mut carried: Option<Forwarded> = None;
+    loop {
+        let first = match carried.take() {
+            Some(first) => first,
+            None => {
+                let first = tokio::select! {
+                    () = cancel.cancelled() => return,
+                    first = queue.recv() => first,
+                };
+                let Some(first) = first else { return };
+                first
+            }
+        };
+        let slot = tokio::select! {
+            () = cancel.cancelled() => return,
+            slot = slots.clone().acquire_owned() => slot,
+        };
+        let Ok(slot) = slot else { return };
+        let leader = first.leader;
+        let mut batch = vec![first];
+        while batch.len() < limits.max_batch {
+            match queue.try_recv() {
+                Ok(next) if next.leader == leader => batch.push(next),
+                Ok(next) => {
+                    carried = Some(next);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        link.background.tasks.spawn(send_batch(link.clone(), leader, batch, slot));
+    }
+}
+
+/// Sends one batch to `leader` and hands each operation its outcome.
+async fn send_batch(link: ForwardLink, leader: NodeId, mut batch: Vec<Forwarded>, _slot: OwnedSemaphorePermit) {
+    // Callers that stopped waiting are not sent.
+    batch.retain(|forwarded| !forwarded.done.is_closed());
+    let Some(deadline) = batch.iter().map(|forwarded| forwarded.deadline).max() else { return };
+    let transport = &link.transport;
+    let addr = link.raft.metrics().borrow().membership_config.membership().get_node(&leader).map(|n| n.addr.clone());
+    if let Some(addr) = addr {
+        ensure_peer(transport, &link.background, leader, &addr);
+    }
+    let link_wait = deadline.saturating_duration_since(Instant::now()).min(link.rpc_timeout);
+    if transport.wait_connected(leader, link_wait).await.is_err() {
+        // Nothing was sent.
+        for forwarded in batch {
+            let _ = forwarded.done.send(Attempt::Retry(None));
+        }
+        return;
+    }
+    let (ops, waiters): (Vec<KvOp>, Vec<_>) = batch.into_iter().map(|f| (f.op, f.done)).unzip();
+    let writes: Vec<bool> = ops.iter().map(|op| matches!(op, KvOp::Write(_))).collect();
+    let count = ops.len();
+    let request_id = link.next_request_id.fetch_add(1, Ordering::Relaxed);
+    ::metrics::counter!(crate::metrics::KV_FORWARDED).increment(count as u64);
+    let message = Message::KvRequest(KvRequest { request_id, ops });
+    let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+    let reply = transport.request(leader, &message, remaining).await;
+    let attempts: Vec<Attempt> = match reply {
+        Ok(Message::KvReply(KvReply { values, .. })) if values.len() == count => values
+            .into_iter()
+            .map(|value| match value {
+                KvValue::NotLeader { leader_id, .. } => Attempt::Retry(leader_id),
+                value => Attempt::Done(value),
+            })
+            .collect(),
+        Ok(_) => {
+            let unexpected = Attempt::Done(KvValue::Error("ERR the leader answered with an unexpected message".into()));
+            vec![unexpected; count]
+        }
+        Err(TransportError::UnknownPeer(_) | TransportError::Connect(_)) => vec![Attempt::Retry(None); count],
+        // Sent, and no answer: a read is retried, a write may have been applied.
+        Err(error) => writes
+            .iter()
+            .map(|&write| {
+                if write {
+                    Attempt::Done(KvValue::Error(format!(
+                        "ERR forwarding the write to the leader failed ({error}); it may have been applied"
+                    )))
+                } else {
+                    Attempt::Retry(None)
+                }
+            })
+            .collect(),
+    };
+    for (waiter, attempt) in waiters.into_iter().zip(attempts) {
+        let _ = waiter.send(attempt);
+    }
+}
