@@ -25,8 +25,8 @@ const MAX_PAYLOAD: usize = 100 * 1024 * 1024;
 const MAX_ATTACHMENTS: usize = 10_000;
 /// Largest `kv_batch_max`: one entry (and one forwarded request) stays far below a frame.
 const MAX_KV_BATCH: usize = 4096;
-/// Largest `kv_batches_in_flight`.
-const MAX_KV_BATCHES_IN_FLIGHT: usize = 64;
+/// Largest `kv_forwards_in_flight`.
+const MAX_KV_FORWARDS_IN_FLIGHT: usize = 1024;
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -138,13 +138,12 @@ pub struct Config {
     /// How long cluster-wide operations (fetchSockets, acks, NUMSUB, ...) wait for other nodes.
     pub cluster_timeout_ms: u64,
     /// Most key-value operations in one raft log entry and in one request a node forwards to
-    /// the leader: the writes that arrive while earlier ones are being committed share an entry
-    /// (one fsync, one round of replication).
+    /// the leader: the writes that arrive while the previous entry is being committed share the
+    /// next one (one fsync, one round of replication).
     pub kv_batch_max: usize,
-    /// Most raft log entries of key-value writes proposed and not yet applied, and most
-    /// forwarded requests not yet answered, at once on a node; more operations wait and join
-    /// the next batch.
-    pub kv_batches_in_flight: usize,
+    /// Most requests carrying key-value operations a node has sent to the leader and not yet
+    /// had answered; further operations wait and go together in the next request.
+    pub kv_forwards_in_flight: usize,
     /// `[[rooms.rule]]`: rooms clients join or leave with their own events (file only, no flag).
     pub rooms: crate::rules::RoomsConfig,
     /// Authentication on CONNECT (JWT, connect hook, allowed origins): the `[auth]` table (no
@@ -205,7 +204,7 @@ impl Default for Config {
             cluster_credentials: None,
             cluster_timeout_ms: 5_000,
             kv_batch_max: 256,
-            kv_batches_in_flight: 2,
+            kv_forwards_in_flight: 64,
             rooms: crate::rules::RoomsConfig::default(),
             auth: crate::auth::AuthConfig::default(),
             static_dir: None,
@@ -260,7 +259,7 @@ impl fmt::Debug for Config {
             .field("cluster_credentials", &self.cluster_credentials)
             .field("cluster_timeout_ms", &self.cluster_timeout_ms)
             .field("kv_batch_max", &self.kv_batch_max)
-            .field("kv_batches_in_flight", &self.kv_batches_in_flight)
+            .field("kv_forwards_in_flight", &self.kv_forwards_in_flight)
             .field("rooms", &self.rooms)
             .field("auth", &self.auth)
             .field("static_dir", &self.static_dir)
@@ -534,10 +533,10 @@ impl Config {
         if !(1..=MAX_KV_BATCH).contains(&self.kv_batch_max) {
             return Err(invalid("kv_batch_max", format!("{} must be between 1 and {MAX_KV_BATCH}", self.kv_batch_max)));
         }
-        if !(1..=MAX_KV_BATCHES_IN_FLIGHT).contains(&self.kv_batches_in_flight) {
+        if !(1..=MAX_KV_FORWARDS_IN_FLIGHT).contains(&self.kv_forwards_in_flight) {
             return Err(invalid(
-                "kv_batches_in_flight",
-                format!("{} must be between 1 and {MAX_KV_BATCHES_IN_FLIGHT}", self.kv_batches_in_flight),
+                "kv_forwards_in_flight",
+                format!("{} must be between 1 and {MAX_KV_FORWARDS_IN_FLIGHT}", self.kv_forwards_in_flight),
             ));
         }
         Ok(())
@@ -659,7 +658,7 @@ impl Config {
             data_dir,
             cluster_timeout_ms,
             kv_batch_max,
-            kv_batches_in_flight,
+            kv_forwards_in_flight,
         );
         if let Some(v) = cli.node_id {
             self.node_id = Some(v);
@@ -890,10 +889,10 @@ pub struct Cli {
     /// leader [default: 256].
     #[arg(long, env = "IOSWARM_KV_BATCH_MAX", value_name = "N")]
     pub kv_batch_max: Option<usize>,
-    /// Most raft entries of key-value writes (and forwarded requests) under way at once
-    /// [default: 2].
-    #[arg(long, env = "IOSWARM_KV_BATCHES_IN_FLIGHT", value_name = "N")]
-    pub kv_batches_in_flight: Option<usize>,
+    /// Most requests of key-value operations forwarded to the leader and not yet answered
+    /// [default: 64].
+    #[arg(long, env = "IOSWARM_KV_FORWARDS_IN_FLIGHT", value_name = "N")]
+    pub kv_forwards_in_flight: Option<usize>,
     /// Serve the files of this folder under `/` (index.html, assets) [default: none].
     #[arg(long = "static", env = "IOSWARM_STATIC", value_name = "DIR")]
     pub static_dir: Option<PathBuf>,
@@ -1135,7 +1134,7 @@ mod tests {
             "--cluster-credentials=/tmp/c",
             "--cluster-timeout-ms=12",
             "--kv-batch-max=13",
-            "--kv-batches-in-flight=14",
+            "--kv-forwards-in-flight=14",
         ]);
         let c = load(&cli).unwrap();
         std::fs::remove_file(&bundle).unwrap();
@@ -1200,8 +1199,8 @@ mod tests {
         assert_eq!(invalid_field(|c| c.max_rooms_per_socket = 0), "max_rooms_per_socket");
         assert_eq!(invalid_field(|c| c.kv_batch_max = 0), "kv_batch_max");
         assert_eq!(invalid_field(|c| c.kv_batch_max = MAX_KV_BATCH + 1), "kv_batch_max");
-        assert_eq!(invalid_field(|c| c.kv_batches_in_flight = 0), "kv_batches_in_flight");
-        assert_eq!(invalid_field(|c| c.kv_batches_in_flight = MAX_KV_BATCHES_IN_FLIGHT + 1), "kv_batches_in_flight");
+        assert_eq!(invalid_field(|c| c.kv_forwards_in_flight = 0), "kv_forwards_in_flight");
+        assert_eq!(invalid_field(|c| c.kv_forwards_in_flight = MAX_KV_FORWARDS_IN_FLIGHT + 1), "kv_forwards_in_flight");
         assert_eq!(invalid_field(|c| c.volatile_drop_bytes = c.send_queue_max_bytes + 1), "volatile_drop_bytes");
         assert_eq!(invalid_field(|c| c.log = "ioswarm=notalevel".into()), "log");
         assert_eq!(invalid_field(|c| c.admin_listen = c.listen), "admin_listen");

@@ -437,7 +437,7 @@ async fn start_cluster(
     }
     let mut raft_settings = RaftSettings::new(node_id, advertise.clone(), config.data_dir.clone());
     raft_settings.max_batch = config.kv_batch_max;
-    raft_settings.batches_in_flight = config.kv_batches_in_flight;
+    raft_settings.forwards_in_flight = config.kv_forwards_in_flight;
     let raft = RaftNode::start(raft_settings, transport.clone())
         .await
         .map_err(|e| fail(format!("starting raft with data dir {}", config.data_dir.display()))(&e))?;

@@ -15,8 +15,9 @@
 //!   [`RaftNode::leave`] asks the leader to remove it (promoting a learner in its place).
 //! - **Key-value**: [`RaftNode::execute`] (also [`KvBackend`]) proposes writes through the log
 //!   and serves linearizable reads (read-index) on the leader; other nodes forward both to the
-//!   leader in batches ([`Message::KvRequest`]), answered by [`RaftNode::handle_kv_request`].
-//!   Writes share log entries and entries are pipelined (`batch.rs`).
+//!   leader in batches ([`Message::KvRequest`]), answered by [`RaftNode::handle_kv_request`];
+//!   the writes that reach the leader while an entry is being committed share the next entry
+//!   (`batch.rs`).
 
 mod batch;
 mod network;
@@ -64,7 +65,7 @@ openraft::declare_raft_types!(
 pub const CLUSTER_DOWN: &str = "CLUSTERDOWN The cluster is down";
 
 /// Key-value writes as one raft log entry carries them: the writes that reached the leader
-/// while the previous entries were being proposed (group commit: one entry, one fsync per node,
+/// while the previous entry was being committed (group commit: one entry, one fsync per node,
 /// one round of replication for all of them; see `batch.rs`), each the protobuf encoding of a
 /// [`KvCommand`] (see `wire.rs`) as a byte string.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,9 +191,9 @@ pub struct RaftSettings {
     /// Most key-value operations in one log entry and in one request forwarded to the leader
     /// (256).
     pub max_batch: usize,
-    /// Most log entries of writes proposed and not yet applied, and most forwarded requests not
-    /// yet answered, at once (2); more operations wait and join the next batch.
-    pub batches_in_flight: usize,
+    /// Most requests of key-value operations forwarded to the leader and not yet answered (64);
+    /// further operations wait and go together in the next request.
+    pub forwards_in_flight: usize,
 }
 
 impl RaftSettings {
@@ -214,7 +215,7 @@ impl RaftSettings {
             membership_timeout: Duration::from_secs(10),
             kv_limits: KvLimits::default(),
             max_batch: 256,
-            batches_in_flight: 2,
+            forwards_in_flight: 64,
         }
     }
 
@@ -250,8 +251,8 @@ impl RaftSettings {
         if self.max_batch == 0 {
             return invalid("max_batch", "must be at least 1");
         }
-        if self.batches_in_flight == 0 {
-            return invalid("batches_in_flight", "must be at least 1");
+        if self.forwards_in_flight == 0 {
+            return invalid("forwards_in_flight", "must be at least 1");
         }
         if self.rpc_timeout.is_zero() || self.request_timeout.is_zero() || self.membership_timeout.is_zero() {
             return invalid("rpc_timeout", "rpc_timeout, request_timeout and membership_timeout must be positive");
@@ -424,13 +425,9 @@ impl RaftNode {
         let raft = Raft::new(settings.node_id, config, network, log_store, sm_store)
             .await
             .map_err(|e| RaftError::Fatal(e.to_string()))?;
-        let limits = BatchLimits {
-            max_batch: settings.max_batch,
-            in_flight: settings.batches_in_flight,
-            append_wait: settings.heartbeat_interval,
-        };
+        let limits = BatchLimits { max_batch: settings.max_batch, forwards_in_flight: settings.forwards_in_flight };
         let (writes, pending) = tokio::sync::mpsc::channel(limits.queue());
-        background.tasks.spawn(propose_batches(raft.clone(), pending, limits, background.clone()));
+        background.tasks.spawn(propose_batches(raft.clone(), pending, limits, background.cancel.clone()));
         let (forwards, queue) = tokio::sync::mpsc::channel(limits.queue());
         let link = ForwardLink {
             raft: raft.clone(),

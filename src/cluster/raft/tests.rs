@@ -190,8 +190,8 @@ fn settings_are_validated() {
     bad.max_batch = 0;
     assert!(matches!(bad.validate(), Err(RaftError::Config { field: "max_batch", .. })));
     let mut bad = good;
-    bad.batches_in_flight = 0;
-    assert!(matches!(bad.validate(), Err(RaftError::Config { field: "batches_in_flight", .. })));
+    bad.forwards_in_flight = 0;
+    assert!(matches!(bad.validate(), Err(RaftError::Config { field: "forwards_in_flight", .. })));
 }
 
 #[test]
@@ -708,7 +708,7 @@ async fn forwarded_operations_travel_in_bounded_batches_and_each_gets_its_own_an
     let (dir, creds) = cluster("raft-forward", &[1, 9]);
     let node = start_node(&creds[0], SocketAddr::from(([127, 0, 0, 1], 0)), &dir.0.join("data1"), 1, |s| {
         s.max_batch = 4;
-        s.batches_in_flight = 2;
+        s.forwards_in_flight = 2;
     })
     .await;
     let (leader, mut inbox) =
@@ -725,7 +725,7 @@ async fn forwarded_operations_travel_in_bounded_batches_and_each_gets_its_own_an
             (op, attempt)
         }));
     }
-    // At most `batches_in_flight` requests are unanswered, each with at most `max_batch` ops.
+    // At most `forwards_in_flight` requests are unanswered, each with at most `max_batch` ops.
     let (first, first_reply) = next_kv_request(&mut inbox).await;
     let (second, second_reply) = next_kv_request(&mut inbox).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
