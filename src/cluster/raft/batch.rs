@@ -65,8 +65,14 @@ pub(super) enum WriteOutcome {
     Failed(KvValue),
 }
 
-/// A write waiting for the next log entry.
-pub(super) type PendingWrite = (KvCommand, oneshot::Sender<WriteOutcome>);
+/// Writes that go into the same log entry, waiting for the next one: one client's write, or the
+/// writes of one forwarded request (never split, so the request's answer waits for one commit).
+#[derive(Debug)]
+pub(super) struct PendingWrites {
+    pub(super) commands: Vec<KvCommand>,
+    /// One outcome per command, in order.
+    pub(super) done: oneshot::Sender<Vec<WriteOutcome>>,
+}
 
 /// How one attempt at a key-value operation ended.
 #[derive(Debug, Clone)]
@@ -77,44 +83,59 @@ pub(super) enum Attempt {
     Retry(Option<NodeId>),
 }
 
-/// Proposes the queued writes, at most `limits.max_batch` in one entry, one entry at a time.
-/// Ends when cancelled.
+/// Proposes the queued writes, at most `limits.max_batch` in one entry (a group larger than
+/// that goes alone), one entry at a time. Ends when cancelled.
 pub(super) async fn propose_batches(
     raft: Raft<TypeConfig>,
-    mut pending: mpsc::Receiver<PendingWrite>,
+    mut pending: mpsc::Receiver<PendingWrites>,
     limits: BatchLimits,
     cancel: CancellationToken,
 ) {
+    // A group that did not fit the previous entry: it starts the next one.
+    let mut carried: Option<PendingWrites> = None;
     loop {
-        let first = tokio::select! {
-            () = cancel.cancelled() => return,
-            first = pending.recv() => first,
+        let first = match carried.take() {
+            Some(first) => first,
+            None => {
+                let first = tokio::select! {
+                    () = cancel.cancelled() => return,
+                    first = pending.recv() => first,
+                };
+                let Some(first) = first else { return };
+                first
+            }
         };
-        let Some(first) = first else { return };
-        let mut batch = vec![first];
-        while batch.len() < limits.max_batch {
+        let mut count = first.commands.len();
+        let mut groups = vec![first];
+        while count < limits.max_batch {
             match pending.try_recv() {
-                Ok(write) => batch.push(write),
+                Ok(group) if count + group.commands.len() <= limits.max_batch => {
+                    count += group.commands.len();
+                    groups.push(group);
+                }
+                Ok(group) => {
+                    carried = Some(group);
+                    break;
+                }
                 Err(_) => break,
             }
         }
-        let (commands, waiters): (Vec<KvCommand>, Vec<_>) = batch.into_iter().unzip();
+        let mut commands = Vec::with_capacity(count);
+        let mut waiters = Vec::with_capacity(groups.len());
+        for group in groups {
+            waiters.push((group.commands.len(), group.done));
+            commands.extend(group.commands);
+        }
         let proposed = tokio::select! {
             () = cancel.cancelled() => return,
             proposed = raft.client_write_ff(LogCommand(commands)) => proposed,
         };
-        let answer = match proposed {
-            Ok(answer) => answer,
-            Err(fatal) => {
-                for waiter in waiters {
-                    let _ = waiter.send(WriteOutcome::Failed(KvValue::Error(format!("ERR raft stopped: {fatal}"))));
-                }
-                continue;
-            }
-        };
-        let outcome = tokio::select! {
-            () = cancel.cancelled() => return,
-            outcome = answer => outcome,
+        let outcome = match proposed {
+            Ok(answer) => tokio::select! {
+                () = cancel.cancelled() => return,
+                outcome = answer => outcome.map_err(|_| "ERR raft stopped".to_owned()),
+            },
+            Err(fatal) => Err(format!("ERR raft stopped: {fatal}")),
         };
         answer_writes(waiters, outcome);
     }
@@ -122,15 +143,17 @@ pub(super) async fn propose_batches(
 
 type EntryResult = Result<openraft::raft::ClientWriteResponse<TypeConfig>, ClientWriteError<NodeId, BasicNode>>;
 
-/// Hands each write of one entry its outcome.
-fn answer_writes(waiters: Vec<oneshot::Sender<WriteOutcome>>, outcome: Result<EntryResult, oneshot::error::RecvError>) {
+/// Hands each group of one entry the outcomes of its writes. `Err`: the raft core stopped
+/// before answering (the entry may have been committed).
+fn answer_writes(waiters: Vec<(usize, oneshot::Sender<Vec<WriteOutcome>>)>, outcome: Result<EntryResult, String>) {
     match outcome {
         Ok(Ok(response)) => {
             let values = response.data.0.unwrap_or_default();
-            debug_assert_eq!(values.len(), waiters.len());
+            debug_assert_eq!(values.len(), waiters.iter().map(|(n, _)| n).sum::<usize>());
             let mut values = values.into_iter();
-            for waiter in waiters {
-                let _ = waiter.send(WriteOutcome::Applied(values.next().unwrap_or(KvValue::Nil)));
+            for (n, waiter) in waiters {
+                let outcomes = (0..n).map(|_| WriteOutcome::Applied(values.next().unwrap_or(KvValue::Nil))).collect();
+                let _ = waiter.send(outcomes);
             }
         }
         Ok(Err(error)) => {
@@ -139,14 +162,13 @@ fn answer_writes(waiters: Vec<oneshot::Sender<WriteOutcome>>, outcome: Result<En
                 ClientWriteError::ForwardToLeader(forward) => WriteOutcome::Forward(forward.leader_id),
                 ClientWriteError::ChangeMembershipError(e) => WriteOutcome::Failed(KvValue::Error(format!("ERR {e}"))),
             };
-            for waiter in waiters {
-                let _ = waiter.send(outcome());
+            for (n, waiter) in waiters {
+                let _ = waiter.send((0..n).map(|_| outcome()).collect());
             }
         }
-        // The raft core stopped before answering: the entry may have been committed.
-        Err(_) => {
-            for waiter in waiters {
-                let _ = waiter.send(WriteOutcome::Failed(KvValue::Error("ERR raft stopped".into())));
+        Err(stopped) => {
+            for (n, waiter) in waiters {
+                let _ = waiter.send((0..n).map(|_| WriteOutcome::Failed(KvValue::Error(stopped.clone()))).collect());
             }
         }
     }

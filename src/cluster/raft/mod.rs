@@ -386,7 +386,7 @@ struct Inner {
     background: Background,
     journal: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Writes waiting for the next log entry (`batch::propose_batches`).
-    writes: tokio::sync::mpsc::Sender<batch::PendingWrite>,
+    writes: tokio::sync::mpsc::Sender<batch::PendingWrites>,
     /// Operations waiting to be forwarded to the leader (`batch::forward_batches`).
     forwards: tokio::sync::mpsc::Sender<Forwarded>,
     /// The data directory's lock, released by [`RaftNode::shutdown`].
@@ -602,17 +602,18 @@ impl RaftNode {
     /// the leader.
     pub async fn handle_kv_request(&self, from: NodeId, request: KvRequest) -> KvReply {
         let deadline = Instant::now() + self.inner.settings.request_timeout;
-        let mut attempts: Vec<Option<Attempt>> = Vec::with_capacity(request.ops.len());
-        let mut proposed = Vec::new();
-        for (i, op) in request.ops.iter().enumerate() {
-            attempts.push(None);
-            if let KvOp::Write(command) = op {
-                match self.propose(command.clone(), deadline).await {
-                    Ok(outcome) => proposed.push((i, outcome)),
-                    Err(attempt) => attempts[i] = Some(attempt),
-                }
-            }
-        }
+        let mut attempts: Vec<Option<Attempt>> = vec![None; request.ops.len()];
+        // The writes go into one log entry together, so the reply waits for one commit.
+        let (positions, commands): (Vec<usize>, Vec<KvCommand>) = request
+            .ops
+            .iter()
+            .enumerate()
+            .filter_map(|(i, op)| match op {
+                KvOp::Write(command) => Some((i, command.clone())),
+                KvOp::Read(_) => None,
+            })
+            .unzip();
+        let proposed = if commands.is_empty() { None } else { Some(self.propose(commands, deadline).await) };
         if request.ops.iter().any(|op| matches!(op, KvOp::Read(_))) {
             let index = self.read_index(deadline).await;
             for (attempt, op) in attempts.iter_mut().zip(&request.ops) {
@@ -624,8 +625,18 @@ impl RaftNode {
                 }
             }
         }
-        for (i, outcome) in proposed {
-            attempts[i] = Some(write_attempt(outcome, deadline).await);
+        match proposed {
+            Some(Ok(outcomes)) => {
+                for (i, attempt) in positions.iter().zip(write_attempts(outcomes, positions.len(), deadline).await) {
+                    attempts[*i] = Some(attempt);
+                }
+            }
+            Some(Err(attempt)) => {
+                for i in &positions {
+                    attempts[*i] = Some(attempt.clone());
+                }
+            }
+            None => {}
         }
         let values = attempts
             .into_iter()
@@ -751,8 +762,8 @@ impl RaftNode {
     /// Runs `op` on this node as the leader.
     async fn execute_local(&self, op: KvOp, deadline: Instant) -> Attempt {
         match op {
-            KvOp::Write(command) => match self.propose(command, deadline).await {
-                Ok(outcome) => write_attempt(outcome, deadline).await,
+            KvOp::Write(command) => match self.propose(vec![command], deadline).await {
+                Ok(outcomes) => write_attempts(outcomes, 1, deadline).await.pop().unwrap_or(Attempt::Retry(None)),
                 Err(attempt) => attempt,
             },
             KvOp::Read(read) => match self.read_index(deadline).await {
@@ -762,15 +773,17 @@ impl RaftNode {
         }
     }
 
-    /// Queues a write for the next log entry; the receiver gets its outcome.
+    /// Queues writes for the next log entry (all in the same one); the receiver gets their
+    /// outcomes.
     async fn propose(
         &self,
-        command: KvCommand,
+        commands: Vec<KvCommand>,
         deadline: Instant,
-    ) -> Result<tokio::sync::oneshot::Receiver<WriteOutcome>, Attempt> {
-        let (done, outcome) = tokio::sync::oneshot::channel();
-        match tokio::time::timeout_at(deadline, self.inner.writes.send((command, done))).await {
-            Ok(Ok(())) => Ok(outcome),
+    ) -> Result<tokio::sync::oneshot::Receiver<Vec<WriteOutcome>>, Attempt> {
+        let (done, outcomes) = tokio::sync::oneshot::channel();
+        let group = batch::PendingWrites { commands, done };
+        match tokio::time::timeout_at(deadline, self.inner.writes.send(group)).await {
+            Ok(Ok(())) => Ok(outcomes),
             // Not queued: never proposed.
             _ => Err(Attempt::Done(KvValue::Error(CLUSTER_DOWN.to_owned()))),
         }
@@ -1070,15 +1083,23 @@ impl KvBackend for RaftNode {
     }
 }
 
-/// Waits for the outcome of a proposed write.
-async fn write_attempt(outcome: tokio::sync::oneshot::Receiver<WriteOutcome>, deadline: Instant) -> Attempt {
-    match tokio::time::timeout_at(deadline, outcome).await {
-        Ok(Ok(WriteOutcome::Applied(value))) => Attempt::Done(value),
-        Ok(Ok(WriteOutcome::Forward(leader))) => Attempt::Retry(leader),
-        Ok(Ok(WriteOutcome::Failed(error))) => Attempt::Done(error),
-        Ok(Err(_)) => Attempt::Done(KvValue::Error("ERR raft stopped".into())),
-        Err(_) => Attempt::Done(KvValue::Error(
-            "ERR timed out waiting for the cluster to commit the write; it may still be applied".into(),
-        )),
+/// Waits for the outcomes of `count` proposed writes.
+async fn write_attempts(
+    outcomes: tokio::sync::oneshot::Receiver<Vec<WriteOutcome>>,
+    count: usize,
+    deadline: Instant,
+) -> Vec<Attempt> {
+    let failed = |text: &str| vec![Attempt::Done(KvValue::Error(text.to_owned())); count];
+    match tokio::time::timeout_at(deadline, outcomes).await {
+        Ok(Ok(outcomes)) => outcomes
+            .into_iter()
+            .map(|outcome| match outcome {
+                WriteOutcome::Applied(value) => Attempt::Done(value),
+                WriteOutcome::Forward(leader) => Attempt::Retry(leader),
+                WriteOutcome::Failed(error) => Attempt::Done(error),
+            })
+            .collect(),
+        Ok(Err(_)) => failed("ERR raft stopped"),
+        Err(_) => failed("ERR timed out waiting for the cluster to commit the write; it may still be applied"),
     }
 }
