@@ -389,6 +389,8 @@ struct Inner {
     writes: tokio::sync::mpsc::Sender<batch::PendingWrites>,
     /// Operations waiting to be forwarded to the leader (`batch::forward_batches`).
     forwards: tokio::sync::mpsc::Sender<Forwarded>,
+    /// What an operation sent at once by its caller needs (`RaftNode::forward`).
+    forward_link: ForwardLink,
     /// The data directory's lock, released by [`RaftNode::shutdown`].
     lock: Mutex<Option<std::fs::File>>,
 }
@@ -435,8 +437,9 @@ impl RaftNode {
             background: background.clone(),
             rpc_timeout: settings.rpc_timeout,
             next_request_id: Arc::new(AtomicU64::new(1)),
+            slots: Arc::new(tokio::sync::Semaphore::new(limits.forwards_in_flight)),
         };
-        background.tasks.spawn(forward_batches(link, queue, limits));
+        background.tasks.spawn(forward_batches(link.clone(), queue, limits));
         let node = RaftNode {
             inner: Arc::new(Inner {
                 id: settings.node_id,
@@ -450,6 +453,7 @@ impl RaftNode {
                 journal: Mutex::new(Some(journal)),
                 writes,
                 forwards,
+                forward_link: link,
                 lock: Mutex::new(Some(lock)),
             }),
         };
@@ -812,14 +816,23 @@ impl RaftNode {
         }
     }
 
-    /// Sends `op` to `leader` with the other operations queued for it (`batch::forward_batches`).
-    /// Retries only when the operation was certainly not applied.
+    /// Sends `op` to `leader`: at once when nothing is queued and a request slot is free,
+    /// otherwise with the other operations queued for it (`batch::forward_batches`). Retries
+    /// only when the operation was certainly not applied.
     async fn forward(&self, leader: NodeId, op: &KvOp, deadline: Instant) -> Attempt {
         let (done, attempt) = tokio::sync::oneshot::channel();
         let forwarded = Forwarded { leader, op: op.clone(), deadline, done };
-        if !matches!(tokio::time::timeout_at(deadline, self.inner.forwards.send(forwarded)).await, Ok(Ok(()))) {
-            // Not queued: nothing was sent.
-            return Attempt::Retry(None);
+        let queue = &self.inner.forwards;
+        let idle = queue.capacity() == queue.max_capacity();
+        let link = &self.inner.forward_link;
+        match link.slots.clone().try_acquire_owned() {
+            Ok(slot) if idle => batch::send_batch(link.clone(), leader, vec![forwarded], slot).await,
+            _ => {
+                if !matches!(tokio::time::timeout_at(deadline, queue.send(forwarded)).await, Ok(Ok(()))) {
+                    // Not queued: nothing was sent.
+                    return Attempt::Retry(None);
+                }
+            }
         }
         let why = match tokio::time::timeout_at(deadline, attempt).await {
             Ok(Ok(attempt)) => return attempt,
