@@ -17,8 +17,10 @@
 #             them, CONVERGE_ROUNDS times; nodes 1 and 3 are polled (GET /cluster) every POLL_MS
 #             until they hold node 2's new room count.
 #   incr      INCR on one key for INCR_SECS: INCR_CONNS connections to each cluster node's Redis
-#             port at once, then 3 × INCR_CONNS to redis-server and to a single ioswarm node
-#             (no cluster, local store); GET afterwards must equal the INCRs answered.
+#             port at once, then 3 × INCR_CONNS to redis-server (in memory), to redis-server with
+#             appendonly yes + appendfsync always (the durable peer: fsync before it answers, as
+#             the cluster does) and to a single ioswarm node (no cluster, local store); GET
+#             afterwards must equal the INCRs answered.
 #   presence  a fresh 3-node cluster with [[presence]] users:count; PRESENCE_CLIENTS idle
 #             WebSocket clients connect, a third to each node; GET users:count is polled on every
 #             node (every POLL_MS) until all three answer the number connected (time from the last
@@ -344,10 +346,31 @@ if want latency && [ "$PEER" != 0 ] && [ -n "${REDIS_PID:-}" ]; then
 fi
 
 if want incr; then
+    redis_version=$(redis-server --version | sed -E 's/.*v=([^ ]+).*/\1/')
     if [ -n "${REDIS_PID:-}" ]; then
         incr redis-server "127.0.0.1:$REDIS_PORT" redis-server "$((3 * INCR_CONNS))" "$REDIS_PID" \
-            "redis-server $(redis-server --version | sed -E 's/.*v=([^ ]+).*/\1/'); $((3 * INCR_CONNS)) connections"
+            "redis-server $redis_version, no persistence; $((3 * INCR_CONNS)) connections"
     fi
+    # The durable peer: every write in the append-only file, fsync'd before the reply (one
+    # fdatasync per event-loop turn, shared by the writes of that turn).
+    AOF_PORT=$(free_port)
+    mkdir -p "$WORK/redis-aof"
+    redis-server --bind 127.0.0.1 --port "$AOF_PORT" --save "" --appendonly yes --appendfsync always \
+        --dir "$WORK/redis-aof" >"$LOGS/redis-server-aof.out" 2>"$LOGS/redis-server-aof.err" &
+    aof=$!
+    PIDS+=("$aof")
+    for _ in $(seq 1 100); do
+        redis-cli -p "$AOF_PORT" ping >/dev/null 2>&1 && break
+        kill -0 "$aof" 2>/dev/null || break
+        sleep 0.1
+    done
+    if redis-cli -p "$AOF_PORT" ping >/dev/null 2>&1; then
+        incr redis-server-fsync "127.0.0.1:$AOF_PORT" redis-server-fsync "$((3 * INCR_CONNS))" "$aof" \
+            "redis-server $redis_version, appendonly yes, appendfsync always; $((3 * INCR_CONNS)) connections"
+    else
+        FAILED+=("incr/redis-server-fsync (did not start; see $LOGS/redis-server-aof.err)")
+    fi
+    stop "$aof"
     "$IOSWARM" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --redis-listen 127.0.0.1:0 \
         >"$LOGS/ioswarm-single.out" 2>"$LOGS/ioswarm-single.err" &
     single=$!

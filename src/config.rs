@@ -28,6 +28,10 @@ const MAX_RELAY_IN_FLIGHT: usize = 1_000_000;
 /// Largest accepted `recovery_max_bytes` (8 MiB): a recovered session travels between nodes in
 /// one cluster frame (16 MiB).
 const MAX_RECOVERY_BYTES: usize = 8 * 1024 * 1024;
+/// Largest `kv_batch_max`: one entry (and one forwarded request) stays far below a frame.
+const MAX_KV_BATCH: usize = 4096;
+/// Largest `kv_forwards_in_flight`.
+const MAX_KV_FORWARDS_IN_FLIGHT: usize = 1024;
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -158,6 +162,13 @@ pub struct Config {
     /// sessions); beyond it a request gets 503. 0 relays nothing: a request of a session held
     /// elsewhere gets `400 Session ID unknown` (the load balancer must be sticky).
     pub cluster_relay_max_in_flight: usize,
+    /// Most key-value operations in one raft log entry and in one request a node forwards to
+    /// the leader: the writes that arrive while the previous entry is being committed share the
+    /// next one (one fsync, one round of replication).
+    pub kv_batch_max: usize,
+    /// Most requests carrying key-value operations a node has sent to the leader and not yet
+    /// had answered; further operations wait and go together in the next request.
+    pub kv_forwards_in_flight: usize,
     /// `[[rooms.rule]]`: rooms clients join or leave with their own events (file only, no flag).
     pub rooms: crate::rules::RoomsConfig,
     /// Authentication on CONNECT (JWT, connect hook, allowed origins): the `[auth]` table (no
@@ -224,6 +235,8 @@ impl Default for Config {
             cluster_credentials: None,
             cluster_timeout_ms: 5_000,
             cluster_relay_max_in_flight: 10_000,
+            kv_batch_max: 256,
+            kv_forwards_in_flight: 64,
             rooms: crate::rules::RoomsConfig::default(),
             auth: crate::auth::AuthConfig::default(),
             static_dir: None,
@@ -284,6 +297,8 @@ impl fmt::Debug for Config {
             .field("cluster_credentials", &self.cluster_credentials)
             .field("cluster_timeout_ms", &self.cluster_timeout_ms)
             .field("cluster_relay_max_in_flight", &self.cluster_relay_max_in_flight)
+            .field("kv_batch_max", &self.kv_batch_max)
+            .field("kv_forwards_in_flight", &self.kv_forwards_in_flight)
             .field("rooms", &self.rooms)
             .field("auth", &self.auth)
             .field("static_dir", &self.static_dir)
@@ -606,6 +621,15 @@ impl Config {
                 ),
             ));
         }
+        if !(1..=MAX_KV_BATCH).contains(&self.kv_batch_max) {
+            return Err(invalid("kv_batch_max", format!("{} must be between 1 and {MAX_KV_BATCH}", self.kv_batch_max)));
+        }
+        if !(1..=MAX_KV_FORWARDS_IN_FLIGHT).contains(&self.kv_forwards_in_flight) {
+            return Err(invalid(
+                "kv_forwards_in_flight",
+                format!("{} must be between 1 and {MAX_KV_FORWARDS_IN_FLIGHT}", self.kv_forwards_in_flight),
+            ));
+        }
         Ok(())
     }
 
@@ -731,6 +755,8 @@ impl Config {
             data_dir,
             cluster_timeout_ms,
             cluster_relay_max_in_flight,
+            kv_batch_max,
+            kv_forwards_in_flight,
         );
         if let Some(v) = cli.node_id {
             self.node_id = Some(v);
@@ -988,6 +1014,14 @@ pub struct Cli {
     /// sessions it holds; 0 relays none (the load balancer must be sticky) [default: 10000].
     #[arg(long, env = "IOSWARM_CLUSTER_RELAY_MAX_IN_FLIGHT", value_name = "N")]
     pub cluster_relay_max_in_flight: Option<usize>,
+    /// Most key-value operations in one raft log entry and in one request forwarded to the
+    /// leader [default: 256].
+    #[arg(long, env = "IOSWARM_KV_BATCH_MAX", value_name = "N")]
+    pub kv_batch_max: Option<usize>,
+    /// Most requests of key-value operations forwarded to the leader and not yet answered
+    /// [default: 64].
+    #[arg(long, env = "IOSWARM_KV_FORWARDS_IN_FLIGHT", value_name = "N")]
+    pub kv_forwards_in_flight: Option<usize>,
     /// Serve the files of this folder under `/` (index.html, assets) [default: none].
     #[arg(long = "static", env = "IOSWARM_STATIC", value_name = "DIR")]
     pub static_dir: Option<PathBuf>,
@@ -1177,7 +1211,7 @@ mod tests {
         let cmd = Cli::command();
         let longs: Vec<&str> = cmd.get_arguments().filter_map(|a| a.get_long()).collect();
         let keys = value.as_object().unwrap().keys();
-        assert_eq!(keys.len(), 52);
+        assert_eq!(keys.len(), 54);
         for key in keys.filter(|k| !TOML_ONLY.contains(&k.as_str())) {
             let flag = key.replace('_', "-");
             assert!(longs.contains(&flag.as_str()), "config field {key} has no --{flag}");
@@ -1238,6 +1272,8 @@ mod tests {
             "--cluster-credentials=/tmp/c",
             "--cluster-timeout-ms=12",
             "--cluster-relay-max-in-flight=13",
+            "--kv-batch-max=13",
+            "--kv-forwards-in-flight=14",
         ]);
         let c = load(&cli).unwrap();
         std::fs::remove_file(&bundle).unwrap();
@@ -1310,6 +1346,10 @@ mod tests {
         assert_eq!(invalid_field(|c| c.send_queue_max_packets = 0), "send_queue_max_packets");
         assert_eq!(invalid_field(|c| c.send_queue_max_bytes = 0), "send_queue_max_bytes");
         assert_eq!(invalid_field(|c| c.max_rooms_per_socket = 0), "max_rooms_per_socket");
+        assert_eq!(invalid_field(|c| c.kv_batch_max = 0), "kv_batch_max");
+        assert_eq!(invalid_field(|c| c.kv_batch_max = MAX_KV_BATCH + 1), "kv_batch_max");
+        assert_eq!(invalid_field(|c| c.kv_forwards_in_flight = 0), "kv_forwards_in_flight");
+        assert_eq!(invalid_field(|c| c.kv_forwards_in_flight = MAX_KV_FORWARDS_IN_FLIGHT + 1), "kv_forwards_in_flight");
         assert_eq!(invalid_field(|c| c.volatile_drop_bytes = c.send_queue_max_bytes + 1), "volatile_drop_bytes");
         assert_eq!(invalid_field(|c| c.log = "ioswarm=notalevel".into()), "log");
         assert_eq!(invalid_field(|c| c.admin_listen = c.listen), "admin_listen");

@@ -482,10 +482,12 @@ async fn start_cluster(
             config.data_dir.display()
         )));
     }
-    let raft =
-        RaftNode::start(RaftSettings::new(node_id, advertise.clone(), config.data_dir.clone()), transport.clone())
-            .await
-            .map_err(|e| fail(format!("starting raft with data dir {}", config.data_dir.display()))(&e))?;
+    let mut raft_settings = RaftSettings::new(node_id, advertise.clone(), config.data_dir.clone());
+    raft_settings.max_batch = config.kv_batch_max;
+    raft_settings.forwards_in_flight = config.kv_forwards_in_flight;
+    let raft = RaftNode::start(raft_settings, transport.clone())
+        .await
+        .map_err(|e| fail(format!("starting raft with data dir {}", config.data_dir.display()))(&e))?;
     let settings = NodeSettings {
         timeout: config.cluster_timeout(),
         gossip: GossipConfig::default(),

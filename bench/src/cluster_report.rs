@@ -30,6 +30,9 @@ pub(crate) struct ClusterReportArgs {
     incr_single: String,
     #[arg(long, default_value = "redis-server")]
     incr_redis: String,
+    /// INCR label of the durable reference server (redis-server with appendfsync always).
+    #[arg(long, default_value = "redis-server-fsync")]
+    incr_redis_fsync: String,
     /// Write the combined JSON here.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -294,19 +297,23 @@ fn incr_section(md: &mut String, args: &ClusterReportArgs, runs: &[Value]) -> Va
         );
     }
     let rate = |label: &str| runs.iter().find(|r| text(r, "label") == label).and_then(|r| num(r, "/incr_per_sec"));
-    let (cluster, single, redis) = (rate(&args.incr_cluster), rate(&args.incr_single), rate(&args.incr_redis));
+    let (cluster, single, redis, durable) =
+        (rate(&args.incr_cluster), rate(&args.incr_single), rate(&args.incr_redis), rate(&args.incr_redis_fsync));
     let ratios = json!({
+        "cluster_over_redis_fsync": ratio(cluster, durable),
         "cluster_over_redis": ratio(cluster, redis),
         "cluster_over_single": ratio(cluster, single),
         "single_over_redis": ratio(single, redis),
     });
     let _ = writeln!(
         md,
-        "\nINCR/s ratios: {c} / {r} = {}, {c} / {s} = {}, {s} / {r} = {}.\n",
+        "\nINCR/s ratios: {c} / {d} = {}, {c} / {r} = {}, {c} / {s} = {}, {s} / {r} = {}.\n",
+        f(ratios["cluster_over_redis_fsync"].as_f64(), 3, "×"),
         f(ratios["cluster_over_redis"].as_f64(), 3, "×"),
         f(ratios["cluster_over_single"].as_f64(), 3, "×"),
         f(ratios["single_over_redis"].as_f64(), 3, "×"),
         c = args.incr_cluster,
+        d = args.incr_redis_fsync,
         r = args.incr_redis,
         s = args.incr_single,
     );

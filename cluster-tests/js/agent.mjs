@@ -479,6 +479,49 @@ const commands = {
   },
 
   /**
+   * `{name, urls, connsPerUrl, key}`: connections that each send `INCR key`, wait for the answer
+   * and send the next, until `incr_stop`; a failed INCR (error reply, connection lost) is
+   * counted and retried after `pauseMs`.
+   */
+  incr_start: async ({ name, urls, connsPerUrl = 1, key, pauseMs = 50 }) => {
+    if (loops.has(name)) throw new Error(`loop ${name} already running`);
+    const opened = [];
+    for (const url of urls) for (let i = 0; i < connsPerUrl; i++) opened.push(await openRedis(url));
+    const state = { stop: false, opened, replies: [], errors: [], errorCount: 0 };
+    state.done = Promise.all(
+      opened.map(async (client) => {
+        while (!state.stop) {
+          try {
+            state.replies.push(Number(await client.sendCommand(["INCR", key])));
+          } catch (e) {
+            state.errorCount += 1;
+            if (state.errors.length < 10) state.errors.push(e.message);
+            await sleep(pauseMs);
+          }
+        }
+      }),
+    );
+    loops.set(name, state);
+    return { conns: opened.length };
+  },
+
+  /**
+   * `{name}`: stops an `incr_start` load: lets the INCRs under way finish (5 s), then closes the
+   * connections (an INCR still queued, e.g. for a node that is gone, fails). →
+   * `{ok, replies, errorCount, errors}`
+   */
+  incr_stop: async ({ name }) => {
+    const state = loops.get(name);
+    if (!state) throw new Error(`no loop ${name}`);
+    state.stop = true;
+    await Promise.race([state.done, sleep(5000)]);
+    await Promise.all(state.opened.map((c) => c.disconnect().catch(() => {})));
+    await withTimeout(state.done, 60_000, `the INCR load ${name} to stop`);
+    loops.delete(name);
+    return { ok: state.replies.length, replies: state.replies, errorCount: state.errorCount, errors: state.errors };
+  },
+
+  /**
    * `{urls, connsPerUrl, key}`: every connection sends `SET key <its name> NX` at the same
    * moment. → `[{conn, url, reply}]`
    */

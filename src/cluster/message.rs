@@ -20,8 +20,9 @@ use crate::socketio::{
 pub type NodeId = u64;
 
 /// The wire protocol version this build speaks (`Envelope.protocol_version`). Version 2: a
-/// broadcast with acks travels as event and arguments, not as an encoded packet.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// broadcast with acks travels as event and arguments, not as an encoded packet. Version 3:
+/// key-value operations are forwarded to the leader in batches ([`KvRequest`]).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// One frame between two nodes: who sent it and what it says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +52,7 @@ pub enum Message {
     RaftRequest(RaftPayload),
     /// The answer to a [`Message::RaftRequest`].
     RaftReply(RaftPayload),
-    /// A key-value operation forwarded to the leader.
+    /// Key-value operations forwarded to the leader.
     KvRequest(KvRequest),
     /// The answer to a [`Message::KvRequest`].
     KvReply(KvReply),
@@ -394,20 +395,22 @@ pub enum PayloadEncoding {
     Msgpack,
 }
 
-/// A key-value operation forwarded to the raft leader.
+/// Key-value operations forwarded to the raft leader in one request: the ones that reached the
+/// sender while its earlier requests were on the way (wire: `KvBatchRequest`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KvRequest {
     /// Echoed in the reply.
     pub request_id: u64,
-    /// A write (through the log) or a linearizable read.
-    pub op: KvOp,
+    /// Writes (through the log) and linearizable reads, from different clients.
+    pub ops: Vec<KvOp>,
 }
 
-/// The answer to a [`KvRequest`].
+/// The answer to a [`KvRequest`] (wire: `KvBatchReply`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KvReply {
     /// The request's id.
     pub request_id: u64,
-    /// The value.
-    pub value: KvValue,
+    /// One value per operation, in order; [`KvValue::NotLeader`] for an operation the receiver
+    /// did not run because it is not the leader.
+    pub values: Vec<KvValue>,
 }

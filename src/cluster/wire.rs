@@ -133,8 +133,11 @@ fn envelope_to_pb(sender: NodeId, message: &Message) -> pb::Envelope {
             encoding: encoding_to_pb(raft.encoding) as i32,
             payload: raft.payload.clone(),
         }),
-        Message::KvRequest(request) => Body::KvRequest(request.into()),
-        Message::KvReply(reply) => Body::KvReply(kv_reply_to_pb(reply.request_id, &reply.value)),
+        Message::KvRequest(request) => Body::KvBatchRequest(request.into()),
+        Message::KvReply(reply) => Body::KvBatchReply(pb::KvBatchReply {
+            request_id: reply.request_id,
+            values: reply.values.iter().map(|value| kv_reply_to_pb(0, value)).collect(),
+        }),
         Message::Publish(publish) => Body::Publish(pb::Publish {
             channel: publish.channel.clone(),
             message: publish.message.clone(),
@@ -419,25 +422,29 @@ fn session_record_to_pb(r: &SessionRecord) -> pb::SessionRecord {
     }
 }
 
-impl From<&KvRequest> for pb::KvRequest {
+impl From<&KvRequest> for pb::KvBatchRequest {
     fn from(request: &KvRequest) -> Self {
-        use pb::kv_request::Op;
-        let op = match &request.op {
-            KvOp::Write(command) => Op::Write(kv_command_to_pb(command)),
-            KvOp::Read(read) => {
-                use pb::kv_read::Op as R;
-                let op = match &read.op {
-                    KvReadOp::Get(key) => R::Get(key.clone()),
-                    KvReadOp::MGet(keys) => R::Mget(pb::KvKeys { keys: keys.clone() }),
-                    KvReadOp::Exists(keys) => R::Exists(pb::KvKeys { keys: keys.clone() }),
-                    KvReadOp::Ttl(key) => R::Ttl(key.clone()),
-                    KvReadOp::Pttl(key) => R::Pttl(key.clone()),
-                };
-                Op::Read(pb::KvRead { now_unix_ms: read.now_unix_ms, op: Some(op) })
-            }
-        };
-        pb::KvRequest { request_id: request.request_id, op: Some(op) }
+        pb::KvBatchRequest { request_id: request.request_id, ops: request.ops.iter().map(kv_op_to_pb).collect() }
     }
+}
+
+fn kv_op_to_pb(op: &KvOp) -> pb::KvOp {
+    use pb::kv_op::Op;
+    let op = match op {
+        KvOp::Write(command) => Op::Write(kv_command_to_pb(command)),
+        KvOp::Read(read) => {
+            use pb::kv_read::Op as R;
+            let op = match &read.op {
+                KvReadOp::Get(key) => R::Get(key.clone()),
+                KvReadOp::MGet(keys) => R::Mget(pb::KvKeys { keys: keys.clone() }),
+                KvReadOp::Exists(keys) => R::Exists(pb::KvKeys { keys: keys.clone() }),
+                KvReadOp::Ttl(key) => R::Ttl(key.clone()),
+                KvReadOp::Pttl(key) => R::Pttl(key.clone()),
+            };
+            Op::Read(pb::KvRead { now_unix_ms: read.now_unix_ms, op: Some(op) })
+        }
+    };
+    pb::KvOp { op: Some(op) }
 }
 
 fn kv_command_to_pb(command: &KvCommand) -> pb::KvCommand {
@@ -549,10 +556,15 @@ impl TryFrom<pb::Envelope> for Envelope {
                 encoding: encoding_from_pb(raft.encoding)?,
                 payload: raft.payload,
             }),
-            Body::KvRequest(request) => Message::KvRequest(request.try_into()?),
-            Body::KvReply(reply) => {
-                Message::KvReply(KvReply { request_id: reply.request_id, value: kv_value_from_pb(reply.value)? })
-            }
+            Body::KvBatchRequest(request) => Message::KvRequest(request.try_into()?),
+            Body::KvBatchReply(reply) => Message::KvReply(KvReply {
+                request_id: reply.request_id,
+                values: reply
+                    .values
+                    .into_iter()
+                    .map(|value| kv_value_from_pb(value.value))
+                    .collect::<Result<_, _>>()?,
+            }),
             Body::Publish(publish) => {
                 Message::Publish(Publish { channel: publish.channel, message: publish.message, shard: publish.shard })
             }
@@ -894,27 +906,31 @@ impl TryFrom<pb::ClusterReply> for ClusterReply {
     }
 }
 
-impl TryFrom<pb::KvRequest> for KvRequest {
+impl TryFrom<pb::KvBatchRequest> for KvRequest {
     type Error = WireError;
 
-    fn try_from(request: pb::KvRequest) -> Result<Self, WireError> {
-        use pb::kv_request::Op;
-        let op = match request.op.ok_or(WireError::Missing("KvRequest.op"))? {
-            Op::Write(command) => KvOp::Write(kv_command_from_pb(command)?),
-            Op::Read(read) => {
-                use pb::kv_read::Op as R;
-                let op = match read.op.ok_or(WireError::Missing("KvRead.op"))? {
-                    R::Get(key) => KvReadOp::Get(key),
-                    R::Mget(keys) => KvReadOp::MGet(keys.keys),
-                    R::Exists(keys) => KvReadOp::Exists(keys.keys),
-                    R::Ttl(key) => KvReadOp::Ttl(key),
-                    R::Pttl(key) => KvReadOp::Pttl(key),
-                };
-                KvOp::Read(KvRead { now_unix_ms: read.now_unix_ms, op })
-            }
-        };
-        Ok(KvRequest { request_id: request.request_id, op })
+    fn try_from(request: pb::KvBatchRequest) -> Result<Self, WireError> {
+        let ops = request.ops.into_iter().map(kv_op_from_pb).collect::<Result<_, _>>()?;
+        Ok(KvRequest { request_id: request.request_id, ops })
     }
+}
+
+fn kv_op_from_pb(op: pb::KvOp) -> Result<KvOp, WireError> {
+    use pb::kv_op::Op;
+    Ok(match op.op.ok_or(WireError::Missing("KvOp.op"))? {
+        Op::Write(command) => KvOp::Write(kv_command_from_pb(command)?),
+        Op::Read(read) => {
+            use pb::kv_read::Op as R;
+            let op = match read.op.ok_or(WireError::Missing("KvRead.op"))? {
+                R::Get(key) => KvReadOp::Get(key),
+                R::Mget(keys) => KvReadOp::MGet(keys.keys),
+                R::Exists(keys) => KvReadOp::Exists(keys.keys),
+                R::Ttl(key) => KvReadOp::Ttl(key),
+                R::Pttl(key) => KvReadOp::Pttl(key),
+            };
+            KvOp::Read(KvRead { now_unix_ms: read.now_unix_ms, op })
+        }
+    })
 }
 
 fn kv_command_from_pb(command: pb::KvCommand) -> Result<KvCommand, WireError> {
@@ -1217,6 +1233,7 @@ mod tests {
             round_trip(Message::RaftReply(RaftPayload { encoding: PayloadEncoding::Json, ..payload }));
         }
         let key = Bytes::from_static(b"users:online");
+        let incr = KvOp::Write(KvCommand { now_unix_ms: 1, op: KvWrite::IncrBy { key: key.clone(), delta: 1 } });
         for op in [
             KvWrite::Set {
                 key: key.clone(),
@@ -1240,7 +1257,7 @@ mod tests {
         ] {
             round_trip(Message::KvRequest(KvRequest {
                 request_id: 5,
-                op: KvOp::Write(KvCommand { now_unix_ms: 77, op }),
+                ops: vec![KvOp::Write(KvCommand { now_unix_ms: 77, op })],
             }));
         }
         for op in [
@@ -1250,7 +1267,10 @@ mod tests {
             KvReadOp::Ttl(key.clone()),
             KvReadOp::Pttl(key.clone()),
         ] {
-            round_trip(Message::KvRequest(KvRequest { request_id: 6, op: KvOp::Read(KvRead { now_unix_ms: 78, op }) }));
+            round_trip(Message::KvRequest(KvRequest {
+                request_id: 6,
+                ops: vec![KvOp::Read(KvRead { now_unix_ms: 78, op }), incr.clone()],
+            }));
         }
         for value in [
             KvValue::Ok,
@@ -1262,8 +1282,10 @@ mod tests {
             KvValue::NotLeader { leader_id: Some(3), leader_addr: "10.0.0.3:7946".into() },
             KvValue::NotLeader { leader_id: None, leader_addr: String::new() },
         ] {
-            round_trip(Message::KvReply(KvReply { request_id: 6, value }));
+            round_trip(Message::KvReply(KvReply { request_id: 6, values: vec![value, KvValue::Integer(1)] }));
         }
+        round_trip(Message::KvRequest(KvRequest { request_id: 7, ops: Vec::new() }));
+        round_trip(Message::KvReply(KvReply { request_id: 7, values: Vec::new() }));
     }
 
     #[test]

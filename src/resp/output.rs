@@ -78,6 +78,9 @@ struct State {
     killed: Option<KillReason>,
     /// Close the connection once everything queued is written (QUIT, protocol errors).
     closing: bool,
+    /// Bytes left the queue (taken by the writer, or claimed by the reader writing its replies
+    /// itself) and are not all written yet: nobody else writes to the socket meanwhile.
+    writing: bool,
     /// The connection is going away without flushing (peer gone, write failed).
     aborted: bool,
 }
@@ -223,20 +226,63 @@ impl ClientOutput {
                 if state.killed.is_some() || state.aborted {
                     return Next::Killed;
                 }
-                if !state.queue.is_empty() {
-                    return Next::Write(state.queue.drain(..).collect());
-                }
-                if state.closing {
-                    return Next::Close;
+                if !state.writing {
+                    if !state.queue.is_empty() {
+                        state.writing = true;
+                        return Next::Write(state.queue.drain(..).collect());
+                    }
+                    if state.closing {
+                        return Next::Close;
+                    }
                 }
             }
             self.ready.notified().await;
         }
     }
 
-    /// Records `n` bytes as written to the socket.
+    /// Claims the socket for `len` bytes of replies that the reader writes itself: `true` when
+    /// nothing is queued or being written, so the bytes keep their place in the output (then
+    /// call [`ClientOutput::release_inline`]); `false` when they must be queued
+    /// ([`ClientOutput::push_reply`]). Saves the writer task's wakeup for each read's replies.
+    pub(crate) fn claim_inline(&self, len: usize) -> bool {
+        let mut state = self.state.lock();
+        if state.killed.is_some() || state.aborted || state.writing || !state.queue.is_empty() {
+            return false;
+        }
+        state.writing = true;
+        state.pending += len;
+        self.pending.store(state.pending, Ordering::Relaxed);
+        true
+    }
+
+    /// Ends a claim: `n` bytes reached the socket; `rest`, what the socket did not take, goes
+    /// first in the queue, before anything published meanwhile.
+    pub(crate) fn release_inline(&self, n: usize, rest: Bytes) {
+        let mut state = self.state.lock();
+        state.writing = false;
+        state.pending = state.pending.saturating_sub(n);
+        if !rest.is_empty() {
+            if state.killed.is_some() || state.aborted {
+                state.pending = state.pending.saturating_sub(rest.len());
+            } else {
+                state.queue.push_front(rest);
+            }
+        }
+        if self.limits.soft == 0 || state.pending < self.limits.soft {
+            state.soft_since = None;
+        }
+        self.pending.store(state.pending, Ordering::Relaxed);
+        let wake = !state.queue.is_empty() || state.closing;
+        drop(state);
+        if wake {
+            self.ready.notify_one();
+        }
+    }
+
+    /// Records `n` bytes as written to the socket (everything [`ClientOutput::next`] returned).
     pub(crate) fn written(&self, n: usize) {
         let mut state = self.state.lock();
+        state.writing = false;
         state.pending = state.pending.saturating_sub(n);
         self.pending.store(state.pending, Ordering::Relaxed);
         if self.limits.soft == 0 || state.pending < self.limits.soft {
@@ -314,6 +360,28 @@ mod tests {
         assert!(out.killed_token().is_cancelled());
         assert_eq!(out.next().await, Next::Killed);
         assert_eq!(out.kill_reason(), Some(KillReason::HardLimit));
+    }
+
+    #[tokio::test]
+    async fn inline_replies_keep_their_place() {
+        let out = ClientOutput::new(1, limits());
+        // Idle: the reader may write itself; a publish meanwhile waits behind the claim.
+        assert!(out.claim_inline(10));
+        assert!(!out.claim_inline(1));
+        out.push_message(Bytes::from_static(b"msg"), Instant::now());
+        assert_eq!(out.pending(), 13);
+        // The socket took 4 bytes: the other 6 go out before the message.
+        out.release_inline(4, Bytes::from_static(b"567890"));
+        assert_eq!(out.pending(), 9);
+        assert!(!out.claim_inline(1), "queued output is written first");
+        assert_eq!(out.next().await, Next::Write(vec![Bytes::from_static(b"567890"), Bytes::from_static(b"msg")]));
+        assert!(!out.claim_inline(1), "the writer is writing");
+        out.written(9);
+        assert_eq!(out.pending(), 0);
+        assert!(out.claim_inline(2));
+        out.release_inline(2, Bytes::new());
+        out.close_when_flushed();
+        assert_eq!(out.next().await, Next::Close);
     }
 
     #[tokio::test]

@@ -1,16 +1,19 @@
 //! The Redis-protocol listener: accepts connections and runs one reader (parse, execute,
 //! reply) and one writer (drain the output queue to the socket) per connection.
 //!
-//! The reader executes pipelined commands in order and queues each read's replies as one frame;
-//! published messages are queued by the publishers themselves (see [`super::broker`]). Commands
+//! The reader executes pipelined commands in order and hands each read's replies on as one
+//! frame: on plain TCP, when nothing is queued or being written, it writes them to the socket
+//! itself (`send_replies`), else it queues them; published messages are queued by the publishers themselves (see [`super::broker`]). Commands
 //! that change what a client receives flush the replies queued so far first, so replies and
 //! messages reach the client in the order Redis would write them. A command whose reply comes
 //! later (the key-value commands) hands the reader a future; the reader waits for it before the
 //! next command of the pipeline (see `cmd`'s documentation).
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
@@ -18,6 +21,7 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -236,7 +240,10 @@ pub async fn serve(
             match accepted.shared.config.tls.clone() {
                 None => {
                     let (reader, writer) = stream.into_split();
-                    accepted.run(reader, writer, laddr).await;
+                    // Shared by the writer task and the reader, which writes a read's replies
+                    // itself when the output is idle (`send_replies`).
+                    let writer = Arc::new(writer);
+                    accepted.run(reader, SharedTcpWrite(writer.clone()), Some(writer), laddr).await;
                 }
                 Some(tls) => {
                     // A refused client is told why over TLS too, so it gets the handshake first.
@@ -246,8 +253,10 @@ pub async fn serve(
                     };
                     match handshake {
                         Some(tls_stream) => {
+                            // The TLS stream's halves share a lock: replies always go through the
+                            // output queue and its writer task.
                             let (reader, writer) = tokio::io::split(tls_stream);
-                            accepted.run(reader, writer, laddr).await;
+                            accepted.run(reader, writer, None, laddr).await;
                         }
                         None if accepted.refusal.is_none() => {
                             accepted.shared.connected.fetch_sub(1, Ordering::Relaxed);
@@ -273,8 +282,9 @@ struct Conn {
 }
 
 impl Conn {
-    /// Serves the connection (or writes its refusal) on a TCP or TLS stream's halves.
-    async fn run<R, W>(self, reader: R, mut writer: W, laddr: SocketAddr)
+    /// Serves the connection (or writes its refusal) on a TCP or TLS stream's halves. `inline`:
+    /// the plain TCP socket `writer` writes to, for the reader's own writes.
+    async fn run<R, W>(self, reader: R, mut writer: W, inline: Option<Arc<OwnedWriteHalf>>, laddr: SocketAddr)
     where
         R: AsyncRead + Send + Unpin + 'static,
         W: AsyncWrite + Send + Unpin + 'static,
@@ -288,14 +298,16 @@ impl Conn {
             let _ = tokio::time::timeout(Duration::from_secs(1), refuse).await;
             return;
         }
-        connection(reader, writer, addr, laddr, shared.clone(), shutdown, tasks).await;
+        connection(reader, writer, inline, addr, laddr, shared.clone(), shutdown, tasks).await;
         shared.connected.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
+#[allow(clippy::too_many_arguments)] // one connection's whole context
 async fn connection<R, W>(
     reader: R,
     writer: W,
+    inline: Option<Arc<OwnedWriteHalf>>,
     addr: SocketAddr,
     laddr: SocketAddr,
     shared: Arc<Shared>,
@@ -316,7 +328,7 @@ async fn connection<R, W>(
     let writer_task = tasks.spawn(write_loop(writer, out.clone()));
     let mut client = Client::new(Subscriber { out: out.clone() }, meta, !shared.auth_required());
     let span = tracing::debug_span!("redis_conn", client = id, %addr);
-    let clean_eof = read_loop(reader, &mut client, &shared, &shutdown).instrument(span).await;
+    let clean_eof = read_loop(reader, inline, &mut client, &shared, &shutdown).instrument(span).await;
     count_publishes(&mut client);
 
     // Leave the broker before anything else so publishers stop queuing to us.
@@ -350,6 +362,7 @@ async fn wait_writer(task: &tokio::task::JoinHandle<()>) {
 /// peer is gone or the client was killed.
 async fn read_loop<R: AsyncRead + Unpin>(
     mut reader: R,
+    inline: Option<Arc<OwnedWriteHalf>>,
     client: &mut Client,
     shared: &Shared,
     shutdown: &CancellationToken,
@@ -437,11 +450,32 @@ async fn read_loop<R: AsyncRead + Unpin>(
             ::metrics::counter!(crate::metrics::REDIS_COMMANDS).increment(commands);
             count_publishes(client);
         }
-        out.push_reply(replies.split().freeze());
+        send_replies(inline.as_deref(), &out, &mut replies);
         if client.close_after_reply {
             return true;
         }
     }
+}
+
+/// Hands one read's replies to the client. On plain TCP, when nothing is queued or being
+/// written, the reader writes them itself with one non-blocking write from its reused buffer:
+/// no wakeup of the writer task (often on the other worker thread), no copy. Whatever the socket
+/// does not take, and everything on TLS or behind queued output, goes through the queue, so the
+/// bytes keep Redis' order.
+fn send_replies(inline: Option<&OwnedWriteHalf>, out: &ClientOutput, replies: &mut BytesMut) {
+    if replies.is_empty() {
+        return;
+    }
+    let Some(socket) = inline.filter(|_| out.claim_inline(replies.len())) else {
+        out.push_reply(replies.split().freeze());
+        return;
+    };
+    // An error other than "would block" leaves everything queued: the writer task meets it
+    // again and drops the connection.
+    let n = socket.try_write(replies).unwrap_or(0);
+    let rest = replies.split_off(n).freeze();
+    replies.clear();
+    out.release_inline(n, rest);
 }
 
 /// Adds the client's PUBLISH / SPUBLISH since the last call to the metric (once per read, not
@@ -450,6 +484,33 @@ fn count_publishes(client: &mut Client) {
     if client.publishes > 0 {
         ::metrics::counter!(crate::metrics::REDIS_PUBLISHES).increment(client.publishes);
         client.publishes = 0;
+    }
+}
+
+/// The writer task's handle on a plain TCP socket whose write half the reader shares (see
+/// [`send_replies`]). Dropping the last handle shuts the socket's write side, so shutting it
+/// down explicitly does nothing.
+struct SharedTcpWrite(Arc<OwnedWriteHalf>);
+
+impl AsyncWrite for SharedTcpWrite {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        loop {
+            match self.0.try_write(buf) {
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                    let socket: &tokio::net::TcpStream = (*self.0).as_ref();
+                    ready!(socket.poll_write_ready(cx))?;
+                }
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 }
 

@@ -15,8 +15,11 @@
 //!   [`RaftNode::leave`] asks the leader to remove it (promoting a learner in its place).
 //! - **Key-value**: [`RaftNode::execute`] (also [`KvBackend`]) proposes writes through the log
 //!   and serves linearizable reads (read-index) on the leader; other nodes forward both to the
-//!   leader as [`Message::KvRequest`], answered by [`RaftNode::handle_kv_request`].
+//!   leader in batches ([`Message::KvRequest`]), answered by [`RaftNode::handle_kv_request`];
+//!   the writes that reach the leader while an entry is being committed share the next entry
+//!   (`batch.rs`).
 
+mod batch;
 mod network;
 mod store;
 #[cfg(test)]
@@ -25,7 +28,7 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError as OpenraftError};
@@ -39,11 +42,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use self::batch::{Attempt, BatchLimits, ForwardLink, Forwarded, WriteOutcome, forward_batches, propose_batches};
 use self::network::{Background, Network, decode_payload, encode_payload, ensure_peer};
 pub use self::store::StoreError;
 use self::store::{LogStore, SmShared, StateMachineStore};
 use super::message::{KvReply, KvRequest, Message, NodeId, RaftPayload, RaftRpcKind};
-use super::transport::{Transport, TransportError};
+use super::transport::Transport;
 use super::wire::{decode_kv_command, decode_kv_value, encode_kv_command, encode_kv_value};
 use crate::resp::kv::{KvBackend, KvCommand, KvFuture, KvLimits, KvOp, KvValue};
 
@@ -62,8 +66,8 @@ pub const CLUSTER_DOWN: &str = "CLUSTERDOWN The cluster is down";
 
 /// Key-value writes as one raft log entry carries them: the writes that reached the leader
 /// while the previous entry was being committed (group commit: one entry, one fsync per node,
-/// one round of replication for all of them), each the protobuf encoding of a [`KvCommand`]
-/// (see `wire.rs`) as a byte string.
+/// one round of replication for all of them; see `batch.rs`), each the protobuf encoding of a
+/// [`KvCommand`] (see `wire.rs`) as a byte string.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct LogCommand(pub(crate) Vec<KvCommand>);
 
@@ -71,22 +75,6 @@ pub(crate) struct LogCommand(pub(crate) Vec<KvCommand>);
 /// blank and membership entries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct LogReply(pub(crate) Option<Vec<KvValue>>);
-
-/// Most writes in one log entry.
-const MAX_WRITES_PER_ENTRY: usize = 256;
-
-/// How a batched write ended.
-enum WriteOutcome {
-    /// Committed and applied: the reply.
-    Applied(KvValue),
-    /// Not applied: retry at this leader.
-    Forward(Option<NodeId>),
-    /// Failed (the text is the Redis error).
-    Failed(KvValue),
-}
-
-/// A write waiting for the next log entry.
-type PendingWrite = (KvCommand, tokio::sync::oneshot::Sender<WriteOutcome>);
 
 /// Bytes that serialise as a byte string (MessagePack `bin`) and read back from a byte string or
 /// a sequence of numbers (JSON).
@@ -200,6 +188,12 @@ pub struct RaftSettings {
     pub membership_timeout: Duration,
     /// Bounds of the key-value store.
     pub kv_limits: KvLimits,
+    /// Most key-value operations in one log entry and in one request forwarded to the leader
+    /// (256).
+    pub max_batch: usize,
+    /// Most requests of key-value operations forwarded to the leader and not yet answered (64);
+    /// further operations wait and go together in the next request.
+    pub forwards_in_flight: usize,
 }
 
 impl RaftSettings {
@@ -220,6 +214,8 @@ impl RaftSettings {
             request_timeout: Duration::from_secs(3),
             membership_timeout: Duration::from_secs(10),
             kv_limits: KvLimits::default(),
+            max_batch: 256,
+            forwards_in_flight: 64,
         }
     }
 
@@ -251,6 +247,12 @@ impl RaftSettings {
         }
         if self.snapshot_every_logs == 0 || self.max_payload_entries == 0 {
             return invalid("snapshot_every_logs", "snapshot_every_logs and max_payload_entries must be positive");
+        }
+        if self.max_batch == 0 {
+            return invalid("max_batch", "must be at least 1");
+        }
+        if self.forwards_in_flight == 0 {
+            return invalid("forwards_in_flight", "must be at least 1");
         }
         if self.rpc_timeout.is_zero() || self.request_timeout.is_zero() || self.membership_timeout.is_zero() {
             return invalid("rpc_timeout", "rpc_timeout, request_timeout and membership_timeout must be positive");
@@ -365,14 +367,6 @@ fn state_name(state: ServerState) -> &'static str {
     }
 }
 
-/// How one attempt at a key-value operation ended.
-enum Attempt {
-    /// The answer.
-    Done(KvValue),
-    /// Not applied; retry at this leader (or the next known one).
-    Retry(Option<NodeId>),
-}
-
 /// One node's raft instance. Cheap to clone.
 #[derive(Clone)]
 pub struct RaftNode {
@@ -389,11 +383,14 @@ struct Inner {
     had_state: bool,
     /// Serialises membership changes made by this node as leader.
     membership: tokio::sync::Mutex<()>,
-    next_request_id: AtomicU64,
     background: Background,
     journal: Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// Writes waiting for the batcher (see [`LogCommand`]).
-    writes: tokio::sync::mpsc::Sender<PendingWrite>,
+    /// Writes waiting for the next log entry (`batch::propose_batches`).
+    writes: tokio::sync::mpsc::Sender<batch::PendingWrites>,
+    /// Operations waiting to be forwarded to the leader (`batch::forward_batches`).
+    forwards: tokio::sync::mpsc::Sender<Forwarded>,
+    /// What an operation sent at once by its caller needs (`RaftNode::forward`).
+    forward_link: ForwardLink,
     /// The data directory's lock, released by [`RaftNode::shutdown`].
     lock: Mutex<Option<std::fs::File>>,
 }
@@ -430,8 +427,19 @@ impl RaftNode {
         let raft = Raft::new(settings.node_id, config, network, log_store, sm_store)
             .await
             .map_err(|e| RaftError::Fatal(e.to_string()))?;
-        let (writes, pending) = tokio::sync::mpsc::channel(4 * MAX_WRITES_PER_ENTRY);
-        background.tasks.spawn(batch_writes(raft.clone(), pending, background.cancel.clone()));
+        let limits = BatchLimits { max_batch: settings.max_batch, forwards_in_flight: settings.forwards_in_flight };
+        let (writes, pending) = tokio::sync::mpsc::channel(limits.queue());
+        background.tasks.spawn(propose_batches(raft.clone(), pending, limits, background.cancel.clone()));
+        let (forwards, queue) = tokio::sync::mpsc::channel(limits.queue());
+        let link = ForwardLink {
+            raft: raft.clone(),
+            transport: transport.clone(),
+            background: background.clone(),
+            rpc_timeout: settings.rpc_timeout,
+            next_request_id: Arc::new(AtomicU64::new(1)),
+            slots: Arc::new(tokio::sync::Semaphore::new(limits.forwards_in_flight)),
+        };
+        background.tasks.spawn(forward_batches(link.clone(), queue, limits));
         let node = RaftNode {
             inner: Arc::new(Inner {
                 id: settings.node_id,
@@ -441,10 +449,11 @@ impl RaftNode {
                 sm,
                 had_state,
                 membership: tokio::sync::Mutex::new(()),
-                next_request_id: AtomicU64::new(1),
                 background,
                 journal: Mutex::new(Some(journal)),
                 writes,
+                forwards,
+                forward_link: link,
                 lock: Mutex::new(Some(lock)),
             }),
         };
@@ -591,22 +600,67 @@ impl RaftNode {
         }
     }
 
-    /// Answers a key-value operation forwarded by `from`: runs it when this node is the leader,
-    /// otherwise answers [`KvValue::NotLeader`] so the sender retries at the leader.
+    /// Answers key-value operations forwarded by `from`: runs them when this node is the leader
+    /// (the writes in order, likely in one log entry; one read-index round for all the reads),
+    /// answering [`KvValue::NotLeader`] for each one it did not run so the sender retries it at
+    /// the leader.
     pub async fn handle_kv_request(&self, from: NodeId, request: KvRequest) -> KvReply {
         let deadline = Instant::now() + self.inner.settings.request_timeout;
-        let value = match self.execute_local(request.op, deadline).await {
-            Attempt::Done(value) => value,
-            Attempt::Retry(leader) => {
-                let leader = leader.or_else(|| self.leader()).filter(|&l| l != self.inner.id);
-                tracing::debug!(from, ?leader, "forwarded key-value request reached a node that is not the leader");
-                KvValue::NotLeader {
-                    leader_id: leader,
-                    leader_addr: leader.and_then(|l| self.member_addr(l)).unwrap_or_default(),
+        let mut attempts: Vec<Option<Attempt>> = vec![None; request.ops.len()];
+        // The writes go into one log entry together, so the reply waits for one commit.
+        let (positions, commands): (Vec<usize>, Vec<KvCommand>) = request
+            .ops
+            .iter()
+            .enumerate()
+            .filter_map(|(i, op)| match op {
+                KvOp::Write(command) => Some((i, command.clone())),
+                KvOp::Read(_) => None,
+            })
+            .unzip();
+        let proposed = if commands.is_empty() { None } else { Some(self.propose(commands, deadline).await) };
+        if request.ops.iter().any(|op| matches!(op, KvOp::Read(_))) {
+            let index = self.read_index(deadline).await;
+            for (attempt, op) in attempts.iter_mut().zip(&request.ops) {
+                if let KvOp::Read(read) = op {
+                    *attempt = Some(match &index {
+                        Ok(()) => Attempt::Done(self.inner.sm.read(read)),
+                        Err(attempt) => attempt.clone(),
+                    });
                 }
             }
-        };
-        KvReply { request_id: request.request_id, value }
+        }
+        match proposed {
+            Some(Ok(outcomes)) => {
+                for (i, attempt) in positions.iter().zip(write_attempts(outcomes, positions.len(), deadline).await) {
+                    attempts[*i] = Some(attempt);
+                }
+            }
+            Some(Err(attempt)) => {
+                for i in &positions {
+                    attempts[*i] = Some(attempt.clone());
+                }
+            }
+            None => {}
+        }
+        let values = attempts
+            .into_iter()
+            .map(|attempt| match attempt.unwrap_or(Attempt::Retry(None)) {
+                Attempt::Done(value) => value,
+                Attempt::Retry(leader) => {
+                    let leader = leader.or_else(|| self.leader()).filter(|&l| l != self.inner.id);
+                    tracing::debug!(
+                        from,
+                        ?leader,
+                        "forwarded key-value operation reached a node that is not the leader"
+                    );
+                    KvValue::NotLeader {
+                        leader_id: leader,
+                        leader_addr: leader.and_then(|l| self.member_addr(l)).unwrap_or_default(),
+                    }
+                }
+            })
+            .collect();
+        KvReply { request_id: request.request_id, values }
     }
 
     /// The reply to an incoming request this node handles ([`Message::RaftRequest`],
@@ -711,71 +765,84 @@ impl RaftNode {
 
     /// Runs `op` on this node as the leader.
     async fn execute_local(&self, op: KvOp, deadline: Instant) -> Attempt {
-        let raft = &self.inner.raft;
         match op {
-            KvOp::Write(command) => {
-                let (done, outcome) = tokio::sync::oneshot::channel();
-                let queued = tokio::time::timeout_at(deadline, self.inner.writes.send((command, done))).await;
-                if !matches!(queued, Ok(Ok(()))) {
-                    // Not queued: never proposed.
-                    return Attempt::Done(KvValue::Error(CLUSTER_DOWN.to_owned()));
-                }
-                match tokio::time::timeout_at(deadline, outcome).await {
-                    Ok(Ok(WriteOutcome::Applied(value))) => Attempt::Done(value),
-                    Ok(Ok(WriteOutcome::Forward(leader))) => Attempt::Retry(leader),
-                    Ok(Ok(WriteOutcome::Failed(error))) => Attempt::Done(error),
-                    Ok(Err(_)) => Attempt::Done(KvValue::Error("ERR raft stopped".into())),
-                    Err(_) => Attempt::Done(KvValue::Error(
-                        "ERR timed out waiting for the cluster to commit the write; it may still be applied".into(),
-                    )),
-                }
-            }
-            KvOp::Read(read) => loop {
-                match tokio::time::timeout_at(deadline, raft.ensure_linearizable()).await {
-                    Ok(Ok(_)) => return Attempt::Done(self.inner.sm.read(&read)),
-                    Ok(Err(OpenraftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
-                        return Attempt::Retry(forward.leader_id);
-                    }
-                    Ok(Err(OpenraftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
-                        tokio::time::sleep(self.inner.settings.heartbeat_interval).await;
-                        if Instant::now() >= deadline {
-                            return Attempt::Done(KvValue::Error(CLUSTER_DOWN.to_owned()));
-                        }
-                    }
-                    Ok(Err(OpenraftError::Fatal(fatal))) => {
-                        return Attempt::Done(KvValue::Error(format!("ERR raft stopped: {fatal}")));
-                    }
-                    Err(_) => return Attempt::Done(KvValue::Error(CLUSTER_DOWN.to_owned())),
-                }
+            KvOp::Write(command) => match self.propose(vec![command], deadline).await {
+                Ok(outcomes) => write_attempts(outcomes, 1, deadline).await.pop().unwrap_or(Attempt::Retry(None)),
+                Err(attempt) => attempt,
+            },
+            KvOp::Read(read) => match self.read_index(deadline).await {
+                Ok(()) => Attempt::Done(self.inner.sm.read(&read)),
+                Err(attempt) => attempt,
             },
         }
     }
 
-    /// Sends `op` to `leader`. Retries only when the request was certainly not applied.
-    async fn forward(&self, leader: NodeId, op: &KvOp, deadline: Instant) -> Attempt {
-        let transport = &self.inner.transport;
-        if let Some(addr) = self.member_addr(leader) {
-            ensure_peer(transport, &self.inner.background, leader, &addr);
+    /// Queues writes for the next log entry (all in the same one); the receiver gets their
+    /// outcomes.
+    async fn propose(
+        &self,
+        commands: Vec<KvCommand>,
+        deadline: Instant,
+    ) -> Result<tokio::sync::oneshot::Receiver<Vec<WriteOutcome>>, Attempt> {
+        let (done, outcomes) = tokio::sync::oneshot::channel();
+        let group = batch::PendingWrites { commands, done };
+        match tokio::time::timeout_at(deadline, self.inner.writes.send(group)).await {
+            Ok(Ok(())) => Ok(outcomes),
+            // Not queued: never proposed.
+            _ => Err(Attempt::Done(KvValue::Error(CLUSTER_DOWN.to_owned()))),
         }
-        let link_wait = deadline.saturating_duration_since(Instant::now()).min(self.inner.settings.rpc_timeout);
-        if transport.wait_connected(leader, link_wait).await.is_err() {
-            // Nothing was sent.
-            return Attempt::Retry(None);
-        }
-        let request_id = self.inner.next_request_id.fetch_add(1, Ordering::Relaxed);
-        let message = Message::KvRequest(KvRequest { request_id, op: op.clone() });
-        ::metrics::counter!(crate::metrics::KV_FORWARDED).increment(1);
-        let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-        match transport.request(leader, &message, remaining).await {
-            Ok(Message::KvReply(KvReply { value: KvValue::NotLeader { leader_id, .. }, .. })) => {
-                Attempt::Retry(leader_id)
+    }
+
+    /// Waits until a read now is linearizable on this node (a read-index round as the leader
+    /// and the state machine caught up with it).
+    async fn read_index(&self, deadline: Instant) -> Result<(), Attempt> {
+        loop {
+            match tokio::time::timeout_at(deadline, self.inner.raft.ensure_linearizable()).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(OpenraftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
+                    return Err(Attempt::Retry(forward.leader_id));
+                }
+                Ok(Err(OpenraftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
+                    tokio::time::sleep(self.inner.settings.heartbeat_interval).await;
+                    if Instant::now() >= deadline {
+                        return Err(Attempt::Done(KvValue::Error(CLUSTER_DOWN.to_owned())));
+                    }
+                }
+                Ok(Err(OpenraftError::Fatal(fatal))) => {
+                    return Err(Attempt::Done(KvValue::Error(format!("ERR raft stopped: {fatal}"))));
+                }
+                Err(_) => return Err(Attempt::Done(KvValue::Error(CLUSTER_DOWN.to_owned()))),
             }
-            Ok(Message::KvReply(reply)) => Attempt::Done(reply.value),
-            Ok(_) => Attempt::Done(KvValue::Error("ERR the leader answered with an unexpected message".into())),
-            Err(TransportError::UnknownPeer(_) | TransportError::Connect(_)) => Attempt::Retry(None),
-            Err(_) if matches!(op, KvOp::Read(_)) => Attempt::Retry(None),
-            Err(error) => Attempt::Done(KvValue::Error(format!(
-                "ERR forwarding the write to the leader failed ({error}); it may have been applied"
+        }
+    }
+
+    /// Sends `op` to `leader`: at once when nothing is queued and a request slot is free,
+    /// otherwise with the other operations queued for it (`batch::forward_batches`). Retries
+    /// only when the operation was certainly not applied.
+    async fn forward(&self, leader: NodeId, op: &KvOp, deadline: Instant) -> Attempt {
+        let (done, attempt) = tokio::sync::oneshot::channel();
+        let forwarded = Forwarded { leader, op: op.clone(), deadline, done };
+        let queue = &self.inner.forwards;
+        let idle = queue.capacity() == queue.max_capacity();
+        let link = &self.inner.forward_link;
+        match link.slots.clone().try_acquire_owned() {
+            Ok(slot) if idle => batch::send_batch(link.clone(), leader, vec![forwarded], slot).await,
+            _ => {
+                if !matches!(tokio::time::timeout_at(deadline, queue.send(forwarded)).await, Ok(Ok(()))) {
+                    // Not queued: nothing was sent.
+                    return Attempt::Retry(None);
+                }
+            }
+        }
+        let why = match tokio::time::timeout_at(deadline, attempt).await {
+            Ok(Ok(attempt)) => return attempt,
+            Ok(Err(_)) => "the node is shutting down",
+            Err(_) => "timed out",
+        };
+        match op {
+            KvOp::Read(_) => Attempt::Retry(None),
+            KvOp::Write(_) => Attempt::Done(KvValue::Error(format!(
+                "ERR forwarding the write to the leader failed ({why}); it may have been applied"
             ))),
         }
     }
@@ -1029,62 +1096,23 @@ impl KvBackend for RaftNode {
     }
 }
 
-/// Proposes the queued writes: every write that arrived while the previous entry was being
-/// committed goes into the next entry (at most [`MAX_WRITES_PER_ENTRY`]), so the leader appends,
-/// fsyncs and replicates once for all of them instead of once per write.
-async fn batch_writes(
-    raft: Raft<TypeConfig>,
-    mut pending: tokio::sync::mpsc::Receiver<PendingWrite>,
-    cancel: CancellationToken,
-) {
-    loop {
-        let first = tokio::select! {
-            () = cancel.cancelled() => return,
-            first = pending.recv() => first,
-        };
-        let Some(first) = first else { return };
-        let mut batch = vec![first];
-        while batch.len() < MAX_WRITES_PER_ENTRY {
-            match pending.try_recv() {
-                Ok(write) => batch.push(write),
-                Err(_) => break,
-            }
-        }
-        let (commands, waiters): (Vec<KvCommand>, Vec<_>) = batch.into_iter().unzip();
-        let count = commands.len();
-        let result = tokio::select! {
-            () = cancel.cancelled() => return,
-            result = raft.client_write(LogCommand(commands)) => result,
-        };
-        let outcome = |i: usize, values: &mut Vec<Option<KvValue>>| -> WriteOutcome {
-            WriteOutcome::Applied(values.get_mut(i).and_then(Option::take).unwrap_or(KvValue::Nil))
-        };
-        match result {
-            Ok(response) => {
-                let mut values: Vec<Option<KvValue>> =
-                    response.data.0.unwrap_or_default().into_iter().map(Some).collect();
-                debug_assert_eq!(values.len(), count);
-                for (i, waiter) in waiters.into_iter().enumerate() {
-                    let _ = waiter.send(outcome(i, &mut values));
-                }
-            }
-            Err(error) => {
-                let outcome = || match &error {
-                    // Not proposed, or proposed and then truncated: never applied.
-                    OpenraftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
-                        WriteOutcome::Forward(forward.leader_id)
-                    }
-                    OpenraftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-                        WriteOutcome::Failed(KvValue::Error(format!("ERR {e}")))
-                    }
-                    OpenraftError::Fatal(fatal) => {
-                        WriteOutcome::Failed(KvValue::Error(format!("ERR raft stopped: {fatal}")))
-                    }
-                };
-                for waiter in waiters {
-                    let _ = waiter.send(outcome());
-                }
-            }
-        }
+/// Waits for the outcomes of `count` proposed writes.
+async fn write_attempts(
+    outcomes: tokio::sync::oneshot::Receiver<Vec<WriteOutcome>>,
+    count: usize,
+    deadline: Instant,
+) -> Vec<Attempt> {
+    let failed = |text: &str| vec![Attempt::Done(KvValue::Error(text.to_owned())); count];
+    match tokio::time::timeout_at(deadline, outcomes).await {
+        Ok(Ok(outcomes)) => outcomes
+            .into_iter()
+            .map(|outcome| match outcome {
+                WriteOutcome::Applied(value) => Attempt::Done(value),
+                WriteOutcome::Forward(leader) => Attempt::Retry(leader),
+                WriteOutcome::Failed(error) => Attempt::Done(error),
+            })
+            .collect(),
+        Ok(Err(_)) => failed("ERR raft stopped"),
+        Err(_) => failed("ERR timed out waiting for the cluster to commit the write; it may still be applied"),
     }
 }

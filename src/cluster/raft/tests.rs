@@ -183,9 +183,15 @@ fn settings_are_validated() {
     let mut bad = good.clone();
     bad.election_timeout_min = bad.heartbeat_interval;
     assert!(bad.validate().is_err());
-    let mut bad = good;
+    let mut bad = good.clone();
     bad.max_voters = 0;
     assert!(bad.validate().is_err());
+    let mut bad = good.clone();
+    bad.max_batch = 0;
+    assert!(matches!(bad.validate(), Err(RaftError::Config { field: "max_batch", .. })));
+    let mut bad = good;
+    bad.forwards_in_flight = 0;
+    assert!(matches!(bad.validate(), Err(RaftError::Config { field: "forwards_in_flight", .. })));
 }
 
 #[test]
@@ -470,11 +476,10 @@ async fn no_leader_answers_cluster_down() {
     .await;
     // Never initialised: no leader.
     assert_eq!(node.raft.execute(get("x")).await, KvValue::Error(CLUSTER_DOWN.into()));
-    let forwarded = node.raft.handle_kv_request(2, KvRequest { request_id: 9, op: incr("x", 1) }).await;
-    assert_eq!(
-        forwarded,
-        KvReply { request_id: 9, value: KvValue::NotLeader { leader_id: None, leader_addr: String::new() } }
-    );
+    let forwarded =
+        node.raft.handle_kv_request(2, KvRequest { request_id: 9, ops: vec![incr("x", 1), get("x")] }).await;
+    let not_leader = KvValue::NotLeader { leader_id: None, leader_addr: String::new() };
+    assert_eq!(forwarded, KvReply { request_id: 9, values: vec![not_leader.clone(), not_leader] });
     // Garbage from a peer gets an empty (undecodable) reply, never a panic.
     for kind in [
         RaftRpcKind::AppendEntries,
@@ -684,4 +689,167 @@ fn a_data_dir_is_used_by_one_process_at_a_time() {
     assert!(second.err().map(|e| e.to_string()).unwrap_or_default().contains("in use by another process"));
     drop(held);
     super::store::lock_dir(&dir.0).expect("the lock is free again");
+}
+
+/// The next key-value request a stand-in leader receives (skipping link messages).
+async fn next_kv_request(inbox: &mut mpsc::Receiver<Incoming>) -> (KvRequest, crate::cluster::transport::Responder) {
+    loop {
+        let incoming = tokio::time::timeout(WAIT, inbox.recv()).await.expect("a request in time").expect("inbox open");
+        if let Incoming::Request { message: Message::KvRequest(request), responder, .. } = incoming {
+            return (request, responder);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_operations_travel_in_bounded_batches_and_each_gets_its_own_answer() {
+    // Node 1 forwards to "leader" 9, a bare transport standing in for the leader: it sees the
+    // requests as they arrive and answers them by hand.
+    let (dir, creds) = cluster("raft-forward", &[1, 9]);
+    let node = start_node(&creds[0], SocketAddr::from(([127, 0, 0, 1], 0)), &dir.0.join("data1"), 1, |s| {
+        s.max_batch = 4;
+        s.forwards_in_flight = 2;
+    })
+    .await;
+    let (leader, mut inbox) =
+        Transport::bind(transport_config(SocketAddr::from(([127, 0, 0, 1], 0)), 1), creds[1].clone()).expect("bind");
+    node.transport.connect(leader.local_addr().expect("addr"), 9).await.expect("connect to the stand-in");
+
+    const OPS: usize = 12;
+    let mut calls = Vec::new();
+    for i in 0..OPS {
+        let raft = node.raft.clone();
+        let op = if i % 3 == 2 { get("k") } else { incr("k", 1) };
+        calls.push(tokio::spawn(async move {
+            let attempt = raft.forward(9, &op, Instant::now() + WAIT).await;
+            (op, attempt)
+        }));
+    }
+    // At most `forwards_in_flight` requests are unanswered, each with at most `max_batch` ops.
+    let (first, first_reply) = next_kv_request(&mut inbox).await;
+    let (second, second_reply) = next_kv_request(&mut inbox).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !matches!(inbox.try_recv(), Ok(Incoming::Request { message: Message::KvRequest(_), .. })),
+        "a third request while two are unanswered"
+    );
+    for request in [&first, &second] {
+        assert!((1..=4).contains(&request.ops.len()), "{} ops in one request", request.ops.len());
+    }
+
+    // Each operation gets the value at its own position; a NotLeader one did not run here and is
+    // retried by the caller, never answered with another operation's value.
+    let answer = |request: &KvRequest, base: i64| -> Vec<KvValue> {
+        (0..request.ops.len())
+            .map(|i| match i {
+                1 => KvValue::NotLeader { leader_id: Some(3), leader_addr: "h:3".into() },
+                _ => KvValue::Integer(base + i as i64),
+            })
+            .collect()
+    };
+    let mut answered = vec![(first.clone(), answer(&first, 100))];
+    first_reply
+        .reply(&Message::KvReply(KvReply { request_id: first.request_id, values: answer(&first, 100) }))
+        .await
+        .expect("reply");
+    // The freed slot carries the operations queued meanwhile.
+    let (third, third_reply) = next_kv_request(&mut inbox).await;
+    assert!((1..=4).contains(&third.ops.len()));
+    answered.push((third.clone(), answer(&third, 300)));
+    third_reply
+        .reply(&Message::KvReply(KvReply { request_id: third.request_id, values: answer(&third, 300) }))
+        .await
+        .expect("reply");
+
+    // The stand-in goes away with the second request unanswered: its writes may have run there
+    // and are answered with an error saying so; its reads are retried. Later ones were never
+    // sent (or are retried).
+    leader.shutdown(Duration::from_millis(100)).await;
+    drop(second_reply);
+    let unanswered: Vec<KvOp> = second.ops.clone();
+
+    let mut expected: Vec<(KvOp, Attempt)> = Vec::new();
+    for (request, values) in &answered {
+        for (op, value) in request.ops.iter().zip(values) {
+            expected.push((
+                op.clone(),
+                match value {
+                    KvValue::NotLeader { leader_id, .. } => Attempt::Retry(*leader_id),
+                    value => Attempt::Done(value.clone()),
+                },
+            ));
+        }
+    }
+    let mut results = Vec::new();
+    for call in calls {
+        results.push(call.await.expect("forward task"));
+    }
+    // Every value handed out by the stand-in reached exactly one caller, with its own op kind.
+    for (op, attempt) in &expected {
+        if let Attempt::Done(KvValue::Integer(n)) = attempt {
+            let got: Vec<_> =
+                results.iter().filter(|(_, a)| matches!(a, Attempt::Done(KvValue::Integer(m)) if m == n)).collect();
+            assert_eq!(got.len(), 1, "value {n} reached {} callers", got.len());
+            assert_eq!(&got[0].0, op, "value {n} reached the caller of another operation");
+        }
+    }
+    let retried = results.iter().filter(|(_, a)| matches!(a, Attempt::Retry(_))).count();
+    assert!(retried >= 2, "each answered request had one NotLeader operation: {retried} retried");
+    for (op, attempt) in &results {
+        match (op, attempt) {
+            (_, Attempt::Done(KvValue::Integer(_)) | Attempt::Retry(_)) => {}
+            (KvOp::Write(_), Attempt::Done(KvValue::Error(e))) => {
+                assert!(e.contains("may have been applied"), "{e}");
+            }
+            other => panic!("unexpected outcome {other:?}"),
+        }
+    }
+    // The writes of the request left unanswered (and of any sent after the third answer) are
+    // uncertain; no answered write is.
+    let uncertain = results.iter().filter(|(_, a)| matches!(a, Attempt::Done(KvValue::Error(_)))).count();
+    let writes = |ops: &[KvOp]| ops.iter().filter(|op| matches!(op, KvOp::Write(_))).count();
+    let answered_writes: usize = answered.iter().map(|(request, _)| writes(&request.ops)).sum();
+    let all_writes = results.iter().filter(|(op, _)| matches!(op, KvOp::Write(_))).count();
+    assert!(
+        (writes(&unanswered)..=all_writes - answered_writes).contains(&uncertain),
+        "{uncertain} uncertain writes; {} in the unanswered request",
+        writes(&unanswered)
+    );
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_log_entries_up_to_max_batch() {
+    let entries_for = |max_batch: usize| async move {
+        let (dir, creds) = cluster("raft-batch", &[1]);
+        let node = start_node(&creds[0], SocketAddr::from(([127, 0, 0, 1], 0)), &dir.0.join("data"), 1, |s| {
+            s.max_batch = max_batch;
+        })
+        .await;
+        assert!(node.raft.initialize().await.expect("initialize"));
+        wait_for("leader", || node.raft.status().state == "leader").await;
+        assert_eq!(node.raft.execute(incr("n", 0)).await, KvValue::Integer(0));
+        let before = node.raft.status().last_log_index.expect("a log");
+        let mut tasks = Vec::new();
+        for _ in 0..32 {
+            let raft = node.raft.clone();
+            tasks.push(tokio::spawn(async move { raft.execute(incr("n", 1)).await }));
+        }
+        let mut values = Vec::new();
+        for task in tasks {
+            match task.await.expect("incr task") {
+                KvValue::Integer(n) => values.push(n),
+                other => panic!("INCR answered {other:?}"),
+            }
+        }
+        values.sort_unstable();
+        assert_eq!(values, (1..=32).collect::<Vec<i64>>(), "each INCR applied once, in some order");
+        let entries = node.raft.status().last_log_index.expect("a log") - before;
+        node.stop().await;
+        drop(dir);
+        entries
+    };
+    assert_eq!(entries_for(1).await, 32, "max_batch 1: one entry per write");
+    let shared = entries_for(256).await;
+    assert!(shared < 32, "32 concurrent writes took {shared} entries");
 }
