@@ -15,8 +15,10 @@
 //! 3. **hand over the recoverable sessions** (connection state recovery): the sessions of the
 //!    clients just closed, and those still kept from earlier disconnections, go to the live
 //!    peers, so that the clients that reconnect elsewhere still get them back;
-//! 4. **leave the cluster** (raft membership, goodbye to the peers), once no client is left here;
-//! 5. **stop** the listeners (Socket.IO, admin, Redis) and wait for every task.
+//! 4. **close the Redis port** (its connections are closed once their queued replies are
+//!    written), then **leave the cluster** (raft membership, goodbye to the peers), once no
+//!    client is left here: a PUBLISH this node answered after leaving would reach nobody;
+//! 5. **stop** the other listeners (Socket.IO, admin) and wait for every task.
 //!
 //! Each step gets what is left of the deadline; a step that overruns is cut short and logged,
 //! and the node still exits at the deadline.
@@ -29,6 +31,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::admin::AdminOptions;
 use crate::app::{AdminApi, AppOptions};
@@ -56,6 +59,9 @@ const LEAVE_SHARE: f64 = 0.5;
 /// Of what is left of the deadline once the clients are closed, the share the hand-over of the
 /// recoverable sessions may take.
 const HANDOFF_SHARE: f64 = 0.3;
+/// Share of what is left of the shutdown deadline the Redis port's connections get to close (each
+/// writes its queued replies first, for at most a second).
+const REDIS_SHARE: f64 = 0.2;
 /// How often kept sessions past their window, and broadcasts too old to replay, are dropped.
 const RECOVERY_EXPIRY_PERIOD: Duration = Duration::from_secs(1);
 
@@ -128,6 +134,7 @@ pub struct Node {
     cluster: Option<ClusterNode>,
     shutdown: Shutdown,
     draining: CancellationToken,
+    redis_stop: RedisStop,
     addrs: NodeAddrs,
 }
 
@@ -227,12 +234,14 @@ impl Node {
         }
         let redis_config =
             RedisConfig { requirepass: config.requirepass.clone(), kv, tls: redis_tls, ..RedisConfig::default() };
+        // The Redis port has its own stop and tasks: it closes before the node leaves the cluster.
+        let redis_stop = RedisStop { token: shutdown.token().child_token(), tasks: TaskTracker::new() };
         shutdown.spawn(crate::resp::serve(
             redis,
             broker,
             redis_config,
-            shutdown.token().clone(),
-            shutdown.tracker().clone(),
+            redis_stop.token.clone(),
+            redis_stop.tasks.clone(),
         ));
         let limits = ListenerLimits { max_connections: capacity, ..ListenerLimits::default() };
         shutdown.spawn(crate::http::serve(
@@ -254,7 +263,7 @@ impl Node {
             socketio = %addrs.socketio, admin = %addrs.admin, redis = %addrs.redis, path = %config.path,
             "ioswarm node ready"
         );
-        Ok(Node { config, io, cluster, shutdown, draining, addrs })
+        Ok(Node { config, io, cluster, shutdown, draining, redis_stop, addrs })
     }
 
     /// The bound addresses.
@@ -282,7 +291,7 @@ impl Node {
     /// Returns `true` when every step finished before the deadline.
     pub async fn shutdown(self) -> bool {
         let deadline = Instant::now() + self.config.shutdown_grace();
-        let Node { config, io, cluster, shutdown, draining, .. } = self;
+        let Node { config, io, cluster, shutdown, draining, redis_stop, .. } = self;
 
         draining.cancel();
         tracing::info!(drain_ms = config.drain_ms, "draining: /healthz answers 503, still serving");
@@ -299,6 +308,11 @@ impl Node {
         if !on_time {
             tracing::warn!("client connections still closing; going on to leave the cluster");
         }
+
+        // Emitters and Redis clients are told the node is going (their connections close) while
+        // it is still a member, so that nothing it answers from now on is lost.
+        let left = deadline.saturating_duration_since(Instant::now());
+        on_time &= redis_stop.stop(left.mul_f64(REDIS_SHARE)).await;
 
         if let Some(node) = &cluster {
             // The clients are closed and their sessions kept: the peers take them (recoveries
@@ -321,6 +335,29 @@ impl Node {
             tracing::warn!("the shutdown deadline (shutdown_grace_ms) passed with work still running");
         }
         on_time
+    }
+}
+
+/// The Redis-protocol listener's own stop: cancelled, it stops accepting and closes its
+/// connections; [`RedisStop::stop`] waits for them.
+#[derive(Debug)]
+struct RedisStop {
+    token: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl RedisStop {
+    /// Closes the Redis port and its connections; returns whether they closed within `within`.
+    async fn stop(&self, within: Duration) -> bool {
+        self.token.cancel();
+        self.tasks.close();
+        let closed = tokio::time::timeout(within, self.tasks.wait()).await.is_ok();
+        if closed {
+            tracing::info!("redis protocol port closed");
+        } else {
+            tracing::warn!("redis protocol connections still closing; going on");
+        }
+        closed
     }
 }
 

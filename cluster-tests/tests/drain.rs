@@ -56,3 +56,57 @@ fn a_draining_node_keeps_serving_its_clients_then_leaves() {
     let url = status[&client[0]]["url"].as_str().expect("url").to_owned();
     assert!(c.urls(&[1, 2]).contains(&url), "the client reconnected to a remaining node, not {url}");
 }
+
+/// A Redis client publishing into a node while it shuts down: every PUBLISH the node answers
+/// reaches the subscriber on another node. The node closes its Redis port before it leaves the
+/// cluster, so the publisher sees its connection go instead of answers from a node that can no
+/// longer deliver anything.
+#[test]
+fn every_publish_a_stopping_node_answers_reaches_the_other_nodes() {
+    let c = Cluster::builder(3).arg("--drain-ms").arg("1000").arg("--shutdown-grace-ms").arg("8000").spawn();
+    c.wait_converged(CONVERGE);
+    let gone = 3;
+    let agent = c.agent();
+    agent.redis_open("sub", &c.node(1).redis_url());
+    agent.redis_open("pub", &c.node(gone).redis_url());
+    agent.req("subscribe", json!({ "conn": "sub", "channels": ["feed"] }));
+    wait_for("node 3 to know of the subscriber on node 1", CONVERGE, || {
+        let reply = agent.redis("pub", &["PUBSUB", "NUMSUB", "feed"])?;
+        if reply == json!(["feed", 1]) { Ok(()) } else { Err(format!("NUMSUB {reply}")) }
+    });
+
+    let mut answered = Vec::new();
+    let mut refused = 0;
+    std::thread::scope(|s| {
+        let stopping = s.spawn(|| c.stop(gone));
+        let mut n = 0u64;
+        while !stopping.is_finished() {
+            n += 1;
+            let message = n.to_string();
+            match agent.redis_timeout("pub", &["PUBLISH", "feed", &message], Duration::from_millis(500)) {
+                Ok(_) => answered.push(message),
+                Err(_) => refused += 1,
+            }
+        }
+        let exit = stopping.join().expect("stop thread");
+        assert!(exit.success(), "node {gone} exits with status 0, got {exit}");
+    });
+    assert!(answered.len() > 10, "the node answered PUBLISH while it drained: {}", answered.len());
+    assert!(refused > 0, "the publisher saw the Redis port close before the node exited");
+
+    wait_for("every answered PUBLISH to reach the subscriber on node 1", Duration::from_secs(5), || {
+        let got: Vec<String> = agent
+            .req("messages", json!({ "conn": "sub" }))
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m["message"].as_str().map(str::to_owned))
+            .collect();
+        let missing: Vec<&String> = answered.iter().filter(|m| !got.contains(m)).collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{} of {} answered never arrived, first {:?}", missing.len(), answered.len(), missing.first()))
+        }
+    });
+}
