@@ -9,8 +9,10 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use serde_json::{Value, json};
+
+use crate::table::{cores, fmt, fmt_ratio, header, num, ratio, read_result, si, text, write_file};
 
 #[derive(clap::Args, Debug, Clone)]
 pub(crate) struct ClusterReportArgs {
@@ -47,34 +49,6 @@ pub(crate) struct ClusterReportArgs {
     files: Vec<PathBuf>,
 }
 
-fn f(v: Option<f64>, digits: usize, unit: &str) -> String {
-    v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.digits$}{unit}"))
-}
-
-fn si(v: Option<f64>) -> String {
-    match v {
-        None => "n/a".to_owned(),
-        Some(v) if v >= 1e6 => format!("{:.2}M", v / 1e6),
-        Some(v) if v >= 1e4 => format!("{:.1}k", v / 1e3),
-        Some(v) => format!("{v:.0}"),
-    }
-}
-
-fn num(v: &Value, pointer: &str) -> Option<f64> {
-    v.pointer(pointer).and_then(Value::as_f64)
-}
-
-fn text<'a>(v: &'a Value, key: &str) -> &'a str {
-    v.get(key).and_then(Value::as_str).unwrap_or("")
-}
-
-fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
-    match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-        _ => None,
-    }
-}
-
 /// The step named `name` of the fanout run labelled `label`.
 fn step<'a>(runs: &'a [Value], label: &str, name: &str) -> Option<&'a Value> {
     runs.iter().find(|r| text(r, "label") == label)?.get("steps")?.as_array()?.iter().find(|s| text(s, "name") == name)
@@ -86,11 +60,22 @@ fn fanout_section(md: &mut String, args: &ClusterReportArgs, runs: &[Value]) -> 
         return ratios;
     }
     let _ = writeln!(md, "## Delivery latency: emitter on the subscribers' node vs on another node\n");
-    let _ = writeln!(
+    header(
         md,
-        "| run | setup | subscribers | step | sent/s | delivered/s | delivered / expected (lost) | p50 | p99 | p99.9 | server CPU |"
+        &[
+            "run",
+            "setup",
+            "subscribers",
+            "step",
+            "sent/s",
+            "delivered/s",
+            "delivered / expected (lost)",
+            "p50",
+            "p99",
+            "p99.9",
+            "server CPU",
+        ],
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
     for run in runs {
         let label = text(run, "label");
         let note = text(run, "note");
@@ -100,15 +85,15 @@ fn fanout_section(md: &mut String, args: &ClusterReportArgs, runs: &[Value]) -> 
                 md,
                 "| {label} | {note} | {subs} | {} | {} | {} | {} / {} ({}) | {} | {} | {} | {} |",
                 text(s, "name"),
-                f(num(s, "/publish_rate"), 0, ""),
+                fmt(num(s, "/publish_rate"), 0, ""),
                 si(num(s, "/delivered_per_sec")),
                 si(num(s, "/delivered")),
                 si(num(s, "/expected")),
                 si(num(s, "/lost")),
-                f(num(s, "/latency/p50_ms"), 2, " ms"),
-                f(num(s, "/latency/p99_ms"), 2, " ms"),
-                f(num(s, "/latency/p999_ms"), 2, " ms"),
-                f(num(s, "/server_cpu_cores"), 2, ""),
+                fmt(num(s, "/latency/p50_ms"), 2, " ms"),
+                fmt(num(s, "/latency/p99_ms"), 2, " ms"),
+                fmt(num(s, "/latency/p999_ms"), 2, " ms"),
+                fmt(num(s, "/server_cpu_cores"), 2, ""),
             );
         }
     }
@@ -122,14 +107,19 @@ fn fanout_section(md: &mut String, args: &ClusterReportArgs, runs: &[Value]) -> 
             }
             acc
         });
-    let _ = writeln!(
+    let _ = writeln!(md);
+    header(
         md,
-        "\n| step | {c} / {s}: p50 | p99 | {c} / {p}: p50 | p99 | delivered/s | delivered per server core-s |",
-        c = args.cross,
-        s = args.same,
-        p = args.peer
+        &[
+            "step",
+            &format!("{} / {}: p50", args.cross, args.same),
+            "p99",
+            &format!("{} / {}: p50", args.cross, args.peer),
+            "p99",
+            "delivered/s",
+            "delivered per server core-s",
+        ],
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
     for name in &steps {
         let cross = step(runs, &args.cross, name);
         let same = step(runs, &args.same, name);
@@ -144,7 +134,7 @@ fn fanout_section(md: &mut String, args: &ClusterReportArgs, runs: &[Value]) -> 
             "cross_over_peer_delivered_per_sec": ratio(get(cross, "/delivered_per_sec"), get(peer, "/delivered_per_sec")),
             "cross_over_peer_per_core_sec": ratio(get(cross, "/delivered_per_core_sec"), get(peer, "/delivered_per_core_sec")),
         });
-        let x = |k: &str| f(r.get(k).and_then(Value::as_f64), 2, "×");
+        let x = |k: &str| fmt_ratio(r.get(k).and_then(Value::as_f64));
         let _ = writeln!(
             md,
             "| {name} | {} | {} | {} | {} | {} | {} |",
@@ -177,11 +167,18 @@ fn converge_section(md: &mut String, runs: &[Value]) {
             run.get("batch").and_then(Value::as_u64).unwrap_or(0),
             run.get("watched_nodes").map(Value::to_string).unwrap_or_default(),
         );
-        let _ = writeln!(
+        header(
             md,
-            "| round | phase | first emit → last ack | last ack → converged (per node) | last ack → converged on all | first emit → converged on all | poll rtt mean / max |"
+            &[
+                "round",
+                "phase",
+                "first emit → last ack",
+                "last ack → converged (per node)",
+                "last ack → converged on all",
+                "first emit → converged on all",
+                "poll rtt mean / max",
+            ],
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|");
         for p in run.get("phases").and_then(Value::as_array).into_iter().flatten() {
             let per: Vec<String> = p
                 .get("watchers")
@@ -192,7 +189,7 @@ fn converge_section(md: &mut String, runs: &[Value]) {
                     format!(
                         "node {}: {}",
                         w.get("node_id").and_then(Value::as_u64).unwrap_or(0),
-                        f(num(w, "/last_ack_to_converged_ms"), 1, " ms")
+                        fmt(num(w, "/last_ack_to_converged_ms"), 1, " ms")
                     )
                 })
                 .collect();
@@ -202,21 +199,26 @@ fn converge_section(md: &mut String, runs: &[Value]) {
                 p.get("round").and_then(Value::as_u64).unwrap_or(0),
                 text(p, "phase"),
                 p.get("target_rooms").and_then(Value::as_u64).unwrap_or(0),
-                f(num(p, "/first_to_last_ack_ms"), 1, " ms"),
+                fmt(num(p, "/first_to_last_ack_ms"), 1, " ms"),
                 per.join(", "),
-                f(num(p, "/last_ack_to_all_converged_ms"), 1, " ms"),
-                f(num(p, "/first_to_all_converged_ms"), 1, " ms"),
-                f(num(p, "/poll_rtt_mean_ms"), 2, ""),
-                f(num(p, "/poll_rtt_max_ms"), 2, " ms"),
+                fmt(num(p, "/last_ack_to_all_converged_ms"), 1, " ms"),
+                fmt(num(p, "/first_to_all_converged_ms"), 1, " ms"),
+                fmt(num(p, "/poll_rtt_mean_ms"), 2, ""),
+                fmt(num(p, "/poll_rtt_max_ms"), 2, " ms"),
             );
         }
-        let _ = writeln!(
+        let _ = writeln!(md);
+        header(
             md,
-            "\n| phase | last ack → converged on all: median / max | first emit → converged on all: median / max | first emit → last ack: median |"
+            &[
+                "phase",
+                "last ack → converged on all: median / max",
+                "first emit → converged on all: median / max",
+                "first emit → last ack: median",
+            ],
         );
-        let _ = writeln!(md, "|---|---|---|---|");
         for phase in ["join", "leave"] {
-            let g = |k: &str, m: &str| f(num(run, &format!("/{phase}/{k}/{m}")), 1, " ms");
+            let g = |k: &str, m: &str| fmt(num(run, &format!("/{phase}/{k}/{m}")), 1, " ms");
             let _ = writeln!(
                 md,
                 "| {phase} | {} / {} | {} / {} | {} |",
@@ -245,11 +247,22 @@ fn incr_section(md: &mut String, args: &ClusterReportArgs, runs: &[Value]) -> Va
         return Value::Null;
     }
     let _ = writeln!(md, "## INCR on one key\n");
-    let _ = writeln!(
+    header(
         md,
-        "| run | setup | address | connections | INCR answered | INCR/s | p50 | p99 | errors | GET after | server CPU |"
+        &[
+            "run",
+            "setup",
+            "address",
+            "connections",
+            "INCR answered",
+            "INCR/s",
+            "p50",
+            "p99",
+            "errors",
+            "GET after",
+            "server CPU",
+        ],
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
     for run in runs {
         let label = text(run, "label");
         let nodes = run.get("nodes").and_then(Value::as_array).cloned().unwrap_or_default();
@@ -262,8 +275,8 @@ fn incr_section(md: &mut String, args: &ClusterReportArgs, runs: &[Value]) -> Va
                     text(n, "name"),
                     si(num(n, "/ok")),
                     si(num(n, "/incr_per_sec")),
-                    f(num(n, "/latency/p50_ms"), 2, " ms"),
-                    f(num(n, "/latency/p99_ms"), 2, " ms"),
+                    fmt(num(n, "/latency/p50_ms"), 2, " ms"),
+                    fmt(num(n, "/latency/p99_ms"), 2, " ms"),
                     n.get("errors").and_then(Value::as_u64).unwrap_or(0)
                         + n.get("unanswered").and_then(Value::as_u64).unwrap_or(0),
                     n.get("final_get").and_then(Value::as_i64).unwrap_or(0),
@@ -284,8 +297,8 @@ fn incr_section(md: &mut String, args: &ClusterReportArgs, runs: &[Value]) -> Va
             conns * nodes.len() as u64,
             si(num(run, "/ok")),
             si(num(run, "/incr_per_sec")),
-            f(num(run, "/latency/p50_ms"), 2, " ms"),
-            f(num(run, "/latency/p99_ms"), 2, " ms"),
+            fmt(num(run, "/latency/p50_ms"), 2, " ms"),
+            fmt(num(run, "/latency/p99_ms"), 2, " ms"),
             run.get("errors").and_then(Value::as_u64).unwrap_or(0),
             run.get("final_value").and_then(Value::as_i64).unwrap_or(0),
             if run.get("consistent").and_then(Value::as_bool) == Some(true) {
@@ -293,7 +306,7 @@ fn incr_section(md: &mut String, args: &ClusterReportArgs, runs: &[Value]) -> Va
             } else {
                 format!("**≠ {initial} + {ok} answered**")
             },
-            f(num(run, "/server_cpu_cores"), 2, ""),
+            fmt(num(run, "/server_cpu_cores"), 2, ""),
         );
     }
     let rate = |label: &str| runs.iter().find(|r| text(r, "label") == label).and_then(|r| num(r, "/incr_per_sec"));
@@ -308,10 +321,10 @@ fn incr_section(md: &mut String, args: &ClusterReportArgs, runs: &[Value]) -> Va
     let _ = writeln!(
         md,
         "\nINCR/s ratios: {c} / {d} = {}, {c} / {r} = {}, {c} / {s} = {}, {s} / {r} = {}.\n",
-        f(ratios["cluster_over_redis_fsync"].as_f64(), 3, "×"),
-        f(ratios["cluster_over_redis"].as_f64(), 3, "×"),
-        f(ratios["cluster_over_single"].as_f64(), 3, "×"),
-        f(ratios["single_over_redis"].as_f64(), 3, "×"),
+        fmt(ratios["cluster_over_redis_fsync"].as_f64(), 3, "×"),
+        fmt(ratios["cluster_over_redis"].as_f64(), 3, "×"),
+        fmt(ratios["cluster_over_single"].as_f64(), 3, "×"),
+        fmt(ratios["single_over_redis"].as_f64(), 3, "×"),
         c = args.incr_cluster,
         d = args.incr_redis_fsync,
         r = args.incr_redis,
@@ -325,8 +338,7 @@ pub(crate) fn run(args: ClusterReportArgs) -> anyhow::Result<()> {
     let mut converge = Vec::new();
     let mut incr = Vec::new();
     for path in &args.files {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let value: Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let value = read_result(path)?;
         match value.get("scenario").and_then(Value::as_str) {
             Some("fanout") => fanout.push(value),
             Some("converge") => converge.push(value),
@@ -343,20 +355,19 @@ pub(crate) fn run(args: ClusterReportArgs) -> anyhow::Result<()> {
     let incr_ratios = incr_section(&mut md, &args, &incr);
     print!("{md}");
     if let Some(path) = &args.md {
-        std::fs::write(path, &md).with_context(|| format!("writing {}", path.display()))?;
+        write_file(path, &md)?;
     }
     if let Some(path) = &args.out {
         let combined = json!({
             "title": args.title,
-            "machine": { "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) },
+            "machine": { "cores": cores() },
             "fanout": fanout,
             "fanout_ratios": fanout_ratios,
             "converge": converge,
             "incr": incr,
             "incr_ratios": incr_ratios,
         });
-        std::fs::write(path, serde_json::to_string_pretty(&combined)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        write_file(path, &serde_json::to_string_pretty(&combined)?)?;
     }
     Ok(())
 }

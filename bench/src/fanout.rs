@@ -17,7 +17,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::pool::{ClientArgs, Connected, Pool, Sampler, StepResult, print_step, step_result};
+use crate::pool::{ClientArgs, Connected, Pool, Sampler, StepResult, Traffic, print_step, step_result};
 use crate::sio::{Client, ClientOptions, Mode, Target};
 use crate::traffic::{self, PublishStep};
 use crate::worker::Role;
@@ -103,7 +103,7 @@ async fn run_async(args: FanoutArgs) -> anyhow::Result<()> {
     let before = sampler.sample();
     let steps_total = args.rates.len() as f64 * args.step_secs + args.flat_secs;
     let max_hold = (steps_total + (args.rates.len() + 1) as f64 * (c.drain_max_secs as f64 + 25.0) + 120.0) as u64;
-    let mut pool = Pool::spawn(c, Role::Subscriber, &args.room, 1, max_hold)?;
+    let mut pool = Pool::<Traffic>::spawn(c, Role::Subscriber, &args.room, 1, max_hold)?;
     let connect = pool.wait_connected(c).await?;
     let connected_at = sampler.sample();
     eprintln!(
@@ -166,7 +166,7 @@ async fn run_async(args: FanoutArgs) -> anyhow::Result<()> {
         let cpu_before = sampler.sample();
         let (reply_tx, reply_rx) = oneshot::channel();
         let window = (rate.is_none() && args.flat_window > 0).then(|| traffic::Window {
-            received: pool.received_shared.clone(),
+            received: pool.received_shared(),
             base: received_before,
             subscribers: connect.connected,
             ahead: args.flat_window,
@@ -219,7 +219,7 @@ async fn run_async(args: FanoutArgs) -> anyhow::Result<()> {
     stop.cancel();
     drop(steps_tx);
     let publisher_result = tokio::time::timeout(Duration::from_secs(5), publisher).await;
-    let dropped = pool.stop().await;
+    let dropped = pool.stop().await.dropped;
     if let Ok(Ok(Err(e))) = publisher_result {
         eprintln!("[{}] publisher: {e:#}", c.label);
     }

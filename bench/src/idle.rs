@@ -9,15 +9,13 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
+use tokio::process::Command;
 
+use crate::pool::{Pool, Tally};
 use crate::procfs::{ProcWatch, Sample, tcp_ext_counter};
 use crate::sio::{Mode, Target};
 use crate::worker::{MAX_SOCKETS_PER_WORKER, WorkerEvent};
@@ -213,10 +211,6 @@ fn sum(samples: &[Sample]) -> Sample {
     total
 }
 
-struct Worker {
-    child: Child,
-}
-
 /// Splits `clients` over `targets` nodes evenly, and each node's share evenly over the workers
 /// assigned to it in turn (worker `w` → node `w % targets`). Returns `(node, clients)` per worker.
 fn plan_workers(clients: usize, targets: usize, workers: usize) -> Vec<(usize, usize)> {
@@ -231,7 +225,7 @@ fn plan_workers(clients: usize, targets: usize, workers: usize) -> Vec<(usize, u
         .collect()
 }
 
-fn spawn_worker(args: &IdleArgs, target: &str, id: usize, first: usize, count: usize) -> anyhow::Result<Worker> {
+fn worker_command(args: &IdleArgs, target: &str, id: usize, first: usize, count: usize) -> anyhow::Result<Command> {
     let exe = std::env::current_exe().context("locating ioswarm-bench")?;
     let sources: Vec<String> = args.sources.iter().map(ToString::to_string).collect();
     let mut cmd = Command::new(exe);
@@ -247,20 +241,15 @@ fn spawn_worker(args: &IdleArgs, target: &str, id: usize, first: usize, count: u
         .args(["--connect-timeout-ms", &args.connect_timeout_ms.to_string()])
         .args(["--connect-deadline-secs", &args.connect_deadline_secs.to_string()])
         // A safety net: the coordinator closes stdin well before this.
-        .args(["--max-hold-secs", &(args.hold_secs + 120).to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
+        .args(["--max-hold-secs", &(args.hold_secs + 120).to_string()]);
     if let Some(room) = &args.room {
         cmd.args(["--room", room]);
     }
-    let child = cmd.spawn().context("spawning a worker")?;
-    Ok(Worker { child })
+    Ok(cmd)
 }
 
 #[derive(Debug, Default)]
-struct Tally {
+struct Idle {
     connected: BTreeMap<usize, (u64, u64)>,
     errors: BTreeMap<String, u64>,
     first_error: Option<String>,
@@ -269,19 +258,21 @@ struct Tally {
     progress: BTreeMap<usize, (u64, u64, u64)>,
 }
 
-impl Tally {
+impl Tally for Idle {
+    type Event = WorkerEvent;
+
     fn absorb(&mut self, event: WorkerEvent) {
         match event {
             WorkerEvent::Progress { worker, ok, failed, alive, .. } => {
                 self.progress.insert(worker, (ok, failed, alive));
             }
-            WorkerEvent::Connected { worker, ok, failed, errors, first_error, .. } => {
-                self.connected.insert(worker, (ok, failed));
-                for (k, v) in errors {
+            WorkerEvent::Connected { worker, outcome } => {
+                self.connected.insert(worker, (outcome.ok, outcome.failed));
+                for (k, v) in outcome.errors {
                     *self.errors.entry(k).or_default() += v;
                 }
                 if self.first_error.is_none() {
-                    self.first_error = first_error;
+                    self.first_error = outcome.first_error;
                 }
             }
             WorkerEvent::Step { .. } => {}
@@ -294,6 +285,12 @@ impl Tally {
         }
     }
 
+    fn done(&self) -> usize {
+        self.done.len()
+    }
+}
+
+impl Idle {
     fn progress_line(&self) -> String {
         let (ok, failed, alive) = self.progress.values().fold((0, 0, 0), |a, p| (a.0 + p.0, a.1 + p.1, a.2 + p.2));
         format!("ok={ok} failed={failed} alive={alive}")
@@ -333,38 +330,20 @@ async fn run_async(args: IdleArgs) -> anyhow::Result<()> {
     );
 
     let overflows_before = tcp_ext_counter("ListenOverflows");
-    let (tx, mut rx) = mpsc::channel::<WorkerEvent>(1024);
     let started = Instant::now();
-    let mut workers = Vec::with_capacity(workers_wanted);
+    let mut commands = Vec::with_capacity(workers_wanted);
     let mut worker_node = BTreeMap::new();
     let mut first = 0;
     for (id, &(node, count)) in plan.iter().enumerate() {
         if count == 0 {
             continue;
         }
-        let mut worker = spawn_worker(&args, &args.target[node], id, first, count)?;
+        commands.push(worker_command(&args, &args.target[node], id, first, count)?);
         worker_node.insert(id, node);
         first += count;
-        let stdout = worker.child.stdout.take().context("worker stdout is piped")?;
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                match serde_json::from_str::<WorkerEvent>(&line) {
-                    Ok(event) => {
-                        if tx.send(event).await.is_err() {
-                            break;
-                        }
-                    }
-                    Err(_) => eprintln!("worker: {line}"),
-                }
-            }
-        });
-        workers.push(worker);
     }
-    drop(tx);
+    let mut workers = Pool::start(&args.label, "worker", commands, 1024, Idle::default())?;
     let spawned = workers.len();
-    let mut tally = Tally::default();
 
     // Connect phase.
     let connect_limit = Duration::from_secs(args.connect_deadline_secs)
@@ -373,16 +352,16 @@ async fn run_async(args: IdleArgs) -> anyhow::Result<()> {
     let mut sample_tick = tokio::time::interval(Duration::from_millis(250));
     let mut log_tick = tokio::time::interval(Duration::from_secs(2));
     let connect_deadline = tokio::time::Instant::now() + connect_limit;
-    while tally.connected.len() < spawned {
+    while workers.tally.connected.len() < spawned {
         tokio::select! {
-            event = rx.recv() => match event {
-                Some(event) => tally.absorb(event),
+            event = workers.next_event() => match event {
+                Some(event) => workers.tally.absorb(event),
                 None => bail!("workers exited before connecting (see their errors above)"),
             },
             _ = sample_tick.tick() => {
                 sampler.sample();
             }
-            _ = log_tick.tick() => eprintln!("[{}] connecting: {}", args.label, tally.progress_line()),
+            _ = log_tick.tick() => eprintln!("[{}] connecting: {}", args.label, workers.tally.progress_line()),
             _ = tokio::time::sleep_until(connect_deadline) => bail!("connect phase exceeded {connect_limit:?}"),
         }
     }
@@ -391,14 +370,14 @@ async fn run_async(args: IdleArgs) -> anyhow::Result<()> {
     let connected_nodes = sampler.nodes();
     let listen_overflows =
         tcp_ext_counter("ListenOverflows").zip(overflows_before).map(|(now, before)| now.saturating_sub(before));
-    let (connected, failed) = tally.connected.values().fold((0, 0), |a, c| (a.0 + c.0, a.1 + c.1));
+    let (connected, failed) = workers.tally.connected.values().fold((0, 0), |a, c| (a.0 + c.0, a.1 + c.1));
     eprintln!(
         "[{}] connected {connected}, failed {failed} in {connect_secs:.2} s ({:.0}/s); listen overflows {}; errors {:?}{}; rss={} KiB; holding {} s",
         args.label,
         connected as f64 / connect_secs,
         listen_overflows.map_or_else(|| "n/a".to_owned(), |n| n.to_string()),
-        tally.errors,
-        tally.first_error.as_ref().map(|e| format!(" (first: {e})")).unwrap_or_default(),
+        workers.tally.errors,
+        workers.tally.first_error.as_ref().map(|e| format!(" (first: {e})")).unwrap_or_default(),
         connected_at.rss_kib,
         args.hold_secs
     );
@@ -410,8 +389,8 @@ async fn run_async(args: IdleArgs) -> anyhow::Result<()> {
     log_tick.tick().await;
     loop {
         tokio::select! {
-            event = rx.recv(), if spawned > tally.done.len() => match event {
-                Some(event) => tally.absorb(event),
+            event = workers.next_event(), if spawned > workers.tally.done.len() => match event {
+                Some(event) => workers.tally.absorb(event),
                 None => {
                     eprintln!("[{}] every worker exited during the hold", args.label);
                     break;
@@ -420,7 +399,7 @@ async fn run_async(args: IdleArgs) -> anyhow::Result<()> {
             _ = hold_tick.tick() => {
                 sampler.sample();
             }
-            _ = log_tick.tick() => eprintln!("[{}] holding: {}", args.label, tally.progress_line()),
+            _ = log_tick.tick() => eprintln!("[{}] holding: {}", args.label, workers.tally.progress_line()),
             _ = tokio::time::sleep_until(hold_end) => break,
         }
     }
@@ -434,26 +413,9 @@ async fn run_async(args: IdleArgs) -> anyhow::Result<()> {
     let peak_rss = max_rss.max(connected_at.hwm_kib).max(end_of_hold.hwm_kib);
 
     // Stop: closing stdin tells each worker to close its connections and exit.
-    for worker in &mut workers {
-        drop(worker.child.stdin.take());
-    }
-    let stop_deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while tally.done.len() < spawned {
-        tokio::select! {
-            event = rx.recv() => match event {
-                Some(event) => tally.absorb(event),
-                None => break,
-            },
-            _ = tokio::time::sleep_until(stop_deadline) => {
-                eprintln!("[{}] some workers did not report done in 30 s", args.label);
-                break;
-            }
-        }
-    }
-    for worker in &mut workers {
-        if tokio::time::timeout(Duration::from_secs(5), worker.child.wait()).await.is_err() {
-            let _ = worker.child.kill().await;
-        }
+    let tally = workers.stop().await;
+    if tally.done.len() < spawned {
+        eprintln!("[{}] some workers did not report done within 30 s", args.label);
     }
     tokio::time::sleep(Duration::from_secs(args.settle_secs)).await;
     let after = sampler.sample_all().map(Mem::from);

@@ -8,11 +8,13 @@
 //! - `fanout`: one room of N subscribers, one publisher at fixed rates then flat out
 //!   (`ioswarm-bench fanout`).
 //! - `rooms`: chat-like traffic in many small rooms (`ioswarm-bench rooms`).
-//! - `pool`: the worker processes of fanout and rooms, and their per-step figures.
+//! - `pool`: worker processes of any kind (spawn, stdin commands, stdout events); for fanout and
+//!   rooms also their per-step figures.
 //! - `traffic`: payload format, per-step recording, subscriber/chat client loop, publishers.
 //! - `procfs`: VmRSS / VmHWM / CPU readings.
 //! - `memory`: the per-connection memory breakdown from a heaptrack profile (`ioswarm-bench memory`).
 //! - `report`: Markdown table and combined JSON from result files (`ioswarm-bench report`).
+//! - `table`: what the report commands share (reading result files, formatting table cells).
 //! - `admin`: ioswarm's admin API (`GET /cluster`) as the cluster scenarios read it.
 //! - `cluster`: wait for a cluster to form (`cluster-wait`); how long room interest takes to reach
 //!   the other nodes (`cluster-converge`).
@@ -43,6 +45,7 @@ mod scale_report;
 mod scale_worker;
 mod sio;
 mod soak;
+mod table;
 mod traffic;
 mod worker;
 

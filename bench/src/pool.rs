@@ -1,5 +1,6 @@
-//! Worker processes of the traffic scenarios (fanout, rooms): spawn them, wait for their clients to
-//! connect, send them commands on stdin, gather their per-step reports, stop them.
+//! Worker processes: spawn them, send them commands on stdin, take in the events they print on
+//! stdout ([`Pool`], for every kind of worker), and for the traffic scenarios (fanout, rooms) wait
+//! for their clients to connect and gather their per-step reports ([`Traffic`]).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
@@ -16,7 +18,7 @@ use tokio::sync::mpsc;
 use crate::procfs::{ProcWatch, Sample};
 use crate::sio::Mode;
 use crate::traffic::new_histogram;
-use crate::worker::{MAX_SOCKETS_PER_WORKER, Role, WorkerEvent};
+use crate::worker::{ConnectOutcome, MAX_SOCKETS_PER_WORKER, Role, WorkerEvent};
 
 /// Options shared by the traffic scenarios for their clients.
 #[derive(clap::Args, Debug, Clone)]
@@ -82,6 +84,24 @@ pub(crate) struct Connected {
     pub(crate) first_error: Option<String>,
 }
 
+impl Connected {
+    /// Every worker's outcome summed; the first error is the first worker's that has one.
+    pub(crate) fn merge<'a>(started: Instant, outcomes: impl IntoIterator<Item = &'a ConnectOutcome>) -> Self {
+        let mut out = Connected { connect_secs: started.elapsed().as_secs_f64(), ..Connected::default() };
+        for o in outcomes {
+            out.connected += o.ok;
+            out.failed += o.failed;
+            for (k, v) in &o.errors {
+                *out.errors.entry(k.clone()).or_default() += v;
+            }
+            if out.first_error.is_none() {
+                out.first_error.clone_from(&o.first_error);
+            }
+        }
+        out
+    }
+}
+
 /// One step's figures merged over every worker.
 #[derive(Debug)]
 pub(crate) struct Merged {
@@ -95,23 +115,199 @@ pub(crate) struct Merged {
     pub(crate) hist: Histogram<u64>,
 }
 
-/// Running worker processes.
+/// What a coordinator keeps of its workers' events: one implementation per kind of worker.
+pub(crate) trait Tally {
+    /// One line of a worker's stdout.
+    type Event: DeserializeOwned + Send + 'static;
+    /// Takes in one event.
+    fn absorb(&mut self, event: Self::Event);
+    /// Workers that said they are done.
+    fn done(&self) -> usize;
+}
+
+/// How [`Pool::absorb_until`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waited {
+    /// The condition holds.
+    Met,
+    /// Every worker closed its stdout.
+    Exited,
+    /// The deadline passed.
+    TimedOut,
+}
+
+/// Running worker processes: commands go to their stdin, their stdout lines (one JSON event
+/// each) go into `tally`.
 #[derive(Debug)]
-pub(crate) struct Pool {
+pub(crate) struct Pool<T: Tally> {
     children: Vec<Child>,
     stdins: Vec<ChildStdin>,
-    rx: mpsc::Receiver<WorkerEvent>,
-    received: BTreeMap<usize, u64>,
-    /// Sum of `received`, shared with a closed-loop publisher.
-    pub(crate) received_shared: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    connected: BTreeMap<usize, WorkerEvent>,
-    steps: Vec<WorkerEvent>,
-    done: usize,
-    dropped: BTreeMap<String, u64>,
+    rx: mpsc::Receiver<T::Event>,
+    pub(crate) tally: T,
+    /// `[label]` of the messages.
     label: String,
 }
 
-impl Pool {
+impl<T: Tally> Pool<T> {
+    /// Spawns `commands` with stdin and stdout piped. A stdout line that is not an event is
+    /// printed to stderr after `what:`.
+    pub(crate) fn start(
+        label: &str,
+        what: &'static str,
+        commands: Vec<Command>,
+        queue: usize,
+        tally: T,
+    ) -> anyhow::Result<Self> {
+        let (tx, rx) = mpsc::channel::<T::Event>(queue);
+        let mut children = Vec::with_capacity(commands.len());
+        let mut stdins = Vec::with_capacity(commands.len());
+        for mut command in commands {
+            let mut child = command
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| format!("spawning a {what}"))?;
+            let stdout = child.stdout.take().context("worker stdout is piped")?;
+            stdins.push(child.stdin.take().context("worker stdin is piped")?);
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stdout).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    match serde_json::from_str::<T::Event>(&line) {
+                        Ok(event) => {
+                            if tx.send(event).await.is_err() {
+                                break;
+                            }
+                        }
+                        Err(_) => eprintln!("{what}: {line}"),
+                    }
+                }
+            });
+            children.push(child);
+        }
+        Ok(Self { children, stdins, rx, tally, label: label.to_owned() })
+    }
+
+    /// Worker processes started.
+    pub(crate) fn len(&self) -> usize {
+        self.children.len()
+    }
+
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        self.children.iter().filter_map(Child::id).collect()
+    }
+
+    /// The next event (`None`: every worker closed its stdout), for loops that also do other
+    /// things while they wait.
+    pub(crate) async fn next_event(&mut self) -> Option<T::Event> {
+        self.rx.recv().await
+    }
+
+    /// Takes in events for `duration`; fails once every worker has exited.
+    pub(crate) async fn pump(&mut self, duration: Duration) -> anyhow::Result<()> {
+        let until = tokio::time::Instant::now() + duration;
+        loop {
+            tokio::select! {
+                event = self.rx.recv() => match event {
+                    Some(event) => self.tally.absorb(event),
+                    None => bail!("[{}] every worker exited", self.label),
+                },
+                () = tokio::time::sleep_until(until) => return Ok(()),
+            }
+        }
+    }
+
+    /// Takes in events until `met` holds of the tally, every worker exited, or `deadline`;
+    /// calls `log` every 5 s meanwhile (and once at the start).
+    pub(crate) async fn absorb_until(
+        &mut self,
+        deadline: tokio::time::Instant,
+        met: impl Fn(&T) -> bool,
+        log: impl Fn(&T),
+    ) -> Waited {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        while !met(&self.tally) {
+            tokio::select! {
+                event = self.rx.recv() => match event {
+                    Some(event) => self.tally.absorb(event),
+                    None => return Waited::Exited,
+                },
+                _ = tick.tick() => log(&self.tally),
+                () = tokio::time::sleep_until(deadline) => return Waited::TimedOut,
+            }
+        }
+        Waited::Met
+    }
+
+    /// Writes one command line to every worker.
+    pub(crate) async fn command(&mut self, line: &str) -> anyhow::Result<()> {
+        for stdin in &mut self.stdins {
+            stdin.write_all(format!("{line}\n").as_bytes()).await.context("writing to a worker")?;
+            stdin.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Closes the workers' stdin (they close their sockets and exit), takes in their last
+    /// events until every one said it is done (at most 30 s) and waits for them (bounded).
+    pub(crate) async fn stop(mut self) -> T {
+        self.stdins.clear();
+        let workers = self.len();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        self.absorb_until(deadline, |t| t.done() >= workers, |_| {}).await;
+        for child in &mut self.children {
+            if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
+                let _ = child.kill().await;
+            }
+        }
+        self.tally
+    }
+}
+
+/// What the coordinator of fanout and rooms keeps of its workers' events.
+#[derive(Debug, Default)]
+pub(crate) struct Traffic {
+    /// `msg` events received per worker, as of its last progress event.
+    received: BTreeMap<usize, u64>,
+    /// Sum of `received`, shared with a closed-loop publisher.
+    received_shared: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    connected: BTreeMap<usize, ConnectOutcome>,
+    steps: Vec<WorkerEvent>,
+    done: usize,
+    /// Connections the server dropped while held, by reason.
+    pub(crate) dropped: BTreeMap<String, u64>,
+}
+
+impl Tally for Traffic {
+    type Event = WorkerEvent;
+
+    fn absorb(&mut self, event: WorkerEvent) {
+        match event {
+            WorkerEvent::Progress { worker, received, .. } => {
+                self.received.insert(worker, received);
+                self.received_shared.store(self.received.values().sum(), std::sync::atomic::Ordering::Relaxed);
+            }
+            WorkerEvent::Connected { worker, outcome } => {
+                self.connected.insert(worker, outcome);
+            }
+            WorkerEvent::Step { .. } => self.steps.push(event),
+            WorkerEvent::Done { dropped, .. } => {
+                self.done += 1;
+                for (k, v) in dropped {
+                    *self.dropped.entry(k).or_default() += v;
+                }
+            }
+        }
+    }
+
+    fn done(&self) -> usize {
+        self.done
+    }
+}
+
+impl Pool<Traffic> {
     /// Spawns the workers: `args.clients` clients with `role`, in `rooms` rooms `ROOM-i` (one
     /// room: `ROOM` itself).
     pub(crate) fn spawn(
@@ -137,16 +333,15 @@ impl Pool {
         }
         let exe = std::env::current_exe().context("locating ioswarm-bench")?;
         let sources: Vec<String> = args.sources.iter().map(ToString::to_string).collect();
-        let (tx, rx) = mpsc::channel::<WorkerEvent>(1024);
-        let mut children = Vec::new();
-        let mut stdins = Vec::new();
+        let mut commands = Vec::new();
         let mut first = 0;
         for id in 0..args.workers {
             let count = per_worker.min(args.clients - first);
             if count == 0 {
                 break;
             }
-            let mut child = Command::new(&exe)
+            let mut command = Command::new(&exe);
+            command
                 .arg("worker")
                 .args(["--worker-id", &id.to_string()])
                 .args(["--target", targets[id % targets.len()]])
@@ -162,82 +357,21 @@ impl Pool {
                 .args(["--progress-ms", "100"])
                 .args(["--connect-timeout-ms", &args.connect_timeout_ms.to_string()])
                 .args(["--connect-deadline-secs", &args.connect_deadline_secs.to_string()])
-                .args(["--max-hold-secs", &max_hold_secs.to_string()])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .kill_on_drop(true)
-                .spawn()
-                .context("spawning a worker")?;
+                .args(["--max-hold-secs", &max_hold_secs.to_string()]);
+            commands.push(command);
             first += count;
-            let stdout = child.stdout.take().context("worker stdout is piped")?;
-            stdins.push(child.stdin.take().context("worker stdin is piped")?);
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(stdout).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    match serde_json::from_str::<WorkerEvent>(&line) {
-                        Ok(event) => {
-                            if tx.send(event).await.is_err() {
-                                break;
-                            }
-                        }
-                        Err(_) => eprintln!("worker: {line}"),
-                    }
-                }
-            });
-            children.push(child);
         }
-        Ok(Self {
-            children,
-            stdins,
-            rx,
-            received: BTreeMap::new(),
-            received_shared: std::sync::Arc::default(),
-            connected: BTreeMap::new(),
-            steps: Vec::new(),
-            done: 0,
-            dropped: BTreeMap::new(),
-            label: args.label.clone(),
-        })
-    }
-
-    fn absorb(&mut self, event: WorkerEvent) {
-        match event {
-            WorkerEvent::Progress { worker, received, .. } => {
-                self.received.insert(worker, received);
-                self.received_shared.store(self.received.values().sum(), std::sync::atomic::Ordering::Relaxed);
-            }
-            WorkerEvent::Connected { worker, .. } => {
-                self.connected.insert(worker, event);
-            }
-            WorkerEvent::Step { .. } => self.steps.push(event),
-            WorkerEvent::Done { dropped, .. } => {
-                self.done += 1;
-                for (k, v) in dropped {
-                    *self.dropped.entry(k).or_default() += v;
-                }
-            }
-        }
-    }
-
-    /// Takes in events for `duration` (or until every worker is gone).
-    pub(crate) async fn pump(&mut self, duration: Duration) -> anyhow::Result<()> {
-        let until = tokio::time::Instant::now() + duration;
-        loop {
-            tokio::select! {
-                event = self.rx.recv() => match event {
-                    Some(event) => self.absorb(event),
-                    None => bail!("[{}] every worker exited", self.label),
-                },
-                () = tokio::time::sleep_until(until) => return Ok(()),
-            }
-        }
+        Self::start(&args.label, "worker", commands, 1024, Traffic::default())
     }
 
     /// `msg` events received so far over every worker (as of their last progress event).
     pub(crate) fn received(&self) -> u64 {
-        self.received.values().sum()
+        self.tally.received.values().sum()
+    }
+
+    /// The same, shared with a closed-loop publisher.
+    pub(crate) fn received_shared(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+        self.tally.received_shared.clone()
     }
 
     /// Waits until every worker tried all its clients.
@@ -247,40 +381,20 @@ impl Pool {
             + Duration::from_millis(args.connect_timeout_ms)
             + Duration::from_secs(30);
         let deadline = tokio::time::Instant::now() + limit;
-        let mut log = tokio::time::interval(Duration::from_secs(5));
-        while self.connected.len() < self.children.len() {
-            tokio::select! {
-                event = self.rx.recv() => match event {
-                    Some(event) => self.absorb(event),
-                    None => bail!("[{}] workers exited before connecting (see their errors above)", self.label),
-                },
-                _ = log.tick() => eprintln!("[{}] connecting: {} of {} workers done", self.label, self.connected.len(), self.children.len()),
-                () = tokio::time::sleep_until(deadline) => bail!("[{}] connect phase exceeded {limit:?}", self.label),
-            }
+        let (label, workers) = (self.label.clone(), self.len());
+        let waited = self
+            .absorb_until(
+                deadline,
+                |t| t.connected.len() >= workers,
+                |t| eprintln!("[{label}] connecting: {} of {workers} workers done", t.connected.len()),
+            )
+            .await;
+        match waited {
+            Waited::Met => {}
+            Waited::Exited => bail!("[{label}] workers exited before connecting (see their errors above)"),
+            Waited::TimedOut => bail!("[{label}] connect phase exceeded {limit:?}"),
         }
-        let mut out = Connected { connect_secs: started.elapsed().as_secs_f64(), ..Connected::default() };
-        for event in self.connected.values() {
-            if let WorkerEvent::Connected { ok, failed, errors, first_error, .. } = event {
-                out.connected += ok;
-                out.failed += failed;
-                for (k, v) in errors {
-                    *out.errors.entry(k.clone()).or_default() += v;
-                }
-                if out.first_error.is_none() {
-                    out.first_error.clone_from(first_error);
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// Writes one command line to every worker.
-    pub(crate) async fn command(&mut self, line: &str) -> anyhow::Result<()> {
-        for stdin in &mut self.stdins {
-            stdin.write_all(format!("{line}\n").as_bytes()).await.context("writing to a worker")?;
-            stdin.flush().await?;
-        }
-        Ok(())
+        Ok(Connected::merge(started, self.tally.connected.values()))
     }
 
     /// After a step: waits until `expected` deliveries arrived since `received_before`, or none
@@ -315,18 +429,12 @@ impl Pool {
 
     /// Asks every worker for its figures of `step` and merges them.
     pub(crate) async fn report(&mut self, step: u32) -> anyhow::Result<Merged> {
-        self.steps.clear();
+        self.tally.steps.clear();
         self.command(&format!("report {step}")).await?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        let live = self.children.len() - self.done;
-        while self.steps.len() < live {
-            tokio::select! {
-                event = self.rx.recv() => match event {
-                    Some(event) => self.absorb(event),
-                    None => break,
-                },
-                () = tokio::time::sleep_until(deadline) => bail!("[{}] workers did not report step {step} in 20 s", self.label),
-            }
+        let live = self.len() - self.tally.done;
+        if self.absorb_until(deadline, |t| t.steps.len() >= live, |_| {}).await == Waited::TimedOut {
+            bail!("[{}] workers did not report step {step} in 20 s", self.label);
         }
         let mut merged = Merged {
             received: 0,
@@ -338,7 +446,7 @@ impl Pool {
             malformed: 0,
             hist: new_histogram(),
         };
-        for event in self.steps.drain(..) {
+        for event in self.tally.steps.drain(..) {
             if let WorkerEvent::Step { report, malformed, .. } = event {
                 merged.received += report.received;
                 merged.sent += report.sent;
@@ -358,28 +466,6 @@ impl Pool {
             merged.first_us = 0;
         }
         Ok(merged)
-    }
-
-    /// Closes the workers' stdin (they close their sockets and exit) and waits for them (bounded).
-    /// Returns the connections the server dropped while held, by reason.
-    pub(crate) async fn stop(mut self) -> BTreeMap<String, u64> {
-        self.stdins.clear();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while self.done < self.children.len() {
-            tokio::select! {
-                event = self.rx.recv() => match event {
-                    Some(event) => self.absorb(event),
-                    None => break,
-                },
-                () = tokio::time::sleep_until(deadline) => break,
-            }
-        }
-        for child in &mut self.children {
-            if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
-                let _ = child.kill().await;
-            }
-        }
-        self.dropped
     }
 }
 

@@ -5,8 +5,10 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use serde_json::{Value, json};
+
+use crate::table::{cores, fmt, fmt_ratio, header, label, num, ratio, read_result, si, text, write_file};
 
 #[derive(clap::Args, Debug, Clone)]
 pub(crate) struct ReportArgs {
@@ -33,41 +35,8 @@ pub(crate) struct ReportArgs {
     files: Vec<PathBuf>,
 }
 
-fn num(v: &Value, key: &str) -> Option<f64> {
-    v.get(key).and_then(Value::as_f64)
-}
-
-fn text<'a>(v: &'a Value, key: &str) -> &'a str {
-    v.get(key).and_then(Value::as_str).unwrap_or("?")
-}
-
-fn fmt(v: Option<f64>, digits: usize, unit: &str) -> String {
-    v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.digits$}{unit}"))
-}
-
-/// 1234567 → "1.23M", 12345 → "12.3k".
-fn si(v: Option<f64>) -> String {
-    match v {
-        None => "n/a".to_owned(),
-        Some(v) if v >= 1e6 => format!("{:.2}M", v / 1e6),
-        Some(v) if v >= 1e4 => format!("{:.1}k", v / 1e3),
-        Some(v) => format!("{v:.0}"),
-    }
-}
-
-fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
-    match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-        _ => None,
-    }
-}
-
-fn fmt_ratio(r: Option<f64>) -> String {
-    r.map_or_else(|| "n/a".to_owned(), |r| format!("{r:.2}×"))
-}
-
 pub(crate) fn machine() -> Value {
-    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let cores = cores();
     let mem_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
         m.lines()
             .find(|l| l.starts_with("MemTotal:"))
@@ -82,7 +51,7 @@ pub(crate) fn machine() -> Value {
 
 /// A run's label, with the publisher when it is not the default.
 fn run_label(run: &Value) -> String {
-    let label = text(run, "label").to_owned();
+    let label = label(run).to_owned();
     match run.get("publisher").and_then(Value::as_str) {
         Some(p) if p != "sio" && !label.contains(p) => format!("{label} ({p})"),
         _ => label,
@@ -97,10 +66,6 @@ fn steps(run: &Value) -> Vec<Value> {
     run.get("steps").and_then(Value::as_array).cloned().unwrap_or_default()
 }
 
-fn lat(step: &Value, key: &str) -> Option<f64> {
-    step.get("latency").and_then(|l| num(l, key))
-}
-
 fn idle_table(out: &mut String, runs: &[&Value], subject: &str, peers: &[String], ratios: &mut Vec<Value>) {
     let _ = writeln!(out, "### idle: server memory per connection\n");
     let mut header = "| server | clients connected | failed | connect time (SYN drops) | still connected after hold | peak RSS − RSS before, per client | RSS held, per client | absolute peak RSS | hold CPU |".to_owned();
@@ -111,14 +76,14 @@ fn idle_table(out: &mut String, runs: &[&Value], subject: &str, peers: &[String]
     }
     let _ = writeln!(out, "{header}\n{rule}");
     let per_client =
-        |label: &str| runs.iter().find(|r| run_label(r) == label).and_then(|r| num(r, "peak_per_client_kib"));
+        |label: &str| runs.iter().find(|r| run_label(r) == label).and_then(|r| num(r, "/peak_per_client_kib"));
     for run in runs {
         let label = run_label(run);
-        let syn_drops = num(run, "listen_overflows").map_or_else(|| "n/a".to_owned(), |n| n.to_string());
+        let syn_drops = num(run, "/listen_overflows").map_or_else(|| "n/a".to_owned(), |n| n.to_string());
         // Several independent nodes: the connected count of each, e.g. " (2 nodes: 15000 + 15000)".
         let nodes = run.get("nodes").and_then(Value::as_array).cloned().unwrap_or_default();
         let per_node = if nodes.len() > 1 {
-            let counts: Vec<String> = nodes.iter().map(|n| num(n, "connected").unwrap_or(0.0).to_string()).collect();
+            let counts: Vec<String> = nodes.iter().map(|n| num(n, "/connected").unwrap_or(0.0).to_string()).collect();
             format!(" ({} nodes: {})", nodes.len(), counts.join(" + "))
         } else {
             String::new()
@@ -126,19 +91,19 @@ fn idle_table(out: &mut String, runs: &[&Value], subject: &str, peers: &[String]
         let _ = write!(
             out,
             "| {label} | {} / {}{per_node} | {} | {} ({syn_drops}) | {} | {} | {} | {} | {} |",
-            num(run, "connected").unwrap_or(0.0),
-            num(run, "clients").unwrap_or(0.0),
-            num(run, "failed").unwrap_or(0.0),
-            fmt(num(run, "connect_secs"), 2, " s"),
-            num(run, "alive_at_end").unwrap_or(0.0),
-            fmt(num(run, "peak_per_client_kib"), 2, " KiB"),
-            fmt(num(run, "held_per_client_kib"), 2, " KiB"),
-            fmt(num(run, "peak_rss_kib").map(|k| k / 1024.0), 1, " MiB"),
-            fmt(num(run, "cpu_hold_cores"), 3, " cores"),
+            num(run, "/connected").unwrap_or(0.0),
+            num(run, "/clients").unwrap_or(0.0),
+            num(run, "/failed").unwrap_or(0.0),
+            fmt(num(run, "/connect_secs"), 2, " s"),
+            num(run, "/alive_at_end").unwrap_or(0.0),
+            fmt(num(run, "/peak_per_client_kib"), 2, " KiB"),
+            fmt(num(run, "/held_per_client_kib"), 2, " KiB"),
+            fmt(num(run, "/peak_rss_kib").map(|k| k / 1024.0), 1, " MiB"),
+            fmt(num(run, "/cpu_hold_cores"), 3, " cores"),
         );
         for peer in peers {
             let r = if is_subject(&label, subject) {
-                ratio(num(run, "peak_per_client_kib"), per_client(peer))
+                ratio(num(run, "/peak_per_client_kib"), per_client(peer))
             } else {
                 None
             };
@@ -158,19 +123,19 @@ fn memory_table(out: &mut String, runs: &[&Value]) {
             out,
             "### memory: what one idle connection is made of ({}, {} clients, heap at the peak, heaptrack)\n",
             run_label(run),
-            num(run, "clients").unwrap_or(0.0)
+            num(run, "/clients").unwrap_or(0.0)
         );
-        let _ = writeln!(out, "| part | bytes per connection | share | what |\n|---|---|---|---|");
-        let total = num(run, "heap_per_client_bytes").unwrap_or(0.0);
+        header(out, &["part", "bytes per connection", "share", "what"]);
+        let total = num(run, "/heap_per_client_bytes").unwrap_or(0.0);
         let parts = run.get("parts").and_then(Value::as_array).cloned().unwrap_or_default();
         for part in &parts {
-            let bytes = num(part, "bytes_per_client").unwrap_or(0.0);
+            let bytes = num(part, "/bytes_per_client").unwrap_or(0.0);
             let per_connection = part.get("per_connection").and_then(Value::as_bool).unwrap_or(true);
             let share =
                 if per_connection && total > 0.0 { format!("{:.0} %", 100.0 * bytes / total) } else { String::new() };
             let _ = writeln!(out, "| {} | {bytes:.0} | {share} | {} |", text(part, "name"), text(part, "what"));
         }
-        let rss = num(run, "rss_per_client_kib");
+        let rss = num(run, "/rss_per_client_kib");
         let _ = writeln!(
             out,
             "| **heap per connection** | **{total:.0}** ({:.2} KiB) | 100 % | the parts above except the rest of the process |",
@@ -198,16 +163,29 @@ fn traffic_table(
         "rooms: every client sends to its own small room"
     };
     let _ = writeln!(out, "### {title}\n");
-    let _ = writeln!(
+    header(
         out,
-        "| server | clients | step | sent/s | delivered/s | delivered / expected (lost) | p50 | p99 | p99.9 | server CPU | delivered per core-s | drain |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+        &[
+            "server",
+            "clients",
+            "step",
+            "sent/s",
+            "delivered/s",
+            "delivered / expected (lost)",
+            "p50",
+            "p99",
+            "p99.9",
+            "server CPU",
+            "delivered per core-s",
+            "drain",
+        ],
     );
     for run in runs {
         let clients = match scenario {
             "rooms" => {
-                format!("{} (rooms of {})", num(run, "connected").unwrap_or(0.0), num(run, "group").unwrap_or(0.0))
+                format!("{} (rooms of {})", num(run, "/connected").unwrap_or(0.0), num(run, "/group").unwrap_or(0.0))
             }
-            _ => format!("{}", num(run, "connected").unwrap_or(0.0)),
+            _ => format!("{}", num(run, "/connected").unwrap_or(0.0)),
         };
         for step in steps(run) {
             let _ = writeln!(
@@ -215,17 +193,17 @@ fn traffic_table(
                 "| {} | {clients} | {} | {} | {} | {} / {} ({}) | {} | {} | {} | {} | {} | {} |",
                 run_label(run),
                 text(&step, "name"),
-                si(num(&step, "publish_rate")),
-                si(num(&step, "delivered_per_sec")),
-                si(num(&step, "delivered")),
-                si(num(&step, "expected")),
-                si(num(&step, "lost")),
-                fmt(lat(&step, "p50_ms"), 2, " ms"),
-                fmt(lat(&step, "p99_ms"), 2, " ms"),
-                fmt(lat(&step, "p999_ms"), 2, " ms"),
-                fmt(num(&step, "server_cpu_cores"), 2, " cores"),
-                si(num(&step, "delivered_per_core_sec")),
-                fmt(num(&step, "drain_secs"), 1, " s"),
+                si(num(&step, "/publish_rate")),
+                si(num(&step, "/delivered_per_sec")),
+                si(num(&step, "/delivered")),
+                si(num(&step, "/expected")),
+                si(num(&step, "/lost")),
+                fmt(num(&step, "/latency/p50_ms"), 2, " ms"),
+                fmt(num(&step, "/latency/p99_ms"), 2, " ms"),
+                fmt(num(&step, "/latency/p999_ms"), 2, " ms"),
+                fmt(num(&step, "/server_cpu_cores"), 2, " cores"),
+                si(num(&step, "/delivered_per_core_sec")),
+                fmt(num(&step, "/drain_secs"), 1, " s"),
             );
         }
     }
@@ -242,9 +220,9 @@ fn traffic_table(
                 else {
                     continue;
                 };
-                let rate = ratio(num(&step, "delivered_per_sec"), num(&peer_step, "delivered_per_sec"));
-                let per_core = ratio(num(&step, "delivered_per_core_sec"), num(&peer_step, "delivered_per_core_sec"));
-                let p99 = ratio(lat(&step, "p99_ms"), lat(&peer_step, "p99_ms"));
+                let rate = ratio(num(&step, "/delivered_per_sec"), num(&peer_step, "/delivered_per_sec"));
+                let per_core = ratio(num(&step, "/delivered_per_core_sec"), num(&peer_step, "/delivered_per_core_sec"));
+                let p99 = ratio(num(&step, "/latency/p99_ms"), num(&peer_step, "/latency/p99_ms"));
                 ratios.push(json!({
                     "scenario": scenario, "subject": run_label(run), "peer": peer, "step": name,
                     "delivered_per_sec": rate, "delivered_per_core_sec": per_core, "p99": p99,
@@ -260,9 +238,16 @@ fn traffic_table(
         }
     }
     if !lines.is_empty() {
-        let _ = writeln!(
+        let _ = writeln!(out);
+        header(
             out,
-            "\n| ratio | step | delivered/s (higher: {subject} better) | delivered per core-s (higher better) | p99 latency (lower better) |\n|---|---|---|---|---|"
+            &[
+                "ratio",
+                "step",
+                &format!("delivered/s (higher: {subject} better)"),
+                "delivered per core-s (higher better)",
+                "p99 latency (lower better)",
+            ],
         );
         for line in lines {
             let _ = writeln!(out, "{line}");
@@ -274,9 +259,7 @@ fn traffic_table(
 pub(crate) fn run(args: ReportArgs) -> anyhow::Result<()> {
     let mut runs = Vec::new();
     for file in &args.files {
-        let content = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-        let run: Value = serde_json::from_str(&content).with_context(|| format!("parsing {}", file.display()))?;
-        runs.push(run);
+        runs.push(read_result(file)?);
     }
     if runs.is_empty() {
         bail!("no runs");
@@ -303,7 +286,7 @@ pub(crate) fn run(args: ReportArgs) -> anyhow::Result<()> {
     }
     print!("{out}");
     if let Some(md) = &args.md {
-        std::fs::write(md, &out).with_context(|| format!("writing {}", md.display()))?;
+        write_file(md, &out)?;
     }
     if let Some(path) = &args.out {
         let combined = json!({
@@ -313,8 +296,7 @@ pub(crate) fn run(args: ReportArgs) -> anyhow::Result<()> {
             "ratios": ratios,
             "runs": runs,
         });
-        std::fs::write(path, serde_json::to_string_pretty(&combined)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        write_file(path, &serde_json::to_string_pretty(&combined)?)?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::Serialize;
 
-use crate::pool::{ClientArgs, Connected, Pool, Sampler, StepResult, print_step, step_result};
+use crate::pool::{ClientArgs, Connected, Pool, Sampler, StepResult, Traffic, print_step, step_result};
 use crate::traffic::now_us;
 use crate::worker::Role;
 
@@ -67,7 +67,7 @@ async fn run_async(args: RoomsArgs) -> anyhow::Result<()> {
     let mut sampler = Sampler::new(&c.server_pid)?;
     let before = sampler.sample();
     let max_hold = (args.rates.len() as f64 * (args.step_secs + c.drain_max_secs as f64 + 25.0) + 120.0) as u64;
-    let mut pool = Pool::spawn(c, Role::Chat, &args.room, rooms, max_hold)?;
+    let mut pool = Pool::<Traffic>::spawn(c, Role::Chat, &args.room, rooms, max_hold)?;
     let connect = pool.wait_connected(c).await?;
     let connected_at = sampler.sample();
     eprintln!(
@@ -125,7 +125,7 @@ async fn run_async(args: RoomsArgs) -> anyhow::Result<()> {
             break;
         }
     }
-    let dropped = pool.stop().await;
+    let dropped = pool.stop().await.dropped;
     let result = RoomsResult {
         scenario: "rooms",
         label: c.label.clone(),

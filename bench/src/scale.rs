@@ -28,18 +28,19 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
-use tokio::process::{Child, ChildStdin, Command};
-use tokio::sync::{mpsc, watch};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::process::Command;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{Admin, metric_sum, parse_addr};
-use crate::pool::{Connected, Latency};
+use crate::pool::{Connected, Latency, Pool, Tally, Waited};
 use crate::procfs::{ProcWatch, Sample, load_average, machine_cpu_ticks, tcp_ext_counter};
 use crate::scale_worker::{ScaleEvent, ScaleReport, StepFigures};
 use crate::sio::Target;
 use crate::traffic::{new_histogram, now_us};
+use crate::worker::ConnectOutcome;
 
 /// What happens to the victim node after the steady phase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -351,29 +352,51 @@ impl ScaleArgs {
     }
 }
 
-/// The scale workers: spawn, events, reports.
-pub(crate) struct Workers {
-    children: Vec<Child>,
-    stdins: Vec<ChildStdin>,
-    rx: mpsc::Receiver<ScaleEvent>,
+/// What the scale coordinator keeps of its workers' events.
+#[derive(Debug, Default)]
+pub(crate) struct Scale {
     /// Latest progress per worker: (connected per node, received, last reconnect µs).
     progress: BTreeMap<usize, (Vec<u64>, u64, u64)>,
     /// Progress events received per worker.
     ticks: BTreeMap<usize, u64>,
-    connected: BTreeMap<usize, ScaleEvent>,
+    connected: BTreeMap<usize, ConnectOutcome>,
     reports: Vec<ScaleReport>,
     done: usize,
 }
 
-impl Workers {
+impl Tally for Scale {
+    type Event = ScaleEvent;
+
+    fn absorb(&mut self, event: ScaleEvent) {
+        match event {
+            ScaleEvent::Progress { worker, connected, received, last_reconnect_us, .. } => {
+                self.progress.insert(worker, (connected, received, last_reconnect_us));
+                *self.ticks.entry(worker).or_default() += 1;
+            }
+            ScaleEvent::Connected { worker, outcome } => {
+                self.connected.insert(worker, outcome);
+            }
+            ScaleEvent::Report { report, .. } => self.reports.push(*report),
+            ScaleEvent::Done { .. } => self.done += 1,
+        }
+    }
+
+    fn done(&self) -> usize {
+        self.done
+    }
+}
+
+/// The scale workers.
+pub(crate) type Workers = Pool<Scale>;
+
+impl Pool<Scale> {
     /// Worker *w* connects its clients to node *w mod nodes*; client indices run on across
     /// workers, so every worker's clients cover the rooms evenly.
-    pub(crate) fn spawn(spec: &WorkerSpec) -> anyhow::Result<Self> {
+    pub(crate) fn spawn(label: &str, spec: &WorkerSpec) -> anyhow::Result<Self> {
         let nodes = spec.targets.len();
         let exe = std::env::current_exe().context("locating ioswarm-bench")?;
         let sources: Vec<String> = spec.sources.iter().map(ToString::to_string).collect();
-        let (tx, rx) = mpsc::channel::<ScaleEvent>(4096);
-        let (mut children, mut stdins) = (Vec::new(), Vec::new());
+        let mut commands = Vec::new();
         let mut first = 0;
         for w in 0..nodes * spec.workers_per_node {
             let home = w % nodes;
@@ -383,7 +406,8 @@ impl Workers {
             if count == 0 {
                 continue;
             }
-            let mut child = Command::new(&exe)
+            let mut command = Command::new(&exe);
+            command
                 .arg("scale-worker")
                 .args(["--worker-id", &w.to_string()])
                 .args(["--targets", &spec.targets.join(",")])
@@ -401,80 +425,17 @@ impl Workers {
                 .args(["--reconnect-delay-ms", &spec.reconnect_delay_ms.to_string()])
                 .args(["--reconnect-delay-max-ms", &spec.reconnect_delay_max_ms.to_string()])
                 .args(["--randomization", &spec.randomization.to_string()])
-                .args(["--progress-ms", &spec.progress_ms.to_string()])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .kill_on_drop(true)
-                .spawn()
-                .context("spawning a scale worker")?;
+                .args(["--progress-ms", &spec.progress_ms.to_string()]);
+            commands.push(command);
             first += count;
-            let stdout = child.stdout.take().context("worker stdout is piped")?;
-            stdins.push(child.stdin.take().context("worker stdin is piped")?);
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(stdout).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    match serde_json::from_str::<ScaleEvent>(&line) {
-                        Ok(event) => {
-                            if tx.send(event).await.is_err() {
-                                break;
-                            }
-                        }
-                        Err(_) => eprintln!("scale worker: {line}"),
-                    }
-                }
-            });
-            children.push(child);
         }
-        Ok(Self {
-            children,
-            stdins,
-            rx,
-            progress: BTreeMap::new(),
-            ticks: BTreeMap::new(),
-            connected: BTreeMap::new(),
-            reports: Vec::new(),
-            done: 0,
-        })
-    }
-
-    pub(crate) fn pids(&self) -> Vec<u32> {
-        self.children.iter().filter_map(Child::id).collect()
-    }
-
-    fn absorb(&mut self, event: ScaleEvent) {
-        match event {
-            ScaleEvent::Progress { worker, connected, received, last_reconnect_us, .. } => {
-                self.progress.insert(worker, (connected, received, last_reconnect_us));
-                *self.ticks.entry(worker).or_default() += 1;
-            }
-            ScaleEvent::Connected { worker, .. } => {
-                self.connected.insert(worker, event);
-            }
-            ScaleEvent::Report { report, .. } => self.reports.push(*report),
-            ScaleEvent::Done { .. } => self.done += 1,
-        }
-    }
-
-    /// Takes in events for `duration`.
-    pub(crate) async fn pump(&mut self, duration: Duration) -> anyhow::Result<()> {
-        let until = Instant::now() + duration;
-        loop {
-            tokio::select! {
-                event = self.rx.recv() => match event {
-                    Some(event) => self.absorb(event),
-                    None => bail!("every scale worker exited"),
-                },
-                () = tokio::time::sleep_until(until) => return Ok(()),
-            }
-        }
+        Self::start(label, "scale worker", commands, 4096, Scale::default())
     }
 
     /// Clients connected per node now (the workers' latest progress).
     pub(crate) fn connected_per_node(&self, nodes: usize) -> Vec<u64> {
         let mut out = vec![0; nodes];
-        for (connected, _, _) in self.progress.values() {
+        for (connected, _, _) in self.tally.progress.values() {
             for (o, c) in out.iter_mut().zip(connected) {
                 *o += c;
             }
@@ -483,46 +444,30 @@ impl Workers {
     }
 
     pub(crate) fn received(&self) -> u64 {
-        self.progress.values().map(|p| p.1).sum()
+        self.tally.progress.values().map(|p| p.1).sum()
     }
 
     fn last_reconnect_us(&self) -> u64 {
-        self.progress.values().map(|p| p.2).max().unwrap_or(0)
+        self.tally.progress.values().map(|p| p.2).max().unwrap_or(0)
     }
 
     pub(crate) async fn wait_connected(&mut self, limit: Duration) -> anyhow::Result<Connected> {
         let started = std::time::Instant::now();
         let deadline = Instant::now() + limit;
-        let mut log = tokio::time::interval(Duration::from_secs(5));
-        while self.connected.len() < self.children.len() {
-            tokio::select! {
-                event = self.rx.recv() => match event {
-                    Some(event) => self.absorb(event),
-                    None => bail!("scale workers exited before connecting (see their errors above)"),
-                },
-                _ = log.tick() => eprintln!(
-                    "[scale] connecting: {} of {} workers done, {} clients connected",
-                    self.connected.len(),
-                    self.children.len(),
-                    self.progress.values().map(|p| p.0.iter().sum::<u64>()).sum::<u64>()
-                ),
-                () = tokio::time::sleep_until(deadline) => bail!("the connect phase exceeded {limit:?}"),
-            }
+        let workers = self.len();
+        let log = |t: &Scale| {
+            eprintln!(
+                "[scale] connecting: {} of {workers} workers done, {} clients connected",
+                t.connected.len(),
+                t.progress.values().map(|p| p.0.iter().sum::<u64>()).sum::<u64>()
+            );
+        };
+        match self.absorb_until(deadline, |t| t.connected.len() >= workers, log).await {
+            Waited::Met => {}
+            Waited::Exited => bail!("scale workers exited before connecting (see their errors above)"),
+            Waited::TimedOut => bail!("the connect phase exceeded {limit:?}"),
         }
-        let mut out = Connected { connect_secs: started.elapsed().as_secs_f64(), ..Connected::default() };
-        for event in self.connected.values() {
-            if let ScaleEvent::Connected { ok, failed, errors, first_error, .. } = event {
-                out.connected += ok;
-                out.failed += failed;
-                for (k, v) in errors {
-                    *out.errors.entry(k.clone()).or_default() += v;
-                }
-                if out.first_error.is_none() {
-                    out.first_error.clone_from(first_error);
-                }
-            }
-        }
-        Ok(out)
+        Ok(Connected::merge(started, self.tally.connected.values()))
     }
 
     /// Waits until nothing arrived for `quiet` (or `max` passed). Quiet counts only while every
@@ -532,20 +477,22 @@ impl Workers {
         let started = Instant::now();
         let mut last = self.received();
         let mut last_change = started;
-        let mut ticks_at_change = self.ticks.clone();
+        let mut ticks_at_change = self.tally.ticks.clone();
         while started.elapsed() < max {
             self.pump(Duration::from_millis(200)).await?;
             let now = self.received();
             if now != last {
                 last = now;
                 last_change = Instant::now();
-                ticks_at_change = self.ticks.clone();
+                ticks_at_change = self.tally.ticks.clone();
                 continue;
             }
+            let ticks = &self.tally.ticks;
             let fresh = self
+                .tally
                 .progress
                 .keys()
-                .all(|w| self.ticks.get(w).copied().unwrap_or(0) >= ticks_at_change.get(w).copied().unwrap_or(0) + 3);
+                .all(|w| ticks.get(w).copied().unwrap_or(0) >= ticks_at_change.get(w).copied().unwrap_or(0) + 3);
             if fresh && last_change.elapsed() >= quiet {
                 break;
             }
@@ -554,42 +501,14 @@ impl Workers {
     }
 
     pub(crate) async fn report(&mut self, finals: &[u64]) -> anyhow::Result<Vec<ScaleReport>> {
-        self.reports.clear();
-        let line = format!("report {}\n", finals.iter().map(u64::to_string).collect::<Vec<_>>().join(","));
-        for stdin in &mut self.stdins {
-            stdin.write_all(line.as_bytes()).await.context("writing to a scale worker")?;
-            stdin.flush().await?;
-        }
+        self.tally.reports.clear();
+        self.command(&format!("report {}", finals.iter().map(u64::to_string).collect::<Vec<_>>().join(","))).await?;
         let deadline = Instant::now() + Duration::from_secs(30);
-        while self.reports.len() < self.children.len() - self.done {
-            tokio::select! {
-                event = self.rx.recv() => match event {
-                    Some(event) => self.absorb(event),
-                    None => break,
-                },
-                () = tokio::time::sleep_until(deadline) => bail!("scale workers did not report in 30 s"),
-            }
+        let live = self.len() - self.tally.done;
+        if self.absorb_until(deadline, |t| t.reports.len() >= live, |_| {}).await == Waited::TimedOut {
+            bail!("scale workers did not report in 30 s");
         }
-        Ok(std::mem::take(&mut self.reports))
-    }
-
-    pub(crate) async fn stop(mut self) {
-        self.stdins.clear();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.done < self.children.len() {
-            tokio::select! {
-                event = self.rx.recv() => match event {
-                    Some(event) => self.absorb(event),
-                    None => break,
-                },
-                () = tokio::time::sleep_until(deadline) => break,
-            }
-        }
-        for child in &mut self.children {
-            if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
-                let _ = child.kill().await;
-            }
-        }
+        Ok(std::mem::take(&mut self.tally.reports))
     }
 }
 
@@ -1123,7 +1042,7 @@ async fn run_async(args: ScaleArgs) -> anyhow::Result<()> {
         "[{}] {} nodes × {} clients, {} rooms, {} emitters × {}/s",
         args.label, nodes, args.clients_per_node, args.rooms, args.emitters, args.emit_rate
     );
-    let mut workers = Workers::spawn(&args.worker_spec())?;
+    let mut workers = Workers::spawn(&args.label, &args.worker_spec())?;
     let mut load_pids = workers.pids();
     load_pids.push(std::process::id());
     let probes = Probes { servers: CpuWatch::new(&args.server_pid)?, load: CpuWatch::new(&load_pids)? };

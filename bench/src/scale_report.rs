@@ -7,8 +7,10 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use serde_json::{Value, json};
+
+use crate::table::{cores, fmt, fmt_ratio, header, label, num, ratio, read_result, si, write_file};
 
 #[derive(clap::Args, Debug, Clone)]
 pub(crate) struct ScaleReportArgs {
@@ -27,42 +29,10 @@ pub(crate) struct ScaleReportArgs {
     files: Vec<PathBuf>,
 }
 
-fn num(v: &Value, pointer: &str) -> Option<f64> {
-    v.pointer(pointer).and_then(Value::as_f64)
-}
-
-fn f(v: Option<f64>, digits: usize, unit: &str) -> String {
-    v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.digits$}{unit}"))
-}
-
-fn si(v: Option<f64>) -> String {
-    match v {
-        None => "n/a".to_owned(),
-        Some(v) if v >= 1e6 => format!("{:.2}M", v / 1e6),
-        Some(v) if v >= 1e4 => format!("{:.1}k", v / 1e3),
-        Some(v) => format!("{v:.0}"),
-    }
-}
-
-fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
-    match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-        _ => None,
-    }
-}
-
-fn x(v: Option<f64>) -> String {
-    f(v, 2, "×")
-}
-
-fn label(run: &Value) -> &str {
-    run.get("label").and_then(Value::as_str).unwrap_or("?")
-}
-
 fn list(v: &Value, pointer: &str, digits: usize) -> String {
     v.pointer(pointer)
         .and_then(Value::as_array)
-        .map(|a| a.iter().map(|v| f(v.as_f64(), digits, "")).collect::<Vec<_>>().join(" / "))
+        .map(|a| a.iter().map(|v| fmt(v.as_f64(), digits, "")).collect::<Vec<_>>().join(" / "))
         .unwrap_or_else(|| "n/a".to_owned())
 }
 
@@ -90,7 +60,7 @@ fn queues(ev: &Value) -> String {
 /// p99 of each node's deliveries, e.g. `3.1 / 2.9 / 4.0 ms`.
 fn per_node_p99(run: &Value, pointer: &str) -> String {
     let Some(nodes) = run.pointer(pointer).and_then(Value::as_array) else { return "n/a".to_owned() };
-    let values: Vec<String> = nodes.iter().map(|l| f(num(l, "/p99_ms"), 1, "")).collect();
+    let values: Vec<String> = nodes.iter().map(|l| fmt(num(l, "/p99_ms"), 1, "")).collect();
     format!("{} ms", values.join(" / "))
 }
 
@@ -99,9 +69,9 @@ fn machine(run: &Value, pointer: &str) -> String {
     let Some(m) = run.pointer(pointer) else { return "n/a".to_owned() };
     format!(
         "{}, {} cores ({} other)",
-        f(num(m, "/load_average"), 1, ""),
-        f(num(m, "/busy_cores"), 2, ""),
-        f(num(m, "/other_cores"), 2, "")
+        fmt(num(m, "/load_average"), 1, ""),
+        fmt(num(m, "/busy_cores"), 2, ""),
+        fmt(num(m, "/other_cores"), 2, "")
     )
 }
 
@@ -125,8 +95,7 @@ fn survivors_cpu(run: &Value, pointer: &str) -> Option<f64> {
 pub(crate) fn run(args: ScaleReportArgs) -> anyhow::Result<()> {
     let mut runs = Vec::new();
     for path in &args.files {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let value: Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let value = read_result(path)?;
         if value.get("scenario").and_then(Value::as_str) != Some("scale") {
             bail!("{}: not a scale result", path.display());
         }
@@ -158,11 +127,25 @@ pub(crate) fn run(args: ScaleReportArgs) -> anyhow::Result<()> {
          messages and deliveries; the cluster also forwards every message over QUIC.\n"
     );
     let _ = writeln!(md, "### Steady load\n");
-    let _ = writeln!(
-        md,
-        "| run | nodes | clients | delivered / published | delivered/s (all) | delivered/s per node | p50 | p99 | p99.9 | p99 per node | server CPU per node | delivered per server core-s | load CPU | machine: load avg, cores busy (other work) |"
+    header(
+        &mut md,
+        &[
+            "run",
+            "nodes",
+            "clients",
+            "delivered / published",
+            "delivered/s (all)",
+            "delivered/s per node",
+            "p50",
+            "p99",
+            "p99.9",
+            "p99 per node",
+            "server CPU per node",
+            "delivered per server core-s",
+            "load CPU",
+            "machine: load avg, cores busy (other work)",
+        ],
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for run in &runs {
         let _ = writeln!(
             md,
@@ -174,24 +157,30 @@ pub(crate) fn run(args: ScaleReportArgs) -> anyhow::Result<()> {
             si(num(run, "/steady/published")),
             si(num(run, "/steady/delivered_per_sec")),
             list_si(run, "/steady/per_node_delivered_per_sec"),
-            f(num(run, "/steady/latency/p50_ms"), 2, " ms"),
-            f(num(run, "/steady/latency/p99_ms"), 2, " ms"),
-            f(num(run, "/steady/latency/p999_ms"), 2, " ms"),
+            fmt(num(run, "/steady/latency/p50_ms"), 2, " ms"),
+            fmt(num(run, "/steady/latency/p99_ms"), 2, " ms"),
+            fmt(num(run, "/steady/latency/p999_ms"), 2, " ms"),
             per_node_p99(run, "/steady/per_node_latency"),
             list(run, "/steady/server_cpu_cores", 2),
             si(num(run, "/steady/delivered_per_server_core_sec")),
-            f(num(run, "/steady/load_cpu_cores"), 2, ""),
+            fmt(num(run, "/steady/load_cpu_cores"), 2, ""),
             machine(run, "/steady/machine"),
         );
     }
     let mut steady_ratios = Vec::new();
     if let Some(single) = &single {
-        let _ = writeln!(
-            md,
-            "\n| run / {s} | delivered/s per node (mean) | per node (lowest) | p50 | p99 | delivered per server core-s |",
-            s = args.single
+        let _ = writeln!(md);
+        header(
+            &mut md,
+            &[
+                &format!("run / {}", args.single),
+                "delivered/s per node (mean)",
+                "per node (lowest)",
+                "p50",
+                "p99",
+                "delivered per server core-s",
+            ],
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|");
         for run in &clusters {
             let s = num(single, "/steady/delivered_per_sec");
             let r = json!({
@@ -205,7 +194,7 @@ pub(crate) fn run(args: ScaleReportArgs) -> anyhow::Result<()> {
                     num(single, "/steady/delivered_per_server_core_sec")
                 ),
             });
-            let g = |k: &str| x(r.get(k).and_then(Value::as_f64));
+            let g = |k: &str| fmt_ratio(r.get(k).and_then(Value::as_f64));
             let _ = writeln!(
                 md,
                 "| {} | {} | {} | {} | {} | {} |",
@@ -229,11 +218,28 @@ pub(crate) fn run(args: ScaleReportArgs) -> anyhow::Result<()> {
     let mut event_ratios = Vec::new();
     if !events.is_empty() {
         let _ = writeln!(md, "### Losing a node under load\n");
-        let _ = writeln!(
-            md,
-            "| run | signal | victim's clients | first drop | all connected again | connected after (per node) | reconnect p50 / p99 / max | reconnect attempts failed | lost by clients that stayed: other emitters / victim's emitter (clients) | victim's unanswered PUBLISHes | lost by moved clients | SYN drops: ListenOverflows / ListenDrops | accept queue max/backlog (per node) | survivors' CPU: storm / steady | machine during the storm | delivered/s after the event | p99 after the event |"
+        header(
+            &mut md,
+            &[
+                "run",
+                "signal",
+                "victim's clients",
+                "first drop",
+                "all connected again",
+                "connected after (per node)",
+                "reconnect p50 / p99 / max",
+                "reconnect attempts failed",
+                "lost by clients that stayed: other emitters / victim's emitter (clients)",
+                "victim's unanswered PUBLISHes",
+                "lost by moved clients",
+                "SYN drops: ListenOverflows / ListenDrops",
+                "accept queue max/backlog (per node)",
+                "survivors' CPU: storm / steady",
+                "machine during the storm",
+                "delivered/s after the event",
+                "p99 after the event",
+            ],
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for run in &events {
             let ev = &run["event_figures"];
             let lost_other = run.pointer("/losses/lost_stayed_surviving_emitters").and_then(Value::as_u64).unwrap_or(0);
@@ -251,12 +257,12 @@ pub(crate) fn run(args: ScaleReportArgs) -> anyhow::Result<()> {
                 label(run),
                 ev.get("kind").and_then(Value::as_str).unwrap_or("?").to_uppercase(),
                 ev.get("victim_clients").and_then(Value::as_u64).unwrap_or(0),
-                f(num(ev, "/first_drop_secs"), 2, " s"),
-                f(num(ev, "/recovered_secs"), 2, " s"),
+                fmt(num(ev, "/first_drop_secs"), 2, " s"),
+                fmt(num(ev, "/recovered_secs"), 2, " s"),
                 list(ev, "/connected_after", 0),
-                f(num(ev, "/reconnect_ms/p50_ms"), 0, " ms"),
-                f(num(ev, "/reconnect_ms/p99_ms"), 0, " ms"),
-                f(num(ev, "/reconnect_ms/max_ms"), 0, " ms"),
+                fmt(num(ev, "/reconnect_ms/p50_ms"), 0, " ms"),
+                fmt(num(ev, "/reconnect_ms/p99_ms"), 0, " ms"),
+                fmt(num(ev, "/reconnect_ms/max_ms"), 0, " ms"),
                 ev.get("reconnect_failures").and_then(Value::as_u64).unwrap_or(0),
                 lost_other,
                 run.pointer("/losses/lost_stayed_victim_emitter").and_then(Value::as_u64).unwrap_or(0),
@@ -265,17 +271,17 @@ pub(crate) fn run(args: ScaleReportArgs) -> anyhow::Result<()> {
                 run.pointer("/losses/victim_unanswered").and_then(Value::as_u64).unwrap_or(0),
                 si(num(run, "/losses/lost_moved_total")),
                 run.pointer("/losses/moved").and_then(Value::as_u64).unwrap_or(0),
-                f(num(ev, "/listen_overflows"), 0, ""),
-                f(num(ev, "/listen_drops"), 0, ""),
+                fmt(num(ev, "/listen_overflows"), 0, ""),
+                fmt(num(ev, "/listen_drops"), 0, ""),
                 queues(ev),
-                f(storm_cpu, 2, ""),
-                f(steady_cpu, 2, ""),
-                x(ratio(storm_cpu, steady_cpu)),
+                fmt(storm_cpu, 2, ""),
+                fmt(steady_cpu, 2, ""),
+                fmt_ratio(ratio(storm_cpu, steady_cpu)),
                 machine(run, "/event_figures/machine"),
                 si(num(run, "/during/delivered_per_sec")),
-                x(ratio(num(run, "/during/delivered_per_sec"), num(run, "/steady/delivered_per_sec"))),
-                f(num(run, "/during/latency/p99_ms"), 1, " ms"),
-                x(ratio(num(run, "/during/latency/p99_ms"), num(run, "/steady/latency/p99_ms"))),
+                fmt_ratio(ratio(num(run, "/during/delivered_per_sec"), num(run, "/steady/delivered_per_sec"))),
+                fmt(num(run, "/during/latency/p99_ms"), 1, " ms"),
+                fmt_ratio(ratio(num(run, "/during/latency/p99_ms"), num(run, "/steady/latency/p99_ms"))),
             );
             event_ratios.push(json!({
                 "run": label(run),
@@ -295,9 +301,9 @@ pub(crate) fn run(args: ScaleReportArgs) -> anyhow::Result<()> {
             let _ = writeln!(
                 md,
                 "\nSIGTERM (drain) / SIGKILL: time until every client is back {}, reconnect p99 {}, deliveries missed by the clients that moved {}.",
-                x(r["term_over_kill_recovered"].as_f64()),
-                x(r["term_over_kill_reconnect_p99"].as_f64()),
-                x(r["term_over_kill_lost_moved"].as_f64()),
+                fmt_ratio(r["term_over_kill_recovered"].as_f64()),
+                fmt_ratio(r["term_over_kill_reconnect_p99"].as_f64()),
+                fmt_ratio(r["term_over_kill_lost_moved"].as_f64()),
             );
             event_ratios.push(r);
         }
@@ -319,18 +325,17 @@ pub(crate) fn run(args: ScaleReportArgs) -> anyhow::Result<()> {
     }
     print!("{md}");
     if let Some(path) = &args.md {
-        std::fs::write(path, &md).with_context(|| format!("writing {}", path.display()))?;
+        write_file(path, &md)?;
     }
     if let Some(path) = &args.out {
         let combined = json!({
             "title": args.title,
-            "machine": { "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0) },
+            "machine": { "cores": cores() },
             "runs": runs,
             "steady_ratios": steady_ratios,
             "event_ratios": event_ratios,
         });
-        std::fs::write(path, serde_json::to_string_pretty(&combined)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        write_file(path, &serde_json::to_string_pretty(&combined)?)?;
     }
     Ok(())
 }

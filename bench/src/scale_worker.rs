@@ -18,7 +18,6 @@
 //! `--max-hold-secs`.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, Write};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,13 +27,13 @@ use anyhow::{Context, bail};
 use fastwebsockets::{Frame, OpCode};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::sio::{Client, ClientOptions, HoldEnd, Mode, Target, send_text};
 use crate::traffic::{new_histogram, now_us, number_after};
-use crate::worker::MAX_SOCKETS_PER_WORKER;
+use crate::worker::{ConnectOutcome, ConnectStats, MAX_SOCKETS_PER_WORKER, emit, stdin_commands};
 
 /// Largest reconnect time the histogram holds (ms).
 const MAX_RECONNECT_MS: u64 = 3_600_000;
@@ -151,11 +150,8 @@ pub(crate) enum ScaleEvent {
     },
     Connected {
         worker: usize,
-        ok: u64,
-        failed: u64,
-        elapsed_ms: u64,
-        errors: BTreeMap<String, u64>,
-        first_error: Option<String>,
+        #[serde(flatten)]
+        outcome: ConnectOutcome,
     },
     Report {
         worker: usize,
@@ -201,8 +197,7 @@ struct Shared {
     nodes: usize,
     rooms: usize,
     connected: Vec<AtomicU64>,
-    ok: AtomicU64,
-    failed: AtomicU64,
+    connects: ConnectStats,
     received: AtomicU64,
     drops: AtomicU64,
     reconnects: AtomicU64,
@@ -211,8 +206,6 @@ struct Shared {
     last_reconnect_us: AtomicU64,
     reordered: AtomicU64,
     malformed: AtomicU64,
-    errors: Mutex<BTreeMap<String, u64>>,
-    first_error: Mutex<Option<String>>,
     drop_reasons: Mutex<BTreeMap<String, u64>>,
     clients: Mutex<Vec<ClientState>>,
     steps: Mutex<BTreeMap<u32, StepStats>>,
@@ -220,16 +213,6 @@ struct Shared {
 }
 
 impl Shared {
-    fn fail(&self, stage: &str, detail: String) {
-        if let Ok(mut errors) = self.errors.lock() {
-            *errors.entry(stage.to_owned()).or_default() += 1;
-        }
-        if let Ok(mut first) = self.first_error.lock() {
-            first.get_or_insert(detail);
-        }
-        self.failed.fetch_add(1, Ordering::Relaxed);
-    }
-
     /// Client `local` is now connected to `node` (`up`) or no longer; `dropped`: by the server or
     /// the network (it has moved).
     fn set_connected(&self, local: usize, node: usize, up: bool, dropped: bool) {
@@ -382,14 +365,6 @@ pub(crate) fn parse_scale_msg(packet: &[u8]) -> Option<ScaleMsg> {
     })
 }
 
-fn emit(event: &ScaleEvent) {
-    if let Ok(line) = serde_json::to_string(event) {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{line}");
-        let _ = out.flush();
-    }
-}
-
 /// A well-mixed 64-bit hash (splitmix64): the backoff jitter and the node a reconnect picks,
 /// reproducible per client without a random-number crate.
 pub(crate) fn mix(mut x: u64) -> u64 {
@@ -457,35 +432,9 @@ pub(crate) fn run(args: ScaleWorkerArgs) -> anyhow::Result<()> {
     crate::block_on(run_async(args))
 }
 
-/// Commands from stdin: `report F1,F2,…`; EOF or `stop` ends the worker.
-fn stdin_commands() -> (oneshot::Receiver<()>, mpsc::UnboundedReceiver<Vec<u64>>) {
-    let (tx, rx) = oneshot::channel();
-    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        let stdin = std::io::stdin();
-        let mut line = String::new();
-        loop {
-            line.clear();
-            match stdin.lock().read_line(&mut line) {
-                Ok(0) | Err(_) => break,
-                Ok(_) if line.trim() == "stop" => break,
-                Ok(_) => {
-                    let finals = line
-                        .trim()
-                        .strip_prefix("report ")
-                        .map(|rest| rest.split(',').map(|n| n.trim().parse::<u64>()).collect::<Result<Vec<_>, _>>());
-                    match finals {
-                        Some(Ok(finals)) => {
-                            let _ = cmd_tx.send(finals);
-                        }
-                        _ => eprintln!("scale worker: unknown command {:?}", line.trim()),
-                    }
-                }
-            }
-        }
-        let _ = tx.send(());
-    });
-    (rx, cmd_rx)
+/// The command `report F1,F2,…`: how many messages each emitter published.
+fn parse_report(line: &str) -> Option<Vec<u64>> {
+    line.trim().strip_prefix("report ")?.split(',').map(|n| n.trim().parse().ok()).collect()
 }
 
 async fn run_async(args: ScaleWorkerArgs) -> anyhow::Result<()> {
@@ -504,8 +453,7 @@ async fn run_async(args: ScaleWorkerArgs) -> anyhow::Result<()> {
         nodes,
         rooms: args.rooms,
         connected: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
-        ok: AtomicU64::new(0),
-        failed: AtomicU64::new(0),
+        connects: ConnectStats::default(),
         received: AtomicU64::new(0),
         drops: AtomicU64::new(0),
         reconnects: AtomicU64::new(0),
@@ -514,8 +462,6 @@ async fn run_async(args: ScaleWorkerArgs) -> anyhow::Result<()> {
         last_reconnect_us: AtomicU64::new(0),
         reordered: AtomicU64::new(0),
         malformed: AtomicU64::new(0),
-        errors: Mutex::default(),
-        first_error: Mutex::default(),
         drop_reasons: Mutex::default(),
         clients: Mutex::new(
             (0..args.clients)
@@ -536,7 +482,7 @@ async fn run_async(args: ScaleWorkerArgs) -> anyhow::Result<()> {
         ),
     });
     let stop = CancellationToken::new();
-    let (mut stdin, mut commands) = stdin_commands();
+    let (mut stdin, mut commands) = stdin_commands("scale worker", parse_report);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.connect_deadline_secs);
 
@@ -569,11 +515,7 @@ async fn run_async(args: ScaleWorkerArgs) -> anyhow::Result<()> {
         let permit = tokio::select! {
             permit = permits.clone().acquire_owned() => permit?,
             _ = tokio::time::sleep_until(deadline.into()) => {
-                let left = (args.clients - local) as u64;
-                if let Ok(mut errors) = shared.errors.lock() {
-                    *errors.entry("deadline".to_owned()).or_default() += left;
-                }
-                shared.failed.fetch_add(left, Ordering::Relaxed);
+                shared.connects.miss_deadline((args.clients - local) as u64);
                 break;
             }
             _ = &mut stdin => { stopped_early = true; break; }
@@ -584,21 +526,10 @@ async fn run_async(args: ScaleWorkerArgs) -> anyhow::Result<()> {
             client_task(local, index, home, plan, shared, stop, permit).await;
         });
     }
-    let total = args.clients as u64;
-    while !stopped_early && shared.ok.load(Ordering::Relaxed) + shared.failed.load(Ordering::Relaxed) < total {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-            _ = &mut stdin => stopped_early = true,
-        }
+    if !stopped_early {
+        stopped_early = shared.connects.wait_tried(args.clients as u64, &mut stdin).await;
     }
-    emit(&ScaleEvent::Connected {
-        worker: args.worker_id,
-        ok: shared.ok.load(Ordering::Relaxed),
-        failed: shared.failed.load(Ordering::Relaxed),
-        elapsed_ms: started.elapsed().as_millis() as u64,
-        errors: shared.errors.lock().map(|e| e.clone()).unwrap_or_default(),
-        first_error: shared.first_error.lock().ok().and_then(|f| f.clone()),
-    });
+    emit(&ScaleEvent::Connected { worker: args.worker_id, outcome: shared.connects.outcome(started.elapsed()) });
     if !stopped_early {
         let max_hold = tokio::time::Instant::now() + Duration::from_secs(args.max_hold_secs);
         loop {
@@ -646,11 +577,11 @@ async fn client_task(
     };
     drop(permit);
     let mut client = match result {
-        Err(_) => return shared.fail("timeout", format!("connect took over {:?}", plan.connect_timeout)),
-        Ok(Err(e)) => return shared.fail(e.stage, e.to_string()),
+        Err(_) => return shared.connects.fail("timeout", format!("connect took over {:?}", plan.connect_timeout)),
+        Ok(Err(e)) => return shared.connects.fail(e.stage, e.to_string()),
         Ok(Ok(client)) => client,
     };
-    shared.ok.fetch_add(1, Ordering::Relaxed);
+    shared.connects.succeed();
     let mut node = home;
     let seed = mix(index as u64);
     let mut drops: u64 = 0;
@@ -786,8 +717,7 @@ mod tests {
             nodes: 1,
             rooms: 2,
             connected: vec![AtomicU64::new(0)],
-            ok: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
+            connects: ConnectStats::default(),
             received: AtomicU64::new(0),
             drops: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
@@ -796,8 +726,6 @@ mod tests {
             last_reconnect_us: AtomicU64::new(0),
             reordered: AtomicU64::new(0),
             malformed: AtomicU64::new(0),
-            errors: Mutex::default(),
-            first_error: Mutex::default(),
             drop_reasons: Mutex::default(),
             clients: Mutex::new(vec![
                 ClientState {

@@ -556,7 +556,7 @@ async fn run_async(args: SoakArgs) -> anyhow::Result<()> {
         randomization: 0.5,
         progress_ms: 1000,
     };
-    let mut workers = Workers::spawn(&spec)?;
+    let mut workers = Workers::spawn("soak", &spec)?;
     let connect = workers.wait_connected(Duration::from_secs(180)).await?;
     eprintln!("[soak] {} long-lived clients connected, {} failed", connect.connected, connect.failed);
 

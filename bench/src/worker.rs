@@ -125,12 +125,8 @@ pub(crate) enum WorkerEvent {
     /// Every client was tried.
     Connected {
         worker: usize,
-        ok: u64,
-        failed: u64,
-        elapsed_ms: u64,
-        /// Failures by step (tcp, ws-handshake, open, connect, join, probe, polling, timeout, deadline).
-        errors: BTreeMap<String, u64>,
-        first_error: Option<String>,
+        #[serde(flatten)]
+        outcome: ConnectOutcome,
     },
     /// Connections closed; the worker exits next.
     Done {
@@ -144,18 +140,34 @@ pub(crate) enum WorkerEvent {
     },
 }
 
+/// How one worker's initial connects went: the `connected` event of every kind of worker.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ConnectOutcome {
+    pub(crate) ok: u64,
+    pub(crate) failed: u64,
+    pub(crate) elapsed_ms: u64,
+    /// Failures by step (tcp, ws-handshake, open, connect, join, probe, polling, timeout, deadline).
+    pub(crate) errors: BTreeMap<String, u64>,
+    pub(crate) first_error: Option<String>,
+}
+
+/// A worker's initial connects so far, counted by its client tasks.
 #[derive(Debug, Default)]
-struct Stats {
-    ok: AtomicU64,
-    failed: AtomicU64,
-    dropped: AtomicU64,
-    pings: AtomicU64,
+pub(crate) struct ConnectStats {
+    pub(crate) ok: AtomicU64,
+    pub(crate) failed: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
     first_error: Mutex<Option<String>>,
 }
 
-impl Stats {
-    fn fail(&self, stage: &str, detail: String) {
+impl ConnectStats {
+    /// One client connected.
+    pub(crate) fn succeed(&self) {
+        self.ok.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One client failed at `stage`; `detail` is kept if it is the first failure.
+    pub(crate) fn fail(&self, stage: &str, detail: String) {
         if let Ok(mut errors) = self.errors.lock() {
             *errors.entry(stage.to_owned()).or_default() += 1;
         }
@@ -165,12 +177,52 @@ impl Stats {
         self.failed.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn alive(&self) -> u64 {
-        self.ok.load(Ordering::Relaxed).saturating_sub(self.dropped.load(Ordering::Relaxed))
+    /// `left` clients were not started before the connect deadline.
+    pub(crate) fn miss_deadline(&self, left: u64) {
+        if let Ok(mut errors) = self.errors.lock() {
+            *errors.entry("deadline".to_owned()).or_default() += left;
+        }
+        self.failed.fetch_add(left, Ordering::Relaxed);
+    }
+
+    /// Waits until `total` clients connected or failed; returns true if `stdin` ended first.
+    pub(crate) async fn wait_tried(&self, total: u64, stdin: &mut oneshot::Receiver<()>) -> bool {
+        while self.ok.load(Ordering::Relaxed) + self.failed.load(Ordering::Relaxed) < total {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                _ = &mut *stdin => return true,
+            }
+        }
+        false
+    }
+
+    /// The figures so far, `elapsed` after the connect phase began.
+    pub(crate) fn outcome(&self, elapsed: Duration) -> ConnectOutcome {
+        ConnectOutcome {
+            ok: self.ok.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            elapsed_ms: elapsed.as_millis() as u64,
+            errors: self.errors.lock().map(|e| e.clone()).unwrap_or_default(),
+            first_error: self.first_error.lock().ok().and_then(|f| f.clone()),
+        }
     }
 }
 
-fn emit(event: &WorkerEvent) {
+#[derive(Debug, Default)]
+struct Stats {
+    connects: ConnectStats,
+    dropped: AtomicU64,
+    pings: AtomicU64,
+}
+
+impl Stats {
+    fn alive(&self) -> u64 {
+        self.connects.ok.load(Ordering::Relaxed).saturating_sub(self.dropped.load(Ordering::Relaxed))
+    }
+}
+
+/// Writes one event as a JSON line on stdout.
+pub(crate) fn emit(event: &impl Serialize) {
     // A closed stdout means the coordinator is gone; the stdin watch ends the worker then.
     if let Ok(line) = serde_json::to_string(event) {
         let mut out = std::io::stdout().lock();
@@ -221,9 +273,13 @@ fn parse_command(line: &str) -> Option<Command> {
     }
 }
 
-/// The first receiver resolves when stdin reaches EOF or a line `stop`; the second yields the
-/// other commands. Read on a plain thread so that the runtime never waits for it.
-fn stdin_commands() -> (oneshot::Receiver<()>, mpsc::UnboundedReceiver<Command>) {
+/// Reads stdin on a plain thread, so that the runtime never waits for it. The first receiver
+/// resolves when stdin reaches EOF or a line `stop`; the second yields the other lines that
+/// `parse` understands (the rest are reported on stderr after `what:`).
+pub(crate) fn stdin_commands<C: Send + 'static>(
+    what: &'static str,
+    parse: fn(&str) -> Option<C>,
+) -> (oneshot::Receiver<()>, mpsc::UnboundedReceiver<C>) {
     let (tx, rx) = oneshot::channel();
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     std::thread::spawn(move || {
@@ -234,11 +290,11 @@ fn stdin_commands() -> (oneshot::Receiver<()>, mpsc::UnboundedReceiver<Command>)
             match stdin.lock().read_line(&mut line) {
                 Ok(0) | Err(_) => break,
                 Ok(_) if line.trim() == "stop" => break,
-                Ok(_) => match parse_command(&line) {
+                Ok(_) => match parse(&line) {
                     Some(command) => {
                         let _ = cmd_tx.send(command);
                     }
-                    None => eprintln!("worker: unknown command {:?}", line.trim()),
+                    None => eprintln!("{what}: unknown command {:?}", line.trim()),
                 },
             }
         }
@@ -251,7 +307,7 @@ async fn run_async(args: WorkerArgs) -> anyhow::Result<()> {
     let target = Arc::new(Target::parse(&args.target)?);
     let stats = Arc::new(Stats::default());
     let stop = CancellationToken::new();
-    let (stdin, mut commands) = stdin_commands();
+    let (stdin, mut commands) = stdin_commands("worker", parse_command);
     let recorder = Arc::new(Recorder::default());
     let (chat_tx, chat_rx) = watch::channel::<Option<ChatStep>>(None);
     let total_clients = args.total_clients.unwrap_or(args.clients).max(args.first_index + args.clients);
@@ -273,8 +329,8 @@ async fn run_async(args: WorkerArgs) -> anyhow::Result<()> {
                     () = stop.cancelled() => break,
                     _ = tick.tick() => emit(&WorkerEvent::Progress {
                         worker,
-                        ok: stats.ok.load(Ordering::Relaxed),
-                        failed: stats.failed.load(Ordering::Relaxed),
+                        ok: stats.connects.ok.load(Ordering::Relaxed),
+                        failed: stats.connects.failed.load(Ordering::Relaxed),
                         alive: stats.alive(),
                         received: recorder.received_total.load(Ordering::Relaxed),
                     }),
@@ -291,11 +347,7 @@ async fn run_async(args: WorkerArgs) -> anyhow::Result<()> {
         let permit = tokio::select! {
             permit = permits.clone().acquire_owned() => permit?,
             _ = tokio::time::sleep_until(deadline.into()) => {
-                let left = (args.clients - n) as u64;
-                if let Ok(mut errors) = stats.errors.lock() {
-                    *errors.entry("deadline".to_owned()).or_default() += left;
-                }
-                stats.failed.fetch_add(left, Ordering::Relaxed);
+                stats.connects.miss_deadline((args.clients - n) as u64);
                 break;
             }
             _ = &mut stdin => { stopped_early = true; break; }
@@ -330,16 +382,16 @@ async fn run_async(args: WorkerArgs) -> anyhow::Result<()> {
             drop(permit);
             let client = match result {
                 Err(_) => {
-                    stats.fail("timeout", format!("connect took over {connect_timeout:?}"));
+                    stats.connects.fail("timeout", format!("connect took over {connect_timeout:?}"));
                     return None;
                 }
                 Ok(Err(e)) => {
-                    stats.fail(e.stage, e.to_string());
+                    stats.connects.fail(e.stage, e.to_string());
                     return None;
                 }
                 Ok(Ok(client)) => client,
             };
-            stats.ok.fetch_add(1, Ordering::Relaxed);
+            stats.connects.succeed();
             let end = match role {
                 Role::Idle => client.hold(stop, &stats.pings).await,
                 Role::Subscriber | Role::Chat => {
@@ -354,23 +406,10 @@ async fn run_async(args: WorkerArgs) -> anyhow::Result<()> {
     }
 
     // Wait until every started attempt finished (each is bounded by connect_timeout).
-    let total = args.clients as u64;
-    while !stopped_early && stats.ok.load(Ordering::Relaxed) + stats.failed.load(Ordering::Relaxed) < total {
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-            _ = &mut stdin => stopped_early = true,
-        }
+    if !stopped_early {
+        stopped_early = stats.connects.wait_tried(args.clients as u64, &mut stdin).await;
     }
-    let errors = stats.errors.lock().map(|e| e.clone()).unwrap_or_default();
-    let first_error = stats.first_error.lock().ok().and_then(|f| f.clone());
-    emit(&WorkerEvent::Connected {
-        worker: args.worker_id,
-        ok: stats.ok.load(Ordering::Relaxed),
-        failed: stats.failed.load(Ordering::Relaxed),
-        elapsed_ms: started.elapsed().as_millis() as u64,
-        errors,
-        first_error,
-    });
+    emit(&WorkerEvent::Connected { worker: args.worker_id, outcome: stats.connects.outcome(started.elapsed()) });
 
     if !stopped_early {
         let max_hold = tokio::time::Instant::now() + Duration::from_secs(args.max_hold_secs);
@@ -411,4 +450,44 @@ async fn run_async(args: WorkerArgs) -> anyhow::Result<()> {
     }
     emit(&WorkerEvent::Done { worker: args.worker_id, alive, dropped, pings: stats.pings.load(Ordering::Relaxed) });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_outcomes_count_failures_by_stage_and_keep_the_first_error() {
+        let stats = ConnectStats::default();
+        stats.succeed();
+        stats.fail("tcp", "refused".to_owned());
+        stats.fail("tcp", "reset".to_owned());
+        stats.miss_deadline(3);
+        let outcome = stats.outcome(Duration::from_millis(1500));
+        assert_eq!((outcome.ok, outcome.failed, outcome.elapsed_ms), (1, 5, 1500));
+        let errors: Vec<(&str, u64)> = outcome.errors.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        assert_eq!(errors, vec![("deadline", 3), ("tcp", 2)]);
+        assert_eq!(outcome.first_error.as_deref(), Some("refused"));
+    }
+
+    #[test]
+    fn the_connected_event_is_one_flat_json_object() {
+        let outcome = ConnectOutcome {
+            ok: 2,
+            failed: 1,
+            elapsed_ms: 30,
+            errors: BTreeMap::from([("open".to_owned(), 1)]),
+            first_error: Some("open: closed".to_owned()),
+        };
+        let line =
+            serde_json::to_string(&WorkerEvent::Connected { worker: 4, outcome: outcome.clone() }).expect("serializes");
+        assert_eq!(
+            line,
+            r#"{"type":"connected","worker":4,"ok":2,"failed":1,"elapsed_ms":30,"errors":{"open":1},"first_error":"open: closed"}"#
+        );
+        let Ok(WorkerEvent::Connected { worker: 4, outcome: back }) = serde_json::from_str(&line) else {
+            panic!("{line} did not parse back");
+        };
+        assert_eq!(back, outcome);
+    }
 }

@@ -32,6 +32,7 @@ fn to(rooms: &[&str]) -> Selector {
 }
 
 /// One socket as the socket layer sees it: its id, secret, rooms and tracking.
+#[derive(Clone)]
 struct Sock {
     sid: Sid,
     secret: Sid,
@@ -81,6 +82,15 @@ fn broadcast(state: &mut RecoveryState, now: Instant, n: u64, selector: &Selecto
     let _ = seq;
 }
 
+/// A store with `limits` and one socket in `rooms` that was queued broadcast 1 (to room `r`).
+fn one_socket(limits: Limits, rooms: &[&str]) -> (Instant, RecoveryState, Sock) {
+    let t0 = Instant::now();
+    let mut st = RecoveryState::new(limits);
+    let mut s = Sock::connect(&st, rooms);
+    broadcast(&mut st, t0, 1, &to(&["r"]), &mut [&mut s]);
+    (t0, st, s)
+}
+
 fn offsets(missed: &[MissedPacket]) -> Vec<u64> {
     missed.iter().map(|p| p.offset.counter).collect()
 }
@@ -92,10 +102,7 @@ fn take(state: &mut RecoveryState, now: Instant, sock: &Sock, client: Option<u64
 
 #[test]
 fn a_blip_replays_what_the_rooms_got_while_away_in_order() {
-    let t0 = Instant::now();
-    let mut st = RecoveryState::new(limits());
-    let mut s = Sock::connect(&st, &["r"]);
-    broadcast(&mut st, t0, 1, &to(&["r"]), &mut [&mut s]);
+    let (t0, mut st, s) = one_socket(limits(), &["r"]);
     s.persist(&mut st, t0);
     broadcast(&mut st, t0, 2, &to(&["r"]), &mut []);
     broadcast(&mut st, t0, 3, &to(&["other"]), &mut []);
@@ -149,10 +156,7 @@ fn a_client_that_never_got_a_broadcast_sends_no_offset() {
 
 #[test]
 fn a_packet_that_found_the_connection_closed_is_missed_even_by_a_client_with_the_last_queued_offset() {
-    let t0 = Instant::now();
-    let mut st = RecoveryState::new(limits());
-    let mut s = Sock::connect(&st, &["r"]);
-    broadcast(&mut st, t0, 1, &to(&["r"]), &mut [&mut s]);
+    let (t0, mut st, mut s) = one_socket(limits(), &["r"]);
     // The connection is closed; the socket layer has not noticed yet.
     let (seq, _) = st.log(t0, off(2), &to(&["r"]), &packet(2)).unwrap();
     s.tracking.failed(seq);
@@ -162,10 +166,7 @@ fn a_packet_that_found_the_connection_closed_is_missed_even_by_a_client_with_the
 
 #[test]
 fn except_skips_the_session_and_its_own_id_is_a_room() {
-    let t0 = Instant::now();
-    let mut st = RecoveryState::new(limits());
-    let mut s = Sock::connect(&st, &["r", "vip"]);
-    broadcast(&mut st, t0, 1, &to(&["r"]), &mut [&mut s]);
+    let (t0, mut st, s) = one_socket(limits(), &["r", "vip"]);
     s.persist(&mut st, t0);
     broadcast(&mut st, t0, 2, &to(&["r"]).except("vip"), &mut []);
     broadcast(&mut st, t0, 3, &to(&[]).except(s.sid.as_str()), &mut []);
@@ -176,10 +177,7 @@ fn except_skips_the_session_and_its_own_id_is_a_room() {
 
 #[test]
 fn the_window_the_bounds_and_unknown_offsets_give_a_fresh_session() {
-    let t0 = Instant::now();
-    let mut st = RecoveryState::new(Limits { max_packets: 3, max_bytes: 10_000, ..limits() });
-    let mut s = Sock::connect(&st, &["r"]);
-    broadcast(&mut st, t0, 1, &to(&["r"]), &mut [&mut s]);
+    let (t0, mut st, mut s) = one_socket(Limits { max_packets: 3, max_bytes: 10_000, ..limits() }, &["r"]);
 
     // Expired: found, dropped, refused.
     s.persist(&mut st, t0);
@@ -231,7 +229,7 @@ fn an_evicted_log_refuses_rather_than_recovering_with_a_hole() {
     s.persist(&mut st, t0);
     broadcast(&mut st, t0, 12, &to(&["r"]), &mut []);
     // 10 is still logged: the client that got only 10 is recovered.
-    let mut copy = Sock { sid: s.sid, secret: s.secret, rooms: s.rooms.clone(), tracking: s.tracking.clone() };
+    let mut copy = s.clone();
     assert_eq!(take(&mut st, t0, &copy, Some(10)), Ok(vec![11, 12]));
     copy.tracking.queued(off(12));
     copy.persist(&mut st, t0);
@@ -317,10 +315,7 @@ fn a_broadcast_is_logged_once() {
 
 #[test]
 fn after_a_recovery_the_socket_resumes_from_the_replay() {
-    let t0 = Instant::now();
-    let mut st = RecoveryState::new(limits());
-    let mut s = Sock::connect(&st, &["r"]);
-    broadcast(&mut st, t0, 1, &to(&["r"]), &mut [&mut s]);
+    let (t0, mut st, mut s) = one_socket(limits(), &["r"]);
     s.persist(&mut st, t0);
     broadcast(&mut st, t0, 2, &to(&["r"]), &mut []);
     let recovered = st.take(t0, "/", s.sid, s.secret, Some(&off(1).to_string()), None).0.unwrap();
@@ -330,7 +325,7 @@ fn after_a_recovery_the_socket_resumes_from_the_replay() {
     s.tracking = Tracking::new(st.next_seq(), Some(off(1)), false, Some(off(2)));
     s.persist(&mut st, t0);
     broadcast(&mut st, t0, 3, &to(&["r"]), &mut []);
-    let mut again = Sock { sid: s.sid, secret: s.secret, rooms: s.rooms.clone(), tracking: s.tracking.clone() };
+    let mut again = s.clone();
     assert_eq!(take(&mut st, t0, &again, Some(2)), Ok(vec![3]));
     // A client that lost the replay itself cannot be given it again.
     again.persist(&mut st, t0);
@@ -453,10 +448,7 @@ fn a_handed_over_history_is_trimmed_to_the_bounds_and_a_client_before_it_is_refu
 
 #[test]
 fn a_session_taken_by_another_node_has_what_arrives_later_relayed_there() {
-    let t0 = Instant::now();
-    let mut a = RecoveryState::new(limits());
-    let mut s = Sock::connect(&a, &["r"]);
-    broadcast(&mut a, t0, 1, &to(&["r"]), &mut [&mut s]);
+    let (t0, mut a, s) = one_socket(limits(), &["r"]);
     s.persist(&mut a, t0);
     broadcast(&mut a, t0, 2, &to(&["r"]), &mut []);
     // Node 2 takes it: the session is gone, its rooms stay interest for the grace period.
@@ -572,10 +564,7 @@ fn a_replay_is_logged_for_the_socket_so_a_client_that_loses_it_gets_it_again() {
 
 #[test]
 fn a_session_taken_by_another_node_brings_the_marks_that_tell_what_reached_that_node_first() {
-    let t0 = Instant::now();
-    let mut a = RecoveryState::new(limits());
-    let mut s = Sock::connect(&a, &["r"]);
-    broadcast(&mut a, t0, 1, &to(&["r"]), &mut [&mut s]);
+    let (t0, mut a, s) = one_socket(limits(), &["r"]);
     s.persist(&mut a, t0);
     broadcast(&mut a, t0, 2, &to(&["r"]), &mut []);
     let x = |counter| Offset { origin: 7, counter };
