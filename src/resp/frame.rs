@@ -124,69 +124,30 @@ pub(crate) enum Parsed {
 
 /// Parses one request from the start of `buf`.
 pub(crate) fn parse_request(buf: &[u8], limits: &ParseLimits) -> Result<Parsed, ProtocolError> {
-    let mut args = Vec::new();
-    Ok(match parse_into(buf, limits, &mut args)? {
-        None => Parsed::Incomplete,
-        Some(consumed) => Parsed::Complete { consumed, args },
-    })
-}
-
-/// Parses one request from the start of `buf` into `args` (cleared first); returns the bytes it
-/// occupied, or `None` when the buffer does not hold a whole request yet.
-fn parse_into(buf: &[u8], limits: &ParseLimits, args: &mut Vec<Arg>) -> Result<Option<usize>, ProtocolError> {
-    args.clear();
     match buf.first() {
-        None => Ok(None),
-        Some(b'*') => parse_multibulk(buf, limits, args),
-        Some(_) => parse_inline(buf, args),
+        None => Ok(Parsed::Incomplete),
+        Some(b'*') => parse_multibulk(buf, limits),
+        Some(_) => parse_inline(buf),
     }
 }
 
 /// Parses a request and splits it off `buf`. `Ok(None)`: need more bytes. `Ok(Some(vec![]))`:
 /// an empty request (ignored by the caller).
 pub(crate) fn take_request(buf: &mut BytesMut, limits: &ParseLimits) -> Result<Option<Vec<Bytes>>, ProtocolError> {
-    let mut args = Vec::new();
-    Ok(take_request_into(buf, limits, &mut ArgBuffers::default(), &mut args)?.then_some(args))
-}
-
-/// Vectors [`take_request_into`] parses into, kept by a connection from one request to the next
-/// (a request allocates nothing but its arguments' share of the read buffer).
-#[derive(Debug, Default)]
-pub(crate) struct ArgBuffers {
-    spans: Vec<Arg>,
-}
-
-/// Arguments kept between requests beyond this many are given back.
-const ARGS_KEEP: usize = 256;
-
-/// [`take_request`] into `args` (cleared first), with `buffers` reused: `Ok(false)` when more
-/// bytes are needed; `Ok(true)` with no arguments for an empty request.
-pub(crate) fn take_request_into(
-    buf: &mut BytesMut,
-    limits: &ParseLimits,
-    buffers: &mut ArgBuffers,
-    args: &mut Vec<Bytes>,
-) -> Result<bool, ProtocolError> {
-    args.clear();
-    if args.capacity() > ARGS_KEEP {
-        *args = Vec::new();
+    match parse_request(buf, limits)? {
+        Parsed::Incomplete => Ok(None),
+        Parsed::Complete { consumed, args } => {
+            let frame = buf.split_to(consumed).freeze();
+            Ok(Some(
+                args.into_iter()
+                    .map(|arg| match arg {
+                        Arg::Span(range) => frame.slice(range),
+                        Arg::Owned(bytes) => Bytes::from(bytes),
+                    })
+                    .collect(),
+            ))
+        }
     }
-    let spans = &mut buffers.spans;
-    let parsed = parse_into(buf, limits, spans);
-    let consumed = match parsed {
-        Ok(Some(consumed)) => consumed,
-        Ok(None) => return Ok(false),
-        Err(err) => return Err(err),
-    };
-    let frame = buf.split_to(consumed).freeze();
-    args.extend(spans.drain(..).map(|arg| match arg {
-        Arg::Span(range) => frame.slice(range),
-        Arg::Owned(bytes) => Bytes::from(bytes),
-    }));
-    if spans.capacity() > ARGS_KEEP {
-        *spans = Vec::new();
-    }
-    Ok(true)
 }
 
 /// Position of the first `needle` before any NUL byte (C `strchr` on the NUL-terminated query
@@ -228,16 +189,16 @@ pub(crate) fn string2ll(s: &[u8]) -> Option<i64> {
     }
 }
 
-fn parse_multibulk(buf: &[u8], limits: &ParseLimits, args: &mut Vec<Arg>) -> Result<Option<usize>, ProtocolError> {
+fn parse_multibulk(buf: &[u8], limits: &ParseLimits) -> Result<Parsed, ProtocolError> {
     let Some(cr) = strchr(buf, b'\r') else {
         if buf.len() > MAX_INLINE_LEN {
             return Err(ProtocolError::TooBigMultibulkCount);
         }
-        return Ok(None);
+        return Ok(Parsed::Incomplete);
     };
     // Redis only checks that two bytes follow the `\r`, not that the second is `\n`.
     if cr + 2 > buf.len() {
-        return Ok(None);
+        return Ok(Parsed::Incomplete);
     }
     let count = match string2ll(&buf[1..cr]) {
         Some(n) if n <= i64::from(i32::MAX) && usize::try_from(n).map_or(true, |n| n <= limits.max_args) => n,
@@ -248,20 +209,20 @@ fn parse_multibulk(buf: &[u8], limits: &ParseLimits, args: &mut Vec<Arg>) -> Res
     }
     let mut pos = cr + 2;
     if count <= 0 {
-        return Ok(Some(pos));
+        return Ok(Parsed::Complete { consumed: pos, args: Vec::new() });
     }
     let count = usize::try_from(count).unwrap_or(0);
-    args.reserve(count.min(1024));
+    let mut args = Vec::with_capacity(count.min(1024));
     for _ in 0..count {
         let rest = &buf[pos..];
         let Some(cr) = strchr(rest, b'\r') else {
             if rest.len() > MAX_INLINE_LEN {
                 return Err(ProtocolError::TooBigBulkCount);
             }
-            return Ok(None);
+            return Ok(Parsed::Incomplete);
         };
         if cr + 2 > rest.len() {
-            return Ok(None);
+            return Ok(Parsed::Incomplete);
         }
         if rest[0] != b'$' {
             return Err(ProtocolError::ExpectedDollar(rest[0]));
@@ -277,25 +238,24 @@ fn parse_multibulk(buf: &[u8], limits: &ParseLimits, args: &mut Vec<Arg>) -> Res
         let start = pos + cr + 2;
         // The two bytes after the payload are skipped unchecked, like Redis does.
         if buf.len() - start < len + 2 {
-            return Ok(None);
+            return Ok(Parsed::Incomplete);
         }
         args.push(Arg::Span(start..start + len));
         pos = start + len + 2;
     }
-    Ok(Some(pos))
+    Ok(Parsed::Complete { consumed: pos, args })
 }
 
-fn parse_inline(buf: &[u8], args: &mut Vec<Arg>) -> Result<Option<usize>, ProtocolError> {
+fn parse_inline(buf: &[u8]) -> Result<Parsed, ProtocolError> {
     let Some(nl) = strchr(buf, b'\n') else {
         if buf.len() > MAX_INLINE_LEN {
             return Err(ProtocolError::TooBigInline);
         }
-        return Ok(None);
+        return Ok(Parsed::Incomplete);
     };
     let line_end = if nl > 0 && buf[nl - 1] == b'\r' { nl - 1 } else { nl };
-    let split = split_args(&buf[..line_end]).ok_or(ProtocolError::UnbalancedQuotes)?;
-    args.extend(split.into_iter().map(Arg::Owned));
-    Ok(Some(nl + 1))
+    let args = split_args(&buf[..line_end]).ok_or(ProtocolError::UnbalancedQuotes)?;
+    Ok(Parsed::Complete { consumed: nl + 1, args: args.into_iter().map(Arg::Owned).collect() })
 }
 
 /// C `isspace` in the C locale.

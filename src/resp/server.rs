@@ -371,8 +371,6 @@ async fn read_loop<R: AsyncRead + Unpin>(
     let killed = out.killed_token().clone();
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut replies = BytesMut::with_capacity(READ_CHUNK);
-    let mut arg_buffers = frame::ArgBuffers::default();
-    let mut args = Vec::new();
     loop {
         if out.pending() >= READER_PAUSE_BYTES {
             tokio::select! {
@@ -397,10 +395,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
         let mut commands = 0u64;
         loop {
             let limits = client.parse_limits(shared.config.max_bulk_len);
-            match frame::take_request_into(&mut buf, &limits, &mut arg_buffers, &mut args) {
-                Ok(false) => break,
-                Ok(true) if args.is_empty() => continue,
-                Ok(true) => {
+            match frame::take_request(&mut buf, &limits) {
+                Ok(None) => break,
+                Ok(Some(args)) if args.is_empty() => continue,
+                Ok(Some(args)) => {
                     commands += 1;
                     let mut ctx = Ctx { client: &mut *client, shared, out: &mut replies, now, deferred: None };
                     let name = cmd::execute(&mut ctx, &args);
@@ -447,8 +445,6 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 }
             }
         }
-        // The last request's arguments share the read buffer: let it be reused.
-        args.clear();
         if commands > 0 {
             shared.stats.total_commands.fetch_add(commands, Ordering::Relaxed);
             ::metrics::counter!(crate::metrics::REDIS_COMMANDS).increment(commands);
