@@ -403,6 +403,24 @@ impl Session {
     }
 
     /// The probing WebSocket went away before `5`.
+    /// The client finished an upgrade (`5` on the probed WebSocket) after the server closed the
+    /// session gracefully: the packets the close kept (a Socket.IO DISCONNECT, say) can only
+    /// reach it on that WebSocket now, its polling being paused for the upgrade. Moves them to
+    /// `out` and returns `true` in that case only.
+    pub(crate) fn take_for_closed_upgrade(&mut self, out: &mut Vec<Frame>) -> bool {
+        let upgrading =
+            self.transport == Transport::Polling && matches!(self.upgrade, Upgrade::Probing { probed: true, .. });
+        if !upgrading || !self.closed.is_some_and(CloseReason::is_graceful) {
+            return false;
+        }
+        self.upgrade = Upgrade::None;
+        self.queued_bytes = 0;
+        self.write_ends.clear();
+        out.extend(self.queue.drain(..));
+        self.release_burst_capacity();
+        true
+    }
+
     pub(crate) fn abort_upgrade(&mut self) {
         if matches!(self.upgrade, Upgrade::Probing { .. }) {
             self.upgrade = Upgrade::None;

@@ -28,7 +28,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 
 use super::connection::Connection;
 use super::endpoint::{Engine, Handler};
-use super::packet::Frame;
+use super::packet::{Frame, Packet};
 use super::packet_v3;
 use super::protocol::{Framing, Protocol};
 use super::session::{CloseReason, Inbound, TimerOutcome, Transport};
@@ -374,6 +374,15 @@ async fn probe<H: Handler>(
             Incoming::Reply(..) => continue,
             Incoming::Binary(_) | Incoming::Close => None,
         };
+        if matches!(parsed, Some(Packet::Upgrade)) {
+            let mut last = Vec::new();
+            if conn.session().lock().take_for_closed_upgrade(&mut last) {
+                let frames = last.iter().map(|f| ws_frame(conn.framing, f));
+                let _ = writer.write_frames(frames).await;
+                close_writer(&mut writer).await;
+                return;
+            }
+        }
         let outcome = match parsed {
             Some(p) => conn.session().lock().on_packet(Instant::now(), p, Transport::WebSocket),
             None => Err(CloseReason::TransportError),

@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import WebSocket from "ws";
-import { Ctx, call, sleep, waitFor, WAIT_MS } from "./harness.mjs";
+import { Ctx, call, ioswarmOnly, sleep, waitFor, WAIT_MS } from "./harness.mjs";
 
 const T = { timeout: 20_000 };
 const SEP = "\x1e";
@@ -329,6 +329,36 @@ describe("polling to websocket upgrade", () => {
     const after = await get(p.url());
     assert.equal(after.status, 400);
     ws.close();
+  });
+});
+
+// The admin API closes the connection; the reference server has no admin API.
+ioswarmOnly("a server close during a polling to websocket upgrade", () => {
+  const ctx = new Ctx();
+  let server;
+  before(async () => {
+    server = await ctx.server();
+  });
+  after(() => ctx.cleanup());
+
+  test("a server close during the upgrade: the client still gets the DISCONNECT, on the new WebSocket", T, async () => {
+    const p = await new Polling(server.url).open();
+    await p.send("40");
+    const { packet } = await p.pollUntil((x) => x.startsWith("40"));
+    const sid = JSON.parse(packet.slice(2)).sid;
+    const pending = get(p.url()); // parked GET
+    await sleep(100);
+    const ws = openWs(server.url, p.sid);
+    await ws.opened;
+    ws.send("2probe");
+    assert.equal(await ws.next(), "3probe");
+    assert.equal((await pending).text, "6");
+    // The application closes the connection while the client pauses polling to upgrade.
+    const res = await server.admin("POST", "/v1/sockets/disconnect", { nsp: "/", rooms: [sid], close: true });
+    assert.equal(res.json.affected, 1, res.text);
+    ws.send("5");
+    assert.equal(await ws.next((m) => m.startsWith("41")), "41");
+    assert.equal(await closedWithin(ws, 3000), true, "the WebSocket closes after the DISCONNECT");
   });
 });
 
