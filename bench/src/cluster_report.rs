@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use anyhow::bail;
 use serde_json::{Value, json};
 
-use crate::table::{cores, fmt, fmt_ratio, header, num, ratio, read_result, si, text, write_file};
+use crate::table::{cores, fmt, fmt_ratio, header, num, publish, ratio, read_result, si, text};
 
 #[derive(clap::Args, Debug, Clone)]
 pub(crate) struct ClusterReportArgs {
@@ -353,12 +353,8 @@ pub(crate) fn run(args: ClusterReportArgs) -> anyhow::Result<()> {
     let fanout_ratios = fanout_section(&mut md, &args, &fanout);
     converge_section(&mut md, &converge);
     let incr_ratios = incr_section(&mut md, &args, &incr);
-    print!("{md}");
-    if let Some(path) = &args.md {
-        write_file(path, &md)?;
-    }
-    if let Some(path) = &args.out {
-        let combined = json!({
+    publish(&md, args.md.as_deref(), args.out.as_deref(), || {
+        json!({
             "title": args.title,
             "machine": { "cores": cores() },
             "fanout": fanout,
@@ -366,8 +362,6 @@ pub(crate) fn run(args: ClusterReportArgs) -> anyhow::Result<()> {
             "converge": converge,
             "incr": incr,
             "incr_ratios": incr_ratios,
-        });
-        write_file(path, &serde_json::to_string_pretty(&combined)?)?;
-    }
-    Ok(())
+        })
+    })
 }

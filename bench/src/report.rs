@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::bail;
 use serde_json::{Value, json};
 
-use crate::table::{cores, fmt, fmt_ratio, header, label, num, ratio, read_result, si, text, write_file};
+use crate::table::{cores, fmt, fmt_ratio, header, label, num, publish, ratio, read_result, si, text};
 
 #[derive(clap::Args, Debug, Clone)]
 pub(crate) struct ReportArgs {
@@ -284,19 +284,16 @@ pub(crate) fn run(args: ReportArgs) -> anyhow::Result<()> {
             _ => traffic_table(&mut out, scenario, &of, &args.subject, &peers, &mut ratios),
         }
     }
-    print!("{out}");
-    if let Some(md) = &args.md {
-        write_file(md, &out)?;
-    }
-    if let Some(path) = &args.out {
-        let combined = json!({
+    publish(&out, args.md.as_deref(), args.out.as_deref(), || {
+        json!({
             "machine": machine(),
             "subject": args.subject,
             "peers": peers,
             "ratios": ratios,
             "runs": runs,
-        });
-        write_file(path, &serde_json::to_string_pretty(&combined)?)?;
+        })
+    })?;
+    if let Some(path) = &args.out {
         eprintln!("wrote {}", path.display());
     }
     Ok(())

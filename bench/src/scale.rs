@@ -28,7 +28,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::process::Command;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -39,7 +39,7 @@ use crate::pool::{Connected, Latency, Pool, Tally, Waited};
 use crate::procfs::{ProcWatch, Sample, load_average, machine_cpu_ticks, tcp_ext_counter};
 use crate::scale_worker::{ScaleEvent, ScaleReport, StepFigures};
 use crate::sio::Target;
-use crate::traffic::{new_histogram, now_us};
+use crate::traffic::{count_replies, new_histogram, now_us};
 use crate::worker::ConnectOutcome;
 
 /// What happens to the victim node after the steady phase.
@@ -233,23 +233,7 @@ pub(crate) async fn emitter(plan: EmitterPlan, step: watch::Receiver<u32>, stop:
         let reader = {
             let (replies, errors, closed) = (replies.clone(), errors.clone(), closed.clone());
             tokio::spawn(async move {
-                // Every PUBLISH reply is one line (`:N` or `-ERR …`).
-                let mut buf = vec![0u8; 16 * 1024];
-                let mut line_start = true;
-                while let Ok(n) = read.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                    for &b in &buf[..n] {
-                        if line_start && b == b'-' {
-                            errors.fetch_add(1, Ordering::Relaxed);
-                        }
-                        line_start = b == b'\n';
-                        if line_start {
-                            replies.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
+                count_replies(&mut read, &replies, &errors).await;
                 closed.cancel();
             })
         };

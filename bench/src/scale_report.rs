@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use anyhow::bail;
 use serde_json::{Value, json};
 
-use crate::table::{cores, fmt, fmt_ratio, header, label, num, ratio, read_result, si, write_file};
+use crate::table::{cores, fmt, fmt_ratio, header, label, num, publish, ratio, read_result, si};
 
 #[derive(clap::Args, Debug, Clone)]
 pub(crate) struct ScaleReportArgs {
@@ -323,21 +323,15 @@ pub(crate) fn run(args: ScaleReportArgs) -> anyhow::Result<()> {
              Chart: `scale.png`.\n"
         );
     }
-    print!("{md}");
-    if let Some(path) = &args.md {
-        write_file(path, &md)?;
-    }
-    if let Some(path) = &args.out {
-        let combined = json!({
+    publish(&md, args.md.as_deref(), args.out.as_deref(), || {
+        json!({
             "title": args.title,
             "machine": { "cores": cores() },
             "runs": runs,
             "steady_ratios": steady_ratios,
             "event_ratios": event_ratios,
-        });
-        write_file(path, &serde_json::to_string_pretty(&combined)?)?;
-    }
-    Ok(())
+        })
+    })
 }
 
 #[cfg(test)]

@@ -24,14 +24,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use fastwebsockets::{Frame, OpCode};
+use fastwebsockets::Frame;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::sio::{Client, ClientOptions, HoldEnd, Mode, Target, send_text};
+use crate::sio::{Client, ClientOptions, HoldEnd, Mode, Target, on_held_frame};
 use crate::traffic::{new_histogram, now_us, number_after};
 use crate::worker::{ConnectOutcome, ConnectStats, MAX_SOCKETS_PER_WORKER, emit, stdin_commands};
 
@@ -641,32 +641,19 @@ async fn hold(client: &mut Client, local: usize, node: usize, shared: &Shared, s
                 return HoldEnd::Stopped;
             }
             frame = client.ws.read_frame() => {
-                let frame = match frame {
-                    Ok(frame) => frame,
-                    Err(_) => return HoldEnd::Dropped("read error"),
-                };
-                match frame.opcode {
-                    OpCode::Close => return HoldEnd::Dropped("websocket close"),
-                    OpCode::Text => {
-                        let payload: &[u8] = &frame.payload;
-                        if payload == b"2" {
-                            if send_text(&mut client.ws, "3").await.is_err() {
-                                return HoldEnd::Dropped("write error");
-                            }
-                        } else if payload.starts_with(b"42[\"msg\"") {
-                            match parse_scale_msg(payload) {
-                                Some(msg) => shared.received(local, node, msg),
-                                None => {
-                                    shared.malformed.fetch_add(1, Ordering::Relaxed);
-                                }
-                            }
-                        } else if payload.first() == Some(&b'1') {
-                            return HoldEnd::Dropped("engine.io close");
-                        } else if payload.starts_with(b"41") {
-                            return HoldEnd::Dropped("socket.io disconnect");
+                let on_packet = |payload: &[u8]| {
+                    if !payload.starts_with(b"42[\"msg\"") {
+                        return;
+                    }
+                    match parse_scale_msg(payload) {
+                        Some(msg) => shared.received(local, node, msg),
+                        None => {
+                            shared.malformed.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    _ => {}
+                };
+                if let Some(end) = on_held_frame(&mut client.ws, frame, None, on_packet).await {
+                    return end;
                 }
             }
         }

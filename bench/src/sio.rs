@@ -116,6 +116,37 @@ pub(crate) enum HoldEnd {
     Dropped(&'static str),
 }
 
+/// Acts on one frame a client holding its connection read: answers a ping (counted in
+/// `pings`), ends the hold on a close or a disconnect, and hands any other text packet to
+/// `on_packet`. Returns why the hold ends, if it does.
+pub(crate) async fn on_held_frame(
+    ws: &mut Ws,
+    frame: Result<Frame<'_>, fastwebsockets::WebSocketError>,
+    pings: Option<&std::sync::atomic::AtomicU64>,
+    on_packet: impl FnOnce(&[u8]),
+) -> Option<HoldEnd> {
+    let frame = match frame {
+        Ok(frame) => frame,
+        Err(_) => return Some(HoldEnd::Dropped("read error")),
+    };
+    match frame.opcode {
+        OpCode::Close => Some(HoldEnd::Dropped("websocket close")),
+        OpCode::Text if &frame.payload[..] == b"2" => {
+            if let Some(pings) = pings {
+                pings.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            send_text(ws, "3").await.is_err().then_some(HoldEnd::Dropped("write error"))
+        }
+        OpCode::Text if frame.payload.first() == Some(&b'1') => Some(HoldEnd::Dropped("engine.io close")),
+        OpCode::Text if frame.payload.starts_with(b"41") => Some(HoldEnd::Dropped("socket.io disconnect")),
+        OpCode::Text => {
+            on_packet(&frame.payload);
+            None
+        }
+        _ => None,
+    }
+}
+
 /// One connected Socket.IO client on the websocket transport.
 pub(crate) struct Client {
     pub(crate) ws: Ws,
@@ -330,26 +361,8 @@ impl Client {
                     return HoldEnd::Stopped;
                 }
                 frame = self.ws.read_frame() => {
-                    let frame = match frame {
-                        Ok(frame) => frame,
-                        Err(_) => return HoldEnd::Dropped("read error"),
-                    };
-                    match frame.opcode {
-                        OpCode::Close => return HoldEnd::Dropped("websocket close"),
-                        OpCode::Text => {
-                            let payload: &[u8] = &frame.payload;
-                            if payload == b"2" {
-                                pings.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                if send_text(&mut self.ws, "3").await.is_err() {
-                                    return HoldEnd::Dropped("write error");
-                                }
-                            } else if payload.first() == Some(&b'1') {
-                                return HoldEnd::Dropped("engine.io close");
-                            } else if payload.starts_with(b"41") {
-                                return HoldEnd::Dropped("socket.io disconnect");
-                            }
-                        }
-                        _ => {}
+                    if let Some(end) = on_held_frame(&mut self.ws, frame, Some(pings), |_| {}).await {
+                        return end;
                     }
                 }
             }

@@ -67,6 +67,24 @@ pub(crate) fn write_file(path: &Path, content: &str) -> anyhow::Result<()> {
     std::fs::write(path, content).with_context(|| format!("writing {}", path.display()))
 }
 
+/// Prints a report's Markdown and writes it to `md` and its JSON (made only when asked for)
+/// to `out`, where given.
+pub(crate) fn publish(
+    text: &str,
+    md: Option<&Path>,
+    out: Option<&Path>,
+    json: impl FnOnce() -> serde_json::Value,
+) -> anyhow::Result<()> {
+    print!("{text}");
+    if let Some(path) = md {
+        write_file(path, text)?;
+    }
+    if let Some(path) = out {
+        write_file(path, &serde_json::to_string_pretty(&json())?)?;
+    }
+    Ok(())
+}
+
 /// CPU cores of this machine (0 when unknown).
 pub(crate) fn cores() -> usize {
     std::thread::available_parallelism().map_or(0, usize::from)

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::sio::{Client, HoldEnd, send_text};
+use crate::sio::{Client, HoldEnd, on_held_frame, send_text};
 
 /// Largest latency the histograms hold (1 hour, in µs); longer ones are clamped.
 const MAX_LATENCY_US: u64 = 3_600_000_000;
@@ -246,39 +246,49 @@ pub(crate) async fn run_client(
                 next_send = send_at.map(|at| (at + period).max(now));
             }
             frame = client.ws.read_frame() => {
-                let frame = match frame {
-                    Ok(frame) => frame,
-                    Err(_) => return HoldEnd::Dropped("read error"),
-                };
-                match frame.opcode {
-                    OpCode::Close => return HoldEnd::Dropped("websocket close"),
-                    OpCode::Text => {
-                        let payload: &[u8] = &frame.payload;
-                        if payload == b"2" {
-                            pings.fetch_add(1, Ordering::Relaxed);
-                            if send_text(&mut client.ws, "3").await.is_err() {
-                                return HoldEnd::Dropped("write error");
-                            }
-                        } else if payload.starts_with(b"42[\"msg\"") {
-                            match parse_msg(payload) {
-                                Some(msg) => {
-                                    let last = last_seq.entry(msg.seq >> 32).or_insert(u64::MAX);
-                                    let mut prev = (*last != u64::MAX).then_some(*last);
-                                    rec.received(msg, &mut prev);
-                                    *last = prev.unwrap_or(u64::MAX);
-                                }
-                                None => {
-                                    rec.malformed.fetch_add(1, Ordering::Relaxed);
-                                }
-                            }
-                        } else if payload.first() == Some(&b'1') {
-                            return HoldEnd::Dropped("engine.io close");
-                        } else if payload.starts_with(b"41") {
-                            return HoldEnd::Dropped("socket.io disconnect");
+                let on_packet = |payload: &[u8]| {
+                    if !payload.starts_with(b"42[\"msg\"") {
+                        return;
+                    }
+                    match parse_msg(payload) {
+                        Some(msg) => {
+                            let last = last_seq.entry(msg.seq >> 32).or_insert(u64::MAX);
+                            let mut prev = (*last != u64::MAX).then_some(*last);
+                            rec.received(msg, &mut prev);
+                            *last = prev.unwrap_or(u64::MAX);
+                        }
+                        None => {
+                            rec.malformed.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    _ => {}
+                };
+                if let Some(end) = on_held_frame(&mut client.ws, frame, Some(pings), on_packet).await {
+                    return end;
                 }
+            }
+        }
+    }
+}
+
+/// Counts the replies to PUBLISH on `read` (each one line, `:N` or `-ERR …`) until it ends.
+pub(crate) async fn count_replies(
+    read: &mut (impl tokio::io::AsyncRead + Unpin),
+    replies: &AtomicU64,
+    errors: &AtomicU64,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut line_start = true;
+    while let Ok(n) = read.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        for &b in &buf[..n] {
+            if line_start && b == b'-' {
+                errors.fetch_add(1, Ordering::Relaxed);
+            }
+            line_start = b == b'\n';
+            if line_start {
+                replies.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -462,25 +472,7 @@ pub(crate) async fn redis_publisher(
     let errors = std::sync::Arc::new(AtomicU64::new(0));
     let reader = {
         let (replies, errors) = (replies.clone(), errors.clone());
-        tokio::spawn(async move {
-            // Every PUBLISH reply is one line (`:N` or `-ERR …`).
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut line_start = true;
-            while let Ok(n) = read.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-                for &b in &buf[..n] {
-                    if line_start && b == b'-' {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                    line_start = b == b'\n';
-                    if line_start {
-                        replies.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        })
+        tokio::spawn(async move { count_replies(&mut read, &replies, &errors).await })
     };
     let channel = format!("socket.io#/#{room}#");
     let mut seq: u64 = 0;
