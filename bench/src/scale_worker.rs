@@ -213,6 +213,40 @@ struct Shared {
 }
 
 impl Shared {
+    /// The state of `nodes` targets, `rooms` rooms and `emitters` emitters, with one client per
+    /// room in `rooms_of` (none connected yet).
+    fn new(nodes: usize, rooms: usize, emitters: usize, rooms_of: impl Iterator<Item = usize>) -> Self {
+        let client = |room| ClientState {
+            room,
+            next: vec![0; emitters],
+            lost: vec![0; emitters],
+            lost_on: vec![0; nodes],
+            connected: false,
+            started: false,
+            moved: false,
+        };
+        Shared {
+            nodes,
+            rooms,
+            connected: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
+            connects: ConnectStats::default(),
+            received: AtomicU64::new(0),
+            drops: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            reconnect_failures: AtomicU64::new(0),
+            first_drop_us: AtomicU64::new(u64::MAX),
+            last_reconnect_us: AtomicU64::new(0),
+            reordered: AtomicU64::new(0),
+            malformed: AtomicU64::new(0),
+            drop_reasons: Mutex::default(),
+            clients: Mutex::new(rooms_of.map(client).collect()),
+            steps: Mutex::default(),
+            reconnect_hist: Mutex::new(
+                Histogram::new_with_bounds(1, MAX_RECONNECT_MS, 3).unwrap_or_else(|_| unreachable!("valid bounds")),
+            ),
+        }
+    }
+
     /// Client `local` is now connected to `node` (`up`) or no longer; `dropped`: by the server or
     /// the network (it has moved).
     fn set_connected(&self, local: usize, node: usize, up: bool, dropped: bool) {
@@ -449,38 +483,12 @@ async fn run_async(args: ScaleWorkerArgs) -> anyhow::Result<()> {
         randomization: args.randomization.clamp(0.0, 1.0),
     });
     let nodes = plan.targets.len();
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(Shared::new(
         nodes,
-        rooms: args.rooms,
-        connected: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
-        connects: ConnectStats::default(),
-        received: AtomicU64::new(0),
-        drops: AtomicU64::new(0),
-        reconnects: AtomicU64::new(0),
-        reconnect_failures: AtomicU64::new(0),
-        first_drop_us: AtomicU64::new(u64::MAX),
-        last_reconnect_us: AtomicU64::new(0),
-        reordered: AtomicU64::new(0),
-        malformed: AtomicU64::new(0),
-        drop_reasons: Mutex::default(),
-        clients: Mutex::new(
-            (0..args.clients)
-                .map(|n| ClientState {
-                    room: (args.first_index + n) % args.rooms,
-                    next: vec![0; args.emitters],
-                    lost: vec![0; args.emitters],
-                    lost_on: vec![0; nodes],
-                    connected: false,
-                    started: false,
-                    moved: false,
-                })
-                .collect(),
-        ),
-        steps: Mutex::default(),
-        reconnect_hist: Mutex::new(
-            Histogram::new_with_bounds(1, MAX_RECONNECT_MS, 3).unwrap_or_else(|_| unreachable!("valid bounds")),
-        ),
-    });
+        args.rooms,
+        args.emitters,
+        (0..args.clients).map(|n| (args.first_index + n) % args.rooms),
+    ));
     let stop = CancellationToken::new();
     let (mut stdin, mut commands) = stdin_commands("scale worker", parse_report);
     let started = Instant::now();
@@ -700,43 +708,7 @@ mod tests {
 
     #[test]
     fn gaps_and_stream_tails_count_as_lost() {
-        let shared = Shared {
-            nodes: 1,
-            rooms: 2,
-            connected: vec![AtomicU64::new(0)],
-            connects: ConnectStats::default(),
-            received: AtomicU64::new(0),
-            drops: AtomicU64::new(0),
-            reconnects: AtomicU64::new(0),
-            reconnect_failures: AtomicU64::new(0),
-            first_drop_us: AtomicU64::new(u64::MAX),
-            last_reconnect_us: AtomicU64::new(0),
-            reordered: AtomicU64::new(0),
-            malformed: AtomicU64::new(0),
-            drop_reasons: Mutex::default(),
-            clients: Mutex::new(vec![
-                ClientState {
-                    room: 0,
-                    next: vec![0; 2],
-                    lost: vec![0; 2],
-                    lost_on: vec![0; 1],
-                    connected: false,
-                    started: false,
-                    moved: false,
-                },
-                ClientState {
-                    room: 1,
-                    next: vec![0; 2],
-                    lost: vec![0; 2],
-                    lost_on: vec![0; 1],
-                    connected: false,
-                    started: false,
-                    moved: false,
-                },
-            ]),
-            steps: Mutex::default(),
-            reconnect_hist: Mutex::new(new_histogram()),
-        };
+        let shared = Shared::new(1, 2, 2, [0, 1].into_iter());
         shared.set_connected(0, 0, true, false);
         shared.set_connected(1, 0, true, false);
         let msg = |emitter, seq| ScaleMsg { step: 1, emitter, seq, sent_us: now_us() };
