@@ -418,6 +418,9 @@ impl Session {
         self.write_ends.clear();
         out.extend(self.queue.drain(..));
         self.release_burst_capacity();
+        // The client got its last packets on the WebSocket and polls no more: no GET is owed
+        // an answer, so the session need not linger for one (it held a node's shutdown).
+        self.final_poll_reply = None;
         true
     }
 
@@ -997,6 +1000,24 @@ mod tests {
         let mut out = Vec::new();
         err.drain_for_websocket(&mut out);
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_closed_session_whose_last_packets_left_on_the_upgrade_owes_no_get_an_answer() {
+        let t0 = Instant::now();
+        let mut s = polling(t0);
+        s.begin_upgrade(t0).expect("upgrade starts");
+        assert_eq!(
+            s.on_packet(t0, Packet::Ping(Bytes::from_static(b"probe")), Transport::WebSocket),
+            Ok(Inbound::ProbeReply)
+        );
+        s.enqueue(&[Frame::message(b"41")], false);
+        s.close(CloseReason::ServerClose);
+        assert!(s.accepts_requests(), "the packets wait for the upgrade or a GET");
+        let mut out = Vec::new();
+        assert!(s.take_for_closed_upgrade(&mut out));
+        assert_eq!(out, vec![Frame::message(b"41")]);
+        assert!(!s.accepts_requests(), "nothing is left for a GET: the session can go at once");
     }
 
     #[test]
