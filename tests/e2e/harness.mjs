@@ -181,13 +181,39 @@ export class Ctx {
   }
 }
 
-/** Resolves on `connect`, rejects on `connect_error` or after `ms`. */
+/**
+ * Records what the Engine.IO connection behind `socket` sent and received, and its transport
+ * changes, so that a test that waits in vain can say where the connection stopped. Returns a
+ * function that gives the record as text.
+ */
+function engineTrace(socket) {
+  const t0 = Date.now();
+  const events = [];
+  const note = (what) => events.length < 200 && events.push(`+${Date.now() - t0}ms ${what}`);
+  const packet = (p) => `${p.type} ${typeof p.data === "string" ? p.data.slice(0, 80) : p.data === undefined ? "" : "<binary>"}`;
+  const watch = (engine) => {
+    if (!engine || engine.__traced) return;
+    engine.__traced = true;
+    engine.on("packet", (p) => note(`<- ${packet(p)} (${engine.transport?.name})`));
+    engine.on("packetCreate", (p) => note(`-> ${packet(p)} (${engine.transport?.name})`));
+    engine.on("upgrading", (t) => note(`upgrading to ${t?.name}`));
+    engine.on("upgrade", (t) => note(`upgraded to ${t?.name}`));
+    engine.on("upgradeError", (e) => note(`upgrade error: ${e?.message}`));
+    engine.on("close", (reason, detail) => note(`engine closed: ${reason} ${detail?.message ?? ""}`));
+  };
+  watch(socket.io?.engine);
+  socket.io?.on?.("open", () => watch(socket.io.engine));
+  return () => `transport ${socket.io?.engine?.transport?.name}, engine ${socket.io?.engine?.readyState}; ${events.join("; ")}`;
+}
+
+/** Resolves on `connect`, rejects on `connect_error` or after `ms` (saying what the engine did). */
 export function connected(socket, ms = WAIT_MS) {
   if (socket.connected) return Promise.resolve(socket);
+  const trace = engineTrace(socket);
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
       cleanup();
-      reject(new Error(`no connect within ${ms} ms`));
+      reject(new Error(`no connect within ${ms} ms: ${trace()}`));
     }, ms);
     const onConnect = () => {
       cleanup();
