@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import { generateKeyPairSync } from "node:crypto";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
+import net from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { after, afterEach, before, describe, test } from "node:test";
@@ -356,13 +357,18 @@ ioswarmOnly("[auth] connect_hook: down, after a JWT, bounded concurrency", () =>
   after(() => hook.close());
 
   test("a hook that is down refuses with auth unavailable", T, async () => {
-    const closed = http.createServer();
-    await new Promise((resolve) => closed.listen(0, "127.0.0.1", resolve));
-    const port = closed.address().port;
-    await new Promise((resolve) => closed.close(resolve));
-    const server = await ctx.server({ flags: config("[auth]", `connect_hook = "http://127.0.0.1:${port}/auth"`) });
-    assert.equal(await refused(ctx, server.url, { auth: {} }), "auth unavailable");
-    assert.ok((await metric(server, 'ioswarm_auth_hook_requests_total{result="unreachable"}')) >= 1);
+    // Down: it drops every connection unanswered. (A closed port is not used: another listener,
+    // the node's own included, may take it between the close and the request.)
+    const down = net.createServer((socket) => socket.destroy());
+    await new Promise((resolve) => down.listen(0, "127.0.0.1", resolve));
+    const port = down.address().port;
+    try {
+      const server = await ctx.server({ flags: config("[auth]", `connect_hook = "http://127.0.0.1:${port}/auth"`) });
+      assert.equal(await refused(ctx, server.url, { auth: {} }), "auth unavailable");
+      assert.ok((await metric(server, 'ioswarm_auth_hook_requests_total{result="unreachable"}')) >= 1);
+    } finally {
+      await new Promise((resolve) => down.close(resolve));
+    }
   });
 
   test("after a JWT, the hook gets the claims and its data is merged over them", T, async () => {
