@@ -32,10 +32,24 @@ pub(crate) const ENGINE_EIO3_CONNECTIONS: &str = "ioswarm_engine_eio3_connection
 pub(crate) const ENGINE_CONNECTIONS_OPENED: &str = "ioswarm_engine_connections_opened_total";
 /// Counter: Engine.IO sessions closed. Labels: [`label::REASON`] = [`crate::engineio::CloseReason::label`].
 pub(crate) const ENGINE_CONNECTIONS_CLOSED: &str = "ioswarm_engine_connections_closed_total";
+/// Gauge, sampled when `/metrics` is read: packets waiting in the sessions' send queues, summed
+/// over every session (what senders queued and no transport has taken yet).
+pub(crate) const ENGINE_QUEUED_PACKETS: &str = "ioswarm_engine_queued_packets";
+/// Gauge, sampled when `/metrics` is read: bytes of [`ENGINE_QUEUED_PACKETS`].
+pub(crate) const ENGINE_QUEUED_BYTES: &str = "ioswarm_engine_queued_bytes";
 /// Counter: completed polling → websocket upgrades.
 pub(crate) const ENGINE_UPGRADES: &str = "ioswarm_engine_upgrades_total";
 /// Counter: HTTP requests on the Engine.IO path. Labels: [`label::KIND`] = [`crate::engineio::RequestKind::label`].
 pub(crate) const ENGINE_HTTP_REQUESTS: &str = "ioswarm_engine_http_requests_total";
+
+// ---- Runtime ---------------------------------------------------------------------------------
+
+/// Gauge, sampled when `/metrics` is read: tokio tasks alive in the node's runtime (one per
+/// session, connection and timer-driven job; a leak of tasks shows here).
+pub(crate) const RUNTIME_TASKS: &str = "ioswarm_runtime_tasks";
+/// Gauge, sampled when `/metrics` is read: tasks waiting in the runtime's global run queue
+/// (woken, not yet picked up by a worker thread).
+pub(crate) const RUNTIME_QUEUE_DEPTH: &str = "ioswarm_runtime_queue_depth";
 
 // ---- Socket.IO -------------------------------------------------------------------------------
 
@@ -75,6 +89,9 @@ pub(crate) const EMITTER_MESSAGES: &str = "ioswarm_emitter_messages_total";
 
 /// Gauge: open Redis-protocol connections.
 pub(crate) const REDIS_CONNECTIONS: &str = "ioswarm_redis_connections";
+/// Gauge, sampled when `/metrics` is read: bytes waiting in the output buffers of Redis-protocol
+/// subscribers (each subscriber counted once).
+pub(crate) const REDIS_OUTPUT_BYTES: &str = "ioswarm_redis_output_bytes";
 /// Counter: Redis-protocol connections accepted.
 pub(crate) const REDIS_CONNECTIONS_OPENED: &str = "ioswarm_redis_connections_opened_total";
 /// Counter: connections refused because `max_clients` was reached.
@@ -95,6 +112,9 @@ pub(crate) const CLUSTER_PEERS: &str = "ioswarm_cluster_peers";
 pub(crate) const CLUSTER_FORWARDED_MESSAGES: &str = "ioswarm_cluster_forwarded_messages_total";
 /// Counter: bytes of broadcasts forwarded to other nodes. Labels: `peer` (node id).
 pub(crate) const CLUSTER_FORWARDED_BYTES: &str = "ioswarm_cluster_forwarded_bytes_total";
+/// Gauge, sampled when `/metrics` is read: messages waiting in the ordered queue to a peer
+/// (forwarded broadcasts, gossip). Labels: `peer`.
+pub(crate) const CLUSTER_PEER_QUEUE: &str = "ioswarm_cluster_peer_queue";
 /// Counter: broadcasts not forwarded because the peer's queue was full. Labels: `peer`.
 pub(crate) const CLUSTER_FORWARD_DROPPED: &str = "ioswarm_cluster_forward_dropped_total";
 /// Counter: broadcasts received from other nodes.
@@ -187,6 +207,10 @@ pub(crate) const ALL: &[MetricDef] = {
         def(ENGINE_CONNECTIONS_OPENED, Counter, "Engine.IO sessions opened."),
         def(ENGINE_CONNECTIONS_CLOSED, Counter, "Engine.IO sessions closed, by reason."),
         def(ENGINE_UPGRADES, Counter, "Polling to websocket upgrades completed."),
+        def(ENGINE_QUEUED_PACKETS, Gauge, "Packets waiting in the sessions' send queues (sampled at scrape)."),
+        def(ENGINE_QUEUED_BYTES, Gauge, "Bytes waiting in the sessions' send queues (sampled at scrape)."),
+        def(RUNTIME_TASKS, Gauge, "Tokio tasks alive in the node's runtime (sampled at scrape)."),
+        def(RUNTIME_QUEUE_DEPTH, Gauge, "Tasks waiting in the runtime's global run queue (sampled at scrape)."),
         def(ENGINE_HTTP_REQUESTS, Counter, "HTTP requests on the Engine.IO path, by kind."),
         def(SOCKETIO_SOCKETS, Gauge, "Sockets connected to a namespace."),
         def(SOCKETIO_CONNECTS, Counter, "Namespace connects accepted."),
@@ -203,6 +227,11 @@ pub(crate) const ALL: &[MetricDef] = {
         def(ACKS_TIMED_OUT, Counter, "Server emits whose ack timed out."),
         def(EMITTER_MESSAGES, Counter, "Messages on socket.io emitter channels, by result."),
         def(REDIS_CONNECTIONS, Gauge, "Open Redis-protocol connections."),
+        def(
+            REDIS_OUTPUT_BYTES,
+            Gauge,
+            "Bytes waiting in Redis-protocol subscribers' output buffers (sampled at scrape).",
+        ),
         def(REDIS_CONNECTIONS_OPENED, Counter, "Redis-protocol connections accepted."),
         def(REDIS_CONNECTIONS_REJECTED, Counter, "Redis-protocol connections refused at max clients."),
         def(REDIS_COMMANDS, Counter, "Redis-protocol commands executed."),
@@ -213,6 +242,7 @@ pub(crate) const ALL: &[MetricDef] = {
         def(CLUSTER_FORWARDED_MESSAGES, Counter, "Broadcasts forwarded to other nodes, by peer."),
         def(CLUSTER_FORWARDED_BYTES, Counter, "Bytes of broadcasts forwarded to other nodes, by peer."),
         def(CLUSTER_FORWARD_DROPPED, Counter, "Broadcasts not forwarded because a peer's queue was full, by peer."),
+        def(CLUSTER_PEER_QUEUE, Gauge, "Messages waiting in the ordered queue to a peer, by peer (sampled at scrape)."),
         def(CLUSTER_RECEIVED_BROADCASTS, Counter, "Broadcasts received from other nodes."),
         def(CLUSTER_REQUESTS, Counter, "Cluster-wide requests sent to peers, by result."),
         def(CLUSTER_RELAYED_REQUESTS, Counter, "Requests of sessions held by another node relayed there, by result."),
@@ -294,6 +324,7 @@ pub(crate) const LABELS: &[LabelDef] = &[
     labels(CLUSTER_FORWARDED_MESSAGES, label::PEER, Vec::new),
     labels(CLUSTER_FORWARDED_BYTES, label::PEER, Vec::new),
     labels(CLUSTER_FORWARD_DROPPED, label::PEER, Vec::new),
+    labels(CLUSTER_PEER_QUEUE, label::PEER, Vec::new),
     labels(CLUSTER_REQUESTS, label::RESULT, || vec!["ok", "missing"]),
     // cluster::relay's `count` and `serve`: keep in step with them.
     labels(CLUSTER_RELAYED_REQUESTS, label::RESULT, || vec!["ok", "owner_gone", "busy", "timeout"]),
@@ -434,6 +465,47 @@ impl HookResult {
             Self::Unreachable => "unreachable",
             Self::BadReply => "bad_reply",
             Self::QueueFull => "queue_full",
+        }
+    }
+}
+
+/// The gauges sampled when `/metrics` is read rather than kept up to date on every change:
+/// queue depths and task counts, which would otherwise cost a shared counter in every send.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Sampled {
+    /// [`RUNTIME_TASKS`].
+    pub(crate) tasks: usize,
+    /// [`RUNTIME_QUEUE_DEPTH`].
+    pub(crate) runtime_queue: usize,
+    /// [`ENGINE_QUEUED_PACKETS`] and [`ENGINE_QUEUED_BYTES`].
+    pub(crate) engine_queued: (usize, usize),
+    /// [`REDIS_OUTPUT_BYTES`].
+    pub(crate) redis_output_bytes: usize,
+    /// [`CLUSTER_PEER_QUEUE`], by peer.
+    pub(crate) peer_queues: Vec<(u64, usize)>,
+}
+
+impl Sampled {
+    /// The runtime's figures, from the runtime this is called on (zeros outside one).
+    pub(crate) fn runtime() -> (usize, usize) {
+        tokio::runtime::Handle::try_current()
+            .map(|h| {
+                let m = h.metrics();
+                (m.num_alive_tasks(), m.global_queue_depth())
+            })
+            .unwrap_or_default()
+    }
+
+    /// Sets the gauges.
+    #[allow(clippy::cast_precision_loss)]
+    pub(crate) fn record(&self) {
+        metrics::gauge!(RUNTIME_TASKS).set(self.tasks as f64);
+        metrics::gauge!(RUNTIME_QUEUE_DEPTH).set(self.runtime_queue as f64);
+        metrics::gauge!(ENGINE_QUEUED_PACKETS).set(self.engine_queued.0 as f64);
+        metrics::gauge!(ENGINE_QUEUED_BYTES).set(self.engine_queued.1 as f64);
+        metrics::gauge!(REDIS_OUTPUT_BYTES).set(self.redis_output_bytes as f64);
+        for (peer, depth) in &self.peer_queues {
+            metrics::gauge!(CLUSTER_PEER_QUEUE, label::PEER => peer.to_string()).set(*depth as f64);
         }
     }
 }

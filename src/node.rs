@@ -236,6 +236,7 @@ impl Node {
             RedisConfig { requirepass: config.requirepass.clone(), kv, tls: redis_tls, ..RedisConfig::default() };
         // The Redis port has its own stop and tasks: it closes before the node leaves the cluster.
         let redis_stop = RedisStop { token: shutdown.token().child_token(), tasks: TaskTracker::new() };
+        let broker_for_scrape = broker.clone();
         shutdown.spawn(crate::resp::serve(
             redis,
             broker,
@@ -257,7 +258,9 @@ impl Node {
             None => AdminApi::new(io.clone()),
         }
         .with_presence(presence);
-        let options = AdminOptions { token: config.admin_token.clone(), draining: draining.clone() };
+        let sample = sample_gauges(io.clone(), broker_for_scrape, cluster.as_ref().map(|n| n.transport().clone()));
+        let options =
+            AdminOptions { token: config.admin_token.clone(), draining: draining.clone(), sample: Some(sample) };
         shutdown.spawn(crate::admin::serve(admin, metrics, Arc::new(api), options, shutdown.token().clone()));
         tracing::info!(
             socketio = %addrs.socketio, admin = %addrs.admin, redis = %addrs.redis, path = %config.path,
@@ -481,6 +484,27 @@ fn socketio_config(config: &Config, capacity: usize) -> SocketIoConfig {
 
 /// Binds the cluster endpoint, starts raft and the runtime, then bootstraps a new cluster (no
 /// `--join`) or joins through the `--join` addresses.
+/// What `/metrics` samples on each read (see [`crate::metrics::Sampled`]): the runtime's tasks
+/// and global queue, the sessions' send queues, the subscribers' output buffers, the queues to
+/// the cluster's peers.
+fn sample_gauges(
+    io: Server,
+    broker: Arc<Broker>,
+    transport: Option<crate::cluster::transport::Transport>,
+) -> Arc<dyn Fn() + Send + Sync> {
+    Arc::new(move || {
+        let (tasks, runtime_queue) = crate::metrics::Sampled::runtime();
+        crate::metrics::Sampled {
+            tasks,
+            runtime_queue,
+            engine_queued: io.engine().queued(),
+            redis_output_bytes: broker.subscriber_output_bytes(),
+            peer_queues: transport.as_ref().map(crate::cluster::transport::Transport::queue_depths).unwrap_or_default(),
+        }
+        .record();
+    })
+}
+
 async fn start_cluster(
     config: &Config,
     node_id: u64,

@@ -629,6 +629,7 @@ async fn slow_subscriber_is_disconnected_like_redis() {
     let redis = RedisServer::start(&["--client-output-buffer-limit", "pubsub 262144 0 0"]);
     let payload = vec![b'x'; 64 * 1024];
     let mut keep = Vec::new();
+    let mut peak_output = 0;
     for addr in [redis.addr, ours.addr] {
         let mut slow = Conn::open(addr).await;
         slow.send(b"SUBSCRIBE ch\r\n").await;
@@ -641,6 +642,10 @@ async fn slow_subscriber_is_disconnected_like_redis() {
         for i in 0..400 {
             publisher.send(&cmd(&[b"PUBLISH", b"ch", &payload])).await;
             let Value::Int(n) = publisher.reply().await.value else { panic!("PUBLISH reply") };
+            if addr == ours.addr {
+                // What the slow subscriber does not read waits in its output buffer, on the gauge.
+                peak_output = peak_output.max(ours.broker.subscriber_output_bytes());
+            }
             let msg = fast.reply().await;
             assert!(matches!(&msg.value, Value::Agg(_, items) if items.len() == 3), "fast subscriber, message {i}");
             if n == 1 {
@@ -671,6 +676,15 @@ async fn slow_subscriber_is_disconnected_like_redis() {
     }
     assert_eq!(ours.broker.numsub(b"ch"), 1);
     assert_eq!(ours.broker.clients_killed(), 1);
+    assert!(peak_output > payload.len(), "the slow subscriber's output showed: peak {peak_output}");
+    // The killed subscriber's buffer is gone with it and the fast one read everything.
+    for _ in 0..100 {
+        if ours.broker.subscriber_output_bytes() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(ours.broker.subscriber_output_bytes(), 0);
     for (fast, _) in &mut keep {
         fast.send(b"PING\r\n").await;
         assert_eq!(fast.reply().await.raw, b"*2\r\n$4\r\npong\r\n$0\r\n\r\n");

@@ -115,6 +115,11 @@ fn client_relay_reaches_room_members_on_every_node_exactly_once() {
     assert!(forwarded >= 2.0, "node 1 counts forwarded messages: {forwarded}");
     let bytes = metric_sum(&metrics, "ioswarm_cluster_forwarded_bytes_total");
     assert!(bytes > 0.0, "node 1 counts forwarded bytes: {bytes}");
+    // The queue to each peer is sampled on the read, one series per peer.
+    for peer in [2, 3] {
+        let series = format!("\nioswarm_cluster_peer_queue{{peer=\"{peer}\"}} ");
+        assert!(metrics.contains(&series), "node 1 lists its queue to node {peer}:\n{metrics}");
+    }
 }
 
 #[test]

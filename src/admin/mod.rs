@@ -100,6 +100,9 @@ pub struct AdminOptions {
     /// Cancelled when the node starts draining: `/healthz` answers 503 from then on, so a load
     /// balancer takes the node out while it still serves its clients.
     pub draining: CancellationToken,
+    /// Run before every `/metrics` render: sets the gauges sampled at scrape time (queue depths,
+    /// task counts) rather than kept up to date on every change.
+    pub sample: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 // Hand-written so that logging the options never prints the token.
@@ -108,6 +111,7 @@ impl std::fmt::Debug for AdminOptions {
         f.debug_struct("AdminOptions")
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("draining", &self.draining.is_cancelled())
+            .field("sample", &self.sample.is_some())
             .finish()
     }
 }
@@ -222,7 +226,12 @@ async fn respond(ctx: &Ctx, req: Request<Incoming>) -> Response<Bytes> {
             response(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "shutting down")
         }
         "/healthz" => response(StatusCode::OK, "text/plain", "ok"),
-        "/metrics" => response(StatusCode::OK, PROMETHEUS_CONTENT_TYPE, ctx.handle.render()),
+        "/metrics" => {
+            if let Some(sample) = &ctx.options.sample {
+                sample();
+            }
+            response(StatusCode::OK, PROMETHEUS_CONTENT_TYPE, ctx.handle.render())
+        }
         _ if !ctx.authorized(&req) => {
             let mut resp = json_error(StatusCode::UNAUTHORIZED, "unauthorized: this route needs the admin token");
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -366,6 +375,24 @@ mod tests {
         assert!(head.contains("text/plain; version=0.0.4"), "{head}");
         assert!(body.contains("# TYPE ioswarm_engine_upgrades_total counter"), "{body}");
         assert!(body.contains("ioswarm_engine_upgrades_total 3"), "{body}");
+        s.shutdown.cancel();
+        s.task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn every_metrics_read_samples_the_gauges_first() {
+        let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = reads.clone();
+        let sample: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        });
+        let s = start_with(test_handle(), AdminOptions { sample: Some(sample), ..AdminOptions::default() }).await;
+        for expected in [1, 2] {
+            assert_eq!(request(s.addr, &get("/metrics")).await.0, 200);
+            assert_eq!(reads.load(std::sync::atomic::Ordering::SeqCst), expected);
+        }
+        assert_eq!(request(s.addr, &get("/healthz")).await.0, 200);
+        assert_eq!(reads.load(std::sync::atomic::Ordering::SeqCst), 2, "only /metrics samples");
         s.shutdown.cancel();
         s.task.await.unwrap();
     }

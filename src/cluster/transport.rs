@@ -567,6 +567,19 @@ impl Transport {
         infos
     }
 
+    /// Frames waiting in the ordered queue to each known peer, by peer id (ascending).
+    pub fn queue_depths(&self) -> Vec<(NodeId, usize)> {
+        let mut depths: Vec<(NodeId, usize)> = self
+            .inner
+            .peers
+            .lock()
+            .values()
+            .map(|peer| (peer.id, peer.queue.max_capacity() - peer.queue.capacity()))
+            .collect();
+        depths.sort_unstable();
+        depths
+    }
+
     /// Encodes `message` once for [`Transport::try_send`] / [`Transport::send`].
     pub fn encode(&self, message: &Message) -> Result<OutFrame, TransportError> {
         let frame = encode_message(self.inner.id, message);

@@ -112,6 +112,15 @@ impl<H: Handler> Engine<H> {
         self.inner.relay.set(relay)
     }
 
+    /// Packets and bytes waiting in the sessions' send queues, summed over every session
+    /// (each session's lock taken in turn: for a scrape, not for a hot path).
+    pub fn queued(&self) -> (usize, usize) {
+        self.inner.sessions.iter().fold((0, 0), |(packets, bytes), entry| {
+            let (p, b) = entry.value().session.lock().queued();
+            (packets + p, bytes + b)
+        })
+    }
+
     /// Number of open sessions.
     pub fn session_count(&self) -> usize {
         self.inner.sessions.len()

@@ -277,7 +277,6 @@ impl Session {
     }
 
     /// Packets and bytes currently queued.
-    #[cfg(test)]
     pub(crate) fn queued(&self) -> (usize, usize) {
         (self.queue.len(), self.queued_bytes)
     }

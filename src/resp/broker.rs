@@ -223,6 +223,27 @@ impl Broker {
         receivers
     }
 
+    /// Bytes waiting in the output buffers of every subscriber, each counted once however many
+    /// channels and patterns it is subscribed to (walks every subscription: for a scrape).
+    pub fn subscriber_output_bytes(&self) -> usize {
+        let mut seen = std::collections::HashSet::new();
+        let mut bytes = 0;
+        let mut count = |sub: &Subscriber| {
+            if seen.insert(sub.id()) {
+                bytes += sub.out.pending();
+            }
+        };
+        for map in [&self.channels, &self.shard_channels] {
+            for entry in map.iter() {
+                entry.value().iter().for_each(&mut count);
+            }
+        }
+        for (_, subs) in self.patterns.read().iter() {
+            subs.iter().for_each(&mut count);
+        }
+        bytes
+    }
+
     /// Delivers `message` to the subscribers of shard channel `channel` (SPUBLISH semantics:
     /// patterns do not apply). Does not call the publish hook.
     pub fn spublish(&self, channel: &[u8], message: &Bytes) -> usize {

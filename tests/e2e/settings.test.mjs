@@ -248,6 +248,15 @@ if (TARGET === "ioswarm") {
       assert.equal((await get(client.url)).status, 400);
     });
 
+    test("what waits in a send queue shows on ioswarm_engine_queued_packets and _bytes until a GET takes it", T, async () => {
+      const { server, client } = await queueUp([], 3, "z".repeat(1000));
+      assert.equal(await metric(server, "ioswarm_engine_queued_packets"), 3);
+      assert.ok((await metric(server, "ioswarm_engine_queued_bytes")) > 3000);
+      assert.equal((await get(client.url)).status, 200);
+      assert.equal(await metric(server, "ioswarm_engine_queued_packets"), 0);
+      assert.equal(await metric(server, "ioswarm_engine_queued_bytes"), 0);
+    });
+
     test("by default 3 queued packets of 1.5 kB are delivered", T, async () => {
       const { server, client } = await queueUp([], 3, "y".repeat(1500));
       const res = await get(client.url);
