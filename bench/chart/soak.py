@@ -3,8 +3,9 @@
 Usage: python soak.py SOAK.json OUT.png
 
 One panel per sampled series (RSS, open descriptors, threads, CPU, data dir, Engine.IO
-connections, rooms, Redis connections), one line per node, minutes on the x axis; a dotted line
-at every node restart; the verdict of each node in the legend.
+connections, rooms, Redis connections, tokio tasks, runnable tasks, queued packets, subscriber
+output, messages queued to peers), one line per node, minutes on the x axis; a dotted line at
+every node restart; the verdict of each node in the legend.
 """
 
 import json
@@ -25,6 +26,12 @@ PANELS = [
     ("engine_connections", "Engine.IO connections", 1),
     ("rooms", "rooms", 1),
     ("redis_connections", "Redis connections", 1),
+    ("runtime_tasks", "tokio tasks", 1),
+    ("tasks_other", "tasks − client and Redis connections", 1),
+    ("runtime_queue_depth", "runnable tasks in the global queue", 1),
+    ("engine_queued_packets", "packets in the sessions' send queues", 1),
+    ("redis_output_bytes", "Redis subscribers' output (KiB)", 1 / 1024),
+    ("peer_queue", "messages queued to peers", 1),
 ]
 
 
@@ -39,7 +46,7 @@ def main():
     nodes = len(samples[0]["nodes"])
     verdicts = {(v["node"], v["series"]): v.get("verdict", "?") for v in soak.get("verdicts", [])}
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    fig, axes = plt.subplots(3, 3, figsize=(18, 12))
+    fig, axes = plt.subplots(5, 3, figsize=(18, 20))
     for ax, (series, title, scale) in zip(axes.flat, PANELS):
         for n in range(nodes):
             xs, ys = [], []

@@ -219,11 +219,24 @@ struct NodeSample {
     /// Descriptors that are neither a client connection nor a Redis connection (listeners,
     /// files, the cluster socket, …): what a descriptor leak would raise while the load moves.
     fds_other: Option<f64>,
+    /// Tokio tasks alive (`ioswarm_runtime_tasks`).
+    runtime_tasks: Option<f64>,
+    /// Tasks that are neither a session's nor a Redis connection's (one each): what a task leak
+    /// would raise while the load moves.
+    tasks_other: Option<f64>,
+    /// Tasks woken and waiting for a worker thread (`ioswarm_runtime_queue_depth`).
+    runtime_queue_depth: Option<f64>,
+    /// Packets waiting in the sessions' send queues (`ioswarm_engine_queued_packets`).
+    engine_queued_packets: Option<f64>,
+    /// Bytes waiting for Redis subscribers (`ioswarm_redis_output_bytes`).
+    redis_output_bytes: Option<f64>,
+    /// Messages waiting to go to the peers, all peers (`ioswarm_cluster_peer_queue`).
+    peer_queue: Option<f64>,
 }
 
 /// The series a verdict is given for, with the smallest rise over the half that counts as
 /// growth whatever the mean (noise floors).
-const SERIES: [(&str, f64); 9] = [
+const SERIES: [(&str, f64); 15] = [
     ("rss_kib", 4096.0),
     ("fds", 8.0),
     ("fds_other", 8.0),
@@ -233,6 +246,12 @@ const SERIES: [(&str, f64); 9] = [
     ("socketio_sockets", 10.0),
     ("rooms", 10.0),
     ("redis_connections", 4.0),
+    ("runtime_tasks", 20.0),
+    ("tasks_other", 20.0),
+    ("runtime_queue_depth", 50.0),
+    ("engine_queued_packets", 100.0),
+    ("redis_output_bytes", 1_048_576.0),
+    ("peer_queue", 100.0),
 ];
 
 #[derive(Debug, Clone, Serialize)]
@@ -291,6 +310,7 @@ async fn sample_node(node: usize, pid: Option<u32>, admin: &mut Admin, data: &Pa
     let metrics = if pid.is_some() { admin.get_text("/metrics", Duration::from_secs(3)).await.ok() } else { None };
     let m = |name: &str| metrics.as_deref().map(|t| metric_sum(t, name).unwrap_or(0.0));
     let (engine, redis) = (m("ioswarm_engine_connections"), m("ioswarm_redis_connections"));
+    let tasks = m("ioswarm_runtime_tasks");
     NodeSample {
         node,
         pid,
@@ -304,6 +324,12 @@ async fn sample_node(node: usize, pid: Option<u32>, admin: &mut Admin, data: &Pa
         socketio_sockets: m("ioswarm_socketio_sockets"),
         rooms: m("ioswarm_rooms"),
         redis_connections: redis,
+        runtime_tasks: tasks,
+        tasks_other: tasks.zip(engine).zip(redis).map(|((t, e), r)| t - e - r),
+        runtime_queue_depth: m("ioswarm_runtime_queue_depth"),
+        engine_queued_packets: m("ioswarm_engine_queued_packets"),
+        redis_output_bytes: m("ioswarm_redis_output_bytes"),
+        peer_queue: m("ioswarm_cluster_peer_queue"),
     }
 }
 
@@ -911,10 +937,13 @@ fn soak_markdown(r: &Value) -> String {
         "\nVerdict: a least-squares line over the second half of the run (from 10 s after the last restart on, if later: \
          a restart moves clients between every node); \
          growing or shrinking when it moves by more than 5 % of the mean and more than a noise floor \
-         (4 MiB of RSS, 8 fds, 2 threads, 1 MiB of data dir, 10 connections or rooms, 4 Redis connections); \
-         `fds_other` = descriptors − Engine.IO connections − Redis connections. \
-         {}\n\nThe node exposes no count of tokio tasks and no queue-depth gauge: threads, descriptors and RSS are \
-         what would show a leak of tasks or queued packets here. Chart: `soak.png`.\n",
+         (4 MiB of RSS, 8 fds, 2 threads, 1 MiB of data dir, 10 connections or rooms, 4 Redis connections, \
+         20 tasks, 50 runnable tasks, 100 queued packets or peer messages, 1 MiB of subscriber output); \
+         `fds_other` = descriptors − Engine.IO connections − Redis connections, \
+         `tasks_other` = tokio tasks − Engine.IO connections − Redis connections (each has one task). \
+         {}\n\nTasks and queue depths are the node's gauges sampled at each read of `/metrics` \
+         (`ioswarm_runtime_tasks`, `ioswarm_runtime_queue_depth`, `ioswarm_engine_queued_packets`, \
+         `ioswarm_redis_output_bytes`, `ioswarm_cluster_peer_queue` summed over peers). Chart: `soak.png`.\n",
         if growing.is_empty() {
             "**Nothing grows.**".to_owned()
         } else {
