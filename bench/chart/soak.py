@@ -78,7 +78,7 @@ def main():
     restarts = ", ".join(f"node {r['node']} SIG{r['signal']} at {r['at'] / 60:.1f} min" for r in soak.get("restarts", []))
     fig.suptitle(f"ioswarm soak: {soak.get('minutes')} min on 3 nodes; restarts (dotted): {restarts or 'none'}",
                  fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.985))  # room for the title above the top row
     fig.savefig(sys.argv[2], dpi=100)
 
 
