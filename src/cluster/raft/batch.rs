@@ -97,18 +97,7 @@ pub(super) async fn propose_batches(
 ) {
     // A group that did not fit the previous entry: it starts the next one.
     let mut carried: Option<PendingWrites> = None;
-    loop {
-        let first = match carried.take() {
-            Some(first) => first,
-            None => {
-                let first = tokio::select! {
-                    () = cancel.cancelled() => return,
-                    first = pending.recv() => first,
-                };
-                let Some(first) = first else { return };
-                first
-            }
-        };
+    while let Some(first) = next_or_carried(&mut carried, &mut pending, &cancel).await {
         let mut count = first.commands.len();
         let mut groups = vec![first];
         while count < limits.max_batch {
@@ -201,6 +190,22 @@ pub(super) struct ForwardLink {
     pub(super) slots: Arc<Semaphore>,
 }
 
+/// The first item of a batch loop's next batch: the one the previous batch could not take, else
+/// the next from `queue`; `None` once cancelled or the queue is closed.
+async fn next_or_carried<T>(
+    carried: &mut Option<T>,
+    queue: &mut mpsc::Receiver<T>,
+    cancel: &CancellationToken,
+) -> Option<T> {
+    if let Some(first) = carried.take() {
+        return Some(first);
+    }
+    tokio::select! {
+        () = cancel.cancelled() => None,
+        first = queue.recv() => first,
+    }
+}
+
 /// Sends the queued operations to their leader in batches of at most `limits.max_batch`, with at
 /// most `limits.forwards_in_flight` requests unanswered. Ends when cancelled.
 pub(super) async fn forward_batches(link: ForwardLink, mut queue: mpsc::Receiver<Forwarded>, limits: BatchLimits) {
@@ -208,18 +213,7 @@ pub(super) async fn forward_batches(link: ForwardLink, mut queue: mpsc::Receiver
     let cancel = link.background.cancel.clone();
     // An operation for another leader than the batch being filled: it starts the next one.
     let mut carried: Option<Forwarded> = None;
-    loop {
-        let first = match carried.take() {
-            Some(first) => first,
-            None => {
-                let first = tokio::select! {
-                    () = cancel.cancelled() => return,
-                    first = queue.recv() => first,
-                };
-                let Some(first) = first else { return };
-                first
-            }
-        };
+    while let Some(first) = next_or_carried(&mut carried, &mut queue, &cancel).await {
         let slot = tokio::select! {
             () = cancel.cancelled() => return,
             slot = slots.clone().acquire_owned() => slot,
