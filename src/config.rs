@@ -130,6 +130,9 @@ pub struct Config {
     pub recovery_max_sessions: usize,
     /// Most bytes of recoverable broadcasts a node keeps logged (the oldest go first).
     pub recovery_log_bytes: usize,
+    /// Most cluster-wide lookups in flight for sessions held by another node (each asks every
+    /// peer); a recovery CONNECT beyond it gets a fresh session at once. 0: never asks.
+    pub recovery_lookups: usize,
     /// When set, the admin routes other than `/healthz` and `/metrics` need `Authorization:
     /// Bearer <token>`. Required when `admin_listen` is not a loopback address.
     pub admin_token: Option<String>,
@@ -222,6 +225,7 @@ impl Default for Config {
             recovery_max_bytes: 1024 * 1024,
             recovery_max_sessions: 100_000,
             recovery_log_bytes: 64 * 1024 * 1024,
+            recovery_lookups: 64,
             admin_token: None,
             log: "info".to_owned(),
             log_format: LogFormat::Text,
@@ -284,6 +288,7 @@ impl fmt::Debug for Config {
             .field("recovery_max_bytes", &self.recovery_max_bytes)
             .field("recovery_max_sessions", &self.recovery_max_sessions)
             .field("recovery_log_bytes", &self.recovery_log_bytes)
+            .field("recovery_lookups", &self.recovery_lookups)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<redacted>"))
             .field("log", &self.log)
             .field("log_format", &self.log_format)
@@ -508,6 +513,7 @@ impl Config {
             max_bytes: self.recovery_max_bytes,
             max_sessions: self.recovery_max_sessions,
             log_bytes: self.recovery_log_bytes,
+            lookups: self.recovery_lookups,
         })
     }
 
@@ -750,6 +756,7 @@ impl Config {
             recovery_max_bytes,
             recovery_max_sessions,
             recovery_log_bytes,
+            recovery_lookups,
             log,
             log_format,
             data_dir,
@@ -979,6 +986,10 @@ pub struct Cli {
     /// Most bytes of recoverable broadcasts kept logged per node [default: 67108864].
     #[arg(long, env = "IOSWARM_RECOVERY_LOG_BYTES", value_name = "BYTES")]
     pub recovery_log_bytes: Option<usize>,
+    /// Most cluster-wide lookups in flight for sessions another node holds; beyond, a recovery
+    /// CONNECT gets a fresh session at once; 0 never asks the other nodes [default: 64].
+    #[arg(long, env = "IOSWARM_RECOVERY_LOOKUPS", value_name = "N")]
+    pub recovery_lookups: Option<usize>,
     /// Bearer token the admin API (/v1/*, /cluster*) requires; needed when --admin-listen is not
     /// loopback [default: none].
     #[arg(long, env = "IOSWARM_ADMIN_TOKEN", value_name = "TOKEN", hide_env_values = true)]
@@ -1211,7 +1222,7 @@ mod tests {
         let cmd = Cli::command();
         let longs: Vec<&str> = cmd.get_arguments().filter_map(|a| a.get_long()).collect();
         let keys = value.as_object().unwrap().keys();
-        assert_eq!(keys.len(), 54);
+        assert_eq!(keys.len(), 55);
         for key in keys.filter(|k| !TOML_ONLY.contains(&k.as_str())) {
             let flag = key.replace('_', "-");
             assert!(longs.contains(&flag.as_str()), "config field {key} has no --{flag}");
@@ -1261,6 +1272,7 @@ mod tests {
             "--recovery-max-bytes=15",
             "--recovery-max-sessions=16",
             "--recovery-log-bytes=17",
+            "--recovery-lookups=0",
             "--admin-token=a",
             "--log=debug",
             "--log-format=json",

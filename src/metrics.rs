@@ -163,7 +163,8 @@ pub(crate) const RECOVERY_SESSION_BYTES: &str = "ioswarm_recovery_session_bytes"
 /// Gauge: bytes counted for the log of recoverable broadcasts.
 pub(crate) const RECOVERY_LOG_BYTES: &str = "ioswarm_recovery_log_bytes";
 /// Counter: CONNECTs asking to recover a session, by result. Labels: [`label::RESULT`] =
-/// `recovered` or [`crate::socketio::Refusal::label`].
+/// `recovered`, [`crate::socketio::Refusal::label`] or `busy` (too many cluster-wide lookups in
+/// flight: a fresh session).
 pub(crate) const RECOVERY_ATTEMPTS: &str = "ioswarm_recovery_attempts_total";
 /// Counter: kept sessions dropped unrecovered. Labels: [`label::REASON`] = `expired` | `evicted`.
 pub(crate) const RECOVERY_SESSIONS_DROPPED: &str = "ioswarm_recovery_sessions_dropped_total";
@@ -339,6 +340,7 @@ pub(crate) const LABELS: &[LabelDef] = &[
     labels(RECOVERY_ATTEMPTS, label::RESULT, || {
         let mut values = vec!["recovered"];
         values.extend(crate::socketio::Refusal::ALL.iter().map(|r| r.label()));
+        values.push(crate::socketio::recovery::BUSY);
         values
     }),
     labels(RECOVERY_SESSIONS_DROPPED, label::REASON, || vec!["expired", "evicted"]),

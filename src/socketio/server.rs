@@ -469,7 +469,9 @@ impl SioHandler {
                     return self.finish_recovered(conn, state, ns, auth, session);
                 }
                 Err(Refusal::NotFound) if self.server.adapter.get().is_some() => {
-                    return self.recover_remote(conn, ns, auth, attempt, start);
+                    if let Some(slot) = recovery.lookup_slot() {
+                        return self.recover_remote(conn, ns, auth, attempt, start, slot);
+                    }
                 }
                 Err(refusal) => {
                     tracing::debug!(sid = %attempt.sid, reason = %refusal, "session not recovered; a fresh one");
@@ -509,7 +511,16 @@ impl SioHandler {
 
     /// No session here: asks the other nodes (the one holding it hands it over); a fresh
     /// socket when none does.
-    fn recover_remote(&self, conn: &Conn, ns: Namespace, auth: Value, attempt: Attempt, start: Option<Offset>) {
+    /// `slot` is its place among the lookups in flight, held until the answer.
+    fn recover_remote(
+        &self,
+        conn: &Conn,
+        ns: Namespace,
+        auth: Value,
+        attempt: Attempt,
+        start: Option<Offset>,
+        slot: tokio::sync::OwnedSemaphorePermit,
+    ) {
         let Some(adapter) = self.server.adapter.get().cloned() else { return };
         let handler = SioHandler { server: self.server.clone() };
         let conn = conn.clone();
@@ -520,6 +531,7 @@ impl SioHandler {
         self.server.tasks.spawn(async move {
             let op = super::RemoteOp::Recover { nsp: ns.name().to_owned(), pid: attempt.pid, offset: attempt.offset };
             let outcome = adapter.request(op).await;
+            drop(slot);
             let recovered = matches!(outcome.recovered, Some(Ok(_)));
             if let (Some(recovery), false) = (&recovery, recovered) {
                 recovery.lock().unexpect(&attempt.sid);

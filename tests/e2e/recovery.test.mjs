@@ -559,3 +559,45 @@ ioswarmOnly("connection state recovery across 3 nodes", () => {
     assert.deepEqual(firsts(got), [0], "nothing of the old session reaches the fresh one");
   });
 });
+
+ioswarmOnly("--recovery-lookups", () => {
+  let cluster;
+  const clients = [];
+  before(async () => {
+    // Node 2 never asks the other nodes for a session it does not hold; node 1 does (default).
+    cluster = await startCluster(2, {
+      flags: RECOVERY,
+      nodeFlags: (id) => (id === 2 ? ["--recovery-lookups", "0"] : []),
+      Process: ServerProcess,
+    });
+  });
+  after(async () => {
+    for (const c of clients) c.disconnect();
+    await cluster?.stop();
+  });
+
+  /** A client of `from` whose connection blipped, reconnected to `to`. */
+  async function moved(from, to) {
+    const c = io(from.url, { forceNew: true, reconnection: false, timeout: WAIT_MS, ...WS });
+    clients.push(c);
+    await connected(c);
+    const id = c.id;
+    await blip(from, c);
+    c.io.uri = to.url;
+    await reconnect(c);
+    return { c, id };
+  }
+
+  test("0: a client whose session another node holds gets a fresh one (busy); by default it is recovered", T, async () => {
+    const [n1, n2] = cluster.nodes;
+    const fresh = await moved(n1, n2);
+    assert.equal(fresh.c.recovered, false);
+    assert.notEqual(fresh.c.id, fresh.id);
+    const scrape = (await n2.admin("GET", "/metrics")).text;
+    assert.match(scrape, /^ioswarm_recovery_attempts_total\{result="busy"\} 1$/m);
+
+    const kept = await moved(n2, n1);
+    assert.equal(kept.c.recovered, true);
+    assert.equal(kept.c.id, kept.id);
+  });
+});

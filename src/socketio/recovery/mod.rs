@@ -43,6 +43,9 @@ pub struct RecoveryConfig {
     /// Most bytes of broadcasts a node keeps logged for recoveries (packets, room names and
     /// per-entry overhead); the oldest are dropped first.
     pub log_bytes: usize,
+    /// Most cluster-wide lookups in flight for sessions this node does not hold (each a request
+    /// to every peer); a recovery CONNECT beyond it gets a fresh session at once. 0: never asks.
+    pub lookups: usize,
 }
 
 impl Default for RecoveryConfig {
@@ -53,6 +56,7 @@ impl Default for RecoveryConfig {
             max_bytes: 1024 * 1024,
             max_sessions: 100_000,
             log_bytes: 64 * 1024 * 1024,
+            lookups: 64,
         }
     }
 }
@@ -233,6 +237,8 @@ pub(crate) struct Recovery {
     counter: AtomicU64,
     node_tag: u32,
     adapter: Arc<OnceLock<Arc<dyn Adapter>>>,
+    /// Cluster-wide lookups that may be in flight ([`RecoveryConfig::lookups`]).
+    lookups: Arc<tokio::sync::Semaphore>,
 }
 
 impl Recovery {
@@ -254,7 +260,23 @@ impl Recovery {
         let start = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 2));
-        Self { state: Mutex::new(RecoveryState::new(limits)), counter: AtomicU64::new(start.max(1)), node_tag, adapter }
+        Self {
+            state: Mutex::new(RecoveryState::new(limits)),
+            counter: AtomicU64::new(start.max(1)),
+            node_tag,
+            adapter,
+            lookups: Arc::new(tokio::sync::Semaphore::new(config.lookups)),
+        }
+    }
+
+    /// A place for one cluster-wide lookup, held until it is answered; `None` when
+    /// [`RecoveryConfig::lookups`] are already in flight (counted as a `busy` attempt).
+    pub(crate) fn lookup_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let slot = self.lookups.clone().try_acquire_owned().ok();
+        if slot.is_none() {
+            metrics::counter!(crate::metrics::RECOVERY_ATTEMPTS, crate::metrics::label::RESULT => BUSY).increment(1);
+        }
+        slot
     }
 
     /// A fresh offset for a broadcast built on this node.
@@ -308,6 +330,10 @@ impl Recovery {
 }
 
 /// Counts one recovery attempt of a client connected here.
+/// The `result` of an attempt not looked up in the cluster: [`RecoveryConfig::lookups`] were in
+/// flight (the client got a fresh session).
+pub(crate) const BUSY: &str = "busy";
+
 pub(crate) fn count_attempt(result: Result<(), Refusal>) {
     let label = match result {
         Ok(()) => "recovered",
