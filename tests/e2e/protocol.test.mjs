@@ -301,6 +301,25 @@ describe("Engine.IO timers", () => {
   });
 });
 
+/**
+ * A polling client connected to `/` with a GET parked, then a WebSocket that probed the upgrade
+ * (`2probe` answered `3probe`) but has not sent `5`. Returns the polling client `p`, the probing
+ * `ws`, the parked GET `pending` and the socket id `sid`.
+ */
+async function probed(server) {
+  const p = await new Polling(server.url).open();
+  await p.send("40");
+  const { packet } = await p.pollUntil((x) => x.startsWith("40"));
+  const sid = JSON.parse(packet.slice(2)).sid;
+  const pending = get(p.url()); // parked GET
+  await sleep(100);
+  const ws = openWs(server.url, p.sid);
+  await ws.opened;
+  ws.send("2probe");
+  assert.equal(await ws.next(), "3probe");
+  return { p, ws, pending, sid };
+}
+
 describe("polling to websocket upgrade", () => {
   const ctx = new Ctx();
   let server;
@@ -310,15 +329,7 @@ describe("polling to websocket upgrade", () => {
   after(() => ctx.cleanup());
 
   test("probe, noop for the pending poll, upgrade, then polling is refused", T, async () => {
-    const p = await new Polling(server.url).open();
-    await p.send("40");
-    await p.pollUntil((x) => x.startsWith("40"));
-    const pending = get(p.url()); // parked GET
-    await sleep(100);
-    const ws = openWs(server.url, p.sid);
-    await ws.opened;
-    ws.send("2probe");
-    assert.equal(await ws.next(), "3probe");
+    const { p, ws, pending } = await probed(server);
     const parked = await pending;
     assert.equal(parked.status, 200);
     assert.equal(parked.text, "6");
@@ -342,16 +353,7 @@ ioswarmOnly("a server close during a polling to websocket upgrade", () => {
   after(() => ctx.cleanup());
 
   test("a server close during the upgrade: the client still gets the DISCONNECT, on the new WebSocket", T, async () => {
-    const p = await new Polling(server.url).open();
-    await p.send("40");
-    const { packet } = await p.pollUntil((x) => x.startsWith("40"));
-    const sid = JSON.parse(packet.slice(2)).sid;
-    const pending = get(p.url()); // parked GET
-    await sleep(100);
-    const ws = openWs(server.url, p.sid);
-    await ws.opened;
-    ws.send("2probe");
-    assert.equal(await ws.next(), "3probe");
+    const { ws, pending, sid } = await probed(server);
     assert.equal((await pending).text, "6");
     // The application closes the connection while the client pauses polling to upgrade.
     const res = await server.admin("POST", "/v1/sockets/disconnect", { nsp: "/", rooms: [sid], close: true });
