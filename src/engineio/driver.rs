@@ -134,7 +134,10 @@ impl<H: Handler> Driver<H> {
                 if let Some(reason) = closed {
                     return Step::Done(reason);
                 }
-                self.conn.session.lock().release_write();
+                if self.conn.session.lock().release_write() {
+                    // A sender queued frames during the write and could not flush them itself.
+                    return Step::Again;
+                }
             }
             Write::NoSocket => {
                 if let Some(reason) = closed {
@@ -314,6 +317,51 @@ mod tests {
         }
         let second: Vec<u8> = [text_frame(r#"42["a"]"#), text_frame(r#"42["b"]"#)].concat();
         assert_eq!(*writes.0.lock(), [text_frame("40{}"), second]);
+        conn.close();
+        engine.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_frame_queued_while_the_driver_writes_is_written_after_it() {
+        use tokio::io::AsyncReadExt;
+        let config = EngineConfig { send_queue_max_bytes: 64 << 20, ..EngineConfig::default() };
+        let engine = Engine::new(config, Quiet);
+        let handshake = Handshake {
+            remote_addr: "127.0.0.1:1".parse().expect("address"),
+            headers: HeaderMap::new(),
+            query: String::new(),
+            issued: std::time::SystemTime::now(),
+        };
+        let (conn, _open) = engine.open_session(Transport::WebSocket, Framing::V4, handshake, None);
+        // More than the loopback socket holds: the driver's write waits for the client to read.
+        let big = Bytes::from(vec![b'x'; 16 << 20]);
+        conn.send_frames(&[Frame::Text(big)], false);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("listen");
+        let mut client =
+            tokio::net::TcpStream::connect(listener.local_addr().expect("address")).await.expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        let (_read, write) = server.into_split();
+        conn.attach_websocket(WsSink::tcp(write), None);
+        // The driver has taken the big frame and is writing it.
+        while !conn.session.lock().queue_is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        // A sender finds the socket claimed by the driver and leaves its frame to it.
+        conn.send_frames(&[Frame::Text(Bytes::from_static(b"42[\"late\"]"))], false);
+        let late = text_frame(r#"42["late"]"#);
+        let mut got = Vec::new();
+        let mut buf = vec![0; 1 << 16];
+        // Well under the ping interval (25 s), the only other thing that would wake the driver.
+        let read_all = async {
+            while !got.ends_with(&late) {
+                let n = client.read(&mut buf).await.expect("read");
+                assert!(n > 0, "the server closed the socket");
+                got.extend_from_slice(&buf[..n]);
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(5), read_all)
+            .await
+            .expect("the frame queued during the write never came");
         conn.close();
         engine.shutdown().await;
     }

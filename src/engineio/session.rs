@@ -621,9 +621,11 @@ impl Session {
         true
     }
 
-    /// The driver's write is done.
-    pub(crate) fn release_write(&mut self) {
+    /// The driver's write is done. Returns whether frames were queued meanwhile: their sender
+    /// found the socket claimed and left them to the driver, which must take another turn.
+    pub(crate) fn release_write(&mut self) -> bool {
         self.write_claimed = false;
+        !self.queue.is_empty()
     }
 
     /// Ends a sender's write ([`Session::claim_flush`]); `unsent` is what the socket did not
@@ -1084,9 +1086,20 @@ mod tests {
         assert!(s.end_flush(Bytes::new()), "the driver waits");
         assert!(s.claim_write());
         assert!(!s.claim_flush(), "the driver is writing");
-        s.release_write();
+        assert!(s.release_write(), "b is still queued: the driver takes another turn");
         assert!(s.claim_flush());
+        batch.clear();
+        assert!(!s.drain_for_websocket(&mut batch));
+        assert_eq!(batch.len(), 1);
         assert!(!s.end_flush(Bytes::new()), "nothing for the driver to do");
+        // Frames queued while the driver writes, by a sender that found the socket claimed,
+        // are the driver's to write: releasing its claim says so.
+        assert!(s.claim_write());
+        assert!(!s.release_write(), "nothing queued");
+        assert!(s.claim_write());
+        assert_eq!(s.enqueue(&[f("c")], false), Enqueued::Queued);
+        assert!(!s.claim_flush());
+        assert!(s.release_write(), "c was left to the driver");
         s.close(CloseReason::ServerClose);
         assert!(!s.claim_flush(), "a closed session is flushed by its driver");
     }

@@ -139,6 +139,12 @@ impl WsSink {
         Self { io: SinkIo::Stream(io), closed: false }
     }
 
+    /// A sink over a plain TCP socket, which senders may write to themselves.
+    #[cfg(test)]
+    pub(crate) fn tcp(half: OwnedWriteHalf) -> Self {
+        Self { io: SinkIo::Tcp(half), closed: false }
+    }
+
     /// Whether senders may write to it themselves ([`Self::write_now`]).
     pub(crate) fn allows_inline(&self) -> bool {
         matches!(self.io, SinkIo::Tcp(_))

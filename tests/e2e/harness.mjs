@@ -191,9 +191,11 @@ function engineTrace(socket) {
   const events = [];
   const note = (what) => events.length < 200 && events.push(`+${Date.now() - t0}ms ${what}`);
   const packet = (p) => `${p.type} ${typeof p.data === "string" ? p.data.slice(0, 80) : p.data === undefined ? "" : "<binary>"}`;
+  let watched = null;
   const watch = (engine) => {
-    if (!engine || engine.__traced) return;
-    engine.__traced = true;
+    // Each trace listens itself: namespaces of one manager share the engine.
+    if (!engine || engine === watched) return;
+    watched = engine;
     engine.on("packet", (p) => note(`<- ${packet(p)} (${engine.transport?.name})`));
     engine.on("packetCreate", (p) => note(`-> ${packet(p)} (${engine.transport?.name})`));
     engine.on("upgrading", (t) => note(`upgrading to ${t?.name}`));

@@ -1,7 +1,8 @@
 // Namespaces, the --namespaces allowlist and --auth-token.
 import assert from "node:assert/strict";
 import { after, afterEach, before, describe, test } from "node:test";
-import { Ctx, call, connectError, once, QUIET_MS, sleep } from "./harness.mjs";
+import { Manager } from "socket.io-client";
+import { Ctx, call, connected, connectError, once, QUIET_MS, sleep } from "./harness.mjs";
 
 const T = { timeout: 20_000 };
 
@@ -46,6 +47,25 @@ describe("namespaces without an allowlist", () => {
     assert.equal(rootDisconnected, null);
     assert.ok(root.connected);
     assert.deepEqual(await call(root, "ioswarm:echo", "still here"), ["still here"]);
+  });
+
+  test("two namespaces opened at once on one connection both connect, whatever the upgrade's timing", { timeout: 60_000 }, async () => {
+    // The second CONNECT's reply can be queued while the first one is being written to the new
+    // WebSocket; it once waited there until the next ping (25 s). Many tries, ten at a time,
+    // land some of them in that window.
+    let left = 300;
+    const one = async () => {
+      const manager = new Manager(server.url, { reconnection: false, timeout: 5_000 });
+      const sockets = [manager.socket("/"), manager.socket("/chat")];
+      try {
+        await Promise.all(sockets.map((s) => connected(s)));
+      } finally {
+        for (const s of sockets) s.disconnect();
+      }
+    };
+    await Promise.all(Array.from({ length: 10 }, async () => {
+      while (left-- > 0) await one();
+    }));
   });
 
   test("events do not cross namespaces", T, async () => {
