@@ -12,8 +12,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-/// How long an idle connection to the app is kept for the next request.
-const POOL_IDLE: Duration = Duration::from_secs(30);
+/// How long an idle connection to the app is kept for the next request: under the keep-alive
+/// of common app servers (Node, Apache and uvicorn close idle connections after 5 s), so that
+/// the pool rarely offers a connection the app is closing (see [`JsonClient::post`]).
+const POOL_IDLE: Duration = Duration::from_secs(4);
 
 type HttpsConnector = hyper_rustls::HttpsConnector<HttpConnector>;
 
@@ -79,18 +81,32 @@ impl JsonClient {
 
     /// POSTs `body` (JSON) to `url`; returns the status and at most `max_reply` bytes of body.
     /// No timeout of its own: the caller bounds the whole call.
+    ///
+    /// A request whose connection closes before the reply is sent once more, on a new
+    /// connection: an app closes an idle kept-alive connection when its own keep-alive ends,
+    /// and one of ours can be on its way on it just then. Callers already treat a failed call
+    /// as one to try again (the connect hook asks a question, webhooks are retried).
     pub(crate) async fn post(
         &self,
         url: &Uri,
         body: Bytes,
         max_reply: usize,
     ) -> Result<(StatusCode, Bytes), PostError> {
-        let req = Request::post(url.clone())
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::USER_AGENT, concat!("ioswarm/", env!("CARGO_PKG_VERSION")))
-            .body(Full::new(body))
-            .map_err(|e| PostError::Unreachable(e.to_string()))?;
-        let res = self.client.request(req).await.map_err(|e| PostError::Unreachable(error_chain(&e)))?;
+        let request = || {
+            Request::post(url.clone())
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(header::USER_AGENT, concat!("ioswarm/", env!("CARGO_PKG_VERSION")))
+                .body(Full::new(body.clone()))
+                .map_err(|e| PostError::Unreachable(e.to_string()))
+        };
+        let res = match self.client.request(request()?).await {
+            Err(err) if !err.is_connect() => {
+                tracing::debug!(%url, error = %error_chain(&err), "the app closed the connection; sending again");
+                self.client.request(request()?).await
+            }
+            other => other,
+        }
+        .map_err(|e| PostError::Unreachable(error_chain(&e)))?;
         let status = res.status();
         let body = Limited::new(res.into_body(), max_reply)
             .collect()
@@ -117,6 +133,44 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// An app whose keep-alive ends as the second request arrives: it closes that connection
+    /// without a reply, and answers on a new one. Returns the requests it read.
+    async fn app_closing_its_kept_alive_connection(listener: tokio::net::TcpListener) -> usize {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        async fn read_request(sock: &mut tokio::net::TcpStream) -> bool {
+            let mut buf = vec![0; 4096];
+            sock.read(&mut buf).await.unwrap() > 0
+        }
+        const REPLY: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
+        let mut requests = 0;
+        let (mut first, _) = listener.accept().await.unwrap();
+        assert!(read_request(&mut first).await);
+        requests += 1;
+        first.write_all(REPLY).await.unwrap();
+        // The second request arrives on the kept-alive connection, which the app closes.
+        assert!(read_request(&mut first).await);
+        requests += 1;
+        drop(first);
+        let (mut second, _) = listener.accept().await.unwrap();
+        assert!(read_request(&mut second).await);
+        requests += 1;
+        second.write_all(REPLY).await.unwrap();
+        requests
+    }
+
+    #[tokio::test]
+    async fn a_request_on_a_connection_the_app_closes_is_sent_again_on_a_new_one() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = parse_url(&format!("http://{}/hook", listener.local_addr().unwrap())).unwrap();
+        let app = tokio::spawn(app_closing_its_kept_alive_connection(listener));
+        let client = JsonClient::for_url(&url).unwrap();
+        for _ in 0..2 {
+            let (status, body) = client.post(&url, Bytes::from_static(b"{}"), 64).await.unwrap();
+            assert_eq!((status, &body[..]), (StatusCode::OK, &b"{}"[..]));
+        }
+        assert_eq!(app.await.unwrap(), 3, "the second request was sent twice");
+    }
 
     #[test]
     fn urls_must_be_http_or_https_with_a_host() {
