@@ -66,13 +66,13 @@ impl BroadcastOperator {
 
     /// Adds a target room (a socket id targets that socket).
     pub fn to(mut self, room: impl Into<String>) -> Self {
-        self.selector.rooms.push(room.into());
+        self.selector = std::mem::take(&mut self.selector).to(room);
         self
     }
 
     /// Skips sockets that are in `room`.
     pub fn except(mut self, room: impl Into<String>) -> Self {
-        self.selector.except.push(room.into());
+        self.selector = std::mem::take(&mut self.selector).except(room);
         self
     }
 

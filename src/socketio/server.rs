@@ -568,10 +568,11 @@ impl SioHandler {
         granted: Granted,
         start: Option<Offset>,
     ) {
-        // A 2.x client takes its session id as the id of its socket of `/` (and says so to its
-        // app), so that socket gets it; the session id carries the node tag too.
+        // A 2.x client names its sockets after its session id (`/chat#<session id>` in another
+        // namespace than `/`, see `Selector`) and says so to its app, so its sockets get it; the
+        // session id carries the node tag too.
         let v3 = conn.protocol() == Protocol::V3;
-        let sid = if v3 && ns.name() == "/" { conn.sid() } else { Sid::with_tag(self.server.config.node_tag) };
+        let sid = if v3 { conn.sid() } else { Sid::with_tag(self.server.config.node_tag) };
         let tracking = self.server.recovery.as_ref().filter(|_| !v3).map(|_| SocketRecovery {
             secret: Sid::random(),
             recovered: false,

@@ -97,4 +97,29 @@ describe("the Redis emitter and socket.io-client 2.x", () => {
     }, "the /chat broadcast reaches the 2.x page of /chat");
     assert.equal(Buffer.from(inChat[0][0]).toString(), "bin");
   });
+
+  test("in another namespace a 2.x page's id is /chat#<session id>: to, except and socketsJoin on it", async () => {
+    const emitter = await t.emitter(server, "node-redis 4");
+    const chat = await connectV2(server, "/chat", { transports: ["websocket"] });
+    const other = await connectV2(server, "/chat", { transports: ["polling"] });
+    assert.equal(chat.id, `/chat#${chat.io.engine.id}`, "the id the page tells its app");
+    const toChat = emitter.of("/chat");
+    await probe(toChat, chat);
+    const got = record(chat, "direct");
+    const gotOther = record(other, "direct");
+    toChat.to(chat.id).emit("direct", "just you");
+    toChat.except(chat.id).emit("direct", "the others");
+    await waitFor(() => got.length === 1 && gotOther.length === 1, "each page gets its one message");
+    assert.deepEqual([got, gotOther], [[["just you"]], [["the others"]]]);
+
+    toChat.in(chat.id).socketsJoin("chat-late");
+    const late = record(chat, "late-news");
+    const lateOther = record(other, "late-news");
+    await waitFor(async () => {
+      toChat.to("chat-late").emit("late-news", 1);
+      await new Promise((r) => setTimeout(r, 50));
+      return late.length > 0;
+    }, "the page joined by socketsJoin receives the room's broadcast");
+    assert.deepEqual(lateOther, [], "socketsJoin joined that page only");
+  });
 });
