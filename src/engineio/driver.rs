@@ -293,9 +293,9 @@ mod tests {
         out
     }
 
-    #[tokio::test]
-    async fn frames_sent_for_their_own_write_leave_before_later_ones_in_a_separate_write() {
-        let engine = Engine::new(EngineConfig::default(), Quiet);
+    /// An engine with `config` and one WebSocket session, its socket not attached yet.
+    fn websocket_session(config: EngineConfig) -> (Engine<Quiet>, Arc<Connection<()>>) {
+        let engine = Engine::new(config, Quiet);
         let handshake = Handshake {
             remote_addr: "127.0.0.1:1".parse().expect("address"),
             headers: HeaderMap::new(),
@@ -303,6 +303,12 @@ mod tests {
             issued: std::time::SystemTime::now(),
         };
         let (conn, _open) = engine.open_session(Transport::WebSocket, Framing::V4, handshake, None);
+        (engine, conn)
+    }
+
+    #[tokio::test]
+    async fn frames_sent_for_their_own_write_leave_before_later_ones_in_a_separate_write() {
+        let (engine, conn) = websocket_session(EngineConfig::default());
         // As Socket.IO's CONNECT: the reply, then what the connection handler emits at once.
         conn.send_frames_own_write(&[Frame::Text(Bytes::from_static(b"40{}"))]);
         conn.send_frames(&[Frame::Text(Bytes::from_static(b"42[\"a\"]"))], false);
@@ -324,15 +330,8 @@ mod tests {
     #[tokio::test]
     async fn a_frame_queued_while_the_driver_writes_is_written_after_it() {
         use tokio::io::AsyncReadExt;
-        let config = EngineConfig { send_queue_max_bytes: 64 << 20, ..EngineConfig::default() };
-        let engine = Engine::new(config, Quiet);
-        let handshake = Handshake {
-            remote_addr: "127.0.0.1:1".parse().expect("address"),
-            headers: HeaderMap::new(),
-            query: String::new(),
-            issued: std::time::SystemTime::now(),
-        };
-        let (conn, _open) = engine.open_session(Transport::WebSocket, Framing::V4, handshake, None);
+        let (engine, conn) =
+            websocket_session(EngineConfig { send_queue_max_bytes: 64 << 20, ..EngineConfig::default() });
         // More than the loopback socket holds: the driver's write waits for the client to read.
         let big = Bytes::from(vec![b'x'; 16 << 20]);
         conn.send_frames(&[Frame::Text(big)], false);

@@ -36,6 +36,15 @@ function joinV2(socket, rooms) {
   });
 }
 
+/** Emits with `emit` every 50 ms until `got` (a `record` array) has something. */
+async function emitUntil(emit, got, message) {
+  await waitFor(async () => {
+    emit();
+    await new Promise((r) => setTimeout(r, 50));
+    return got.length > 0;
+  }, message);
+}
+
 describe("the Redis emitter and socket.io-client 2.x", () => {
   const t = new Ctx();
   let server;
@@ -83,18 +92,10 @@ describe("the Redis emitter and socket.io-client 2.x", () => {
 
     emitter.in(page.id).socketsJoin("late");
     const late = record(page, "late-news");
-    await waitFor(async () => {
-      emitter.to("late").emit("late-news", 1);
-      await new Promise((r) => setTimeout(r, 50));
-      return late.length > 0;
-    }, "the page joined by socketsJoin receives the room's broadcast");
+    await emitUntil(() => emitter.to("late").emit("late-news", 1), late, "the page joined by socketsJoin receives the room's broadcast");
 
     const inChat = record(chat, "chat-news");
-    await waitFor(async () => {
-      emitter.of("/chat").emit("chat-news", Buffer.from("bin"));
-      await new Promise((r) => setTimeout(r, 50));
-      return inChat.length > 0;
-    }, "the /chat broadcast reaches the 2.x page of /chat");
+    await emitUntil(() => emitter.of("/chat").emit("chat-news", Buffer.from("bin")), inChat, "the /chat broadcast reaches the 2.x page of /chat");
     assert.equal(Buffer.from(inChat[0][0]).toString(), "bin");
   });
 
@@ -115,11 +116,7 @@ describe("the Redis emitter and socket.io-client 2.x", () => {
     toChat.in(chat.id).socketsJoin("chat-late");
     const late = record(chat, "late-news");
     const lateOther = record(other, "late-news");
-    await waitFor(async () => {
-      toChat.to("chat-late").emit("late-news", 1);
-      await new Promise((r) => setTimeout(r, 50));
-      return late.length > 0;
-    }, "the page joined by socketsJoin receives the room's broadcast");
+    await emitUntil(() => toChat.to("chat-late").emit("late-news", 1), late, "the page joined by socketsJoin receives the room's broadcast");
     assert.deepEqual(lateOther, [], "socketsJoin joined that page only");
   });
 });
