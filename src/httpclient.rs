@@ -134,42 +134,52 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
 
-    /// An app whose keep-alive ends as the second request arrives: it closes that connection
-    /// without a reply, and answers on a new one. Returns the requests it read.
-    async fn app_closing_its_kept_alive_connection(listener: tokio::net::TcpListener) -> usize {
+    /// An app whose keep-alive ends as a connection's second request arrives: it answers each
+    /// connection's first request and closes the connection on the second without a reply.
+    /// Counts the requests it read.
+    async fn app_closing_kept_alive_connections(
+        listener: tokio::net::TcpListener,
+        requests: Arc<std::sync::atomic::AtomicUsize>,
+    ) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        async fn read_request(sock: &mut tokio::net::TcpStream) -> bool {
-            let mut buf = vec![0; 4096];
-            sock.read(&mut buf).await.unwrap() > 0
-        }
         const REPLY: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
-        let mut requests = 0;
-        let (mut first, _) = listener.accept().await.unwrap();
-        assert!(read_request(&mut first).await);
-        requests += 1;
-        first.write_all(REPLY).await.unwrap();
-        // The second request arrives on the kept-alive connection, which the app closes.
-        assert!(read_request(&mut first).await);
-        requests += 1;
-        drop(first);
-        let (mut second, _) = listener.accept().await.unwrap();
-        assert!(read_request(&mut second).await);
-        requests += 1;
-        second.write_all(REPLY).await.unwrap();
-        requests
+        loop {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let requests = requests.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0; 4096];
+                for n in 0..2 {
+                    if sock.read(&mut buf).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if n == 0 {
+                        sock.write_all(REPLY).await.unwrap();
+                    }
+                }
+            });
+        }
     }
 
     #[tokio::test]
     async fn a_request_on_a_connection_the_app_closes_is_sent_again_on_a_new_one() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = parse_url(&format!("http://{}/hook", listener.local_addr().unwrap())).unwrap();
-        let app = tokio::spawn(app_closing_its_kept_alive_connection(listener));
+        let requests = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let app = tokio::spawn(app_closing_kept_alive_connections(listener, requests.clone()));
         let client = JsonClient::for_url(&url).unwrap();
-        for _ in 0..2 {
-            let (status, body) = client.post(&url, Bytes::from_static(b"{}"), 64).await.unwrap();
-            assert_eq!((status, &body[..]), (StatusCode::OK, &b"{}"[..]));
-        }
-        assert_eq!(app.await.unwrap(), 3, "the second request was sent twice");
+        let calls = async {
+            for _ in 0..2 {
+                let (status, body) = client.post(&url, Bytes::from_static(b"{}"), 64).await.unwrap();
+                assert_eq!((status, &body[..]), (StatusCode::OK, &b"{}"[..]));
+                // The first connection goes back to the pool (a task of the client's), so that
+                // the second request is sent on it.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), calls).await.expect("both calls answered");
+        app.abort();
+        assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 3, "the second request was sent twice");
     }
 
     #[test]
