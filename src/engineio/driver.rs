@@ -342,9 +342,12 @@ mod tests {
         let (_read, write) = server.into_split();
         conn.attach_websocket(WsSink::tcp(write), None);
         // The driver has taken the big frame and is writing it.
-        while !conn.session.lock().queue_is_empty() {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        let taken = async {
+            while !conn.session.lock().queue_is_empty() {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(5), taken).await.expect("the driver takes the frame");
         // A sender finds the socket claimed by the driver and leaves its frame to it.
         conn.send_frames(&[Frame::Text(Bytes::from_static(b"42[\"late\"]"))], false);
         let late = text_frame(r#"42["late"]"#);
